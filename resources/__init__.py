@@ -1,0 +1,25 @@
+"""Dagster resources: configuration read from environment variables, handed to thin asset code."""
+
+from resources.io_manager import LocalFileIOManager
+from resources.ppml_resources import (
+    LandingZoneSource,
+    LedgerResource,
+    MlflowResource,
+    PolicyResource,
+    PseudonymizationKey,
+    RecordSource,
+    SqlTableSource,
+    WorkspacePaths,
+)
+
+__all__ = [
+    "LandingZoneSource",
+    "LedgerResource",
+    "LocalFileIOManager",
+    "MlflowResource",
+    "PolicyResource",
+    "PseudonymizationKey",
+    "RecordSource",
+    "SqlTableSource",
+    "WorkspacePaths",
+]

@@ -1,0 +1,374 @@
+"""Lifecycle step 1: the policy file — objectives and privacy requirements as validated, versioned code.
+
+A policy is the contract an auditor signs: why the data is processed (purpose, regulation, lawful basis), what
+each column is (schema roles), which privacy guarantees must hold (k, l, t, suppression, epsilon, delta, budgets,
+risk limits) and which performance the model must reach. Every later stage reads its settings from here, and
+the policy's content hash travels with every artefact so that evidence can be tied to the exact policy text.
+
+pydantic validates the YAML because it gives typed, documented models with precise error locations; every
+validation error is turned into one line naming the file, the field and the fix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ppml.errors import PPMLError
+
+POLICY_SCHEMA_VERSION = 1
+
+
+class Regulation(StrEnum):
+    GDPR = "GDPR"
+    HIPAA = "HIPAA"
+
+
+class LawfulBasis(StrEnum):
+    """GDPR Art. 6(1) bases plus the HIPAA permissions relevant to de-identified secondary use."""
+
+    CONSENT = "consent"
+    CONTRACT = "contract"
+    LEGAL_OBLIGATION = "legal_obligation"
+    VITAL_INTERESTS = "vital_interests"
+    PUBLIC_TASK = "public_task"
+    LEGITIMATE_INTERESTS = "legitimate_interests"
+    HIPAA_DEIDENTIFIED = "hipaa_deidentified_data"
+    HIPAA_AUTHORIZATION = "hipaa_authorization"
+    HIPAA_RESEARCH_WAIVER = "hipaa_research_waiver"
+
+
+class IdentifierAction(StrEnum):
+    """What de-identification does with a direct identifier column."""
+
+    DROP = "drop"
+    PSEUDONYMIZE = "pseudonymize"  # keyed HMAC-SHA256, key from an environment variable
+    MASK = "mask"  # keep a non-identifying shape, e.g. the e-mail domain or the last two digits
+    ZIP3 = "zip3"  # HIPAA Safe Harbor: first three digits, restricted low-population prefixes -> 000
+    YEAR = "year"  # HIPAA Safe Harbor: dates reduced to the year
+
+
+class Strict(BaseModel):
+    """Unknown keys are errors: a typo in a privacy setting must never be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class UseCase(Strict):
+    purpose: str = Field(min_length=10, description="Why the data is processed (GDPR Art. 5(1)(b)).")
+    regulation: Regulation
+    lawful_basis: LawfulBasis
+    data_subjects: str = Field(min_length=3, description="Whose personal data this is.")
+    retention_days: int = Field(gt=0, le=36500, description="How long raw records may be kept.")
+    controller: str = Field(default="", description="The organisation responsible for the processing.")
+
+
+class QuasiIdentifier(Strict):
+    """A quasi-identifier and the generalization hierarchy used to coarsen it.
+
+    ``hierarchy`` is an ARX-format CSV, relative to the policy file; ``hierarchy_spec`` builds one from a short
+    spec (interval widths, date granularity or ZIP prefixes) instead.
+    """
+
+    hierarchy: Path | None = None
+    hierarchy_spec: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> QuasiIdentifier:
+        if (self.hierarchy is None) == (self.hierarchy_spec is None):
+            raise ValueError("give exactly one of 'hierarchy' (a CSV path) or 'hierarchy_spec'")
+        return self
+
+
+class Label(Strict):
+    column: str
+    positive_value: str = Field(description="The raw label value that counts as the positive class.")
+
+
+class SchemaRoles(Strict):
+    subject_id: str = Field(description="The column identifying the data subject (used for erasure requests).")
+    event_date: str = Field(description="The column holding the record's event date (YYYY-MM-DD).")
+    direct_identifiers: dict[str, IdentifierAction] = Field(min_length=1)
+    quasi_identifiers: dict[str, QuasiIdentifier] = Field(min_length=1)
+    sensitive_attributes: list[str] = Field(default_factory=list)
+    protected_attributes: list[str] = Field(
+        default_factory=list, description="Groups for disaggregated utility (fairness) reporting."
+    )
+    label: Label
+    features: list[str] = Field(min_length=1, description="Candidate model features (before risk selection).")
+    numeric_columns: list[str] = Field(default_factory=list, description="Columns parsed as integers.")
+    value_ranges: dict[str, tuple[float, float]] = Field(
+        default_factory=dict, description="Plausible [min, max] per numeric column, checked at collection."
+    )
+    label_values: list[str] = Field(default_factory=list, description="All allowed raw label values.")
+
+    @model_validator(mode="after")
+    def _roles_are_consistent(self) -> SchemaRoles:
+        direct = set(self.direct_identifiers)
+        for column in self.features:
+            if column in direct:
+                raise ValueError(f"feature '{column}' is a direct identifier; remove it from schema.features")
+        if self.label.column in self.features:
+            raise ValueError(f"the label '{self.label.column}' cannot also be a feature")
+        if self.subject_id not in direct:
+            raise ValueError(f"subject_id '{self.subject_id}' must also be listed in direct_identifiers")
+        for column, (low, high) in self.value_ranges.items():
+            if column not in self.numeric_columns:
+                raise ValueError(f"value_ranges names '{column}', which is not in numeric_columns")
+            if low > high:
+                raise ValueError(f"value_ranges for '{column}' has min {low} above max {high}")
+        if self.label_values and self.label.positive_value not in self.label_values:
+            raise ValueError(f"label.positive_value '{self.label.positive_value}' is not among label_values")
+        overlap = direct & set(self.quasi_identifiers)
+        if overlap:
+            raise ValueError(f"columns {sorted(overlap)} are both direct and quasi-identifiers")
+        return self
+
+
+class LDiversity(Strict):
+    attribute: str
+    l: float = Field(ge=2)  # noqa: E741 - the model's own name
+    variant: Literal["distinct", "entropy", "recursive"] = "distinct"
+    c: float | None = Field(default=None, gt=0, description="Only for recursive (c,l)-diversity.")
+
+    @model_validator(mode="after")
+    def _c_for_recursive(self) -> LDiversity:
+        if self.variant == "recursive" and self.c is None:
+            raise ValueError("recursive (c,l)-diversity needs 'c'")
+        return self
+
+
+class TCloseness(Strict):
+    attribute: str
+    t: float = Field(gt=0, le=1)
+    variant: Literal["equal", "hierarchical"] = "equal"
+    hierarchy: Path | None = None
+
+
+class PrivacyRequirements(Strict):
+    k: int = Field(ge=2, description="k-anonymity: every equivalence class holds at least k records.")
+    l_diversity: list[LDiversity] = Field(default_factory=list)
+    t_closeness: list[TCloseness] = Field(default_factory=list)
+    suppression_limit: float = Field(ge=0, le=0.5, description="Largest share of records that may be removed.")
+    epsilon: float = Field(gt=0, le=100, description="Target epsilon of one DP training run.")
+    delta: float = Field(gt=0, lt=1e-2, description="Target delta; must also be < 1/n at training time.")
+    lifetime_epsilon_budget: float = Field(gt=0, description="Total epsilon any data subject may be exposed to.")
+    max_reidentification_risk: float = Field(gt=0, le=1, description="Highest prosecutor risk allowed (<= 1/k).")
+    max_membership_inference_auc: float = Field(ge=0.5, le=1)
+    max_membership_inference_tpr_at_low_fpr: float = Field(default=0.05, gt=0, lt=1)
+    low_fpr: float = Field(default=0.01, gt=0, lt=1, description="FPR at which the attack TPR is limited.")
+    dp_statistics_epsilon: float = Field(default=0.5, gt=0, description="Epsilon of the OpenDP summary release.")
+
+    @model_validator(mode="after")
+    def _budget_covers_one_run(self) -> PrivacyRequirements:
+        if self.lifetime_epsilon_budget < self.epsilon:
+            raise ValueError(
+                f"lifetime_epsilon_budget {self.lifetime_epsilon_budget} is below one run's epsilon {self.epsilon}"
+            )
+        return self
+
+
+class PerformanceObjectives(Strict):
+    min_accuracy: float = Field(ge=0, le=1)
+    min_roc_auc: float = Field(ge=0.5, le=1)
+    max_utility_gap: float = Field(
+        default=0.05, ge=0, le=1, description="Largest accuracy loss allowed versus the non-private baseline."
+    )
+
+
+class Collection(Strict):
+    training_window_days: int = Field(ge=1, le=3660, description="Daily partitions one training run uses.")
+    erasure_list: Path | None = Field(
+        default=None, description="CSV of subject ids that objected or asked for erasure (GDPR Art. 17, 21)."
+    )
+
+
+class TrainingSettings(Strict):
+    model: Literal["logistic", "mlp"] = "mlp"
+    hidden_sizes: list[Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: [64])
+    candidate_learning_rates: list[Annotated[float, Field(gt=0)]] = Field(default_factory=lambda: [0.05])
+    epochs: int = Field(default=5, ge=1, le=1000)
+    batch_size: int = Field(default=512, ge=1)
+    max_grad_norm: float = Field(default=1.0, gt=0)
+    accountant: Literal["prv", "rdp"] = "prv"
+    train_non_private_baseline: bool = True
+    seed: int = 0
+
+
+class EvaluationSettings(Strict):
+    reference_models: int = Field(default=2, ge=0, le=64, description="LiRA reference models (0 = skip LiRA).")
+    audit_canaries: int = Field(default=0, ge=0, description="Canaries of the one-run epsilon audit (0 = skip).")
+
+
+class Monitoring(Strict):
+    drift_psi_threshold: float = Field(default=0.2, gt=0)
+    retrain_cron: str = Field(default="0 3 * * 1", min_length=9)
+
+
+class Policy(Strict):
+    """A validated privacy policy. Construct it with :func:`load_policy`."""
+
+    policy_version: Literal[1] = POLICY_SCHEMA_VERSION
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{2,63}$")
+    use_case: UseCase
+    schema_: SchemaRoles = Field(alias="schema")
+    collection: Collection
+    privacy: PrivacyRequirements
+    objectives: PerformanceObjectives
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
+    evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
+    monitoring: Monitoring = Field(default_factory=Monitoring)
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("name")
+    @classmethod
+    def _lower(cls, value: str) -> str:
+        return value.lower()
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self) -> Policy:
+        roles = self.schema_
+        known = set(roles.features) | set(roles.quasi_identifiers) | {roles.label.column}
+        for attribute in [*roles.sensitive_attributes, *roles.protected_attributes]:
+            if attribute not in known:
+                raise ValueError(f"'{attribute}' must be a feature or quasi-identifier to be evaluated")
+        for model in [*self.privacy.l_diversity, *self.privacy.t_closeness]:
+            if model.attribute not in roles.sensitive_attributes:
+                raise ValueError(f"'{model.attribute}' must be listed in schema.sensitive_attributes")
+        if self.privacy.max_reidentification_risk + 1e-12 < 1 / self.privacy.k:
+            # k-anonymity alone guarantees prosecutor risk <= 1/k; a stricter limit needs a larger k.
+            raise ValueError(
+                f"max_reidentification_risk {self.privacy.max_reidentification_risk} is below 1/k = "
+                f"{1 / self.privacy.k:.4f}; raise k to at least {int(-(-1 // self.privacy.max_reidentification_risk))}"
+            )
+        return self
+
+
+class LoadedPolicy(BaseModel):
+    """A policy together with where it came from and the hash of its canonical content."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    policy: Policy
+    path: Path
+    content_hash: str
+
+    def resolve(self, relative: Path) -> Path:
+        """Resolve a path written in the policy relative to the policy file's folder."""
+        return relative if relative.is_absolute() else (self.path.parent / relative).resolve()
+
+    def hierarchy_paths(self) -> dict[str, Path]:
+        return {
+            column: self.resolve(qi.hierarchy)
+            for column, qi in self.policy.schema_.quasi_identifiers.items()
+            if qi.hierarchy is not None
+        }
+
+
+_FIXES = {
+    "missing": "add the field",
+    "extra_forbidden": "remove it or fix its spelling (see docs/policy.md for the allowed fields)",
+    "enum": "use one of the allowed values",
+    "literal_error": "use one of the allowed values",
+}
+
+
+def _field_path(location: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in location if not (isinstance(p, str) and p.startswith("function-after"))]
+    return ".".join("schema" if p == "schema_" else p for p in parts) or "(document)"
+
+
+def _describe(error: dict[str, Any]) -> str:
+    kind = error["type"]
+    message = error["msg"].removeprefix("Value error, ")
+    fix = _FIXES.get(kind)
+    if fix is None:
+        if kind.endswith("_type") or kind.endswith("_parsing"):
+            fix = "write a value of the expected type"
+        else:
+            fix = "change the value so that the rule above holds"
+    return f"{message}; fix: {fix}"
+
+
+def policy_content_hash(document: dict[str, Any]) -> str:
+    """SHA-256 of the policy's canonical JSON, so formatting or comment changes do not change the version."""
+    canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def parse_policy(document: Any, source: str) -> Policy:
+    """Validate a parsed policy document; raise one-line PPMLError on the first problem."""
+    if not isinstance(document, dict):
+        raise PPMLError(f"{source}: field '(document)': the policy must be a YAML mapping; fix: see policies/")
+    try:
+        return Policy.model_validate(document)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise PPMLError(f"{source}: field '{_field_path(first['loc'])}': {_describe(first)}") from None
+
+
+def load_policy(path: str | Path, *, check_files: bool = True) -> LoadedPolicy:
+    """Read, validate and hash a policy YAML file.
+
+    With ``check_files`` the hierarchy and erasure-list files the policy names must exist, so a typo fails at
+    validation time rather than halfway through a run.
+    """
+    policy_path = Path(path).resolve()
+    source = str(path)
+    if not policy_path.is_file():
+        raise PPMLError(f"{source}: field '(file)': policy file not found; fix: pass an existing YAML file")
+    try:
+        document = yaml.safe_load(policy_path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise PPMLError(f"{source}: field '(document)': not valid YAML{where}; fix: correct the syntax") from None
+    policy = parse_policy(document, source)
+    loaded = LoadedPolicy(policy=policy, path=policy_path, content_hash=policy_content_hash(document))
+    if check_files:
+        for column, hierarchy in loaded.hierarchy_paths().items():
+            if not hierarchy.is_file():
+                raise PPMLError(
+                    f"{source}: field 'schema.quasi_identifiers.{column}.hierarchy': file {hierarchy} not found; "
+                    "fix: give a path relative to the policy file"
+                )
+        erasure = policy.collection.erasure_list
+        if erasure is not None and not loaded.resolve(erasure).is_file():
+            raise PPMLError(
+                f"{source}: field 'collection.erasure_list': file {loaded.resolve(erasure)} not found; "
+                "fix: give a path relative to the policy file or remove the field"
+            )
+    return loaded
+
+
+def check_columns_exist(policy: Policy, columns: set[str], source: str) -> None:
+    """Fail when the policy names a column the data does not have (a common copy-paste error)."""
+    roles = policy.schema_
+    named = {
+        "schema.subject_id": [roles.subject_id],
+        "schema.event_date": [roles.event_date],
+        "schema.direct_identifiers": list(roles.direct_identifiers),
+        "schema.quasi_identifiers": list(roles.quasi_identifiers),
+        "schema.sensitive_attributes": roles.sensitive_attributes,
+        "schema.label": [roles.label.column],
+        "schema.features": roles.features,
+    }
+    for field, names in named.items():
+        for name in names:
+            if name not in columns:
+                raise PPMLError(
+                    f"{source}: field '{field}': unknown column '{name}' (data has {sorted(columns)}); "
+                    "fix: correct the column name in the policy"
+                )
+
+
+def bundled_policy_path(name: str = "adult_gdpr") -> Path:
+    """The policies shipped with ppml (used by `ppml demo` and as templates)."""
+    return Path(__file__).resolve().parent.parent / "policies" / f"{name}.yaml"

@@ -1,0 +1,43 @@
+"""Deployment settings read once from the environment when the code location loads.
+
+Everything has an embedded default so that `make demo` and `dagster dev -w workspace.yaml` work on a fresh
+clone: PPML_HOME (``.ppml/`` in the working directory) holds the Dagster instance, MLflow's SQLite store and
+artifacts, the landing zone, asset files, checkpoints and reports.
+"""
+
+import os
+from pathlib import Path
+
+from dagster import DailyPartitionsDefinition, TimeWindowPartitionMapping
+
+from ppml.landing_zone import DEFAULT_FIRST_DAY
+from ppml.policy import bundled_policy_path, load_policy
+
+PPML_HOME = Path(os.environ.get("PPML_HOME", Path.cwd() / ".ppml")).resolve()
+POLICY_PATH = Path(os.environ.get("PPML_POLICY", bundled_policy_path("adult_gdpr"))).resolve()
+PARTITIONS_START = os.environ.get("PPML_PARTITIONS_START", DEFAULT_FIRST_DAY.isoformat())
+PARTITIONS_END = os.environ.get("PPML_PARTITIONS_END") or None
+
+#: Collection and de-identification are partitioned by event date.
+daily_partitions = DailyPartitionsDefinition(start_date=PARTITIONS_START, end_date=PARTITIONS_END)
+
+
+def training_window_days() -> int:
+    """The policy's training window; read at load time because the partition mapping is static."""
+    return load_policy(POLICY_PATH, check_files=False).policy.collection.training_window_days
+
+
+#: Everything from anonymization on is partitioned by the "as of" day of a training run, and reads the
+#: policy's window of daily partitions ending that day: k-anonymity and DP hold over the released set.
+training_window = TimeWindowPartitionMapping(
+    start_offset=-(training_window_days() - 1), end_offset=0, allow_nonexistent_upstream_partitions=True
+)
+
+
+def default_mlflow_tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PPML_HOME / 'mlflow' / 'mlflow.db'}"
+
+
+def default_ledger_url() -> str:
+    """The ledger lives in the Dagster instance's database: PostgreSQL when configured, else SQLite beside it."""
+    return os.environ.get("PPML_LEDGER_URL") or f"sqlite:///{PPML_HOME / 'dagster' / 'privacy_ledger.db'}"

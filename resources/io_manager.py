@@ -1,0 +1,86 @@
+"""Stores asset outputs as Parquet (tables) and JSON (records of decisions and metrics) under PPML_HOME.
+
+Plain files rather than pickles so that an auditor can open every intermediate data set with standard tools,
+and so that outputs never depend on the Python version that wrote them. Writes are atomic (temporary file,
+then rename): a failed step never leaves a partial file behind for a downstream step to read.
+"""
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from dagster import ConfigurableIOManager, InputContext, MetadataValue, OutputContext
+
+from ppml.errors import PPMLError
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    write(temporary)
+    os.replace(temporary, path)
+
+
+class LocalFileIOManager(ConfigurableIOManager):
+    """DataFrames to ``<base_dir>/<asset>/<partition>.parquet``; dicts to ``.json`` beside them."""
+
+    base_dir: str
+
+    def _stem(self, asset_path: list[str], partition: str | None) -> Path:
+        folder = Path(self.base_dir, *asset_path)
+        return folder / (partition or "latest")
+
+    def handle_output(self, context: OutputContext, obj: Any) -> None:
+        if obj is None:
+            return
+        asset_path = list(context.asset_key.path)
+        if context.has_asset_partitions and len(context.asset_partition_keys) > 1:
+            if not isinstance(obj, dict) or set(obj) != set(context.asset_partition_keys):
+                raise PPMLError(
+                    f"{context.asset_key.to_user_string()}: field '(output)': a multi-partition run must return "
+                    "one object per partition key; fix: return a dict keyed by partition"
+                )
+            items = obj.items()
+        else:
+            partition = context.asset_partition_key if context.has_asset_partitions else None
+            items = [(partition, obj)]
+        written = []
+        for partition, value in items:
+            written.append(self._write(self._stem(asset_path, partition), value))
+        context.add_output_metadata({"path": MetadataValue.path(str(written[0].parent)), "files": len(written)})
+
+    def _write(self, stem: Path, value: Any) -> Path:
+        if isinstance(value, pd.DataFrame):
+            path = stem.with_suffix(".parquet")
+            _atomic_write(path, lambda p: value.to_parquet(p, index=False))
+        else:
+            path = stem.with_suffix(".json")
+            text = json.dumps(value, indent=2, sort_keys=True, default=str)
+            _atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
+        return path
+
+    def load_input(self, context: InputContext) -> Any:
+        asset_path = list(context.asset_key.path)
+        if context.has_asset_partitions:
+            keys = list(context.asset_partition_keys)
+            values = [self._read(self._stem(asset_path, key), context, key) for key in keys]
+            if len(values) == 1:
+                return values[0]
+            if all(isinstance(v, pd.DataFrame) for v in values):
+                return pd.concat(values, ignore_index=True)
+            return dict(zip(keys, values, strict=True))
+        return self._read(self._stem(asset_path, None), context, None)
+
+    def _read(self, stem: Path, context: InputContext, partition: str | None) -> Any:
+        parquet, document = stem.with_suffix(".parquet"), stem.with_suffix(".json")
+        if parquet.is_file():
+            return pd.read_parquet(parquet)
+        if document.is_file():
+            return json.loads(document.read_text(encoding="utf-8"))
+        where = f" partition {partition}" if partition else ""
+        raise PPMLError(
+            f"{stem.parent}: field '{context.asset_key.to_user_string()}': upstream{where} is not materialized; "
+            f"fix: materialize (backfill) {context.asset_key.to_user_string()}{where} first"
+        )
