@@ -148,11 +148,12 @@ def validate_and_type(frame: pd.DataFrame, source: str, policy: Policy, day: str
     columns = required_columns(policy)
     missing = [column for column in columns if column not in frame.columns]
     if missing:
+        role = _policy_field_naming(policy, missing[0])
         raise input_error(
             source,
             missing[0],
-            f"required column missing ({len(missing)} missing in all)",
-            "add the column or correct schema roles in the policy",
+            f"required column missing, named by the policy's {role} ({len(missing)} missing in all)",
+            "add the column to the data, or correct the column name in the policy",
         )
     typed = frame[columns].copy()
     for column in columns:
@@ -181,6 +182,21 @@ def validate_and_type(frame: pd.DataFrame, source: str, policy: Policy, day: str
             "put each record in the file of its own event date",
         )
     return typed
+
+
+def _policy_field_naming(policy: Policy, column: str) -> str:
+    roles = policy.schema_
+    for field, names in (
+        ("schema.subject_id", [roles.subject_id]),
+        ("schema.event_date", [roles.event_date]),
+        ("schema.direct_identifiers", list(roles.direct_identifiers)),
+        ("schema.quasi_identifiers", list(roles.quasi_identifiers)),
+        ("schema.sensitive_attributes", roles.sensitive_attributes),
+        ("schema.label", [roles.label.column]),
+    ):
+        if column in names:
+            return field
+    return "schema.features"
 
 
 def read_erasure_list(path: Path) -> set[str]:

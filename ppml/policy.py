@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -82,7 +83,9 @@ class QuasiIdentifier(Strict):
     @model_validator(mode="after")
     def _one_source(self) -> QuasiIdentifier:
         if (self.hierarchy is None) == (self.hierarchy_spec is None):
-            raise ValueError("give exactly one of 'hierarchy' (a CSV path) or 'hierarchy_spec'")
+            raise ValueError(
+                "both or neither of hierarchy/hierarchy_spec given; fix: give exactly one of 'hierarchy' (a CSV path) or 'hierarchy_spec'"
+            )
         return self
 
 
@@ -113,21 +116,29 @@ class SchemaRoles(Strict):
         direct = set(self.direct_identifiers)
         for column in self.features:
             if column in direct:
-                raise ValueError(f"feature '{column}' is a direct identifier; remove it from schema.features")
+                raise ValueError(f"feature '{column}' is a direct identifier; fix: remove it from schema.features")
         if self.label.column in self.features:
-            raise ValueError(f"the label '{self.label.column}' cannot also be a feature")
+            raise ValueError(f"the label '{self.label.column}' is also a feature; fix: remove it from schema.features")
         if self.subject_id not in direct:
-            raise ValueError(f"subject_id '{self.subject_id}' must also be listed in direct_identifiers")
+            raise ValueError(
+                f"subject_id '{self.subject_id}' is not a direct identifier; fix: list it in direct_identifiers"
+            )
         for column, (low, high) in self.value_ranges.items():
             if column not in self.numeric_columns:
-                raise ValueError(f"value_ranges names '{column}', which is not in numeric_columns")
+                raise ValueError(f"value_ranges names '{column}', which is not numeric; fix: add it to numeric_columns")
             if low > high:
-                raise ValueError(f"value_ranges for '{column}' has min {low} above max {high}")
+                raise ValueError(f"value_ranges for '{column}' has min {low} above max {high}; fix: swap them")
         if self.label_values and self.label.positive_value not in self.label_values:
-            raise ValueError(f"label.positive_value '{self.label.positive_value}' is not among label_values")
-        overlap = direct & set(self.quasi_identifiers)
+            raise ValueError(
+                f"positive_value '{self.label.positive_value}' is not a label value; fix: add it to label_values"
+            )
+        generalized = {IdentifierAction.ZIP3, IdentifierAction.YEAR}
+        overlap = {c for c in direct & set(self.quasi_identifiers) if self.direct_identifiers[c] not in generalized}
         if overlap:
-            raise ValueError(f"columns {sorted(overlap)} are both direct and quasi-identifiers")
+            raise ValueError(
+                f"columns {sorted(overlap)} are both direct and quasi-identifiers; fix: a direct identifier can "
+                "also be a quasi-identifier only when its action keeps a generalized value (zip3 or year)"
+            )
         return self
 
 
@@ -140,7 +151,7 @@ class LDiversity(Strict):
     @model_validator(mode="after")
     def _c_for_recursive(self) -> LDiversity:
         if self.variant == "recursive" and self.c is None:
-            raise ValueError("recursive (c,l)-diversity needs 'c'")
+            raise ValueError("recursive (c,l)-diversity without c; fix: add c, e.g. c: 2")
         return self
 
 
@@ -169,7 +180,8 @@ class PrivacyRequirements(Strict):
     def _budget_covers_one_run(self) -> PrivacyRequirements:
         if self.lifetime_epsilon_budget < self.epsilon:
             raise ValueError(
-                f"lifetime_epsilon_budget {self.lifetime_epsilon_budget} is below one run's epsilon {self.epsilon}"
+                f"lifetime_epsilon_budget {self.lifetime_epsilon_budget} is below one run's epsilon {self.epsilon}; "
+                "fix: raise the lifetime budget or lower epsilon"
             )
         return self
 
@@ -238,15 +250,16 @@ class Policy(Strict):
         known = set(roles.features) | set(roles.quasi_identifiers) | {roles.label.column}
         for attribute in [*roles.sensitive_attributes, *roles.protected_attributes]:
             if attribute not in known:
-                raise ValueError(f"'{attribute}' must be a feature or quasi-identifier to be evaluated")
+                raise ValueError(f"'{attribute}' is not a feature or quasi-identifier; fix: add it to schema.features")
         for model in [*self.privacy.l_diversity, *self.privacy.t_closeness]:
             if model.attribute not in roles.sensitive_attributes:
-                raise ValueError(f"'{model.attribute}' must be listed in schema.sensitive_attributes")
+                raise ValueError(f"'{model.attribute}' is not sensitive; fix: list it in schema.sensitive_attributes")
         if self.privacy.max_reidentification_risk + 1e-12 < 1 / self.privacy.k:
             # k-anonymity alone guarantees prosecutor risk <= 1/k; a stricter limit needs a larger k.
             raise ValueError(
                 f"max_reidentification_risk {self.privacy.max_reidentification_risk} is below 1/k = "
-                f"{1 / self.privacy.k:.4f}; raise k to at least {int(-(-1 // self.privacy.max_reidentification_risk))}"
+                f"{1 / self.privacy.k:.4f}; fix: raise k to at least "
+                f"{math.ceil(1 / self.privacy.max_reidentification_risk - 1e-9)} or relax the limit"
             )
         return self
 
@@ -288,12 +301,14 @@ def _field_path(location: tuple[Any, ...]) -> str:
 def _describe(error: dict[str, Any]) -> str:
     kind = error["type"]
     message = error["msg"].removeprefix("Value error, ")
+    if "fix:" in message:
+        return message
     fix = _FIXES.get(kind)
     if fix is None:
         if kind.endswith("_type") or kind.endswith("_parsing"):
             fix = "write a value of the expected type"
         else:
-            fix = "change the value so that the rule above holds"
+            fix = "change the value so that it satisfies the rule stated here"
     return f"{message}; fix: {fix}"
 
 

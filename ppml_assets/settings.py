@@ -12,8 +12,9 @@ from dagster import DailyPartitionsDefinition, TimeWindowPartitionMapping
 
 from ppml.landing_zone import DEFAULT_FIRST_DAY
 from ppml.policy import bundled_policy_path, load_policy
+from ppml.workspace import default_home
 
-PPML_HOME = Path(os.environ.get("PPML_HOME", Path.cwd() / ".ppml")).resolve()
+PPML_HOME = default_home()
 POLICY_PATH = Path(os.environ.get("PPML_POLICY", bundled_policy_path("adult_gdpr"))).resolve()
 PARTITIONS_START = os.environ.get("PPML_PARTITIONS_START", DEFAULT_FIRST_DAY.isoformat())
 PARTITIONS_END = os.environ.get("PPML_PARTITIONS_END") or None

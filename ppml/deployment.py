@@ -1,0 +1,82 @@
+"""Lifecycle step 7a: deployment through the MLflow model registry, gated by the compliance verdicts.
+
+A registered model version is evidence of what was trained; the ``production`` alias is the decision to serve
+it. The alias moves only when every blocking check passed, and the decision — promoted, or refused with the
+failing checks — is written to the version's tags and the training run's tags, so the registry itself tells an
+auditor why a version is or is not in production.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from ppml.errors import PPMLError
+
+PRODUCTION_ALIAS = "production"
+
+
+@dataclass
+class PromotionDecision:
+    model_name: str
+    version: str
+    promoted: bool
+    failing_checks: list[str] = field(default_factory=list)
+    previous_production_version: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def register_version(client: MlflowClient, model_name: str, model_uri: str, run_id: str, tags: dict[str, str]) -> str:
+    """Register a logged model as a new version of ``model_name`` (created on first use)."""
+    try:
+        client.get_registered_model(model_name)
+    except MlflowException:
+        client.create_registered_model(
+            model_name, description="DP-trained model; promoted to 'production' only by the ppml compliance gate."
+        )
+    version = client.create_model_version(model_name, source=model_uri, run_id=run_id, tags=tags)
+    return str(version.version)
+
+
+def current_production_version(client: MlflowClient, model_name: str) -> str | None:
+    try:
+        return str(client.get_model_version_by_alias(model_name, PRODUCTION_ALIAS).version)
+    except MlflowException:
+        return None
+
+
+def decide_promotion(
+    client: MlflowClient,
+    model_name: str,
+    version: str,
+    run_id: str,
+    failing_checks: list[str],
+    extra_tags: dict[str, str] | None = None,
+) -> PromotionDecision:
+    """Move the production alias only when nothing failed; record the decision either way."""
+    try:
+        client.get_model_version(model_name, version)
+    except MlflowException:
+        raise PPMLError(
+            f"MLflow registry: field 'version': {model_name} version {version} does not exist; "
+            "fix: re-materialize dp_model so the version is registered"
+        ) from None
+    previous = current_production_version(client, model_name)
+    promoted = not failing_checks
+    tags = {
+        "ppml.compliance": "passed" if promoted else "failed",
+        "ppml.promotion": "promoted" if promoted else "refused",
+        "ppml.failing_checks": ",".join(failing_checks) or "none",
+        **(extra_tags or {}),
+    }
+    for key, value in tags.items():
+        client.set_model_version_tag(model_name, version, key, value)
+        client.set_tag(run_id, key, value)
+    if promoted:
+        client.set_registered_model_alias(model_name, PRODUCTION_ALIAS, version)
+    return PromotionDecision(model_name, version, promoted, failing_checks, previous)

@@ -1,0 +1,81 @@
+"""The embedded default workspace under PPML_HOME (``.ppml/``): Dagster instance, MLflow store, secrets.
+
+`ppml demo` and `ppml ui` prepare it so that a fresh clone runs with no set-up: DAGSTER_HOME with SQLite
+storage, MLflow tracking in SQLite with local artifacts, the bundled landing zone, and — only when the operator
+has not exported one — a generated pseudonymization key kept in a 0600 file for the demo. Production sets
+PPML_HMAC_KEY and points DAGSTER_HOME at a directory holding ``deploy/dagster.yaml`` (PostgreSQL).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from ppml.deidentification import HMAC_KEY_ENV, MIN_KEY_LENGTH
+
+EMBEDDED_DAGSTER_YAML = """# Embedded default: SQLite storage under this folder (written by ppml; see deploy/dagster.yaml for PostgreSQL).
+storage:
+  sqlite:
+    base_dir: {base_dir}
+telemetry:
+  enabled: false
+"""
+
+
+@dataclass(frozen=True)
+class Workspace:
+    home: Path
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.home / "dagster"
+
+    @property
+    def landing_zone(self) -> Path:
+        return self.home / "landing"
+
+    @property
+    def reports(self) -> Path:
+        return self.home / "reports"
+
+    @property
+    def mlflow_dir(self) -> Path:
+        return self.home / "mlflow"
+
+    @property
+    def mlflow_tracking_uri(self) -> str:
+        return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{self.mlflow_dir / 'mlflow.db'}"
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("PPML_HOME", Path.cwd() / ".ppml")).resolve()
+
+
+def prepare_workspace(home: Path | None = None) -> tuple[Workspace, list[str]]:
+    """Create the folders and environment the embedded default needs; return notes for the operator."""
+    workspace = Workspace((home or default_home()).resolve())
+    notes: list[str] = []
+    for folder in (workspace.dagster_home, workspace.reports, workspace.mlflow_dir / "artifacts"):
+        folder.mkdir(parents=True, exist_ok=True)
+    os.environ["PPML_HOME"] = str(workspace.home)
+    if "DAGSTER_HOME" not in os.environ:
+        os.environ["DAGSTER_HOME"] = str(workspace.dagster_home)
+        config = workspace.dagster_home / "dagster.yaml"
+        if not config.exists():
+            config.write_text(EMBEDDED_DAGSTER_YAML.format(base_dir=workspace.dagster_home / "storage"))
+    os.environ.setdefault("MLFLOW_TRACKING_URI", workspace.mlflow_tracking_uri)
+    if len(os.environ.get(HMAC_KEY_ENV, "")) < MIN_KEY_LENGTH:
+        key_file = workspace.home / "secrets" / "demo_hmac_key"
+        if not key_file.exists():
+            key_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            descriptor = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "w") as handle:
+                handle.write(secrets.token_hex(32))
+        os.environ[HMAC_KEY_ENV] = key_file.read_text().strip()
+        notes.append(
+            f"{HMAC_KEY_ENV} is not set: using a demo key kept in {key_file} (mode 0600). "
+            f"In production export {HMAC_KEY_ENV} from your secret store."
+        )
+    return workspace, notes

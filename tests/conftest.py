@@ -1,0 +1,66 @@
+"""Shared fixtures: the session's landing zone and real PostgreSQL databases."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import LANDING_TEST_DAYS, POSTGRES_ADMIN_URL, SESSION_HOME, TEST_FIRST_DAY, days
+
+
+@pytest.fixture(scope="session")
+def landing_zone() -> Path:
+    """The bundled landing zone's test days (generated once per session)."""
+    from ppml.landing_zone import ensure_bundled_landing_zone
+
+    root = SESSION_HOME / "landing"
+    ensure_bundled_landing_zone(root, only_days=days(TEST_FIRST_DAY, LANDING_TEST_DAYS))
+    return root
+
+
+def _postgres_available() -> bool:
+    import sqlalchemy as sa
+
+    try:
+        engine = sa.create_engine(POSTGRES_ADMIN_URL)
+        with engine.connect():
+            pass
+        engine.dispose()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    """The admin URL of the local PostgreSQL server. Skips only outside CI; under CI=true it must be there."""
+    if not _postgres_available():
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"PostgreSQL is not reachable at {POSTGRES_ADMIN_URL} and CI=true: the tests must run")
+        pytest.skip("PostgreSQL is not reachable (set CI=true to make this a failure)")
+    return POSTGRES_ADMIN_URL
+
+
+@pytest.fixture
+def postgres_database(postgres_server: str) -> Iterator[str]:
+    """A fresh, uniquely named database, dropped afterwards; yields its SQLAlchemy URL."""
+    import sqlalchemy as sa
+
+    name = f"ppml_test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(postgres_server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = sa.engine.make_url(postgres_server).set(database=name).render_as_string(hide_password=False)
+    try:
+        yield url
+    finally:
+        with admin.connect() as connection:
+            connection.execute(
+                sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"), {"n": name}
+            )
+            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
+        admin.dispose()
