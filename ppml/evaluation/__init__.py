@@ -1,0 +1,77 @@
+"""Lifecycle step 6: evaluation and compliance evidence.
+
+Utility with bootstrap intervals and per-group gaps, membership-inference attacks (loss threshold, offline
+LiRA), the one-run empirical epsilon audit (Steinke, Nasr & Jagielski 2023) and the direct-identifier leakage
+scan. Every check returns a :class:`Verdict` (measured value, limit, passed) and every result a dataclass with
+a JSON-serialisable ``to_dict()`` for Dagster metadata and evidence.json. See docs/evaluation.md.
+"""
+
+from ppml.evaluation._common import ProbabilisticModel, Verdict
+from ppml.evaluation.audit import (
+    AuditResult,
+    AuditSettings,
+    Canaries,
+    GuessOutcome,
+    audit_from_scores,
+    audit_verdict,
+    canary_scores,
+    epsilon_lower_bound,
+    epsilon_p_value,
+    make_canaries,
+    run_one_run_audit,
+)
+from ppml.evaluation.leakage import Finding, LeakageReport, leakage_verdict, scan_for_identifiers
+from ppml.evaluation.membership_inference import (
+    MIAResult,
+    attack_metrics,
+    check_mia_limits,
+    lira_offline_attack,
+    loss_threshold_attack,
+    mia_verdicts,
+    partition_holdout,
+)
+from ppml.evaluation.utility import (
+    GroupBreakdown,
+    MetricEstimate,
+    ModelComparison,
+    UtilityReport,
+    compare_models,
+    evaluate_utility,
+    utility_report,
+    utility_verdicts,
+)
+
+__all__ = [
+    "AuditResult",
+    "AuditSettings",
+    "Canaries",
+    "Finding",
+    "GroupBreakdown",
+    "GuessOutcome",
+    "LeakageReport",
+    "MIAResult",
+    "MetricEstimate",
+    "ModelComparison",
+    "ProbabilisticModel",
+    "UtilityReport",
+    "Verdict",
+    "attack_metrics",
+    "audit_from_scores",
+    "audit_verdict",
+    "canary_scores",
+    "check_mia_limits",
+    "compare_models",
+    "epsilon_lower_bound",
+    "epsilon_p_value",
+    "evaluate_utility",
+    "leakage_verdict",
+    "lira_offline_attack",
+    "loss_threshold_attack",
+    "make_canaries",
+    "mia_verdicts",
+    "partition_holdout",
+    "run_one_run_audit",
+    "scan_for_identifiers",
+    "utility_report",
+    "utility_verdicts",
+]
