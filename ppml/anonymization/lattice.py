@@ -1,0 +1,450 @@
+"""The generalization lattice, class tables with roll-up, and the optimal and heuristic searches.
+
+A *node* (transformation) assigns a generalization level to every quasi-identifier. Its equivalence classes are
+computed from a *class table*: the distinct generalized QI tuples, lexicographically sorted, with their record
+counts and, per sensitive attribute, the histogram of sensitive values. A more generalized node's table is
+computed from any cached less generalized node's table (the roll-up ARX also uses): map each column up, mark
+where neighbours differ, and sum runs with ``np.add.reduceat``; see encoding.py for why runs suffice.
+
+Optimal search (``optimal_search``): nodes are visited in increasing order of the quality metric's lower bound
+(the information loss ignoring suppression, monotone over the lattice). The first node whose bound reaches the
+best value found so far ends the search: no later node can be better. Which nodes are accepted is decided with
+the privacy models' monotonicity, in the spirit of ARX's Flash (Kohlmayer et al. 2012): for an unknown node,
+a path is climbed to the top of the lattice and binary-searched for the boundary between rejected and accepted
+nodes; a rejected node rejects everything below it and (for monotone models) an accepted node accepts everything
+above it, so most of the lattice is classified without computing its classes. With a suppression limit the
+metric is not monotone, so every accepted node whose bound is below the best value is evaluated exactly.
+
+Heuristic search (``heuristic_search``, for lattices above ``max_nodes``): greedy bottom-up climb to the first
+accepted node (at each step the successor with the fewest violating records, then the lowest loss), followed by
+a greedy descent that lowers single attributes while the models still hold and the loss drops. It is not
+optimal, and the report says so.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ppml.anonymization._kernels import group_rollup
+from ppml.anonymization.encoding import EncodedAttribute
+from ppml.anonymization.models import KAnonymity, LDiversity, TCloseness, is_monotone
+
+__all__ = ["Assessment", "ClassTable", "Problem", "SearchOutcome", "heuristic_search", "optimal_search"]
+
+CACHE_CELLS = 40_000_000  # upper bound on cached class-table cells (about 320 MB of int64)
+
+
+@dataclass
+class ClassTable:
+    """Equivalence classes of one node: sorted distinct generalized tuples, their sizes, sensitive histograms."""
+
+    levels: np.ndarray  # (d,)
+    codes: np.ndarray  # (d, c), lexicographically sorted columns
+    counts: np.ndarray  # (c,) int64
+    hists: list[np.ndarray]  # per sensitive attribute, (c, |S|) int64
+
+    @property
+    def size(self) -> int:
+        return int(self.counts.shape[0])
+
+    @property
+    def cells(self) -> int:
+        return self.size * (self.codes.shape[0] + 1 + sum(h.shape[1] for h in self.hists))
+
+
+@dataclass
+class Assessment:
+    accepted: bool  # all models hold within the suppression limit
+    monotone_ok: bool  # the monotone part (k, distinct-l) holds within the limit
+    suppressed: np.ndarray  # (c,) bool: classes removed
+    suppressed_records: int
+
+
+@dataclass
+class SearchOutcome:
+    levels: tuple[int, ...] | None
+    value: float
+    checked: int
+    heuristic: bool
+    lattice_size: int
+
+
+@dataclass
+class Problem:
+    """Everything the search needs, encoded: attributes, the base class table, models, limits."""
+
+    attributes: list[EncodedAttribute]
+    base: ClassTable
+    n: int
+    max_outliers: int
+    k_model: KAnonymity
+    l_models: tuple[LDiversity, ...]
+    t_models: tuple[TCloseness, ...]
+    sensitive_names: list[str]  # column of ``hists`` per sensitive attribute
+    t_references: list[np.ndarray] = field(default_factory=list)  # per t model: reference distribution
+    t_level_maps: list[list[np.ndarray] | None] = field(default_factory=list)
+
+    @property
+    def heights(self) -> list[int]:
+        return [a.height for a in self.attributes]
+
+    @property
+    def lattice_size(self) -> int:
+        return math.prod(self.heights)
+
+    # ---------------------------------------------------------------------------------------------------------
+    def rollup(self, source: ClassTable, levels: np.ndarray) -> ClassTable:
+        """Class table of ``levels`` from a table of a node at or below it."""
+        return self.rollup_with_index(source, levels)[0]
+
+    def __post_init__(self) -> None:
+        # All level-to-level maps in one array, so the compiled roll-up can take them as one argument.
+        chunks, position = [], 0
+        self._offsets: list[list[list[int]]] = []
+        for attribute in self.attributes:
+            per_attribute = []
+            for a in range(attribute.height):
+                row = []
+                for b in range(attribute.height):
+                    mapping = attribute.up[a][b] if b >= a else None
+                    if mapping is None:
+                        row.append(-1)
+                        continue
+                    row.append(position)
+                    chunks.append(mapping)
+                    position += len(mapping)
+                per_attribute.append(row)
+            self._offsets.append(per_attribute)
+        self._maps = np.concatenate(chunks).astype(np.int64) if chunks else np.zeros(1, dtype=np.int64)
+        d = len(self.attributes)
+        tallest = max((a.height for a in self.attributes), default=1)
+        self._offset_table = np.full((d, tallest, tallest), -1, dtype=np.int64)
+        self._card_table = np.ones((d, tallest), dtype=np.int64)
+        for i, attribute in enumerate(self.attributes):
+            for a in range(attribute.height):
+                self._card_table[i, a] = attribute.cardinality(a)
+                for b in range(a + 1, attribute.height):
+                    self._offset_table[i, a, b] = self._offsets[i][a][b]
+        self._log_cards = np.log2(np.maximum(self._card_table, 2))
+        self._rows = np.arange(d)
+
+    def rollup_with_index(self, source: ClassTable, levels: np.ndarray) -> tuple[ClassTable, np.ndarray | None]:
+        """Class table of ``levels`` and, per source class, the index of its new class (None: unchanged)."""
+        d = len(self.attributes)
+        levels = np.array(levels, dtype=np.int64)
+        offsets = self._offset_table[self._rows, source.levels, levels]
+        cards = self._card_table[self._rows, levels]
+        if (offsets < 0).all():
+            return ClassTable(levels, source.codes, source.counts, source.hists), None
+        if self._log_cards[self._rows, levels].sum() < 62:
+            inverse, codes, counts = group_rollup(source.codes, self._maps, offsets, cards, source.counts)
+        else:  # too many combinations for one integer key: number the distinct tuples instead
+            columns = np.stack(
+                [source.codes[i] if offsets[i] < 0 else self._maps[offsets[i] + source.codes[i]] for i in range(d)]
+            )
+            _, first, inverse = np.unique(columns, axis=1, return_index=True, return_inverse=True)
+            inverse = inverse.reshape(-1)
+            codes = np.ascontiguousarray(columns[:, first])
+            counts = np.bincount(inverse, weights=source.counts, minlength=codes.shape[1]).astype(np.int64)
+        groups = len(counts)
+        hists = []
+        for h in source.hists:
+            width = h.shape[1]
+            flat = (inverse[:, None] * width + np.arange(width)[None, :]).reshape(-1)
+            merged = np.bincount(flat, weights=h.reshape(-1), minlength=groups * width)
+            hists.append(merged.reshape(groups, width).astype(np.int64))
+        return ClassTable(levels, codes, counts, hists), inverse
+
+    def marginal_suppression(self) -> list[np.ndarray]:
+        """Per attribute and level: records that every node with that level must suppress.
+
+        A class never holds more records (or more distinct sensitive values) than the attribute value it has, so
+        records whose generalized value alone violates k-anonymity or distinct l-diversity are suppressed by
+        every node using that level. This rejects many nodes before any class is computed.
+        """
+        distinct = [m for m in self.l_models if m.monotone_with_suppression()]
+        result = []
+        for i, attribute in enumerate(self.attributes):
+            leaf_counts = np.bincount(self.base.codes[i], weights=self.base.counts, minlength=attribute.cardinality(0))
+            leaf_hists = []
+            for model in distinct:
+                hist = self.base.hists[self.sensitive_names.index(model.attribute)]
+                merged = np.zeros((attribute.cardinality(0), hist.shape[1]))
+                np.add.at(merged, self.base.codes[i], hist)
+                leaf_hists.append(merged)
+            per_level = np.zeros(attribute.height, dtype=np.int64)
+            for level in range(attribute.height):
+                mapping = attribute.leaf_to_level[level]
+                width = attribute.cardinality(level)
+                counts = np.bincount(mapping, weights=leaf_counts, minlength=width)
+                bad = counts < self.k_model.k
+                for model, leaf_hist in zip(distinct, leaf_hists, strict=True):
+                    merged = np.zeros((width, leaf_hist.shape[1]))
+                    np.add.at(merged, mapping, leaf_hist)
+                    bad |= model.violations(merged)
+                per_level[level] = int(counts[bad].sum())
+            result.append(per_level)
+        return result
+
+    def assess(self, table: ClassTable, full: bool = True) -> Assessment:
+        """Which classes violate the models, and whether the node is accepted within the suppression limit."""
+        counts = table.counts
+        bad = self.k_model.violations(counts)
+        for model in self.l_models:
+            if model.monotone_with_suppression():
+                bad |= model.violations(table.hists[self.sensitive_names.index(model.attribute)])
+        suppressed = int(counts[bad].sum())
+        monotone_ok = suppressed <= self.max_outliers
+        if not monotone_ok or not full:
+            return Assessment(False, monotone_ok, bad, suppressed)
+        extra = False
+        for model in self.l_models:
+            if not model.monotone_with_suppression():
+                bad |= model.violations(table.hists[self.sensitive_names.index(model.attribute)])
+                extra = True
+        for j, model in enumerate(self.t_models):
+            histogram = table.hists[self.sensitive_names.index(model.attribute)]
+            bad |= model.violations(histogram, self.t_references[j], self.t_level_maps[j])
+            extra = True
+        if extra:
+            suppressed = int(counts[bad].sum())
+        return Assessment(suppressed <= self.max_outliers, monotone_ok, bad, suppressed)
+
+
+class _TableCache:
+    """Class tables of evaluated nodes; a new node rolls up from the smallest cached table below it."""
+
+    def __init__(self, problem: Problem) -> None:
+        self.problem = problem
+        d = len(problem.attributes)
+        self.levels = np.zeros((64, d), dtype=np.int64)
+        self.sizes = np.zeros(64, dtype=np.int64)
+        self.tables: list[ClassTable | None] = []
+        self.index: dict[bytes, int] = {}
+        self.cells = 0
+        self.computed = 0
+        self.requested: set[bytes] = set()
+        self._add(problem.base)
+
+    def _add(self, table: ClassTable) -> None:
+        slot = len(self.tables)
+        if slot == len(self.sizes):
+            self.levels = np.concatenate([self.levels, np.zeros_like(self.levels)])
+            self.sizes = np.concatenate([self.sizes, np.zeros_like(self.sizes)])
+        self.levels[slot] = table.levels
+        self.sizes[slot] = table.size
+        self.tables.append(table)
+        self.index[table.levels.tobytes()] = slot
+        self.cells += table.cells
+        if self.cells > CACHE_CELLS:
+            self._evict()
+
+    def _evict(self) -> None:
+        order = np.argsort(-self.sizes[: len(self.tables)])
+        for slot in order:
+            if self.cells <= CACHE_CELLS // 2:
+                break
+            table = self.tables[slot]
+            if slot == 0 or table is None:
+                continue
+            self.cells -= table.cells
+            self.tables[slot] = None
+            self.sizes[slot] = np.iinfo(np.int64).max
+            del self.index[table.levels.tobytes()]
+
+    def get(self, levels: np.ndarray) -> ClassTable:
+        key = levels.tobytes()
+        self.requested.add(key)
+        slot = self.index.get(key)
+        if slot is not None:
+            table = self.tables[slot]
+            assert table is not None
+            return table
+        used = len(self.tables)
+        below = np.all(self.levels[:used] <= levels, axis=1)
+        candidates = np.where(below, self.sizes[:used], np.iinfo(np.int64).max)
+        source = self.tables[int(np.argmin(candidates))]
+        assert source is not None
+        table = self.problem.rollup(source, levels)
+        self.computed += 1
+        self._add(table)
+        return table
+
+
+def all_nodes(heights: list[int]) -> np.ndarray:
+    """Every node of the lattice, row-major (the flat index is ``np.ravel_multi_index``)."""
+    return np.indices(heights).reshape(len(heights), -1).T.astype(np.int64)
+
+
+def optimal_search(problem: Problem, metric) -> SearchOutcome:
+    """Find the accepted node with the lowest metric value (ties: lower lattice level, then lexicographic)."""
+    heights = problem.heights
+    d = len(heights)
+    nodes = all_nodes(heights)
+    total = len(nodes)
+    bounds = metric.lower_bounds(nodes)
+    height_sum = nodes.sum(axis=1)
+    order = np.lexsort((height_sum,)) if bounds is None else np.lexsort((height_sum, bounds))
+    monotone = is_monotone(problem.l_models, problem.t_models, problem.max_outliers)
+    metric_monotone = problem.max_outliers == 0  # no suppression: generalizing never improves any metric
+    # monotone-part status: 1 holds, -1 fails (propagated down), 0 unknown; shaped like the lattice
+    mono = np.zeros(total, dtype=np.int8)
+    mono_view = mono.reshape(heights)
+    forced = np.zeros(total, dtype=np.int64)
+    for i, per_level in enumerate(problem.marginal_suppression()):
+        forced = np.maximum(forced, per_level[nodes[:, i]])
+    mono[forced > problem.max_outliers] = -1
+    # full status: 1 accepted, -1 rejected, 2 dominated (cannot be better than an accepted node below it)
+    full = np.zeros(total, dtype=np.int8)
+    full_view = full.reshape(heights)
+    full[mono == -1] = -1
+    top_list = [h - 1 for h in heights]
+    strides = [math.prod(heights[i + 1 :]) for i in range(d)]
+    cache = _TableCache(problem)
+    values: dict[int, float] = {}
+    best_index, best_value = -1, math.inf
+
+    def down(levels: np.ndarray) -> tuple[slice, ...]:
+        return tuple(slice(0, int(x) + 1) for x in levels)
+
+    def up(levels: np.ndarray) -> tuple[slice, ...]:
+        return tuple(slice(int(x), None) for x in levels)
+
+    def evaluate(index: int) -> bool:
+        """Compute the node's classes; record statuses and, when accepted, its value."""
+        levels = nodes[index]
+        table = cache.get(levels)
+        assessment = problem.assess(table)
+        holds = assessment.accepted if monotone else assessment.monotone_ok
+        if not holds:
+            mono_view[down(levels)] = -1
+            full_view[down(levels)] = -1
+            return False
+        region = mono_view[up(levels)]
+        region[region == 0] = 1
+        if not assessment.accepted:
+            full[index] = -1
+            return False
+        full[index] = 1
+        if monotone:
+            region = full_view[up(levels)]
+            region[region == 0] = 1
+        if bounds is not None and metric.exact_without_suppression and assessment.suppressed_records == 0:
+            values[index] = metric.value_without_suppression(levels)
+        else:
+            values[index] = metric.value(table, assessment.suppressed)
+        return True
+
+    def climb(index: int) -> None:
+        """Binary search for the rejected/accepted boundary on a path from the node to the top."""
+        levels = [int(x) for x in nodes[index]]
+        flat = int(index)
+        path = [flat]
+        while True:
+            step = -1
+            for i in range(d):
+                if levels[i] < top_list[i] and (step < 0 or levels[i] * top_list[step] <= levels[step] * top_list[i]):
+                    step = i
+            if step < 0:
+                break
+            levels[step] += 1
+            flat += strides[step]
+            path.append(flat)
+        lo, hi = 0, len(path) - 1
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            node = path[mid]
+            state = mono[node]
+            if state == 0:
+                if monotone:
+                    evaluate(node)
+                else:
+                    assessment = problem.assess(cache.get(nodes[node]), full=False)
+                    if assessment.monotone_ok:
+                        region = mono_view[up(nodes[node])]
+                        region[region == 0] = 1
+                    else:
+                        mono_view[down(nodes[node])] = -1
+                        full_view[down(nodes[node])] = -1
+                state = mono[node]
+            if state == 1:
+                hi = mid - 1
+            else:
+                lo = mid + 1
+
+    position = 0
+    while position < total:
+        remaining = order[position:]
+        open_mask = (mono[remaining] != -1) & (full[remaining] != -1) & (full[remaining] != 2)
+        hits = np.flatnonzero(open_mask)
+        if hits.size == 0:
+            break
+        position += int(hits[0])
+        index = int(order[position])
+        position += 1
+        if bounds is not None and bounds[index] >= best_value:
+            break
+        if mono[index] == 0:
+            climb(index)
+            if mono[index] == -1:
+                continue
+        if (full[index] == 0 or (full[index] == 1 and index not in values)) and not evaluate(index):
+            continue
+        if full[index] != 1:
+            continue
+        value = values[index]
+        if value < best_value:
+            best_index, best_value = index, value
+        if metric_monotone and bounds is None:
+            region = full_view[up(nodes[index])]
+            region[region != -1] = 2
+            full[index] = 1
+    if best_index < 0:
+        return SearchOutcome(None, math.inf, len(cache.requested), False, total)
+    return SearchOutcome(tuple(int(x) for x in nodes[best_index]), best_value, len(cache.requested), False, total)
+
+
+def heuristic_search(problem: Problem, metric) -> SearchOutcome:
+    """Greedy climb to an accepted node, then greedy descent; for lattices too large to search."""
+    heights = problem.heights
+    d = len(heights)
+    top = np.array(heights, dtype=np.int64) - 1
+    cache = _TableCache(problem)
+    levels = np.zeros(d, dtype=np.int64)
+
+    def score(candidate: np.ndarray) -> tuple[bool, int, float]:
+        table = cache.get(candidate)
+        assessment = problem.assess(table)
+        if not assessment.monotone_ok:
+            # rank by the records violating the monotone part; full models are checked once it holds
+            return False, assessment.suppressed_records, math.inf
+        value = metric.value(table, assessment.suppressed) if assessment.accepted else math.inf
+        return assessment.accepted, assessment.suppressed_records, value
+
+    accepted, _, value = score(levels)
+    while not accepted:
+        if (levels >= top).all():
+            return SearchOutcome(None, math.inf, len(cache.requested), True, problem.lattice_size)
+        options = []
+        for i in np.flatnonzero(levels < top):
+            candidate = levels.copy()
+            candidate[i] += 1
+            ok, suppressed, candidate_value = score(candidate)
+            options.append((not ok, suppressed if not ok else 0, candidate_value, int(i), candidate))
+        options.sort(key=lambda o: (o[0], o[1], o[2], o[3]))
+        _, _, value, _, levels = options[0]
+        accepted = not options[0][0]
+    improved = True
+    while improved:
+        improved = False
+        for i in np.flatnonzero(levels > 0):
+            candidate = levels.copy()
+            candidate[i] -= 1
+            ok, _, candidate_value = score(candidate)
+            if ok and candidate_value < value:
+                levels, value, improved = candidate, candidate_value, True
+                break
+    return SearchOutcome(tuple(int(x) for x in levels), value, len(cache.requested), True, problem.lattice_size)
