@@ -7,7 +7,9 @@ Plain module, no Dagster: the CLI (``ppml anonymize``) and the ``anonymized_reco
 from ppml.anonymization.engine import AnonymizationConfig, AnonymizationResult, anonymize
 from ppml.anonymization.hierarchy import Hierarchy, HierarchySpec
 from ppml.anonymization.models import KAnonymity, LDiversity, TCloseness
+from ppml.anonymization.policy_config import config_from_policy
 from ppml.anonymization.risk import RiskProfile, risk_from_frame, risk_from_sizes
+from ppml.anonymization.verify import Violation, class_statistics, verify_release
 
 __all__ = [
     "AnonymizationConfig",
@@ -18,7 +20,11 @@ __all__ = [
     "LDiversity",
     "RiskProfile",
     "TCloseness",
+    "Violation",
     "anonymize",
+    "class_statistics",
+    "config_from_policy",
     "risk_from_frame",
     "risk_from_sizes",
+    "verify_release",
 ]

@@ -76,8 +76,8 @@ class LDiversity:
 
     def describe(self) -> str:
         if self.variant == "recursive":
-            return f"recursive ({self.c},{self.l})-diversity of {self.attribute}"
-        return f"{self.variant} {self.l}-diversity of {self.attribute}"
+            return f"recursive ({self.c:g},{self.l:g})-diversity of {self.attribute}"
+        return f"{self.variant} {self.l:g}-diversity of {self.attribute}"
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ class TCloseness:
             raise ValueError(f"unknown t-closeness variant {self.variant!r}")
 
     def describe(self) -> str:
-        return f"{self.variant}-distance {self.t}-closeness of {self.attribute}"
+        return f"{self.variant}-distance {self.t:g}-closeness of {self.attribute}"
 
     def distances(
         self, histogram: np.ndarray, reference: np.ndarray, level_maps: list[np.ndarray] | None = None

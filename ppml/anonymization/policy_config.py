@@ -1,0 +1,66 @@
+"""Build an :class:`AnonymizationConfig` from a validated policy (the asset and ``ppml anonymize --policy``)."""
+
+from __future__ import annotations
+
+from ppml.anonymization.engine import AnonymizationConfig
+from ppml.anonymization.hierarchy import Hierarchy, HierarchySpec
+from ppml.anonymization.models import LDiversity, TCloseness
+from ppml.errors import input_error
+from ppml.policy import LoadedPolicy
+
+__all__ = ["config_from_policy"]
+
+
+def config_from_policy(
+    loaded: LoadedPolicy,
+    *,
+    metric: str = "loss",
+    source: str | None = None,
+    column_names: dict[str, str] | None = None,
+    max_optimal_nodes: int = 100_000,
+) -> AnonymizationConfig:
+    """The policy's QIs (in policy order), hierarchies, k, l, t and suppression limit as an engine config.
+
+    ``column_names`` renames policy columns to data columns when they differ (e.g. ``marital_status`` ->
+    ``marital-status``). The risk threshold is the policy's ``max_reidentification_risk``.
+    """
+    policy = loaded.policy
+    rename = column_names or {}
+    where = str(loaded.path)
+    quasi: dict[str, Hierarchy | HierarchySpec] = {}
+    for name, qi in policy.schema_.quasi_identifiers.items():
+        field = f"schema.quasi_identifiers.{name}"
+        if qi.hierarchy is not None:
+            quasi[rename.get(name, name)] = Hierarchy.from_csv(loaded.resolve(qi.hierarchy))
+        elif qi.hierarchy_spec is not None:
+            quasi[rename.get(name, name)] = HierarchySpec(dict(qi.hierarchy_spec), f"{where}: {field}.hierarchy_spec")
+        else:  # pragma: no cover - the policy model forbids it
+            raise input_error(where, field, "no hierarchy", "give 'hierarchy' or 'hierarchy_spec'")
+    privacy = policy.privacy
+    l_models = tuple(LDiversity(rename.get(m.attribute, m.attribute), m.l, m.variant, m.c) for m in privacy.l_diversity)
+    t_models = []
+    sensitive_hierarchies: dict[str, Hierarchy] = {}
+    for index, m in enumerate(privacy.t_closeness):
+        attribute = rename.get(m.attribute, m.attribute)
+        t_models.append(TCloseness(attribute, m.t, m.variant))
+        if m.variant == "hierarchical":
+            if m.hierarchy is None:
+                raise input_error(
+                    where,
+                    f"privacy.t_closeness.{index}.hierarchy",
+                    "hierarchical t-closeness needs the attribute's hierarchy",
+                    "add 'hierarchy: <ARX CSV>' or use variant: equal",
+                )
+            sensitive_hierarchies[attribute] = Hierarchy.from_csv(loaded.resolve(m.hierarchy))
+    return AnonymizationConfig(
+        quasi_identifiers=quasi,
+        k=privacy.k,
+        l_diversity=l_models,
+        t_closeness=tuple(t_models),
+        suppression_limit=privacy.suppression_limit,
+        metric=metric,
+        sensitive_hierarchies=sensitive_hierarchies,
+        max_optimal_nodes=max_optimal_nodes,
+        risk_threshold=privacy.max_reidentification_risk,
+        source=source or where,
+    )
