@@ -1,0 +1,207 @@
+"""``ppml anonymize`` on a local Typer app: outputs, report, policy mode, and bad input (exit 2, nothing written)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from ppml.anonymization.cli import anonymize_command
+from ppml.anonymization.datasets import ADULT_DIR
+
+HIERARCHIES = ADULT_DIR / "hierarchies"
+
+
+@pytest.fixture(scope="module")
+def app() -> typer.Typer:
+    application = typer.Typer()
+    application.command("anonymize")(anonymize_command)
+
+    @application.command("version")
+    def version() -> None:  # a second command keeps typer from collapsing the app into one command
+        """Unused."""
+
+    return application
+
+
+@pytest.fixture(scope="module")
+def adult_csv(tmp_path_factory: pytest.TempPathFactory, adult: pd.DataFrame) -> Path:
+    path = tmp_path_factory.mktemp("cli") / "adult.csv"
+    columns = [
+        "sex",
+        "age",
+        "race",
+        "marital-status",
+        "education",
+        "native-country",
+        "workclass",
+        "occupation",
+        "income",
+    ]
+    adult[columns].rename(columns={"income": "salary-class"}).to_csv(path, sep=";", index=False)
+    return path
+
+
+def run(app: typer.Typer, *args: str):
+    return CliRunner().invoke(app, ["anonymize", *args])
+
+
+def test_cli_reproduces_arx_reference(app: typer.Typer, adult_csv: Path, tmp_path: Path) -> None:
+    out, report = tmp_path / "out.csv", tmp_path / "out.json"
+    qis = "sex,age,race,marital-status,education,native-country,workclass,occupation,salary-class"
+    result = run(
+        app,
+        "--input",
+        str(adult_csv),
+        "--hierarchies",
+        str(HIERARCHIES),
+        "--qi",
+        qis,
+        "--k",
+        "5",
+        "--suppression",
+        "0.05",
+        "--sep",
+        ";",
+        "--out",
+        str(out),
+        "--report",
+        str(report),
+    )
+    assert result.exit_code == 0, result.output
+    document = json.loads(report.read_text())
+    assert list(document["transformation"].values()) == [0, 3, 0, 0, 2, 1, 1, 2, 0]
+    assert document["quality"] == {**document["quality"], "metric": "loss", "value": 0.2419323650662908}
+    assert document["suppressed_records"] == 1346 and document["equivalence_classes"] == 397
+    for key in ("min_class_size", "transformations_checked", "seconds", "risk_before", "risk_after"):
+        assert key in document
+    assert document["verification"]["passed"]
+    released = pd.read_csv(out, sep=";", dtype=str)
+    assert len(released) == 30162 - 1346
+
+
+def test_cli_l_diversity_and_hierarchy_override(app: typer.Typer, adult_csv: Path, tmp_path: Path) -> None:
+    out, report = tmp_path / "out.csv", tmp_path / "out.json"
+    result = run(
+        app,
+        "--input",
+        str(adult_csv),
+        "--hierarchies",
+        str(tmp_path),
+        "--hierarchy",
+        f"age={HIERARCHIES / 'age.csv'}",
+        "--hierarchy",
+        f"sex={HIERARCHIES / 'sex.csv'}",
+        "--qi",
+        "age,sex",
+        "--sensitive",
+        "occupation",
+        "--k",
+        "5",
+        "--l",
+        "3",
+        "--l-variant",
+        "entropy",
+        "--sep",
+        ";",
+        "--metric",
+        "entropy",
+        "--out",
+        str(out),
+        "--report",
+        str(report),
+    )
+    assert result.exit_code == 0, result.output
+    document = json.loads(report.read_text())
+    assert document["quality"]["metric"] == "entropy"
+    assert "entropy 3-diversity of occupation" in document["privacy_models"]
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--qi", "sex,zipcode", "--k", "5"], "zipcode"),
+        (["--qi", "sex", "--k", "40000"], "larger than the number of rows"),
+        (["--qi", "sex", "--k", "5", "--l", "2"], "--sensitive"),
+        (["--qi", "sex", "--k", "5", "--metric", "nope"], "unknown metric"),
+        (["--qi", "sex,salary-class", "--sensitive", "occupation", "--k", "2", "--l", "20"], "no transformation"),
+    ],
+)
+def test_cli_bad_input_exits_2_and_writes_nothing(
+    app: typer.Typer, adult_csv: Path, tmp_path: Path, args: list[str], needle: str
+) -> None:
+    out, report = tmp_path / "out.csv", tmp_path / "out.json"
+    result = run(
+        app,
+        "--input",
+        str(adult_csv),
+        "--hierarchies",
+        str(HIERARCHIES),
+        "--sep",
+        ";",
+        *args,
+        "--out",
+        str(out),
+        "--report",
+        str(report),
+    )
+    assert result.exit_code == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and needle in lines[0]
+    assert not out.exists() and not report.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_value_missing_from_hierarchy(app: typer.Typer, tmp_path: Path) -> None:
+    data = tmp_path / "in.csv"
+    data.write_text("sex,x\nMale,1\nFemale,2\nOther,3\n")
+    result = run(
+        app,
+        "--input",
+        str(data),
+        "--hierarchies",
+        str(HIERARCHIES),
+        "--qi",
+        "sex",
+        "--k",
+        "1",
+        "--out",
+        str(tmp_path / "o.csv"),
+        "--report",
+        str(tmp_path / "o.json"),
+    )
+    assert result.exit_code == 2 and "'Other'" in result.stderr and "'sex'" in result.stderr
+    assert not (tmp_path / "o.csv").exists()
+
+
+def test_cli_policy_mode(app: typer.Typer, tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    source = (Path(__file__).resolve().parents[2] / "policies" / "adult_gdpr.yaml").read_text()
+    source = source.replace("../ppml/data/adult/hierarchies/", f"{HIERARCHIES}/").replace(
+        "  erasure_list: ../data/erasure_requests.csv\n", ""
+    )
+    policy.write_text(source)
+    rows = 200
+    data = pd.DataFrame(
+        {
+            "age": [str(20 + i % 40) for i in range(rows)],
+            "sex": ["Male", "Female"] * (rows // 2),
+            "race": ["White", "Black", "Other", "White"] * (rows // 4),
+            "marital_status": ["Divorced", "Never-married"] * (rows // 2),
+            "education": ["HS-grad", "Bachelors", "Masters", "9th"] * (rows // 4),
+            "native_country": ["United-States"] * rows,
+            "workclass": ["Private", "State-gov"] * (rows // 2),
+            "occupation": ["Sales", "Tech-support", "Craft-repair", "Adm-clerical", "Exec-managerial"] * (rows // 5),
+        }
+    )
+    data_path = tmp_path / "in.csv"
+    data.to_csv(data_path, index=False)
+    out, report = tmp_path / "out.csv", tmp_path / "out.json"
+    result = run(app, "--input", str(data_path), "--policy", str(policy), "--out", str(out), "--report", str(report))
+    assert result.exit_code == 0, result.stderr
+    document = json.loads(report.read_text())
+    assert "5-anonymity" in document["privacy_models"] and document["min_class_size"] >= 5
