@@ -1,0 +1,29 @@
+"""Model selection and DP-SGD training (lifecycle steps 4-5). See docs/training.md and docs/contracts.md."""
+
+from ppml.training.config import DPConfig, ModelSpec, TrainingConfig
+from ppml.training.data import TabularSplit
+from ppml.training.dp_sgd import (
+    DPPlan,
+    EpochReport,
+    PrivacySpendSink,
+    TrainedModel,
+    epsilon_of_history,
+    plan_dp_training,
+    train_dp,
+    train_non_private,
+)
+
+__all__ = [
+    "DPConfig",
+    "DPPlan",
+    "EpochReport",
+    "ModelSpec",
+    "PrivacySpendSink",
+    "TabularSplit",
+    "TrainedModel",
+    "TrainingConfig",
+    "epsilon_of_history",
+    "plan_dp_training",
+    "train_dp",
+    "train_non_private",
+]
