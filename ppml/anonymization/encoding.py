@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from ppml.anonymization.hierarchy import Hierarchy, missing_value_label
 from ppml.errors import input_error
@@ -32,6 +34,8 @@ class EncodedAttribute:
     leaf_to_level: list[np.ndarray]  # per level: level-0 code -> code at that level
     up: list[list[np.ndarray | None]]  # up[a][b]: code at level a -> code at level b (b >= a)
     lookup: dict[str, int]  # original value -> level-0 code
+    leaf_values: pa.Array | None = None  # the level-0 values, for vectorized lookups with Arrow
+    leaf_value_codes: np.ndarray | None = None  # code of each entry of ``leaf_values``
 
     @property
     def height(self) -> int:
@@ -69,11 +73,22 @@ class EncodedAttribute:
                 mapping[codes_per_level[a]] = codes_per_level[b]
                 up[a][b] = mapping
         lookup = {rows[r][0]: int(leaf_codes[position]) for position, r in enumerate(order)}
-        return cls(name, hierarchy, labels, share_counts, leaf_to_level, up, lookup)
+        leaf_values = pa.array(list(lookup), pa.large_string())
+        leaf_value_codes = np.fromiter(lookup.values(), dtype=np.int64, count=len(lookup))
+        return cls(name, hierarchy, labels, share_counts, leaf_to_level, up, lookup, leaf_values, leaf_value_codes)
 
 
 def encode_column(values: pd.Series, attribute: EncodedAttribute, source: str) -> np.ndarray:
     """Level-0 codes of a data column; a value missing from the hierarchy is an error naming both."""
+    if attribute.leaf_values is not None and pd.api.types.is_string_dtype(values.dtype) and values.dtype != object:
+        # Arrow-backed strings (pandas' default): one vectorized hash lookup against the hierarchy's values.
+        array = (
+            pa.array(values.array, type=pa.large_string()) if not isinstance(values.array, pa.Array) else values.array
+        )
+        index = pc.index_in(array, value_set=attribute.leaf_values)
+        if index.null_count == 0:
+            assert attribute.leaf_value_codes is not None
+            return attribute.leaf_value_codes[index.to_numpy(zero_copy_only=False)]
     codes, uniques = pd.factorize(values, use_na_sentinel=True)
     keys = [str(v) for v in uniques]
     mapped = np.empty(len(keys) + 1, dtype=np.int64)

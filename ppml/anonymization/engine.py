@@ -18,6 +18,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ppml.anonymization._kernels import group_rollup
 from ppml.anonymization.encoding import EncodedAttribute, encode_column
 from ppml.anonymization.hierarchy import Hierarchy, HierarchySpec
 from ppml.anonymization.lattice import ClassTable, Problem, heuristic_search, optimal_search
@@ -187,13 +188,16 @@ def build_problem(df: pd.DataFrame, config: AnonymizationConfig) -> _Encoded:
     n = len(df)
     d = len(attributes)
     row_codes = np.stack([encode_column(df[a.name], a, config.source) for a in attributes])
-    cards = [a.cardinality(0) for a in attributes]
-    if sum(math.log2(max(c, 2)) for c in cards) < 62:
-        key = np.zeros(n, dtype=np.int64)
-        for i in range(d):
-            key = key * cards[i] + row_codes[i]
-        _, first, inverse, counts = np.unique(key, return_index=True, return_inverse=True, return_counts=True)
-        base_codes = row_codes[:, first]
+    cards = np.array([a.cardinality(0) for a in attributes], dtype=np.int64)
+    if sum(math.log2(max(int(c), 2)) for c in cards) < 62:
+        # group the records by their level-0 tuple with the compiled hash grouping of the roll-up
+        inverse, base_codes, counts = group_rollup(
+            np.ascontiguousarray(row_codes),
+            np.zeros(1, dtype=np.int64),
+            np.full(d, -1, np.int64),
+            cards,
+            np.ones(n, np.int64),
+        )
     else:
         unique_rows, inverse, counts = np.unique(row_codes.T, axis=0, return_inverse=True, return_counts=True)
         base_codes = unique_rows.T.copy()

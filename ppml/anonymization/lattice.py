@@ -255,6 +255,11 @@ class _TableCache:
             self.sizes[slot] = np.iinfo(np.int64).max
             del self.index[table.levels.tobytes()]
 
+    def add_source(self, table: ClassTable) -> None:
+        """Cache a table to roll up from without counting it as a checked transformation."""
+        if table.levels.tobytes() not in self.index:
+            self._add(table)
+
     def get(self, levels: np.ndarray) -> ClassTable:
         key = levels.tobytes()
         self.requested.add(key)
@@ -272,6 +277,17 @@ class _TableCache:
         self.computed += 1
         self._add(table)
         return table
+
+
+def _floor(marginal: list[np.ndarray], max_outliers: int) -> np.ndarray | None:
+    """Lowest level per attribute whose values alone do not force more suppression than allowed (None: none)."""
+    floor = []
+    for per_level in marginal:
+        allowed = np.flatnonzero(per_level <= max_outliers)
+        if allowed.size == 0:
+            return None
+        floor.append(int(allowed[0]))
+    return np.array(floor, dtype=np.int64)
 
 
 def all_nodes(heights: list[int]) -> np.ndarray:
@@ -294,7 +310,8 @@ def optimal_search(problem: Problem, metric) -> SearchOutcome:
     mono = np.zeros(total, dtype=np.int8)
     mono_view = mono.reshape(heights)
     forced = np.zeros(total, dtype=np.int64)
-    for i, per_level in enumerate(problem.marginal_suppression()):
+    marginal = problem.marginal_suppression()
+    for i, per_level in enumerate(marginal):
         forced = np.maximum(forced, per_level[nodes[:, i]])
     mono[forced > problem.max_outliers] = -1
     # full status: 1 accepted, -1 rejected, 2 dominated (cannot be better than an accepted node below it)
@@ -307,11 +324,17 @@ def optimal_search(problem: Problem, metric) -> SearchOutcome:
     values: dict[int, float] = {}
     best_index, best_value = -1, math.inf
 
+    floor = _floor(marginal, problem.max_outliers)
+    if floor is not None and floor.any():
+        cache.add_source(problem.rollup(problem.base, floor))
+    down_slices = [slice(0, level + 1) for level in range(max(heights))]
+    up_slices = [slice(level, None) for level in range(max(heights))]
+
     def down(levels: np.ndarray) -> tuple[slice, ...]:
-        return tuple(slice(0, int(x) + 1) for x in levels)
+        return tuple([down_slices[x] for x in levels.tolist()])
 
     def up(levels: np.ndarray) -> tuple[slice, ...]:
-        return tuple(slice(int(x), None) for x in levels)
+        return tuple([up_slices[x] for x in levels.tolist()])
 
     def evaluate(index: int) -> bool:
         """Compute the node's classes; record statuses and, when accepted, its value."""
@@ -377,11 +400,12 @@ def optimal_search(problem: Problem, metric) -> SearchOutcome:
 
     position = 0
     while position < total:
-        remaining = order[position:]
-        open_mask = (mono[remaining] != -1) & (full[remaining] != -1) & (full[remaining] != 2)
+        chunk = order[position : position + 512]
+        open_mask = (mono[chunk] != -1) & (full[chunk] != -1) & (full[chunk] != 2)
         hits = np.flatnonzero(open_mask)
         if hits.size == 0:
-            break
+            position += len(chunk)
+            continue
         position += int(hits[0])
         index = int(order[position])
         position += 1
@@ -410,10 +434,12 @@ def optimal_search(problem: Problem, metric) -> SearchOutcome:
 def heuristic_search(problem: Problem, metric) -> SearchOutcome:
     """Greedy climb to an accepted node, then greedy descent; for lattices too large to search."""
     heights = problem.heights
-    d = len(heights)
     top = np.array(heights, dtype=np.int64) - 1
     cache = _TableCache(problem)
-    levels = np.zeros(d, dtype=np.int64)
+    floor = _floor(problem.marginal_suppression(), problem.max_outliers)
+    if floor is None:  # some attribute forces too much suppression even fully generalized
+        return SearchOutcome(None, math.inf, 0, True, problem.lattice_size)
+    levels = floor
 
     def score(candidate: np.ndarray) -> tuple[bool, int, float]:
         table = cache.get(candidate)

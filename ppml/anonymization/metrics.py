@@ -71,6 +71,17 @@ class LossMetric(QualityMetric):
             self.covered.append(per_level)
         self.domain = [float(a.hierarchy.domain_size) for a in problem.attributes]
         self.n = float(n)
+        # normalized loss per attribute and level when nothing is suppressed (the separable lower bound)
+        self.unsuppressed = [
+            [self._normalize_scalar(c / self.domain[i], i) for c in self.covered[i]]
+            for i in range(len(problem.attributes))
+        ]
+
+    def _normalize_scalar(self, raw: float, i: int) -> float:
+        minimum = self.n / self.domain[i]
+        result = (raw - minimum) / (self.n - minimum) if self.n > minimum else 0.0
+        result = result if result >= 0.0 else 0.0
+        return math.floor(result * 1e10) / 1e10
 
     def _normalize(self, raw: np.ndarray, i: int) -> np.ndarray:
         minimum = self.n / self.domain[i]
@@ -95,8 +106,7 @@ class LossMetric(QualityMetric):
                 counts = table.counts[suppressed]
                 numerator -= int(np.dot(counts, attribute.share_counts[level][table.codes[i][suppressed]]))
                 outliers = int(counts.sum())
-            raw = np.array([numerator / self.domain[i] + outliers])
-            values.append(float(self._normalize(raw, i)[0]))
+            values.append(self._normalize_scalar(numerator / self.domain[i] + outliers, i))
         return values
 
     def lower_bounds(self, nodes: np.ndarray) -> np.ndarray:
@@ -110,7 +120,7 @@ class LossMetric(QualityMetric):
         return self.scalar(self.per_attribute(table.levels, table, suppressed))
 
     def value_without_suppression(self, levels: np.ndarray) -> float:
-        return self.scalar(self.per_attribute(levels, None, None))
+        return self.scalar([self.unsuppressed[i][level] for i, level in enumerate(levels.tolist())])
 
     @staticmethod
     def scalar(values: list[float]) -> float:
