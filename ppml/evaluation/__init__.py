@@ -29,6 +29,7 @@ from ppml.evaluation.membership_inference import (
     loss_threshold_attack,
     mia_verdicts,
     partition_holdout,
+    strongest_attack,
 )
 from ppml.evaluation.utility import (
     GroupBreakdown,
@@ -72,6 +73,7 @@ __all__ = [
     "partition_holdout",
     "run_one_run_audit",
     "scan_for_identifiers",
+    "strongest_attack",
     "utility_report",
     "utility_verdicts",
 ]

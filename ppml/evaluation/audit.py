@@ -163,6 +163,8 @@ class AuditResult:
             "claimed_epsilon": self.claimed_epsilon,
             "delta": self.delta,
             "lower_bound": self.lower_bound,
+            "epsilon_lower_bound": self.lower_bound,  # the name ppml.compliance reads
+            "canaries": self.n_canaries,
             "confidence": self.confidence,
             "alarm": self.alarm,
             "message": self.message,
@@ -245,9 +247,9 @@ class AuditSettings:
     n_canaries: int = 1000
     canary_scale: float = 5.0
     max_base_records: int | None = 5000
-    epochs: int = 5
+    epochs: int = 10
     batch_size: int = 256
-    learning_rate: float = 1e-3
+    learning_rate: float = 3e-3
     optimizer: str = "adam"
     guess_fractions: tuple[float, ...] = (0.05, 0.1, 0.2)
     confidence: float = 0.95
@@ -375,6 +377,7 @@ def run_one_run_audit(
             "sample_rate": model.sample_rate,
             "steps": model.steps,
             "noise_multiplier_override": getattr(dp, "noise_multiplier_override", None),
+            "epsilon_of_noise_added": getattr(model, "epsilon_charged", None),
             "training_seconds": round(seconds, 2),
             "canary_design": "mean record + scale in a dedicated column per canary, random label, p(include)=1/2",
         },

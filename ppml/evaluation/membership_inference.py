@@ -416,3 +416,22 @@ def mia_verdicts(
             )
         )
     return verdicts
+
+
+def strongest_attack(results: Sequence[MIAResult], *, low_fpr: float) -> dict[str, Any]:
+    """The worst case over attacks, for the gate: the highest AUC and the highest TPR at ``low_fpr``, each with
+    the attack that reached it (they can differ: loss attacks often win on AUC, LiRA at low FPR)."""
+    if not results:
+        raise input_error("membership inference", "results", "no attack results", "run at least one attack")
+    check_fraction(low_fpr, "policy", "privacy.low_fpr", low=0, high=1, closed="neither")
+    by_auc = max(results, key=lambda r: r.roc_auc)
+    by_tpr = max(results, key=lambda r: r.tpr_at(low_fpr))
+    return {
+        "name": by_auc.attack if by_auc is by_tpr else f"{by_auc.attack} (AUC), {by_tpr.attack} (TPR)",
+        "auc": by_auc.roc_auc,
+        "auc_attack": by_auc.attack,
+        "tpr_at_low_fpr": by_tpr.tpr_at(low_fpr),
+        "tpr_attack": by_tpr.attack,
+        "low_fpr": low_fpr,
+        "model": by_auc.model,
+    }

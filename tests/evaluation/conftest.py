@@ -29,11 +29,10 @@ class Adult:
         return split_type()(X=self.X[idx], y=self.y[idx], feature_names=self.feature_names)
 
 
-@pytest.fixture(scope="session")
-def adult() -> Adult:
-    """6,000 complete Adult records, shuffled with a fixed seed."""
+def load_adult(n: int) -> Adult:
+    """``n`` complete Adult records, shuffled with a fixed seed, numerics standardised, categories one-hot."""
     frame = pd.read_csv(ADULT, sep=",", skipinitialspace=True, na_values="?").dropna()
-    frame = frame.sample(n=6000, random_state=0).reset_index(drop=True)
+    frame = frame.sample(n=n, random_state=0).reset_index(drop=True)
     y = (frame.pop("income") == ">50K").to_numpy(np.int64)
     numeric = frame[NUMERIC].to_numpy(np.float64)
     numeric = (numeric - numeric.mean(axis=0)) / numeric.std(axis=0)
@@ -43,12 +42,22 @@ def adult() -> Adult:
     return Adult(X=X, y=y, feature_names=names, sex=frame["sex"].to_numpy(), race=frame["race"].to_numpy())
 
 
+@pytest.fixture(scope="session")
+def adult() -> Adult:
+    """6,000 records: enough for every fast test."""
+    return load_adult(6000)
+
+
+@pytest.fixture(scope="session")
+def adult_demo() -> Adult:
+    """24,000 records: the demo's scale (DP at epsilon = 1 needs tens of thousands of records to be useful)."""
+    return load_adult(24000)
+
+
 def split_type():
-    """The contract's TabularSplit (``ppml.training``), imported late so collection never needs torch."""
-    try:
-        from ppml.training import TabularSplit
-    except ImportError:  # the training package is still landing; its data module already holds the class
-        from ppml.training.data import TabularSplit
+    """The contract's TabularSplit, imported late so that collecting the torch-free tests stays quick."""
+    from ppml.training import TabularSplit
+
     return TabularSplit
 
 
