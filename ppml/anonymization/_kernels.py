@@ -18,7 +18,7 @@ except ImportError:  # pragma: no cover
     numba = None
     HAVE_NUMBA = False
 
-__all__ = ["HAVE_NUMBA", "group_rollup"]
+__all__ = ["HAVE_NUMBA", "group_rollup", "sum_rows"]
 
 
 def _group_rollup_python(
@@ -92,6 +92,24 @@ def _group_rollup_loop(
     return inverse, new_codes, new_counts[:groups].copy()
 
 
+def _sum_rows_python(values: np.ndarray, inverse: np.ndarray, groups: int) -> np.ndarray:
+    """Sum the rows of ``values`` (c, w) into ``groups`` rows by ``inverse``."""
+    width = values.shape[1]
+    flat = (inverse[:, None] * width + np.arange(width)[None, :]).reshape(-1)
+    merged = np.bincount(flat, weights=values.reshape(-1), minlength=groups * width)
+    return merged.reshape(groups, width).astype(np.int64)
+
+
+def _sum_rows_loop(values: np.ndarray, inverse: np.ndarray, groups: int) -> np.ndarray:  # pragma: no cover
+    out = np.zeros((groups, values.shape[1]), dtype=np.int64)
+    for row in range(values.shape[0]):
+        target = inverse[row]
+        for column in range(values.shape[1]):
+            out[target, column] += values[row, column]
+    return out
+
+
+sum_rows = numba.njit(cache=True, nogil=True)(_sum_rows_loop) if HAVE_NUMBA else _sum_rows_python
 group_rollup = numba.njit(cache=True, nogil=True)(_group_rollup_loop) if HAVE_NUMBA else _group_rollup_python
 
 group_rollup_numpy = _group_rollup_python

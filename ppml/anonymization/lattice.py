@@ -28,13 +28,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ppml.anonymization._kernels import group_rollup
+from ppml.anonymization._kernels import group_rollup, sum_rows
 from ppml.anonymization.encoding import EncodedAttribute
 from ppml.anonymization.models import KAnonymity, LDiversity, TCloseness, is_monotone
 
 __all__ = ["Assessment", "ClassTable", "Problem", "SearchOutcome", "heuristic_search", "optimal_search"]
 
 CACHE_CELLS = 40_000_000  # upper bound on cached class-table cells (about 320 MB of int64)
+JOIN_TABLE_SIZE = 5_000  # climbs head for cached nodes whose class table is at most this large
 
 
 @dataclass
@@ -150,12 +151,7 @@ class Problem:
             codes = np.ascontiguousarray(columns[:, first])
             counts = np.bincount(inverse, weights=source.counts, minlength=codes.shape[1]).astype(np.int64)
         groups = len(counts)
-        hists = []
-        for h in source.hists:
-            width = h.shape[1]
-            flat = (inverse[:, None] * width + np.arange(width)[None, :]).reshape(-1)
-            merged = np.bincount(flat, weights=h.reshape(-1), minlength=groups * width)
-            hists.append(merged.reshape(groups, width).astype(np.int64))
+        hists = [sum_rows(h, inverse, groups) for h in source.hists]
         return ClassTable(levels, codes, counts, hists), inverse
 
     def marginal_suppression(self) -> list[np.ndarray]:
@@ -172,9 +168,7 @@ class Problem:
             leaf_hists = []
             for model in distinct:
                 hist = self.base.hists[self.sensitive_names.index(model.attribute)]
-                merged = np.zeros((attribute.cardinality(0), hist.shape[1]))
-                np.add.at(merged, self.base.codes[i], hist)
-                leaf_hists.append(merged)
+                leaf_hists.append(sum_rows(hist, self.base.codes[i], attribute.cardinality(0)))
             per_level = np.zeros(attribute.height, dtype=np.int64)
             for level in range(attribute.height):
                 mapping = attribute.leaf_to_level[level]
@@ -182,9 +176,7 @@ class Problem:
                 counts = np.bincount(mapping, weights=leaf_counts, minlength=width)
                 bad = counts < self.k_model.k
                 for model, leaf_hist in zip(distinct, leaf_hists, strict=True):
-                    merged = np.zeros((width, leaf_hist.shape[1]))
-                    np.add.at(merged, mapping, leaf_hist)
-                    bad |= model.violations(merged)
+                    bad |= model.violations(sum_rows(leaf_hist, mapping, width))
                 per_level[level] = int(counts[bad].sum())
             result.append(per_level)
         return result
@@ -366,12 +358,22 @@ def optimal_search(problem: Problem, metric) -> SearchOutcome:
         levels = [int(x) for x in nodes[index]]
         flat = int(index)
         path = [flat]
+        # Head first for the nearest cached node with a small class table: path nodes above it roll up cheaply.
+        target = top_list
+        used = len(cache.tables)
+        small = cache.sizes[:used] <= JOIN_TABLE_SIZE
+        if small.any():
+            joins = np.maximum(cache.levels[:used][small], nodes[index])
+            target = joins[int(np.argmin(joins.sum(axis=1)))].tolist()
         while True:
             step = -1
             for i in range(d):
-                if levels[i] < top_list[i] and (step < 0 or levels[i] * top_list[step] <= levels[step] * top_list[i]):
+                if levels[i] < target[i] and (step < 0 or levels[i] * top_list[step] <= levels[step] * top_list[i]):
                     step = i
             if step < 0:
+                if target is not top_list:
+                    target = top_list
+                    continue
                 break
             levels[step] += 1
             flat += strides[step]
