@@ -110,12 +110,17 @@ class SchemaRoles(Strict):
         default_factory=dict, description="Plausible [min, max] per numeric column, checked at collection."
     )
     label_values: list[str] = Field(default_factory=list, description="All allowed raw label values.")
+    missing_value_marker: str = Field(
+        default="?", description="How the source marks a missing value; it generalizes to '*' like any other value."
+    )
 
     @model_validator(mode="after")
     def _roles_are_consistent(self) -> SchemaRoles:
+        generalized = {IdentifierAction.ZIP3, IdentifierAction.YEAR}
         direct = set(self.direct_identifiers)
         for column in self.features:
-            if column in direct:
+            kept_generalized = self.direct_identifiers.get(column) in generalized and column in self.quasi_identifiers
+            if column in direct and not kept_generalized:
                 raise ValueError(f"feature '{column}' is a direct identifier; fix: remove it from schema.features")
         if self.label.column in self.features:
             raise ValueError(f"the label '{self.label.column}' is also a feature; fix: remove it from schema.features")
@@ -132,7 +137,6 @@ class SchemaRoles(Strict):
             raise ValueError(
                 f"positive_value '{self.label.positive_value}' is not a label value; fix: add it to label_values"
             )
-        generalized = {IdentifierAction.ZIP3, IdentifierAction.YEAR}
         overlap = {c for c in direct & set(self.quasi_identifiers) if self.direct_identifiers[c] not in generalized}
         if overlap:
             raise ValueError(
@@ -201,6 +205,23 @@ class Collection(Strict):
     )
 
 
+class PreparationSettings(Strict):
+    max_share_below_k: float = Field(
+        default=0.05, ge=0, le=1, description="Largest share of records a feature may put in groups smaller than k."
+    )
+    numeric_bins: list[Annotated[int, Field(ge=2)]] = Field(
+        default_factory=lambda: [10, 5, 3, 2], description="Quantile bin counts tried, finest first."
+    )
+    train_percent: int = Field(default=70, ge=10, le=90)
+    validation_percent: int = Field(default=15, ge=5, le=45)
+
+    @model_validator(mode="after")
+    def _leaves_a_test_split(self) -> PreparationSettings:
+        if self.train_percent + self.validation_percent >= 100:
+            raise ValueError("train_percent + validation_percent leave no test split; fix: keep their sum below 100")
+        return self
+
+
 class TrainingSettings(Strict):
     model: Literal["logistic", "mlp"] = "mlp"
     hidden_sizes: list[Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: [64])
@@ -233,6 +254,7 @@ class Policy(Strict):
     collection: Collection
     privacy: PrivacyRequirements
     objectives: PerformanceObjectives
+    preparation: PreparationSettings = Field(default_factory=PreparationSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
     monitoring: Monitoring = Field(default_factory=Monitoring)

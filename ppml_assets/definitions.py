@@ -4,9 +4,10 @@ import os
 
 from dagster import Definitions, EnvVar, load_asset_checks_from_modules, load_assets_from_modules
 
-from ppml_assets import collection, deidentification, requirements
+from ppml_assets import anonymization, collection, deidentification, monitoring, preparation, requirements
 from ppml_assets.settings import POLICY_PATH, PPML_HOME, default_ledger_url, default_mlflow_tracking_uri
 from resources import (
+    AssetStore,
     LandingZoneSource,
     LedgerResource,
     LocalFileIOManager,
@@ -18,7 +19,7 @@ from resources import (
     WorkspacePaths,
 )
 
-STAGE_MODULES = [requirements, collection, deidentification]
+STAGE_MODULES = [requirements, collection, deidentification, anonymization, preparation, monitoring]
 
 
 def record_source_from_env() -> RecordSource:
@@ -35,6 +36,7 @@ def record_source_from_env() -> RecordSource:
 def build_resources() -> dict[str, object]:
     return {
         "io_manager": LocalFileIOManager(base_dir=str(PPML_HOME / "assets")),
+        "asset_store": AssetStore(base_dir=str(PPML_HOME / "assets")),
         "policy": PolicyResource(path=str(POLICY_PATH)),
         "record_source": record_source_from_env(),
         "pseudonym_key": PseudonymizationKey(hmac_key=EnvVar("PPML_HMAC_KEY")),

@@ -6,6 +6,7 @@ artifacts, the landing zone, asset files, checkpoints and reports.
 """
 
 import os
+from datetime import date, timedelta
 from pathlib import Path
 
 from dagster import DailyPartitionsDefinition, TimeWindowPartitionMapping
@@ -33,6 +34,13 @@ def training_window_days() -> int:
 training_window = TimeWindowPartitionMapping(
     start_offset=-(training_window_days() - 1), end_offset=0, allow_nonexistent_upstream_partitions=True
 )
+
+
+def window_partition_keys(as_of: str) -> list[str]:
+    """The daily partitions of the training window ending ``as_of`` (clipped at the first partition)."""
+    last = date.fromisoformat(as_of)
+    first = max(last - timedelta(days=training_window_days() - 1), date.fromisoformat(PARTITIONS_START))
+    return [(first + timedelta(days=offset)).isoformat() for offset in range((last - first).days + 1)]
 
 
 def default_mlflow_tracking_uri() -> str:

@@ -1,6 +1,6 @@
 """Dagster resources: configuration read from environment variables, handed to thin asset code."""
 
-from resources.io_manager import LocalFileIOManager
+from resources.io_manager import AssetStore, LocalFileIOManager
 from resources.ppml_resources import (
     LandingZoneSource,
     LedgerResource,
@@ -13,6 +13,7 @@ from resources.ppml_resources import (
 )
 
 __all__ = [
+    "AssetStore",
     "LandingZoneSource",
     "LedgerResource",
     "LocalFileIOManager",

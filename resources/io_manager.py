@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from dagster import ConfigurableIOManager, InputContext, MetadataValue, OutputContext
+from dagster import ConfigurableIOManager, ConfigurableResource, InputContext, MetadataValue, OutputContext
 
 from ppml.errors import PPMLError
 
@@ -74,6 +74,16 @@ class LocalFileIOManager(ConfigurableIOManager):
         return self._read(self._stem(asset_path, None), context, None)
 
     def _read(self, stem: Path, context: InputContext, partition: str | None) -> Any:
+        return AssetStore(base_dir=self.base_dir).read_stored(context.asset_key.to_user_string(), partition)
+
+
+class AssetStore(ConfigurableResource):
+    """Read access to what LocalFileIOManager stored, for checks and sensors that resolve partitions themselves."""
+
+    base_dir: str
+
+    def read_stored(self, asset: str, partition: str | None = None) -> Any:
+        stem = Path(self.base_dir, *asset.split("/")) / (partition or "latest")
         parquet, document = stem.with_suffix(".parquet"), stem.with_suffix(".json")
         if parquet.is_file():
             return pd.read_parquet(parquet)
@@ -81,6 +91,6 @@ class LocalFileIOManager(ConfigurableIOManager):
             return json.loads(document.read_text(encoding="utf-8"))
         where = f" partition {partition}" if partition else ""
         raise PPMLError(
-            f"{stem.parent}: field '{context.asset_key.to_user_string()}': upstream{where} is not materialized; "
-            f"fix: materialize (backfill) {context.asset_key.to_user_string()}{where} first"
+            f"{stem.parent}: field '{asset}': upstream{where} is not materialized; "
+            f"fix: materialize (backfill) {asset}{where} first"
         )

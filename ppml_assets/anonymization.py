@@ -1,0 +1,202 @@
+"""Step 2c: anonymization of the training window with the ARX-compatible engine, and the OpenDP summary."""
+
+from dataclasses import replace
+
+import pandas as pd
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetExecutionContext,
+    AssetIn,
+    MetadataValue,
+    asset,
+    asset_check,
+)
+
+from ppml.anonymization import AnonymizationConfig, Hierarchy, anonymize
+from ppml.anonymization.policy_config import config_from_policy
+from ppml.anonymization.verify import class_statistics, verify_release
+from ppml.collection import frame_sha256
+from ppml.dp_statistics import dp_summary
+from ppml.expectations import anonymized_records_suite
+from ppml.policy import IdentifierAction, LoadedPolicy
+from ppml_assets.settings import daily_partitions, training_window, window_partition_keys
+from resources import AssetStore, PolicyResource
+
+
+def with_missing_values(config: AnonymizationConfig, data: pd.DataFrame, marker: str) -> AnonymizationConfig:
+    """Let the source's missing-value marker through every hierarchy that lacks it.
+
+    A missing value is its own category ("unknown") and becomes ``*`` at the top level, like any other value;
+    the alternative — dropping records with a missing quasi-identifier — would bias the training data.
+    """
+    hierarchies = dict(config.quasi_identifiers)
+    for column, hierarchy in hierarchies.items():
+        if not isinstance(hierarchy, Hierarchy) or marker in hierarchy.values():
+            continue
+        if (data[column].astype(str) == marker).any():
+            row = (marker,) * (hierarchy.height - 1) + (hierarchy.rows[0][-1],)
+            hierarchies[column] = Hierarchy(hierarchy.rows + (row,), hierarchy.source)
+    return replace(config, quasi_identifiers=hierarchies)
+
+
+def released_columns(loaded: LoadedPolicy, deidentified_columns: list[str]) -> list[str]:
+    """What the release may contain: de-identified columns minus any direct identifier that is not generalized.
+
+    The event date is dropped too: the release is the window as a whole, and dates tie records to people.
+    """
+    roles = loaded.policy.schema_
+    kept_identifiers = {
+        column
+        for column, action in roles.direct_identifiers.items()
+        if action in {IdentifierAction.ZIP3, IdentifierAction.YEAR} and column in roles.quasi_identifiers
+    }
+    dropped = (set(roles.direct_identifiers) - kept_identifiers) | {roles.event_date}
+    return [column for column in deidentified_columns if column not in dropped]
+
+
+@asset(
+    group_name="anonymization",
+    partitions_def=daily_partitions,
+    ins={"deidentified_records": AssetIn(partition_mapping=training_window)},
+    kinds={"pandas", "parquet"},
+)
+def anonymized_records(
+    context: AssetExecutionContext, deidentified_records: pd.DataFrame, policy: PolicyResource
+) -> pd.DataFrame:
+    """The training window generalized over the policy's hierarchies until k, l and t hold (optimal search).
+
+    When no transformation satisfies the models within the suppression limit the engine raises and nothing
+    is written: the asset never releases an empty or weaker dataset.
+    """
+    loaded = policy.load()
+    window = context.asset_partition_keys_for_input("deidentified_records")
+    columns = released_columns(loaded, list(deidentified_records.columns))
+    config = config_from_policy(loaded, source=f"anonymized_records[{context.partition_key}]")
+    config = with_missing_values(config, deidentified_records, loaded.policy.schema_.missing_value_marker)
+    result = anonymize(deidentified_records[columns], config)
+    report = result.to_report()
+    context.add_output_metadata(
+        {
+            "window_first_partition": window[0],
+            "window_last_partition": window[-1],
+            "window_partitions": len(window),
+            "row_count": len(result.data),
+            "records_in": result.records_in,
+            "suppressed_records": result.suppressed_records,
+            "transformation": MetadataValue.json(result.transformation),
+            "quality": MetadataValue.json(report["quality"]),
+            "equivalence_classes": result.equivalence_classes,
+            "min_class_size": result.min_class_size,
+            "search": report["search"],
+            "transformations_checked": result.transformations_checked,
+            "risk_before": MetadataValue.json(report["risk_before"]),
+            "risk_after": MetadataValue.json(report["risk_after"]),
+            "anonymization_report": MetadataValue.json(report),
+            "content_sha256": frame_sha256(result.data),
+            "seconds": round(result.seconds, 3),
+        }
+    )
+    return result.data
+
+
+def training_window_input(context: AssetCheckExecutionContext, asset_store: AssetStore) -> pd.DataFrame:
+    """The de-identified window an as-of partition was anonymized from, read independently of the asset.
+
+    (Asset-check inputs do not honour partition mappings, so the window is resolved explicitly here.)
+    """
+    as_of = context.partition_key
+    days = window_partition_keys(as_of)
+    return pd.concat([asset_store.read_stored("deidentified_records", day) for day in days], ignore_index=True)
+
+
+@asset_check(asset=anonymized_records, blocking=True, partitions_def=daily_partitions)
+def anonymized_records_expectations(
+    context: AssetCheckExecutionContext,
+    anonymized_records: pd.DataFrame,
+    policy: PolicyResource,
+    asset_store: AssetStore,
+) -> AssetCheckResult:
+    """GX suite: exactly the release schema (no direct identifier), every class >= k, distinct-l per class,
+    and suppression within the limit."""
+    loaded = policy.load()
+    deidentified_records = training_window_input(context, asset_store)
+    outcome = anonymized_records_suite(
+        loaded.policy,
+        anonymized_records,
+        released_columns(loaded, list(deidentified_records.columns)),
+        input_rows=len(deidentified_records),
+    )
+    return AssetCheckResult(
+        passed=outcome.success,
+        description=outcome.summary(),
+        metadata={"expectations": MetadataValue.json(outcome.results), "failed": len(outcome.failures)},
+    )
+
+
+@asset_check(asset=anonymized_records, blocking=True, partitions_def=daily_partitions)
+def privacy_models_hold(
+    context: AssetCheckExecutionContext,
+    anonymized_records: pd.DataFrame,
+    policy: PolicyResource,
+    asset_store: AssetStore,
+) -> AssetCheckResult:
+    """Independent re-verification of every model (k, each l-diversity variant, each t-closeness variant,
+    suppression) on the stored release, against the de-identified window as the reference distribution."""
+    loaded = policy.load()
+    deidentified_records = training_window_input(context, asset_store)
+    config = config_from_policy(loaded, source="anonymized_records")
+    config = with_missing_values(config, deidentified_records, loaded.policy.schema_.missing_value_marker)
+    violations = verify_release(
+        anonymized_records,
+        config,
+        original=deidentified_records,
+        forbidden_columns=[c for c in loaded.policy.schema_.direct_identifiers if c not in config.quasi_identifiers],
+    )
+    statistics = class_statistics(anonymized_records, list(config.quasi_identifiers))
+    return AssetCheckResult(
+        passed=not violations,
+        description="all privacy models hold" if not violations else "; ".join(v.detail for v in violations),
+        metadata={
+            "models": MetadataValue.json(config.describe_models()),
+            # counts only: example classes stay out of the metadata
+            "violations": MetadataValue.json(
+                [
+                    {"rule": v.rule, "attribute": v.attribute, "classes": v.classes, "records": v.records}
+                    for v in violations
+                ]
+            ),
+            "class_statistics": MetadataValue.json(statistics),
+        },
+    )
+
+
+@asset(group_name="anonymization", partitions_def=daily_partitions, kinds={"opendp", "json"})
+def dp_statistics(context: AssetExecutionContext, anonymized_records: pd.DataFrame, policy: PolicyResource) -> dict:
+    """A differentially private summary of the release (OpenDP): counts per category and clamped means,
+    spending the policy's own ``dp_statistics_epsilon``."""
+    loaded = policy.load()
+    roles = loaded.policy.schema_
+    categorical = [c for c in [*roles.quasi_identifiers, roles.label.column] if c in anonymized_records.columns]
+    numeric = {
+        column: (float(low), float(high))
+        for column, (low, high) in roles.value_ranges.items()
+        if column in anonymized_records.columns and column not in roles.quasi_identifiers
+    }
+    summary = dp_summary(
+        anonymized_records,
+        epsilon=loaded.policy.privacy.dp_statistics_epsilon,
+        categorical=categorical,
+        numeric=numeric,
+    )
+    released = summary.to_dict()
+    context.add_output_metadata(
+        {
+            "epsilon_spent": summary.epsilon_spent,
+            "epsilon_budget": summary.epsilon_budget,
+            "queries": summary.queries,
+            "noisy_total_count": summary.total_count,
+            "summary": MetadataValue.json(released),
+        }
+    )
+    return released

@@ -1,0 +1,88 @@
+"""Schedules and sensors over the ppml jobs.
+
+- ``daily_collection_schedule`` collects and de-identifies yesterday's partition every night.
+- ``weekly_retraining_schedule`` retrains as of the previous day on the policy's cron (default Monday 03:00);
+  the privacy-budget ledger refuses the run when the lifetime budget would be exceeded.
+- ``drift_sensor`` compares the newest collected partition with the training reference (PSI per feature) and
+  requests a re-evaluation run when the largest PSI passes the policy's threshold.
+"""
+
+from datetime import timedelta
+
+from dagster import (
+    AssetKey,
+    DefaultScheduleStatus,
+    DefaultSensorStatus,
+    RunRequest,
+    ScheduleEvaluationContext,
+    SensorEvaluationContext,
+    SkipReason,
+    build_schedule_from_partitioned_job,
+    schedule,
+    sensor,
+)
+
+from ppml.monitoring import drift_against
+from ppml.policy import load_policy
+from ppml_assets.jobs import collection_job, reevaluation_job, training_job
+from ppml_assets.settings import POLICY_PATH
+from resources import AssetStore, PolicyResource
+
+daily_collection_schedule = build_schedule_from_partitioned_job(
+    collection_job, hour_of_day=1, name="daily_collection_schedule", default_status=DefaultScheduleStatus.STOPPED
+)
+
+
+@schedule(
+    job=training_job,
+    cron_schedule=load_policy(POLICY_PATH, check_files=False).policy.monitoring.retrain_cron,
+    name="weekly_retraining_schedule",
+    default_status=DefaultScheduleStatus.STOPPED,
+)
+def weekly_retraining_schedule(context: ScheduleEvaluationContext) -> RunRequest:
+    """Retrain as of the day before the scheduled time (that day's collection has finished by then)."""
+    as_of = (context.scheduled_execution_time - timedelta(days=1)).date().isoformat()
+    return RunRequest(
+        run_key=f"weekly-retraining-{as_of}", partition_key=as_of, tags={"ppml/trigger": "weekly_retraining"}
+    )
+
+
+def _latest_partition(context: SensorEvaluationContext, asset: str) -> str | None:
+    event = context.instance.get_latest_materialization_event(AssetKey(asset))
+    if event is None or event.asset_materialization is None:
+        return None
+    return event.asset_materialization.partition
+
+
+@sensor(
+    job=reevaluation_job,
+    minimum_interval_seconds=3600,
+    name="drift_sensor",
+    default_status=DefaultSensorStatus.STOPPED,
+)
+def drift_sensor(context: SensorEvaluationContext, asset_store: AssetStore, policy: PolicyResource):  # type: ignore[no-untyped-def]
+    """Request re-evaluation of the latest trained model when the newest partition has drifted."""
+    newest = _latest_partition(context, "raw_records")
+    trained_as_of = _latest_partition(context, "drift_reference")
+    if newest is None or trained_as_of is None:
+        return SkipReason("nothing to compare yet: collect data and train a model first")
+    if context.cursor == newest:
+        return SkipReason(f"partition {newest} was already compared")
+    reference = asset_store.read_stored("drift_reference", trained_as_of)
+    current = asset_store.read_stored("raw_records", newest)
+    threshold = policy.load().policy.monitoring.drift_psi_threshold
+    report = drift_against(reference, current, threshold)
+    context.update_cursor(newest)
+    if not report.drifted:
+        return SkipReason(f"no drift in {newest}: max PSI {report.max_psi:.3f} <= {threshold}")
+    context.log.info(f"drift in {newest}: {report.drifted_features} (max PSI {report.max_psi:.3f})")
+    return RunRequest(
+        run_key=f"drift-{newest}-vs-{trained_as_of}",
+        partition_key=trained_as_of,
+        tags={
+            "ppml/trigger": "drift",
+            "ppml/drifted_partition": newest,
+            "ppml/max_psi": f"{report.max_psi:.4f}",
+            "ppml/drifted_features": ",".join(report.drifted_features)[:200],
+        },
+    )
