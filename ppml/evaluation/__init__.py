@@ -30,6 +30,7 @@ from ppml.evaluation.membership_inference import (
     mia_verdicts,
     partition_holdout,
     strongest_attack,
+    write_roc_curves,
 )
 from ppml.evaluation.utility import (
     GroupBreakdown,
@@ -76,4 +77,5 @@ __all__ = [
     "strongest_attack",
     "utility_report",
     "utility_verdicts",
+    "write_roc_curves",
 ]

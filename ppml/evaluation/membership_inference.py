@@ -19,9 +19,11 @@ report. Everything is an aggregate over records; no per-record score leaves this
 
 from __future__ import annotations
 
+import csv
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -435,3 +437,16 @@ def strongest_attack(results: Sequence[MIAResult], *, low_fpr: float) -> dict[st
         "low_fpr": low_fpr,
         "model": by_auc.model,
     }
+
+
+def write_roc_curves(results: Sequence[MIAResult], path: Path | str) -> Path:
+    """Save the down-sampled ROC curves as one CSV (attack, model, fpr, tpr) for the report's plot."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["attack", "model", "fpr", "tpr"])
+        for result in results:
+            for fpr, tpr in zip(result.roc_fpr, result.roc_tpr, strict=True):
+                writer.writerow([result.attack, result.model, fpr, tpr])
+    return path

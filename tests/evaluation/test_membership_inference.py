@@ -17,6 +17,7 @@ from ppml.evaluation import (
     loss_threshold_attack,
     mia_verdicts,
     partition_holdout,
+    write_roc_curves,
 )
 from ppml.evaluation.membership_inference import ROC_POINTS
 
@@ -33,7 +34,7 @@ def test_metrics_on_known_score_sets() -> None:
     assert tied.roc_auc == pytest.approx(0.5) and tied.advantage == 0.0 and tied.tpr_at(0.01) == 0.0
 
 
-def test_random_scores_give_chance_and_the_curve_is_downsampled() -> None:
+def test_random_scores_give_chance_and_the_curve_is_downsampled(tmp_path) -> None:
     rng = np.random.default_rng(0)
     result = attack_metrics(rng.normal(size=5000), rng.normal(size=5000), attack="t")
     assert abs(result.roc_auc - 0.5) < 0.02
@@ -43,6 +44,8 @@ def test_random_scores_give_chance_and_the_curve_is_downsampled() -> None:
     assert np.all(np.diff(result.roc_fpr) >= 0) and np.all(np.diff(result.roc_tpr) >= 0)
     payload = json.loads(json.dumps(result.to_dict()))
     assert set(payload["tpr_at_fpr"]) == {"0.001", "0.01"}
+    lines = write_roc_curves([result], tmp_path / "roc.csv").read_text().splitlines()
+    assert lines[0] == "attack,model,fpr,tpr" and len(lines) == len(result.roc_fpr) + 1
 
 
 def _forest(X: np.ndarray, y: np.ndarray, seed: int = 0) -> RandomForestClassifier:
