@@ -51,7 +51,12 @@ class Verdict:
 
     @classmethod
     def check(
-        cls, requirement: str, measured: float | None, limit: float, comparison: Literal["<=", ">="], detail=""
+        cls,
+        requirement: str,
+        measured: float | None,
+        limit: float,
+        comparison: Literal["<=", ">="],
+        detail: str = "",
     ) -> Verdict:
         if measured is None or not math.isfinite(measured):
             return cls(requirement, None, float(limit), comparison, False, detail or "not measurable")
