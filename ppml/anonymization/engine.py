@@ -49,6 +49,7 @@ class AnonymizationConfig:
     metric: str = "loss"
     sensitive_hierarchies: Mapping[str, Hierarchy] = field(default_factory=dict)
     max_optimal_nodes: int = 100_000
+    heuristic_checks: int = 300
     risk_threshold: float = 0.2
     source: str = "data"
 
@@ -263,15 +264,19 @@ def anonymize(df: pd.DataFrame, config: AnonymizationConfig) -> AnonymizationRes
     problem = encoded.problem
     metric = make_metric(config.metric, problem)
     optimal = problem.lattice_size <= config.max_optimal_nodes
-    outcome = optimal_search(problem, metric) if optimal else heuristic_search(problem, metric)
+    outcome = optimal_search(problem, metric) if optimal else heuristic_search(problem, metric, config.heuristic_checks)
     if outcome.levels is None:
         top = np.array(problem.heights, dtype=np.int64) - 1
         worst = problem.assess(problem.rollup(problem.base, top))
+        searched = (
+            "the heuristic search (lattice too large for the optimal search) found" if outcome.heuristic else "there is"
+        )
         raise PPMLError(
-            f"{config.source}: field 'privacy': no transformation satisfies {', '.join(config.describe_models())} "
-            f"within the suppression limit of {config.suppression_limit:.2%} ({problem.max_outliers} records); "
-            f"even full generalization would suppress {worst.suppressed_records} of {problem.n} records; "
-            "fix: raise the suppression limit, relax the privacy models, or use coarser hierarchies"
+            f"{config.source}: field 'privacy': {searched} no transformation that satisfies "
+            f"{', '.join(config.describe_models())} within the suppression limit of {config.suppression_limit:.2%} "
+            f"({problem.max_outliers} records); full generalization would suppress {worst.suppressed_records} of "
+            f"{problem.n} records; fix: raise the suppression limit, relax the privacy models, or use coarser "
+            "hierarchies"
         )
     levels = np.array(outcome.levels, dtype=np.int64)
     table, class_of_base = classify(problem, levels)

@@ -23,6 +23,7 @@ optimal, and the report says so.
 
 from __future__ import annotations
 
+import heapq
 import math
 from dataclasses import dataclass, field
 
@@ -35,6 +36,7 @@ from ppml.anonymization.models import KAnonymity, LDiversity, TCloseness, is_mon
 __all__ = ["Assessment", "ClassTable", "Problem", "SearchOutcome", "heuristic_search", "optimal_search"]
 
 CACHE_CELLS = 40_000_000  # upper bound on cached class-table cells (about 320 MB of int64)
+HEURISTIC_CHECKS = 300  # transformations the heuristic's best-first phase may check before turning greedy
 JOIN_TABLE_SIZE = 5_000  # climbs head for cached nodes whose class table is at most this large
 
 
@@ -433,15 +435,23 @@ def optimal_search(problem: Problem, metric) -> SearchOutcome:
     return SearchOutcome(tuple(int(x) for x in nodes[best_index]), best_value, len(cache.requested), False, total)
 
 
-def heuristic_search(problem: Problem, metric) -> SearchOutcome:
-    """Greedy climb to an accepted node, then greedy descent; for lattices too large to search."""
+def heuristic_search(problem: Problem, metric, check_budget: int = HEURISTIC_CHECKS) -> SearchOutcome:
+    """Greedy climbs, local search, then a budgeted best-first search; for lattices too large to enumerate.
+
+    Phase 1 climbs from the floor to an accepted node twice: at each step to the accepted successor with the lowest
+    value or else, once, to the successor with the fewest violating records and, once, to the successor with the
+    lowest lower bound. Phase 2 improves it locally: lower one attribute, or
+    lower one and raise another, while the models hold and the value drops. Phase 3 (in the spirit of ARX's
+    Lightning) expands the lattice lazily from the floor in lower-bound order, pruned by the best value so far,
+    for at most ``check_budget`` transformations; if it runs out of nodes that could be better, the result is
+    proven optimal and reported as such, otherwise it is labelled heuristic.
+    """
     heights = problem.heights
     top = np.array(heights, dtype=np.int64) - 1
     cache = _TableCache(problem)
     floor = _floor(problem.marginal_suppression(), problem.max_outliers)
     if floor is None:  # some attribute forces too much suppression even fully generalized
         return SearchOutcome(None, math.inf, 0, True, problem.lattice_size)
-    levels = floor
 
     def score(candidate: np.ndarray) -> tuple[bool, int, float]:
         table = cache.get(candidate)
@@ -452,27 +462,72 @@ def heuristic_search(problem: Problem, metric) -> SearchOutcome:
         value = metric.value(table, assessment.suppressed) if assessment.accepted else math.inf
         return assessment.accepted, assessment.suppressed_records, value
 
-    accepted, _, value = score(levels)
-    while not accepted:
-        if (levels >= top).all():
-            return SearchOutcome(None, math.inf, len(cache.requested), True, problem.lattice_size)
-        options = []
-        for i in np.flatnonzero(levels < top):
-            candidate = levels.copy()
-            candidate[i] += 1
-            ok, suppressed, candidate_value = score(candidate)
-            options.append((not ok, suppressed if not ok else 0, candidate_value, int(i), candidate))
-        options.sort(key=lambda o: (o[0], o[1], o[2], o[3]))
-        _, _, value, _, levels = options[0]
-        accepted = not options[0][0]
-    improved = True
-    while improved:
-        improved = False
-        for i in np.flatnonzero(levels > 0):
-            candidate = levels.copy()
-            candidate[i] -= 1
-            ok, _, candidate_value = score(candidate)
-            if ok and candidate_value < value:
-                levels, value, improved = candidate, candidate_value, True
-                break
-    return SearchOutcome(tuple(int(x) for x in levels), value, len(cache.requested), True, problem.lattice_size)
+    def climb_and_improve(by_bound: bool) -> tuple[np.ndarray | None, float]:
+        """Phase 1: climb from the floor to an accepted node; phase 2: improve it by local moves."""
+        levels = floor
+        accepted, _, value = score(levels)
+        while not accepted and not (levels >= top).all():
+            options = []
+            for i in np.flatnonzero(levels < top):
+                candidate = levels.copy()
+                candidate[i] += 1
+                ok, suppressed, candidate_value = score(candidate)
+                rank = metric.bound(candidate) if by_bound else float(suppressed if not ok else 0)
+                options.append((not ok, rank, candidate_value, int(i), candidate))
+            options.sort(key=lambda o: (o[0], o[1], o[2], o[3]))
+            _, _, value, _, levels = options[0]
+            accepted = not options[0][0]
+        if not accepted:
+            return None, math.inf
+        d = len(heights)
+        improved = True
+        while improved:
+            improved = False
+            moves = [(i, -1) for i in range(d)] + [(i, j) for i in range(d) for j in range(d) if i != j]
+            for lower, raise_ in moves:
+                candidate = levels.copy()
+                candidate[lower] -= 1
+                if raise_ >= 0:
+                    candidate[raise_] += 1
+                if (candidate < floor).any() or (candidate > top).any():
+                    continue
+                ok, _, candidate_value = score(candidate)
+                if ok and candidate_value < value:
+                    levels, value, improved = candidate, candidate_value, True
+                    break
+        return levels, value
+
+    best_levels, best_value = climb_and_improve(by_bound=False)
+    other_levels, other_value = climb_and_improve(by_bound=True)
+    if other_value < best_value:
+        best_levels, best_value = other_levels, other_value
+
+    # Phase 3: best-first expansion from the floor in lower-bound order, pruned by the best value so far; when it
+    # runs out of nodes that could be better, the result is proven optimal.
+    dominated_above = problem.max_outliers == 0  # without suppression no successor of an accepted node is better
+    heap: list[tuple[float, int, tuple[int, ...]]] = []
+    start = tuple(int(x) for x in floor)
+    seen = {start}
+    heapq.heappush(heap, (metric.bound(floor), int(floor.sum()), start))
+    budget = len(cache.requested) + check_budget
+    completed = False
+    while len(cache.requested) < budget:
+        if not heap or heap[0][0] >= best_value:
+            completed = True
+            break
+        _, _, key = heapq.heappop(heap)
+        candidate = np.array(key, dtype=np.int64)
+        ok, _, candidate_value = score(candidate)
+        if ok and candidate_value < best_value:
+            best_levels, best_value = candidate, candidate_value
+        if ok and dominated_above:
+            continue
+        for i in np.flatnonzero(candidate < top):
+            successor = candidate.copy()
+            successor[i] += 1
+            successor_key = tuple(int(x) for x in successor)
+            if successor_key not in seen:
+                seen.add(successor_key)
+                heapq.heappush(heap, (metric.bound(successor), int(successor.sum()), successor_key))
+    levels_out = None if best_levels is None else tuple(int(x) for x in best_levels)
+    return SearchOutcome(levels_out, best_value, len(cache.requested), not completed, problem.lattice_size)

@@ -47,6 +47,10 @@ class QualityMetric:
     def lower_bounds(self, nodes: np.ndarray) -> np.ndarray | None:
         return None
 
+    def bound(self, levels: np.ndarray) -> float:
+        """Lower bound of one node (the heuristic's priority); 0 where the metric has none (breadth first)."""
+        return 0.0
+
     def value(self, table: ClassTable, suppressed: np.ndarray) -> float:
         raise NotImplementedError
 
@@ -122,6 +126,9 @@ class LossMetric(QualityMetric):
     def value_without_suppression(self, levels: np.ndarray) -> float:
         return self.scalar([self.unsuppressed[i][level] for i, level in enumerate(levels.tolist())])
 
+    def bound(self, levels: np.ndarray) -> float:
+        return self.value_without_suppression(levels)
+
     @staticmethod
     def scalar(values: list[float]) -> float:
         """ARX's geometric-mean aggregate, in ARX's order of operations (bit-for-bit on the references)."""
@@ -159,6 +166,9 @@ class EntropyMetric(QualityMetric):
 
     def value_without_suppression(self, levels: np.ndarray) -> float:
         return float(sum(self.level_cost[i][int(level)] for i, level in enumerate(levels)))
+
+    def bound(self, levels: np.ndarray) -> float:
+        return self.value_without_suppression(levels)
 
     def value(self, table: ClassTable, suppressed: np.ndarray) -> float:
         total = 0.0

@@ -107,7 +107,7 @@ def test_no_transformation_within_the_suppression_limit() -> None:
     with pytest.raises(PPMLError) as exc:
         anonymize(df, AnonymizationConfig({"sex": SEX, "age": AGE}, k=2, l_diversity=(LDiversity("s", 2),)))
     message = one_line(exc)
-    assert "no transformation satisfies" in message and "suppress 20 of 20" in message
+    assert "no transformation that satisfies" in message and "suppress 20 of 20" in message
 
 
 def test_sensitive_attribute_checks() -> None:

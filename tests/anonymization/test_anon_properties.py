@@ -126,7 +126,7 @@ def test_outputs_satisfy_models_and_are_optimal(problem: tuple[pd.DataFrame, Ano
     try:
         result = anonymize(df, config)
     except PPMLError as exc:
-        assert "no transformation satisfies" in str(exc)
+        assert "no transformation that satisfies" in str(exc)
         assert best == math.inf
         return
     assert result.quality["value"] == pytest.approx(best, rel=1e-12, abs=1e-12)
@@ -152,17 +152,23 @@ def test_outputs_satisfy_models_and_are_optimal(problem: tuple[pd.DataFrame, Ano
 @given(problems())
 def test_heuristic_outputs_satisfy_models(problem: tuple[pd.DataFrame, AnonymizationConfig]) -> None:
     df, base = problem
-    config = AnonymizationConfig(**{**base.__dict__, "max_optimal_nodes": 1})
-    try:
-        result = anonymize(df, config)
-    except PPMLError as exc:
-        assert "no transformation satisfies" in str(exc)
-        assert exhaustive_optimum(df, config) == math.inf
-        return
-    assert not result.optimal
-    assert result.to_report()["search"].startswith("heuristic")
-    assert verify_release(result.data, config, original=df) == []
-    assert result.quality["value"] >= exhaustive_optimum(df, config) - 1e-12
+    best = exhaustive_optimum(df, base)
+    for budget in (0, 3_000):  # greedy phases alone, then with a best-first phase that completes
+        config = AnonymizationConfig(**{**base.__dict__, "max_optimal_nodes": 1, "heuristic_checks": budget})
+        try:
+            result = anonymize(df, config)
+        except PPMLError as exc:
+            assert "no transformation that satisfies" in str(exc)
+            assert budget == 0 or best == math.inf
+            continue
+        assert verify_release(result.data, config, original=df) == []
+        assert result.quality["value"] >= best - 1e-12
+        if result.optimal:
+            assert result.quality["value"] == pytest.approx(best, rel=1e-12, abs=1e-12)
+        else:
+            assert result.to_report()["search"].startswith("heuristic")
+        if budget == 3_000:
+            assert result.optimal  # the small lattices are searched completely within the budget
 
 
 @settings(max_examples=40, deadline=None)
