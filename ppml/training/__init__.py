@@ -1,5 +1,12 @@
 """Model selection and DP-SGD training (lifecycle steps 4-5). See docs/training.md and docs/contracts.md."""
 
+from ppml.training.accountable import (
+    AccountableTrainingResult,
+    BaselineResult,
+    CandidateResult,
+    train_baseline,
+    train_within_budget,
+)
 from ppml.training.config import DPConfig, ModelSpec, TrainingConfig
 from ppml.training.data import TabularSplit
 from ppml.training.dp_sgd import (
@@ -14,6 +21,9 @@ from ppml.training.dp_sgd import (
 )
 
 __all__ = [
+    "AccountableTrainingResult",
+    "BaselineResult",
+    "CandidateResult",
     "DPConfig",
     "DPPlan",
     "EpochReport",
@@ -24,6 +34,8 @@ __all__ = [
     "TrainingConfig",
     "epsilon_of_history",
     "plan_dp_training",
+    "train_baseline",
     "train_dp",
     "train_non_private",
+    "train_within_budget",
 ]
