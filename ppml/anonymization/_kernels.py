@@ -22,9 +22,15 @@ __all__ = ["HAVE_NUMBA", "group_rollup", "sum_rows"]
 
 
 def _group_rollup_python(
-    codes: np.ndarray, maps: np.ndarray, offsets: np.ndarray, cards: np.ndarray, counts: np.ndarray
+    codes: np.ndarray,
+    maps: np.ndarray,
+    offsets: np.ndarray,
+    cards: np.ndarray,
+    counts: np.ndarray,
+    source_cards: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Numpy reference: returns (inverse per source row, new codes (d, g), new counts (g,))."""
+    """Generalize (``offsets[i]`` < 0: attribute unchanged) and group; returns (inverse per source row, new codes
+    (d, g), new counts (g,)). ``cards`` are the target levels' cardinalities, ``source_cards`` the source's."""
     d, c = codes.shape
     columns = [codes[i] if offsets[i] < 0 else maps[offsets[i] + codes[i]] for i in range(d)]
     key = np.zeros(c, dtype=np.int64)
@@ -41,9 +47,27 @@ def _group_rollup_python(
 
 
 def _group_rollup_loop(
-    codes: np.ndarray, maps: np.ndarray, offsets: np.ndarray, cards: np.ndarray, counts: np.ndarray
+    codes: np.ndarray,
+    maps: np.ndarray,
+    offsets: np.ndarray,
+    cards: np.ndarray,
+    counts: np.ndarray,
+    source_cards: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # pragma: no cover - compiled by numba
     d, c = codes.shape
+    # Mixed-radix key of every row, attribute by attribute (sequential memory access): a per-attribute table
+    # holds each source code's generalized code times the attribute's stride.
+    keys = np.zeros(c, dtype=np.int64)
+    stride = 1
+    for i in range(d - 1, -1, -1):
+        source_card = source_cards[i]
+        table = np.empty(source_card, dtype=np.int64)
+        for value in range(source_card):
+            mapped = maps[offsets[i] + value] if offsets[i] >= 0 else value
+            table[value] = mapped * stride
+        for row in range(c):
+            keys[row] += table[codes[i, row]]
+        stride *= cards[i]
     size = 1
     bits = 0
     while size < 2 * c:
@@ -59,12 +83,7 @@ def _group_rollup_loop(
     new_counts = np.zeros(c, dtype=np.int64)
     groups = 0
     for row in range(c):
-        key = 0
-        for i in range(d):
-            value = codes[i, row]
-            if offsets[i] >= 0:
-                value = maps[offsets[i] + value]
-            key = key * cards[i] + value
+        key = keys[row]
         slot = np.int64((np.uint64(key) * golden) >> shift) & mask  # Fibonacci hashing: high bits
         while True:
             stored = table_keys[slot]

@@ -198,6 +198,7 @@ def build_problem(df: pd.DataFrame, config: AnonymizationConfig) -> _Encoded:
             np.full(d, -1, np.int64),
             cards,
             np.ones(n, np.int64),
+            cards,
         )
     else:
         unique_rows, inverse, counts = np.unique(row_codes.T, axis=0, return_inverse=True, return_counts=True)

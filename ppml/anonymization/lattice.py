@@ -143,7 +143,8 @@ class Problem:
         if (offsets < 0).all():
             return ClassTable(levels, source.codes, source.counts, source.hists), None
         if self._log_cards[self._rows, levels].sum() < 62:
-            inverse, codes, counts = group_rollup(source.codes, self._maps, offsets, cards, source.counts)
+            source_cards = self._card_table[self._rows, source.levels]
+            inverse, codes, counts = group_rollup(source.codes, self._maps, offsets, cards, source.counts, source_cards)
         else:  # too many combinations for one integer key: number the distinct tuples instead
             columns = np.stack(
                 [source.codes[i] if offsets[i] < 0 else self._maps[offsets[i] + source.codes[i]] for i in range(d)]

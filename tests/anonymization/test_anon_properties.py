@@ -187,8 +187,9 @@ def test_compiled_and_numpy_rollups_agree(rows: int, cards: list[int], rnd) -> N
     offsets[rng.random(d) < 0.3] = -1
     new_cards = np.array([c if o < 0 else t for c, t, o in zip(cards, targets, offsets, strict=True)], np.int64)
     counts = rng.integers(1, 5, rows).astype(np.int64)
-    inverse_a, codes_a, counts_a = group_rollup(codes, maps, offsets, new_cards, counts)
-    inverse_b, codes_b, counts_b = group_rollup_numpy(codes, maps, offsets, new_cards, counts)
+    source_cards = np.array(cards, dtype=np.int64)
+    inverse_a, codes_a, counts_a = group_rollup(codes, maps, offsets, new_cards, counts, source_cards)
+    inverse_b, codes_b, counts_b = group_rollup_numpy(codes, maps, offsets, new_cards, counts, source_cards)
     # same partition, same class tuples and sizes (group numbering may differ)
     order_a = np.lexsort(codes_a[::-1])
     order_b = np.lexsort(codes_b[::-1])
