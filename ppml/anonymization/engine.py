@@ -86,6 +86,8 @@ class AnonymizationResult:
     suppression_limit: float
     max_suppressed_records: int
     class_sizes: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, dtype=np.int64))
+    #: per QI with a hierarchy file, every label of its released level: a public category set for dp_summary
+    public_categories: dict[str, list[str]] = field(repr=False, default_factory=dict)
 
     @property
     def transformation_levels(self) -> list[int]:
@@ -308,6 +310,11 @@ def anonymize(df: pd.DataFrame, config: AnonymizationConfig) -> AnonymizationRes
         suppression_limit=config.suppression_limit,
         max_suppressed_records=problem.max_outliers,
         class_sizes=kept_sizes,
+        public_categories={
+            a.name: [str(label) for label in a.labels[int(level)]]
+            for a, level in zip(problem.attributes, levels, strict=True)
+            if isinstance(config.quasi_identifiers[a.name], Hierarchy)
+        },
     )
 
 

@@ -91,3 +91,11 @@ def test_class_statistics(adult: pd.DataFrame, adult_h: dict, tmp_path: Path) ->
     assert stats["equivalence_classes"] == result.equivalence_classes == 24
     assert stats["min_class_size"] == 69 and stats["records"] == len(adult)
     assert sum(stats["class_size_histogram"].values()) == 24
+
+
+def test_public_categories_feed_the_dp_summary(adult: pd.DataFrame, adult_h: dict) -> None:
+    result = anonymize(adult, AnonymizationConfig(adult_h, k=5))
+    assert result.public_categories["age"] == ["*"]
+    assert sorted(result.public_categories["sex"]) == ["Female", "Male"]
+    summary = dp_summary(result.data, epsilon=1.0, categorical={"sex": result.public_categories["sex"]})
+    assert summary.categories[0].public_categories
