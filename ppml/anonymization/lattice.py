@@ -36,8 +36,9 @@ from ppml.anonymization.models import KAnonymity, LDiversity, TCloseness, is_mon
 __all__ = ["Assessment", "ClassTable", "Problem", "SearchOutcome", "heuristic_search", "optimal_search"]
 
 CACHE_CELLS = 40_000_000  # upper bound on cached class-table cells (about 320 MB of int64)
-HEURISTIC_CHECKS = 300  # transformations the heuristic's best-first phase may check before turning greedy
+HEURISTIC_CHECKS = 300  # transformations the heuristic's best-first phase may check before giving up on a proof
 JOIN_TABLE_SIZE = 5_000  # climbs head for cached nodes whose class table is at most this large
+_NEVER = np.iinfo(np.int64).max  # size of an evicted cache slot: never chosen as a source
 
 
 @dataclass
@@ -247,7 +248,7 @@ class _TableCache:
                 continue
             self.cells -= table.cells
             self.tables[slot] = None
-            self.sizes[slot] = np.iinfo(np.int64).max
+            self.sizes[slot] = _NEVER
             del self.index[table.levels.tobytes()]
 
     def add_source(self, table: ClassTable) -> None:
@@ -265,7 +266,7 @@ class _TableCache:
             return table
         used = len(self.tables)
         below = np.all(self.levels[:used] <= levels, axis=1)
-        candidates = np.where(below, self.sizes[:used], np.iinfo(np.int64).max)
+        candidates = np.where(below, self.sizes[:used], _NEVER)
         source = self.tables[int(np.argmin(candidates))]
         assert source is not None
         table = self.problem.rollup(source, levels)
@@ -301,6 +302,7 @@ def optimal_search(problem: Problem, metric) -> SearchOutcome:
     order = np.lexsort((height_sum,)) if bounds is None else np.lexsort((height_sum, bounds))
     monotone = is_monotone(problem.l_models, problem.t_models, problem.max_outliers)
     metric_monotone = problem.max_outliers == 0  # no suppression: generalizing never improves any metric
+    extend_rejections = monotone and problem.max_outliers == 0
     # monotone-part status: 1 holds, -1 fails (propagated down), 0 unknown; shaped like the lattice
     mono = np.zeros(total, dtype=np.int8)
     mono_view = mono.reshape(heights)
@@ -402,6 +404,22 @@ def optimal_search(problem: Problem, metric) -> SearchOutcome:
                 hi = mid - 1
             else:
                 lo = mid + 1
+        if extend_rejections and lo > 0:
+            # Without suppression the rejected region is large: grow the highest rejected node on the path to a
+            # maximal rejected node (each step a cheap roll-up from it), so that one down-set covers more.
+            current = nodes[path[lo - 1]]
+            flat = path[lo - 1]
+            moved = True
+            while moved:
+                moved = False
+                for i in range(d):
+                    if current[i] < top_list[i]:
+                        successor = flat + strides[i]
+                        if mono[successor] == 0:
+                            evaluate(successor)
+                        if mono[successor] == -1:
+                            current, flat, moved = nodes[successor], successor, True
+                            break
 
     position = 0
     while position < total:
