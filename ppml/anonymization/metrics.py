@@ -11,9 +11,10 @@ Definitions (n = records of the input, suppressed records included):
   rows that the record's generalized value covers (a suppressed record costs 1); normalized
   ``v_i = (L_i - n/|dom_i|) / (n - n/|dom_i|)`` clipped at 0 and truncated to 10 decimals as ARX does;
   aggregated with the geometric mean ``prod(1 + v_i)^(1/d) - 1``.
-- ``entropy`` (non-uniform entropy, non-monotone variant): sum over attributes and records of
-  ``log2(freq(generalized value) / freq(original value))``, input frequencies; a suppressed record costs
-  ``log2(n / freq(original value))``, i.e. that of generalizing to a single value.
+- ``entropy`` (ARX's non-monotone non-uniform entropy): per attribute, the sum over all records of
+  ``log2(freq(generalized value) / freq(original value))`` with input frequencies, plus, for the suppressed
+  records S, ``sum_v c_v log2(|S| / c_v)`` over their generalized values v (they collapse into one group);
+  truncated to 10 decimals per attribute and summed over attributes (ARX's default aggregate for entropy).
 - ``discernibility``: sum of squared class sizes; a suppressed record costs n.
 - ``aecs`` (average equivalence class size): n / (classes kept + 1 if any record is suppressed).
 """
@@ -139,47 +140,54 @@ class LossMetric(QualityMetric):
 
 
 class EntropyMetric(QualityMetric):
+    """ARX's non-monotone non-uniform entropy (``MetricMDNUNMEntropy``), summed over attributes."""
+
     name = "entropy"
     exact_without_suppression = True
 
     def __init__(self, problem: Problem) -> None:
         super().__init__(problem)
-        self.level_cost = []  # per attribute, per level: bits summed over all records
-        self.level_freq = []  # per attribute, per level: code -> records of the input generalized to it
+        self.level_cost = []  # per attribute, per level: bits summed over all records (ARX's "raw" entropy)
         for i, attribute in enumerate(problem.attributes):
             leaf = np.bincount(problem.base.codes[i], weights=problem.base.counts, minlength=attribute.cardinality(0))
-            costs, freqs = [], []
+            costs = []
+            present = leaf > 0
             for level in range(attribute.height):
                 mapping = attribute.leaf_to_level[level]
                 freq = np.bincount(mapping, weights=leaf, minlength=attribute.cardinality(level))
-                present = leaf > 0
                 costs.append(float(np.sum(leaf[present] * np.log2(freq[mapping[present]] / leaf[present]))))
-                freqs.append(freq)
             self.level_cost.append(costs)
-            self.level_freq.append(freqs)
+        self.rounded = [[_truncate(c) for c in costs] for costs in self.level_cost]
 
     def lower_bounds(self, nodes: np.ndarray) -> np.ndarray:
         total = np.zeros(len(nodes))
         for i in range(len(self.problem.attributes)):
-            total = total + np.array(self.level_cost[i])[nodes[:, i]]
+            total = total + np.array(self.rounded[i])[nodes[:, i]]
         return total
 
     def value_without_suppression(self, levels: np.ndarray) -> float:
-        return float(sum(self.level_cost[i][int(level)] for i, level in enumerate(levels)))
+        return float(sum(self.rounded[i][int(level)] for i, level in enumerate(levels)))
 
     def bound(self, levels: np.ndarray) -> float:
         return self.value_without_suppression(levels)
 
     def value(self, table: ClassTable, suppressed: np.ndarray) -> float:
         total = 0.0
-        n = self.problem.n
+        outliers = float(table.counts[suppressed].sum()) if suppressed.any() else 0.0
         for i in range(len(self.problem.attributes)):
-            level = int(table.levels[i])
-            total += self.level_cost[i][level]
-            if suppressed.any():
-                freq = self.level_freq[i][level][table.codes[i][suppressed]]
-                total += float(np.sum(table.counts[suppressed] * np.log2(n / freq)))
+            cost = self.level_cost[i][int(table.levels[i])]
+            if outliers:
+                # suppressed records collapse into one group: sum over their generalized values v of c_v log2(S/c_v)
+                per_value = np.bincount(table.codes[i][suppressed], weights=table.counts[suppressed])
+                per_value = per_value[per_value > 0]
+                cost += float(np.sum(per_value * np.log2(outliers / per_value)))
+            total += _truncate(cost)
         return total
+
+
+def _truncate(value: float) -> float:
+    """ARX's ``Metric.round``: keep 10 decimals, rounding down."""
+    return math.floor(value * 1e10) / 1e10
 
 
 class DiscernibilityMetric(QualityMetric):

@@ -81,8 +81,12 @@ def test_metric_definitions_on_a_hand_example() -> None:
     aecs = anonymize(df, AnonymizationConfig({"a": hierarchy}, k=2, suppression_limit=0.2, metric="aecs"))
     assert aecs.quality["value"] == pytest.approx(5 / 3)
     entropy = anonymize(df, AnonymizationConfig({"a": hierarchy}, k=2, suppression_limit=0.2, metric="entropy"))
-    # level 0 costs nothing for kept records; the suppressed r costs log2(5 / 1)
-    assert entropy.quality["value"] == pytest.approx(np.log2(5))
+    # ARX: level 0 costs nothing; the suppressed records (only r) form one group of entropy 0
+    assert entropy.transformation == {"a": 0} and entropy.quality["value"] == 0.0
+    two = pd.DataFrame({"a": ["p", "p", "q", "q", "r", "s"]})
+    spread = anonymize(two, AnonymizationConfig({"a": hierarchy}, k=2, suppression_limit=0.34, metric="entropy"))
+    # r and s suppressed at level 0: 1*log2(2/1) + 1*log2(2/1) = 2 bits; level 1 would cost 4 + 2 = 6 bits
+    assert spread.transformation == {"a": 0} and spread.quality["value"] == pytest.approx(2.0)
 
 
 def test_class_statistics(adult: pd.DataFrame, adult_h: dict, tmp_path: Path) -> None:
