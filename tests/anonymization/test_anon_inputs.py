@@ -160,3 +160,20 @@ def test_spec_hierarchies_in_anonymize() -> None:
     result = anonymize(df, config)
     assert result.min_class_size >= 10
     assert set(result.data["zip"]) <= {"021**", "*"}
+
+
+def test_edge_cases() -> None:
+    flat = Hierarchy.from_rows([("a",), ("b",)])  # one level: nothing to generalize
+    df = pd.DataFrame({"x": ["a", "a", "b", "b"], "y": [1, 2, 3, 4]})
+    result = anonymize(df, AnonymizationConfig({"x": flat}, k=2))
+    assert result.transformation == {"x": 0} and result.lattice_size == 1
+    with pytest.raises(PPMLError, match="no transformation that satisfies"):
+        anonymize(df, AnonymizationConfig({"x": flat}, k=3))
+    same = pd.DataFrame({"sex": ["Male"] * 5})
+    assert anonymize(same, AnonymizationConfig({"sex": SEX}, k=5)).equivalence_classes == 1
+    assert anonymize(df.assign(sex=["Male", "Female"] * 2), AnonymizationConfig({"sex": SEX}, k=1)).min_class_size == 2
+    numbers = pd.DataFrame({"age": [20, 21, 35, 36, 37, 52]})
+    assert anonymize(numbers, AnonymizationConfig({"age": AGE}, k=2)).data["age"].tolist() == ["*"] * 6
+    suppressed = anonymize(numbers, AnonymizationConfig({"age": AGE}, k=2, suppression_limit=0.2))
+    assert suppressed.data["age"].tolist() == ["20-39"] * 5 and suppressed.suppressed_records == 1
+    assert pd.api.types.is_string_dtype(suppressed.data["age"])

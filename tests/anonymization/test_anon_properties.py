@@ -118,7 +118,7 @@ def reference_violations(df: pd.DataFrame, config: AnonymizationConfig) -> int:
     return bad
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(problems())
 def test_outputs_satisfy_models_and_are_optimal(problem: tuple[pd.DataFrame, AnonymizationConfig]) -> None:
     df, config = problem
@@ -200,3 +200,18 @@ def test_compiled_and_numpy_rollups_agree(rows: int, cards: list[int], rnd) -> N
 
 def test_numba_is_used_when_installed() -> None:
     assert group_rollup is not group_rollup_numpy or not HAVE_NUMBA
+
+
+def test_several_sensitive_attributes_at_once(adult: pd.DataFrame, adult_h: dict) -> None:
+    qis = {name: adult_h[name] for name in ("sex", "age", "race", "marital-status", "education")}
+    config = AnonymizationConfig(
+        qis,
+        k=5,
+        l_diversity=(LDiversity("occupation", 3, "entropy"),),
+        t_closeness=(TCloseness("income", 0.2), TCloseness("workclass", 0.3, "hierarchical")),
+        suppression_limit=0.05,
+        sensitive_hierarchies={"workclass": adult_h["workclass"]},
+    )
+    result = anonymize(adult, config)
+    assert verify_release(result.data, config, original=adult) == []
+    assert result.quality["value"] == pytest.approx(exhaustive_optimum(adult, config), abs=1e-12)
