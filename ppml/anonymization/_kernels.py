@@ -1,24 +1,29 @@
-"""The roll-up's inner loop (generalize a class table and group equal tuples), compiled when numba is present.
+"""The roll-up's inner loops (generalize a class table and group equal tuples), compiled with numba when it pays.
 
-numba turns the per-check cost on the Adult benchmark from about a millisecond (numpy: gathers, a mixed-radix key
-and a hash factorization through pandas) into tens of microseconds, which is what brings the search to ARX's
-speed. Without numba the same function runs through an equivalent numpy path; results are identical (tested).
+numba turns the per-check cost on the Adult benchmark into tens of microseconds, about twice as fast as the
+equivalent numpy path (gathers, a mixed-radix key, a hash factorization through pandas); results are identical
+(property-tested). But loading the compiled code costs about half a second per process, more than a whole Adult
+search takes without it. So by default (``PPML_ANONYMIZATION_JIT=auto``) the compiled kernels are used once they
+are loaded in the process (:func:`warm_up`, for long-running processes and the benchmark) or when the problem is
+big enough to repay the load; ``on`` and ``off`` force either path.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import os
+from collections.abc import Callable
+
 import numpy as np
 import pandas as pd
 
-try:  # pragma: no cover - exercised in both configurations by the test suite's equivalence test
-    import numba
+HAVE_NUMBA = importlib.util.find_spec("numba") is not None
+#: distinct QI tuples x transformations from which compiling repays loading the kernels (about 0.5 s)
+COMPILE_WORTH_IT = 2e9
+_compiled: tuple[Callable, Callable] | None = None
+_warm = False
 
-    HAVE_NUMBA = True
-except ImportError:  # pragma: no cover
-    numba = None
-    HAVE_NUMBA = False
-
-__all__ = ["HAVE_NUMBA", "group_rollup", "sum_rows"]
+__all__ = ["HAVE_NUMBA", "kernels", "warm_up"]
 
 
 def _group_rollup_python(
@@ -128,7 +133,43 @@ def _sum_rows_loop(values: np.ndarray, inverse: np.ndarray, groups: int) -> np.n
     return out
 
 
-sum_rows = numba.njit(cache=True, nogil=True)(_sum_rows_loop) if HAVE_NUMBA else _sum_rows_python
-group_rollup = numba.njit(cache=True, nogil=True)(_group_rollup_loop) if HAVE_NUMBA else _group_rollup_python
+def _load() -> tuple[Callable, Callable]:
+    global _compiled
+    if _compiled is None:
+        import numba
+
+        _compiled = (
+            numba.njit(cache=True, nogil=True)(_group_rollup_loop),
+            numba.njit(cache=True, nogil=True)(_sum_rows_loop),
+        )
+    return _compiled
+
+
+def _mode() -> str:
+    return os.environ.get("PPML_ANONYMIZATION_JIT", "auto").strip().lower()
+
+
+def warm_up() -> bool:
+    """Load (compiling once per machine) the numba kernels now; True when they are available and enabled."""
+    global _warm
+    if not HAVE_NUMBA or _mode() == "off":
+        return False
+    if not _warm:
+        group, rows = _load()
+        one = np.ones(1, dtype=np.int64)
+        group(np.zeros((1, 2), np.int64), np.zeros(1, np.int64), -one, one, np.ones(2, np.int64), one)
+        rows(np.zeros((2, 1), np.int64), np.zeros(2, np.int64), 1)
+        _warm = True
+    return True
+
+
+def kernels(work: float) -> tuple[Callable, Callable]:
+    """(group_rollup, sum_rows) for a problem of ``work`` = distinct QI tuples x transformations."""
+    mode = _mode()
+    if HAVE_NUMBA and mode != "off" and (mode == "on" or _warm or work >= COMPILE_WORTH_IT) and warm_up():
+        return _load()
+    return _group_rollup_python, _sum_rows_python
+
 
 group_rollup_numpy = _group_rollup_python
+sum_rows_numpy = _sum_rows_python

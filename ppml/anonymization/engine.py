@@ -18,7 +18,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ppml.anonymization._kernels import group_rollup
+from ppml.anonymization._kernels import kernels
 from ppml.anonymization.encoding import EncodedAttribute, encode_column
 from ppml.anonymization.hierarchy import Hierarchy, HierarchySpec
 from ppml.anonymization.lattice import ClassTable, Problem, heuristic_search, optimal_search
@@ -193,7 +193,10 @@ def build_problem(df: pd.DataFrame, config: AnonymizationConfig) -> _Encoded:
     row_codes = np.stack([encode_column(df[a.name], a, config.source) for a in attributes])
     cards = np.array([a.cardinality(0) for a in attributes], dtype=np.int64)
     if sum(math.log2(max(int(c), 2)) for c in cards) < 62:
-        # group the records by their level-0 tuple with the compiled hash grouping of the roll-up
+        # group the records by their level-0 tuple with the roll-up's hash grouping
+        group_rollup = kernels(
+            float(min(n, math.prod(int(c) for c in cards))) * math.prod(a.height for a in attributes)
+        )[0]
         inverse, base_codes, counts = group_rollup(
             np.ascontiguousarray(row_codes),
             np.zeros(1, dtype=np.int64),

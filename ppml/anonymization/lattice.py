@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ppml.anonymization._kernels import group_rollup, sum_rows
+from ppml.anonymization._kernels import kernels
 from ppml.anonymization.encoding import EncodedAttribute
 from ppml.anonymization.models import KAnonymity, LDiversity, TCloseness, is_monotone
 
@@ -105,6 +105,7 @@ class Problem:
         return self.rollup_with_index(source, levels)[0]
 
     def __post_init__(self) -> None:
+        self._group, self._sum_rows = kernels(float(self.base.size) * self.lattice_size)
         # All level-to-level maps in one array, so the compiled roll-up can take them as one argument.
         chunks, position = [], 0
         self._offsets: list[list[list[int]]] = []
@@ -145,7 +146,7 @@ class Problem:
             return ClassTable(levels, source.codes, source.counts, source.hists), None
         if self._log_cards[self._rows, levels].sum() < 62:
             source_cards = self._card_table[self._rows, source.levels]
-            inverse, codes, counts = group_rollup(source.codes, self._maps, offsets, cards, source.counts, source_cards)
+            inverse, codes, counts = self._group(source.codes, self._maps, offsets, cards, source.counts, source_cards)
         else:  # too many combinations for one integer key: number the distinct tuples instead
             columns = np.stack(
                 [source.codes[i] if offsets[i] < 0 else self._maps[offsets[i] + source.codes[i]] for i in range(d)]
@@ -155,7 +156,7 @@ class Problem:
             codes = np.ascontiguousarray(columns[:, first])
             counts = np.bincount(inverse, weights=source.counts, minlength=codes.shape[1]).astype(np.int64)
         groups = len(counts)
-        hists = [sum_rows(h, inverse, groups) for h in source.hists]
+        hists = [self._sum_rows(h, inverse, groups) for h in source.hists]
         return ClassTable(levels, codes, counts, hists), inverse
 
     def marginal_suppression(self) -> list[np.ndarray]:
@@ -172,7 +173,7 @@ class Problem:
             leaf_hists = []
             for model in distinct:
                 hist = self.base.hists[self.sensitive_names.index(model.attribute)]
-                leaf_hists.append(sum_rows(hist, self.base.codes[i], attribute.cardinality(0)))
+                leaf_hists.append(self._sum_rows(hist, self.base.codes[i], attribute.cardinality(0)))
             per_level = np.zeros(attribute.height, dtype=np.int64)
             for level in range(attribute.height):
                 mapping = attribute.leaf_to_level[level]
@@ -180,7 +181,7 @@ class Problem:
                 counts = np.bincount(mapping, weights=leaf_counts, minlength=width)
                 bad = counts < self.k_model.k
                 for model, leaf_hist in zip(distinct, leaf_hists, strict=True):
-                    bad |= model.violations(sum_rows(leaf_hist, mapping, width))
+                    bad |= model.violations(self._sum_rows(leaf_hist, mapping, width))
                 per_level[level] = int(counts[bad].sum())
             result.append(per_level)
         return result

