@@ -4,6 +4,7 @@ Plain module, no Dagster: the CLI (``ppml anonymize``) and the ``anonymized_reco
 :func:`anonymize`. See docs/anonymization.md for the algorithm, the models and the benchmark against ARX.
 """
 
+from ppml.anonymization._kernels import warm_up
 from ppml.anonymization.engine import AnonymizationConfig, AnonymizationResult, anonymize
 from ppml.anonymization.hierarchy import Hierarchy, HierarchySpec
 from ppml.anonymization.models import KAnonymity, LDiversity, TCloseness
@@ -27,4 +28,5 @@ __all__ = [
     "risk_from_frame",
     "risk_from_sizes",
     "verify_release",
+    "warm_up",
 ]
