@@ -269,6 +269,8 @@ def anonymize(df: pd.DataFrame, config: AnonymizationConfig) -> AnonymizationRes
     encoded = build_problem(df, config)
     problem = encoded.problem
     metric = make_metric(config.metric, problem)
+    if metric.class_bound is not None:  # no separable bound: the search checks many more transformations
+        problem.choose_kernels(checks_per_node=10.0)
     optimal = problem.lattice_size <= config.max_optimal_nodes
     outcome = optimal_search(problem, metric) if optimal else heuristic_search(problem, metric, config.heuristic_checks)
     if outcome.levels is None:

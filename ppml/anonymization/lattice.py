@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -104,8 +105,12 @@ class Problem:
         """Class table of ``levels`` from a table of a node at or below it."""
         return self.rollup_with_index(source, levels)[0]
 
+    def choose_kernels(self, checks_per_node: float = 1.0) -> None:
+        """Compiled or numpy roll-up, by the expected work (searches without a separable bound check more)."""
+        self._group, self._sum_rows = kernels(float(self.base.size) * self.lattice_size * checks_per_node)
+
     def __post_init__(self) -> None:
-        self._group, self._sum_rows = kernels(float(self.base.size) * self.lattice_size)
+        self.choose_kernels()
         # All level-to-level maps in one array, so the compiled roll-up can take them as one argument.
         chunks, position = [], 0
         self._offsets: list[list[list[int]]] = []
@@ -214,11 +219,13 @@ class Problem:
 class _TableCache:
     """Class tables of evaluated nodes; a new node rolls up from the smallest cached table below it."""
 
-    def __init__(self, problem: Problem) -> None:
+    def __init__(self, problem: Problem, class_bound: Callable[[ClassTable], float] | None = None) -> None:
         self.problem = problem
+        self.class_bound = class_bound  # a bound valid for every node above a computed one (see metrics.py)
         d = len(problem.attributes)
         self.levels = np.zeros((64, d), dtype=np.int64)
         self.sizes = np.zeros(64, dtype=np.int64)
+        self.bounds = np.full(64, -math.inf)
         self.tables: list[ClassTable | None] = []
         self.index: dict[bytes, int] = {}
         self.cells = 0
@@ -231,8 +238,11 @@ class _TableCache:
         if slot == len(self.sizes):
             self.levels = np.concatenate([self.levels, np.zeros_like(self.levels)])
             self.sizes = np.concatenate([self.sizes, np.zeros_like(self.sizes)])
+            self.bounds = np.concatenate([self.bounds, np.full_like(self.bounds, -math.inf)])
         self.levels[slot] = table.levels
         self.sizes[slot] = table.size
+        if self.class_bound is not None:
+            self.bounds[slot] = self.class_bound(table)
         self.tables.append(table)
         self.index[table.levels.tobytes()] = slot
         self.cells += table.cells
@@ -251,6 +261,12 @@ class _TableCache:
             self.tables[slot] = None
             self.sizes[slot] = _NEVER
             del self.index[table.levels.tobytes()]
+
+    def dominated(self, levels: np.ndarray, best: float) -> bool:
+        """Whether a computed node below ``levels`` already bounds its value at ``best`` or more."""
+        used = len(self.tables)
+        candidates = self.bounds[:used] >= best
+        return bool(candidates.any() and np.all(self.levels[:used][candidates] <= levels, axis=1).any())
 
     def add_source(self, table: ClassTable) -> None:
         """Cache a table to roll up from without counting it as a checked transformation."""
@@ -318,7 +334,7 @@ def optimal_search(problem: Problem, metric) -> SearchOutcome:
     full[mono == -1] = -1
     top_list = [h - 1 for h in heights]
     strides = [math.prod(heights[i + 1 :]) for i in range(d)]
-    cache = _TableCache(problem)
+    cache = _TableCache(problem, metric.class_bound)
     values: dict[int, float] = {}
     best_index, best_value = -1, math.inf
 
@@ -435,6 +451,9 @@ def optimal_search(problem: Problem, metric) -> SearchOutcome:
         position += 1
         if bounds is not None and bounds[index] >= best_value:
             break
+        if metric.class_bound is not None and best_index >= 0 and cache.dominated(nodes[index], best_value):
+            full[index] = 2
+            continue
         if mono[index] == 0:
             climb(index)
             if mono[index] == -1:

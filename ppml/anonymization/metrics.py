@@ -22,6 +22,7 @@ Definitions (n = records of the input, suppressed records included):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -41,6 +42,8 @@ class QualityMetric:
     name: str = ""
     #: the lower bound equals the value when no record is suppressed
     exact_without_suppression: bool = False
+    #: for metrics without a separable bound: a bound from one node's classes that holds for every node above it
+    class_bound: Callable[[ClassTable], float] | None = None
 
     def __init__(self, problem: Problem) -> None:
         self.problem = problem
@@ -193,6 +196,12 @@ def _truncate(value: float) -> float:
 class DiscernibilityMetric(QualityMetric):
     name = "discernibility"
 
+    def __init__(self, problem: Problem) -> None:
+        super().__init__(problem)
+        # DM >= sum of squared class sizes (a suppressed record costs n >= its class size), which only grows
+        # when classes merge: a bound for every node above.
+        self.class_bound = lambda table: float(np.dot(table.counts, table.counts))
+
     def value(self, table: ClassTable, suppressed: np.ndarray) -> float:
         counts = table.counts.astype(np.float64)
         kept = counts[~suppressed]
@@ -201,6 +210,11 @@ class DiscernibilityMetric(QualityMetric):
 
 class AECSMetric(QualityMetric):
     name = "aecs"
+
+    def __init__(self, problem: Problem) -> None:
+        super().__init__(problem)
+        # AECS >= n / (classes + 1) and generalizing never adds classes: a bound for every node above.
+        self.class_bound = lambda table: problem.n / (table.size + 1)
 
     def value(self, table: ClassTable, suppressed: np.ndarray) -> float:
         classes = int((~suppressed).sum()) + (1 if suppressed.any() else 0)
