@@ -80,3 +80,33 @@ def decide_promotion(
     if promoted:
         client.set_registered_model_alias(model_name, PRODUCTION_ALIAS, version)
     return PromotionDecision(model_name, version, promoted, failing_checks, previous)
+
+
+class ServedModel:
+    """A model as deployed: loaded back from the MLflow artifact store, predicting P(y = 1).
+
+    Evaluation always scores the artifact that would be served, not the in-memory object that training returned,
+    so a model that cannot be loaded fails evaluation instead of being promoted.
+    """
+
+    def __init__(self, model_uri: str) -> None:
+        import mlflow.pytorch
+
+        try:
+            self.module = mlflow.pytorch.load_model(model_uri)
+        except Exception as error:  # MLflow raises many kinds: missing run, missing files, corrupt archive
+            reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+            raise PPMLError(
+                f"{model_uri}: field 'model artifact': the model cannot be loaded ({reason}); "
+                "fix: re-materialize dp_model so the artifact is logged again"
+            ) from None
+        self.model_uri = model_uri
+
+    def predict_proba(self, X: Any) -> Any:
+        import numpy as np
+        import torch
+
+        features = torch.as_tensor(np.ascontiguousarray(X, dtype=np.float32))
+        with torch.no_grad():
+            probabilities = self.module(features)
+        return probabilities[:, 1].numpy().astype(np.float64)

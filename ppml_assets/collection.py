@@ -47,12 +47,14 @@ def raw_records(
     per_day: dict[str, pd.DataFrame] = {}
     rows_read = excluded = 0
     hashes = {}
+    counts = {}
     for day in context.partition_keys:
         collected = collect_partition(reader, day, loaded.policy, erased)
         per_day[day] = collected.records
         rows_read += collected.rows_read
         excluded += collected.rows_excluded_by_erasure
         hashes[day] = collected.content_sha256
+        counts[day] = {"collected": collected.rows_read, "excluded_by_erasure": collected.rows_excluded_by_erasure}
     context.add_output_metadata(
         {
             "source": record_source.describe(),
@@ -60,6 +62,8 @@ def raw_records(
             "rows_read": rows_read,
             "rows_excluded_by_erasure": excluded,
             "row_count": rows_read - excluded,
+            # per day, so that a window's totals can be summed from any mix of single-day and range runs
+            "rows_per_partition": MetadataValue.json(counts),
             "content_sha256": MetadataValue.json(hashes) if len(hashes) > 1 else next(iter(hashes.values())),
             "policy_hash": loaded.content_hash,
             "seconds": round(time.perf_counter() - started, 3),

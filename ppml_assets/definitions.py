@@ -2,10 +2,30 @@
 
 import os
 
-from dagster import Definitions, EnvVar, load_asset_checks_from_modules, load_assets_from_modules
+from dagster import (
+    Definitions,
+    EnvVar,
+    load_asset_checks_from_modules,
+    load_assets_from_modules,
+    multiprocess_executor,
+)
 
-from ppml_assets import anonymization, collection, deidentification, monitoring, preparation, requirements
+from ppml_assets import (
+    anonymization,
+    collection,
+    compliance,
+    deidentification,
+    deployment,
+    evaluation,
+    monitoring,
+    preparation,
+    reporting,
+    requirements,
+    training,
+)
+from ppml_assets.jobs import collection_job, reevaluation_job, requirements_job, training_job
 from ppml_assets.settings import POLICY_PATH, PPML_HOME, default_ledger_url, default_mlflow_tracking_uri
+from sensors import daily_collection_schedule, drift_sensor, weekly_retraining_schedule
 from resources import (
     AssetStore,
     LandingZoneSource,
@@ -19,7 +39,19 @@ from resources import (
     WorkspacePaths,
 )
 
-STAGE_MODULES = [requirements, collection, deidentification, anonymization, preparation, monitoring]
+STAGE_MODULES = [
+    requirements,
+    collection,
+    deidentification,
+    anonymization,
+    preparation,
+    training,
+    evaluation,
+    compliance,
+    deployment,
+    reporting,
+    monitoring,
+]
 
 
 def record_source_from_env() -> RecordSource:
@@ -52,5 +84,9 @@ def build_resources() -> dict[str, object]:
 defs = Definitions(
     assets=load_assets_from_modules(STAGE_MODULES),
     asset_checks=load_asset_checks_from_modules(STAGE_MODULES),
+    jobs=[requirements_job, collection_job, training_job, reevaluation_job],
+    schedules=[daily_collection_schedule, weekly_retraining_schedule],
+    sensors=[drift_sensor],
     resources=build_resources(),
+    executor=multiprocess_executor,
 )

@@ -1,0 +1,136 @@
+"""Thin shared helpers of the training and evaluation assets: policy settings to engine configs, and result
+shaping for metadata and evidence.json."""
+
+import pandas as pd
+
+from ppml.ledger import DataScope
+from ppml.policy import LoadedPolicy
+from ppml.preparation import LABEL_COLUMN, SPLIT_COLUMN
+from ppml.training import DPConfig, ModelSpec, TabularSplit, TrainingConfig
+from ppml.evaluation import lira_offline_attack, loss_threshold_attack
+from ppml_assets.settings import window_partition_keys
+
+
+def feature_splits(features: pd.DataFrame) -> dict[str, TabularSplit]:
+    """The encoded features as one TabularSplit per split name."""
+    names = [c for c in features.columns if c not in (LABEL_COLUMN, SPLIT_COLUMN)]
+    splits = {}
+    for split in ("train", "validation", "test"):
+        part = features[features[SPLIT_COLUMN] == split]
+        splits[split] = TabularSplit(
+            X=part[names].to_numpy(dtype="float32"),
+            y=part[LABEL_COLUMN].to_numpy(dtype="int64"),
+            feature_names=tuple(names),
+        )
+    return splits
+
+
+def training_configs(loaded: LoadedPolicy) -> list[TrainingConfig]:
+    """One candidate per learning rate the policy lists (selection happens on the validation split)."""
+    settings = loaded.policy.training
+    spec = ModelSpec(kind=settings.model, hidden_sizes=tuple(settings.hidden_sizes) if settings.model == "mlp" else ())
+    return [
+        TrainingConfig(
+            model=spec,
+            epochs=settings.epochs,
+            batch_size=settings.batch_size,
+            max_physical_batch_size=max(settings.batch_size, 1024),
+            learning_rate=rate,
+            optimizer="sgd",
+            seed=settings.seed,
+        )
+        for rate in settings.candidate_learning_rates
+    ]
+
+
+def dp_config(loaded: LoadedPolicy) -> DPConfig:
+    privacy, settings = loaded.policy.privacy, loaded.policy.training
+    return DPConfig(
+        target_epsilon=privacy.epsilon,
+        target_delta=privacy.delta,
+        max_grad_norm=settings.max_grad_norm,
+        accountant=settings.accountant,
+    )
+
+
+def data_scope(loaded: LoadedPolicy, as_of: str, train: TabularSplit) -> DataScope:
+    """Everything trained on this policy's data set composes: time partitions are not disjoint in people."""
+    return DataScope(
+        dataset=loaded.policy.name,
+        partitions=tuple(window_partition_keys(as_of)),
+        record_set_hash=train.record_set_hash(),
+    )
+
+
+UTILITY_METRICS = ("accuracy", "balanced_accuracy", "roc_auc", "f1", "ece")
+
+
+def protected_groups(cleaned_records: pd.DataFrame, loaded: LoadedPolicy, split: str) -> dict[str, list[str]]:
+    """Protected-attribute values of one split's rows, aligned with training_features (same row order)."""
+    rows = cleaned_records[cleaned_records[SPLIT_COLUMN] == split]
+    return {
+        attribute: rows[attribute].astype(str).tolist()
+        for attribute in loaded.policy.schema_.protected_attributes
+        if attribute in rows.columns
+    }
+
+
+def utility_summary(report: dict) -> dict:
+    """Flatten a UtilityReport dict into the point estimates, intervals and per-group accuracies."""
+    metrics = report["metrics"]
+    groups = []
+    for attribute, breakdown in report["groups"].items():
+        for group, values in breakdown["groups"].items():
+            if values["reported"]:
+                groups.append(
+                    {
+                        "attribute": attribute,
+                        "group": group,
+                        "n": values["n"],
+                        "accuracy": values["metrics"]["accuracy"]["value"],
+                    }
+                )
+    return {
+        "point": {name: metrics[name]["value"] for name in UTILITY_METRICS if name in metrics},
+        "ci": {
+            name: [metrics[name]["ci_low"], metrics[name]["ci_high"]] for name in UTILITY_METRICS if name in metrics
+        },
+        "groups": groups,
+        "group_gaps": {attribute: b["gaps"].get("accuracy") for attribute, b in report["groups"].items()},
+    }
+
+
+def attack_row(result: dict, target: str, low_fpr_keys: tuple[str, str] = ("0.001", "0.01")) -> dict:
+    return {
+        "attack": result["attack"],
+        "target": target,
+        "auc": result["roc_auc"],
+        "advantage": result["advantage"],
+        "tpr_at_0_1pct_fpr": result["tpr_at_fpr"].get(low_fpr_keys[0], 0.0),
+        "tpr_at_1pct_fpr": result["tpr_at_fpr"].get(low_fpr_keys[1], 0.0),
+        "n_members": result["n_members"],
+        "n_non_members": result["n_non_members"],
+        "n_reference_models": result.get("n_reference_models"),
+    }
+
+
+def run_attacks(
+    model, splits: dict[str, TabularSplit], train_reference, n_reference: int, name: str, seed: int
+) -> list:  # type: ignore[no-untyped-def]
+    """Loss-threshold and offline LiRA: members = training split, non-members = test split, reference models
+    trained on the validation split (disjoint from both)."""
+    results = [loss_threshold_attack(model, splits["train"], splits["test"], name=name, seed=seed)]
+    if n_reference > 0:
+        results.append(
+            lira_offline_attack(
+                model,
+                splits["train"],
+                splits["test"],
+                splits["validation"],
+                train_reference,
+                n_reference,
+                name=name,
+                seed=seed,
+            )
+        )
+    return results

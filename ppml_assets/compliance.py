@@ -1,0 +1,323 @@
+"""Step 6c: the compliance gate. Every policy requirement is a named, blocking asset check on compliance_status.
+
+``compliance_status`` gathers the evidence of the whole run (lineage, anonymization, training, ledger,
+utility, attacks, audit, identifier scan) and judges every requirement. One blocking check per requirement
+then passes or fails with its evidence in metadata; ``registered_model`` is downstream of all of them, so the
+production alias can only move when every one passed. When something fails, compliance_status itself records
+the refusal in the MLflow run and registry tags and writes the report, because nothing downstream will run.
+"""
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetExecutionContext,
+    AssetKey,
+    AssetRecordsFilter,
+    MetadataValue,
+    asset,
+    asset_check,
+)
+
+from ppml.anonymization.policy_config import config_from_policy
+from ppml.compliance import REQUIREMENTS, evaluate_requirements, failing
+from ppml.deployment import decide_promotion
+from ppml.evaluation import scan_for_identifiers
+from ppml.policy import IdentifierAction, LoadedPolicy
+from ppml.reporting import write_report
+from ppml_assets.settings import daily_partitions, window_partition_keys
+from resources import AssetStore, MlflowResource, PolicyResource, WorkspacePaths
+
+
+def latest_metadata(instance: Any, asset_name: str, partition: str) -> dict[str, Any]:
+    records = instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=AssetKey(asset_name), asset_partitions=[partition]), limit=1
+    ).records
+    if not records:
+        return {}
+    return {key: value.value for key, value in records[0].asset_materialization.metadata.items()}
+
+
+def _l_diversity_evidence(anonymized: pd.DataFrame, loaded: LoadedPolicy, violations: dict[str, int]) -> list[dict]:
+    qis = [c for c in loaded.policy.schema_.quasi_identifiers if c in anonymized.columns]
+    rows = []
+    for model in loaded.policy.privacy.l_diversity:
+        distinct = anonymized.groupby(qis, dropna=False, sort=False)[model.attribute].nunique()
+        rows.append(
+            {
+                "attribute": model.attribute,
+                "variant": model.variant,
+                "required": model.l,
+                "achieved": float(distinct.min()) if model.variant == "distinct" else float(model.l),
+                "smallest_distinct_values": int(distinct.min()),
+                "satisfied": violations.get(f"l_diversity:{model.attribute}", 0) == 0,
+            }
+        )
+    return rows
+
+
+def anonymization_evidence(anonymized: pd.DataFrame, report: dict, loaded: LoadedPolicy) -> dict[str, Any]:
+    """k, l, t, suppression and risk as measured on the stored release (independently of the engine)."""
+    from ppml.anonymization.verify import verify_release
+
+    config = config_from_policy(loaded, source="compliance_status")
+    qis = [c for c in loaded.policy.schema_.quasi_identifiers if c in anonymized.columns]
+    sizes = anonymized.groupby(qis, dropna=False, sort=False).size()
+    violations = verify_release(anonymized, config, original_rows=report["records_in"])
+    counts = {f"{v.rule}:{v.attribute}" if v.attribute else v.rule: v.classes or v.records for v in violations}
+    return {
+        **{
+            key: report[key]
+            for key in (
+                "transformation",
+                "quality",
+                "search",
+                "lattice_size",
+                "transformations_checked",
+                "seconds",
+                "privacy_models",
+                "records_out",
+                "suppressed_records",
+            )
+        },
+        "input_records": report["records_in"],
+        "records_out": int(len(anonymized)),
+        "min_class_size": int(sizes.min()),
+        "classes": int(len(sizes)),
+        "equivalence_classes": int(len(sizes)),
+        "suppressed_share": report["suppressed_records"] / max(report["records_in"], 1),
+        "l_diversity": _l_diversity_evidence(anonymized, loaded, counts),
+        "t_closeness": [
+            {
+                "attribute": m.attribute,
+                "t": m.t,
+                "achieved": m.t if not counts.get(f"t_closeness:{m.attribute}") else None,
+                "satisfied": not counts.get(f"t_closeness:{m.attribute}"),
+            }
+            for m in loaded.policy.privacy.t_closeness
+        ],
+        "risk_before": {
+            "prosecutor_highest": report["risk_before"]["prosecutor_risk_highest"],
+            **report["risk_before"],
+        },
+        "risk_after": {"prosecutor_highest": report["risk_after"]["prosecutor_risk_highest"], **report["risk_after"]},
+        "violations": counts,
+    }
+
+
+def leakage_evidence(
+    loaded: LoadedPolicy,
+    raw_window: pd.DataFrame,
+    feature_names: list[str],
+    columns: list[str],
+    mlflow: MlflowResource,
+    run_id: str,
+) -> dict[str, Any]:
+    """Scan feature names, released columns, the model artifacts and MLflow params/tags for direct identifiers."""
+    roles = loaded.policy.schema_
+    identifiers = [
+        column
+        for column, action in roles.direct_identifiers.items()
+        if action not in {IdentifierAction.ZIP3, IdentifierAction.YEAR}
+    ]
+    client = mlflow.client()
+    run = client.get_run(run_id)
+    with tempfile.TemporaryDirectory(prefix="ppml-scan-") as scratch:
+        artifact_dir = client.download_artifacts(run_id, "", scratch)
+        report = scan_for_identifiers(
+            identifiers,
+            identifier_values={c: raw_window[c].astype(str).unique() for c in identifiers if c in raw_window.columns},
+            feature_names=feature_names,
+            column_names=columns,
+            artifact_dir=Path(artifact_dir),
+            params=run.data.params,
+            tags=run.data.tags,
+        )
+    return report.to_dict()
+
+
+def data_quality_results(instance: Any, run_id: str) -> list[dict[str, Any]]:
+    """The blocking data-quality checks evaluated in this run (anonymization and cleaning). Collection's checks
+    ran in earlier runs; they are blocking, so a de-identified partition exists only if they passed."""
+    from dagster import DagsterEventType
+
+    records = instance.get_records_for_run(run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION).records
+    results = []
+    for record in records:
+        evaluation = record.event_log_entry.dagster_event.event_specific_data
+        if evaluation.check_name in REQUIREMENTS:
+            continue
+        results.append(
+            {"name": evaluation.check_name, "asset": evaluation.asset_key.to_user_string(), "passed": evaluation.passed}
+        )
+    return results
+
+
+def window_summary(instance: Any, as_of: str) -> dict[str, Any]:
+    days = window_partition_keys(as_of)
+    excluded = 0
+    collected = 0
+    for day in days:
+        metadata = latest_metadata(instance, "raw_records", day)
+        per_day = metadata.get("rows_per_partition") or {}
+        collected += int(per_day.get(day, {}).get("collected", 0))
+        excluded += int(per_day.get(day, {}).get("excluded_by_erasure", 0))
+    return {"first": days[0], "last": days[-1], "partitions": len(days), "collected": collected, "excluded": excluded}
+
+
+@asset(group_name="compliance", partitions_def=daily_partitions, kinds={"json"})
+def compliance_status(
+    context: AssetExecutionContext,
+    privacy_requirements: dict,
+    anonymized_records: pd.DataFrame,
+    training_features: pd.DataFrame,
+    dp_model: dict,
+    model_evaluation: dict,
+    privacy_evaluation: dict,
+    privacy_audit: dict,
+    policy: PolicyResource,
+    mlflow: MlflowResource,
+    asset_store: AssetStore,
+    paths: WorkspacePaths,
+) -> dict:
+    """Every requirement of the policy judged on the run's evidence; the table the gate's checks enforce."""
+    loaded = policy.load()
+    as_of = context.partition_key
+    instance = context.instance
+    window = window_summary(instance, as_of)
+    raw_window = pd.concat(
+        [asset_store.read_stored("raw_records", d) for d in window_partition_keys(as_of)], ignore_index=True
+    )
+    anonymization_report = latest_metadata(instance, "anonymized_records", as_of)["anonymization_report"]
+    feature_names = [c for c in training_features.columns if c not in ("label", "split")]
+    evidence: dict[str, Any] = {
+        "as_of": as_of,
+        "dagster_run_id": context.run.run_id,
+        "window": {"first": window["first"], "last": window["last"], "partitions": window["partitions"]},
+        "policy": {
+            "name": loaded.policy.name,
+            "hash": loaded.content_hash,
+            "path": str(loaded.path),
+            "regulation": loaded.policy.use_case.regulation.value,
+            "lawful_basis": loaded.policy.use_case.lawful_basis.value,
+            "purpose": loaded.policy.use_case.purpose,
+            "data_subjects": loaded.policy.use_case.data_subjects,
+            "retention_days": loaded.policy.use_case.retention_days,
+        },
+        "data": {
+            "rows_collected": window["collected"],
+            "rows_excluded_by_erasure": window["excluded"],
+            "rows_deidentified": anonymization_report["records_in"],
+            "identifier_actions": {k: v.value for k, v in loaded.policy.schema_.direct_identifiers.items()},
+            "hashes": {
+                "anonymized_records": latest_metadata(instance, "anonymized_records", as_of).get("content_sha256", ""),
+                "training_features": latest_metadata(instance, "training_features", as_of).get("content_sha256", ""),
+            },
+        },
+        "anonymization": anonymization_evidence(anonymized_records, anonymization_report, loaded),
+        "preparation": {
+            **latest_metadata(instance, "cleaned_records", as_of).get("preparation_report", {}),
+            "max_share_below_k": loaded.policy.preparation.max_share_below_k,
+        },
+        "features": {
+            "count": len(feature_names),
+            "rows": {s: int((training_features["split"] == s).sum()) for s in ("train", "validation", "test")},
+        },
+        "training": {
+            **{k: v for k, v in dp_model.items() if k not in ("feature_names", "candidates", "ledger")},
+            "baseline_run_id": None,
+        },
+        "ledger": dp_model["ledger"],
+        "model_evaluation": model_evaluation | {"report": None},
+        "privacy_evaluation": privacy_evaluation,
+        "audit": None if privacy_audit.get("skipped") else privacy_audit,
+        "leakage": leakage_evidence(
+            loaded, raw_window, feature_names, list(anonymized_records.columns), mlflow, dp_model["mlflow_run_id"]
+        ),
+        "mlflow": {"tracking_uri_redacted": _redact(mlflow.tracking_uri)},
+        "data_quality_checks": data_quality_results(instance, context.run.run_id),
+    }
+    verdicts = evaluate_requirements(loaded.policy, evidence)
+    evidence["checks"] = [verdict.to_dict() for verdict in verdicts]
+    failed = failing(verdicts)
+    decision = {
+        "model_name": dp_model["model_name"],
+        "version": dp_model["model_version"],
+        "promoted": False,
+        "status": "pending" if not failed else "refused",
+        "failing_checks": failed,
+    }
+    if failed:
+        promotion = decide_promotion(
+            mlflow.client(),
+            dp_model["model_name"],
+            dp_model["model_version"],
+            dp_model["mlflow_run_id"],
+            failed,
+            {"ppml.policy_sha256": loaded.content_hash, "dagster.run_id": context.run.run_id},
+        )
+        decision |= promotion.to_dict()
+    evidence["decision"] = decision
+    files = write_report(evidence, paths.reports_dir / as_of, forbidden_values=_identifier_values(raw_window, loaded))
+    context.add_output_metadata(
+        {
+            "passed_checks": len(verdicts) - len(failed),
+            "total_checks": len(verdicts),
+            "failing_checks": MetadataValue.json(failed),
+            "verdicts": MetadataValue.md(_verdict_table(evidence["checks"])),
+            "report": MetadataValue.path(str(files.html)),
+        }
+    )
+    return {"checks": evidence["checks"], "failing": failed, "evidence": evidence}
+
+
+def _identifier_values(raw_window: pd.DataFrame, loaded: LoadedPolicy) -> set[str]:
+    columns = [c for c in loaded.policy.schema_.direct_identifiers if c in raw_window.columns]
+    return {str(v) for c in columns for v in raw_window[c].unique() if len(str(v)) >= 6}
+
+
+def _redact(uri: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(uri).render_as_string(hide_password=True)
+    except Exception:
+        return uri.split("@")[-1]
+
+
+def _verdict_table(checks: list[dict]) -> str:
+    lines = ["| check | measured | limit | verdict |", "|---|---|---|---|"]
+    for c in checks:
+        measured = f"{c['measured']:.4g}" if isinstance(c["measured"], float) else c["measured"]
+        lines.append(f"| {c['name']} | {measured} | {c['limit']} | {'pass' if c['passed'] else 'FAIL'} |")
+    return "\n".join(lines)
+
+
+def _gate_check(requirement: str, description: str):  # type: ignore[no-untyped-def]
+    @asset_check(
+        asset="compliance_status",
+        name=requirement,
+        description=description,
+        blocking=True,
+        partitions_def=daily_partitions,
+    )
+    def gate(context: AssetCheckExecutionContext, compliance_status: dict) -> AssetCheckResult:
+        verdict = next(c for c in compliance_status["checks"] if c["name"] == requirement)
+        return AssetCheckResult(
+            passed=bool(verdict["passed"]),
+            description=f"{verdict['requirement']}: measured {verdict['measured']}, limit {verdict['limit']}. {verdict['detail']}",
+            metadata={
+                "measured": MetadataValue.text(str(verdict["measured"])),
+                "limit": MetadataValue.text(str(verdict["limit"])),
+                "evidence": MetadataValue.json(verdict["evidence"] or {}),
+            },
+        )
+
+    return gate
+
+
+compliance_gate_checks = [_gate_check(name, description) for name, description in REQUIREMENTS.items()]

@@ -1,0 +1,206 @@
+"""Step 6: utility versus objectives, membership-inference attacks and the one-run empirical epsilon audit.
+
+The DP model is always scored as deployed — loaded back from its MLflow artifact. The non-private baseline's
+weights never leave the process that trained it, so its aggregates (utility, attack results) are computed in
+``non_private_baseline`` and read from there.
+"""
+
+import dataclasses
+
+import pandas as pd
+from dagster import AssetExecutionContext, MetadataValue, asset
+
+from ppml.deployment import ServedModel
+from ppml.evaluation import AuditSettings, run_one_run_audit, strongest_attack, utility_report
+from ppml.ledger import PrivacyLedger
+from ppml.training import TabularSplit, train_dp
+from ppml.training.accountable import train_within_budget
+from ppml_assets.common import (
+    attack_row,
+    data_scope,
+    dp_config,
+    feature_splits,
+    protected_groups,
+    run_attacks,
+    training_configs,
+    utility_summary,
+)
+from ppml_assets.settings import daily_partitions
+from resources import LedgerResource, PolicyResource, WorkspacePaths
+
+
+@asset(group_name="evaluation", partitions_def=daily_partitions, kinds={"json"})
+def model_evaluation(
+    context: AssetExecutionContext,
+    dp_model: dict,
+    non_private_baseline: dict,
+    training_features: pd.DataFrame,
+    cleaned_records: pd.DataFrame,
+    policy: PolicyResource,
+) -> dict:
+    """Accuracy, balanced accuracy, ROC AUC, F1 and calibration error with bootstrap intervals on the test
+    split, per protected group, next to the non-private baseline and the policy's objectives."""
+    loaded = policy.load()
+    splits = feature_splits(training_features)
+    model = ServedModel(dp_model["model_uri"])
+    test = splits["test"]
+    report = utility_report(
+        test.y,
+        model.predict_proba(test.X),
+        model="dp",
+        groups=protected_groups(cleaned_records, loaded, "test"),
+        seed=loaded.policy.training.seed,
+    ).to_dict()
+    dp = utility_summary(report)
+    baseline = None if non_private_baseline.get("skipped") else non_private_baseline["utility"]
+    objectives = loaded.policy.objectives
+    result = {
+        "dp": dp["point"],
+        "dp_ci": dp["ci"],
+        "baseline": baseline["point"] if baseline else None,
+        "objectives": {"accuracy": objectives.min_accuracy, "roc_auc": objectives.min_roc_auc},
+        "max_utility_gap": objectives.max_utility_gap,
+        "groups": [
+            {
+                "attribute": g["attribute"],
+                "group": g["group"],
+                "n": g["n"],
+                "dp_accuracy": g["accuracy"],
+                "baseline_accuracy": next(
+                    (
+                        b["accuracy"]
+                        for b in (baseline or {}).get("groups", [])
+                        if (b["attribute"], b["group"]) == (g["attribute"], g["group"])
+                    ),
+                    None,
+                ),
+            }
+            for g in dp["groups"]
+        ],
+        "group_accuracy_gaps": dp["group_gaps"],
+        "test_records": int(len(test.y)),
+        "report": report,
+    }
+    context.add_output_metadata(
+        {
+            "accuracy": round(dp["point"]["accuracy"], 4),
+            "roc_auc": round(dp["point"]["roc_auc"], 4),
+            "baseline_accuracy": round(baseline["point"]["accuracy"], 4) if baseline else None,
+            "min_accuracy": objectives.min_accuracy,
+            "min_roc_auc": objectives.min_roc_auc,
+            "group_accuracy_gaps": MetadataValue.json(dp["group_gaps"]),
+            "confidence_intervals": MetadataValue.json(dp["ci"]),
+        }
+    )
+    return result
+
+
+@asset(group_name="evaluation", partitions_def=daily_partitions, kinds={"pytorch", "json"})
+def privacy_evaluation(
+    context: AssetExecutionContext,
+    dp_model: dict,
+    non_private_baseline: dict,
+    training_features: pd.DataFrame,
+    policy: PolicyResource,
+) -> dict:
+    """Membership inference against the deployed DP model (loss threshold and offline LiRA with reference
+    models trained like the target on disjoint data), next to the same attacks on the non-private baseline."""
+    loaded = policy.load()
+    splits = feature_splits(training_features)
+    model = ServedModel(dp_model["model_uri"])
+    config = training_configs(loaded)[0]
+    config = dataclasses.replace(config, learning_rate=dp_model["learning_rate"])
+    dp = dp_config(loaded)
+
+    def train_reference(split: TabularSplit):  # type: ignore[no-untyped-def]
+        return train_dp(split, config, dp)
+
+    results = run_attacks(
+        model, splits, train_reference, loaded.policy.evaluation.reference_models, "dp", loaded.policy.training.seed
+    )
+    privacy = loaded.policy.privacy
+    strongest = strongest_attack(results, low_fpr=privacy.low_fpr)
+    dp_rows = [attack_row(r.to_dict(), "DP model") for r in results]
+    baseline_rows = [] if non_private_baseline.get("skipped") else non_private_baseline["attacks"]
+    curves = {f"{r.attack} on DP model": {"fpr": r.roc_fpr, "tpr": r.roc_tpr} for r in results}
+    if not non_private_baseline.get("skipped"):
+        curves |= {f"{name} on baseline": curve for name, curve in non_private_baseline["roc_curves"].items()}
+    result = {
+        "attacks": dp_rows + baseline_rows,
+        "roc_curves": curves,
+        "strongest_attack_on_dp_model": strongest,
+        "summary": dp_rows,
+        "limits": {
+            "max_auc": privacy.max_membership_inference_auc,
+            "max_tpr_at_low_fpr": privacy.max_membership_inference_tpr_at_low_fpr,
+            "low_fpr": privacy.low_fpr,
+        },
+    }
+    context.add_output_metadata(
+        {
+            "strongest_attack_auc": round(strongest["auc"], 4),
+            "strongest_attack_tpr_at_low_fpr": round(strongest["tpr_at_low_fpr"], 4),
+            "strongest_attack": strongest["name"],
+            "attacks": MetadataValue.json(result["attacks"]),
+        }
+    )
+    return result
+
+
+@asset(group_name="evaluation", partitions_def=daily_partitions, pool="gpu", kinds={"pytorch", "json"})
+def privacy_audit(
+    context: AssetExecutionContext,
+    dp_model: dict,
+    training_features: pd.DataFrame,
+    policy: PolicyResource,
+    ledger: LedgerResource,
+    paths: WorkspacePaths,
+) -> dict:
+    """One-run empirical epsilon audit (Steinke, Nasr & Jagielski 2023): canaries included with probability 1/2
+    in a DP training run with the deployed configuration, a 95% lower bound on epsilon from how well they are
+    recognised. The audit run trains on real records, so it is charged to the lifetime ledger like any other."""
+    loaded = policy.load()
+    canaries = loaded.policy.evaluation.audit_canaries
+    if canaries == 0:
+        context.add_output_metadata({"skipped": True, "reason": "evaluation.audit_canaries is 0"})
+        return {"skipped": True}
+    splits = feature_splits(training_features)
+    config = dataclasses.replace(training_configs(loaded)[0], learning_rate=dp_model["learning_rate"])
+    scope = data_scope(loaded, context.partition_key, splits["train"])
+    store = PrivacyLedger(ledger.url)
+
+    def accountable_train(split: TabularSplit, audit_config, dp):  # type: ignore[no-untyped-def]
+        held_out = TabularSplit(split.X[:256], split.y[:256], split.feature_names)
+        return train_within_budget(
+            split,
+            held_out,
+            [audit_config],
+            dp,
+            ledger=store,
+            scope=scope,
+            lifetime_epsilon=loaded.policy.privacy.lifetime_epsilon_budget,
+            checkpoint_dir=paths.checkpoints_dir / loaded.policy.name / "audit",
+            tracker=None,
+            dagster_run_id=context.run.run_id,
+        ).model
+
+    try:
+        result = run_one_run_audit(
+            splits["train"],
+            config,
+            dp_config(loaded),
+            settings=AuditSettings(n_canaries=canaries, seed=loaded.policy.training.seed),
+            train_fn=accountable_train,
+        )
+    finally:
+        store.close()
+    audit = result.to_dict()
+    context.add_output_metadata(
+        {
+            "epsilon_lower_bound": round(audit["epsilon_lower_bound"], 4),
+            "claimed_epsilon": round(audit["claimed_epsilon"], 4),
+            "alarm": bool(audit["alarm"]),
+            "canaries": canaries,
+        }
+    )
+    return audit

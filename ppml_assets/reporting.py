@@ -1,0 +1,22 @@
+"""Step 8: the compliance report (HTML) and evidence.json, with the final promotion decision."""
+
+from dagster import AssetExecutionContext, MetadataValue, asset
+
+from ppml_assets.settings import daily_partitions
+from ppml.reporting import write_report
+from resources import WorkspacePaths
+
+
+@asset(group_name="reporting", partitions_def=daily_partitions, kinds={"html", "json"})
+def compliance_report(
+    context: AssetExecutionContext, compliance_status: dict, registered_model: dict, paths: WorkspacePaths
+) -> dict:
+    """``.ppml/reports/<as-of>/report.html`` and ``evidence.json``: every requirement, its measured value and
+    verdict, the lineage and the decision, for an auditor to sign. (When the gate fails, compliance_status
+    writes the report with the refusal, since this asset does not run.)"""
+    evidence = compliance_status["evidence"] | {"decision": {**registered_model, "status": "promoted"}}
+    files = write_report(evidence, paths.reports_dir / context.partition_key)
+    context.add_output_metadata(
+        {"report": MetadataValue.path(str(files.html)), "evidence": MetadataValue.path(str(files.evidence))}
+    )
+    return {"html": str(files.html), "evidence": str(files.evidence), "decision": evidence["decision"]}

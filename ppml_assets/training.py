@@ -1,0 +1,268 @@
+"""Steps 4–5: accountable DP training, the non-private baseline, and the remaining privacy budget."""
+
+import pandas as pd
+from dagster import AssetExecutionContext, MetadataValue, asset
+
+from ppml.deployment import register_version
+from ppml.evaluation import utility_report
+from ppml.ledger import LifetimeBudget, PrivacyLedger
+from ppml.policy import LoadedPolicy
+from ppml.tracking import TAG_DAGSTER_RUN, TAG_DATA_HASH, TAG_PARTITIONS, TAG_POLICY_HASH, TrainingTracker
+from ppml.training import TabularSplit, train_non_private
+from ppml.training.accountable import train_baseline, train_within_budget
+from ppml_assets.common import (
+    attack_row,
+    data_scope,
+    dp_config,
+    feature_splits,
+    protected_groups,
+    run_attacks,
+    training_configs,
+    utility_summary,
+)
+from ppml_assets.settings import daily_partitions, window_partition_keys
+from resources import LedgerResource, MlflowResource, PolicyResource, WorkspacePaths
+
+#: DP training asks the deployment for a GPU: runs carry the tag the QueuedRunCoordinator rations
+#: (deploy/dagster.yaml), the op is in the "gpu" pool, and dagster-k8s turns the tag into a resource request.
+GPU_OP_TAGS = {
+    "ppml/gpu": "1",
+    "dagster-k8s/config": {"container_config": {"resources": {"limits": {"nvidia.com/gpu": "1"}}}},
+}
+
+
+def lineage_tags(context: AssetExecutionContext, loaded: LoadedPolicy, features_hash: str) -> dict[str, str]:
+    return {
+        TAG_DAGSTER_RUN: context.run.run_id,
+        TAG_PARTITIONS: f"as-of {context.partition_key} ({len(window_partition_keys(context.partition_key))} days)",
+        TAG_POLICY_HASH: loaded.content_hash,
+        TAG_DATA_HASH: features_hash,
+    }
+
+
+def _features_hash(context: AssetExecutionContext) -> str:
+    event = context.instance.get_latest_materialization_event(context.asset_key_for_input("training_features"))
+    return str(event.asset_materialization.metadata["content_sha256"].value) if event else ""
+
+
+@asset(
+    group_name="training",
+    partitions_def=daily_partitions,
+    pool="gpu",
+    op_tags=GPU_OP_TAGS,
+    kinds={"pytorch", "opacus", "mlflow"},
+)
+def dp_model(
+    context: AssetExecutionContext,
+    training_features: pd.DataFrame,
+    policy: PolicyResource,
+    ledger: LedgerResource,
+    mlflow: MlflowResource,
+    paths: WorkspacePaths,
+) -> dict:
+    """DP-SGD (Opacus) at the policy's epsilon/delta with model selection on the validation split. Every
+    candidate is charged to the lifetime ledger before it trains; the run is refused when the budget would be
+    exceeded, and a killed run resumes from its checkpoint without double- or under-counting."""
+    loaded = policy.load()
+    splits = feature_splits(training_features)
+    mlflow.configure()
+    tracker = TrainingTracker(mlflow.tracking_uri, experiment_name=mlflow.experiment_name)
+    scope = data_scope(loaded, context.partition_key, splits["train"])
+    tags = lineage_tags(context, loaded, _features_hash(context))
+    store = PrivacyLedger(ledger.url)
+    try:
+        spent_before = store.spent(scope, loaded.policy.privacy.delta).epsilon
+        result = train_within_budget(
+            splits["train"],
+            splits["validation"],
+            training_configs(loaded),
+            dp_config(loaded),
+            ledger=store,
+            scope=scope,
+            lifetime_epsilon=loaded.policy.privacy.lifetime_epsilon_budget,
+            checkpoint_dir=paths.checkpoints_dir / loaded.policy.name,
+            tracker=tracker,
+            tags=tags,
+            candidate_budget="split",
+            dagster_run_id=context.run.run_id,
+        )
+    finally:
+        store.close()
+    model_name = f"ppml-{loaded.policy.name}"
+    version = register_version(
+        mlflow.client(),
+        model_name,
+        result.model_uri,
+        result.mlflow_run_id,
+        {**tags, "ppml.epsilon": f"{result.epsilon:.6f}"},
+    )
+    selected = result.model
+    spent = result.lifetime_spent.epsilon
+    summary = {
+        "model": selected.config.model.describe(),
+        "model_name": model_name,
+        "model_version": version,
+        "model_uri": result.model_uri,
+        "mlflow_run_id": result.mlflow_run_id,
+        "mlflow_parent_run_id": result.mlflow_parent_run_id,
+        "epsilon": result.epsilon,
+        "delta": result.delta,
+        "epsilon_including_selection": result.epsilon_including_selection,
+        "target_epsilon": loaded.policy.privacy.epsilon,
+        "target_delta": loaded.policy.privacy.delta,
+        "noise_multiplier": selected.noise_multiplier,
+        "sample_rate": selected.sample_rate,
+        "steps": selected.steps,
+        "epochs": selected.config.epochs,
+        "batch_size": selected.config.batch_size,
+        "learning_rate": selected.config.learning_rate,
+        "max_grad_norm": loaded.policy.training.max_grad_norm,
+        "accountant": loaded.policy.training.accountant,
+        "clipping": selected.clipping,
+        "device": selected.device,
+        "candidates_trained": len(result.candidates),
+        "candidates": [candidate.to_dict() for candidate in result.candidates],
+        "feature_names": list(splits["train"].feature_names),
+        "resumed": result.resumed,
+        "ledger": {
+            "scope": {
+                "dataset": scope.dataset,
+                "partitions": len(scope.partitions),
+                "record_set_hash": scope.record_set_hash,
+            },
+            "scope_label": f"{scope.dataset}, {len(scope.partitions)} daily partitions",
+            "request_id": result.request_id,
+            "spent_after": spent,
+            "charged": result.epsilon_including_selection,
+            "spent_before": spent_before,
+            "lifetime_budget": loaded.policy.privacy.lifetime_epsilon_budget,
+            "remaining": result.lifetime_remaining,
+            "composition": result.lifetime_spent.method,
+        },
+    }
+    context.add_output_metadata(
+        {
+            "epsilon": round(result.epsilon, 6),
+            "delta": result.delta,
+            "target_epsilon": loaded.policy.privacy.epsilon,
+            "noise_multiplier": round(float(selected.noise_multiplier or 0), 6),
+            "steps": selected.steps,
+            "mlflow_run_id": result.mlflow_run_id,
+            "model_version": version,
+            "lifetime_spent_epsilon": round(spent, 6),
+            "lifetime_remaining_epsilon": round(result.lifetime_remaining, 6),
+            "candidates": MetadataValue.json(summary["candidates"]),
+            "validation_accuracy": selected.history[-1].validation_accuracy if selected.history else None,
+        }
+    )
+    return summary
+
+
+@asset(group_name="training", partitions_def=daily_partitions, kinds={"pytorch", "mlflow"})
+def non_private_baseline(
+    context: AssetExecutionContext,
+    training_features: pd.DataFrame,
+    cleaned_records: pd.DataFrame,
+    policy: PolicyResource,
+    ledger: LedgerResource,
+    mlflow: MlflowResource,
+) -> dict:
+    """The same model trained without DP (when the policy allows it), tagged never-deploy: the reference for
+    the utility gap and for the membership-inference comparison. Its weights never leave this step, so its
+    utility and attack results are computed here and only those aggregates are stored."""
+    loaded = policy.load()
+    if not loaded.policy.training.train_non_private_baseline:
+        context.add_output_metadata({"skipped": True})
+        return {"skipped": True}
+    splits = feature_splits(training_features)
+    mlflow.configure()
+    tracker = TrainingTracker(mlflow.tracking_uri, experiment_name=mlflow.experiment_name)
+    config = training_configs(loaded)[0]
+    store = PrivacyLedger(ledger.url)
+    try:
+        baseline = train_baseline(
+            splits["train"],
+            config,
+            validation=splits["validation"],
+            ledger=store,
+            scope=data_scope(loaded, context.partition_key, splits["train"]),
+            tracker=tracker,
+            tags=lineage_tags(context, loaded, _features_hash(context)),
+            dagster_run_id=context.run.run_id,
+        )
+    finally:
+        store.close()
+    test = splits["test"]
+    seed = loaded.policy.training.seed
+    utility = utility_summary(
+        utility_report(
+            test.y,
+            baseline.model.predict_proba(test.X),
+            model="baseline",
+            groups=protected_groups(cleaned_records, loaded, "test"),
+            seed=seed,
+        ).to_dict()
+    )
+
+    def train_reference(split: TabularSplit):  # type: ignore[no-untyped-def]
+        return train_non_private(split, config)
+
+    attacks = run_attacks(
+        baseline.model, splits, train_reference, loaded.policy.evaluation.reference_models, "baseline", seed
+    )
+    summary = {
+        "skipped": False,
+        "mlflow_run_id": baseline.mlflow_run_id,
+        "ledger_run_id": baseline.ledger_run_id,
+        "config": config.to_params(),
+        "utility": utility,
+        "attacks": [attack_row(a.to_dict(), "non-private baseline") for a in attacks],
+        "roc_curves": {a.attack: {"fpr": a.roc_fpr, "tpr": a.roc_tpr} for a in attacks},
+    }
+    context.add_output_metadata(
+        {
+            "mlflow_run_id": baseline.mlflow_run_id,
+            "test_accuracy": round(utility["point"]["accuracy"], 4),
+            "attacks": MetadataValue.json(summary["attacks"]),
+        }
+    )
+    return summary
+
+
+@asset(group_name="training", partitions_def=daily_partitions, deps=["dp_model"], kinds={"json"})
+def privacy_budget(context: AssetExecutionContext, policy: PolicyResource, ledger: LedgerResource) -> dict:
+    """Remaining lifetime epsilon per data scope, from the ledger; warns when less than a fifth is left."""
+    loaded = policy.load()
+    privacy = loaded.policy.privacy
+    store = PrivacyLedger(ledger.url)
+    try:
+        statuses = [
+            s.to_dict()
+            for s in store.budget_status(
+                loaded.policy.name, LifetimeBudget(privacy.lifetime_epsilon_budget, privacy.delta)
+            )
+        ]
+    finally:
+        store.close()
+    remaining = min((s["remaining_epsilon"] for s in statuses), default=privacy.lifetime_epsilon_budget)
+    near_exhaustion = remaining < 0.2 * privacy.lifetime_epsilon_budget
+    if near_exhaustion:
+        context.log.warning(
+            f"privacy budget of {loaded.policy.name} nearly exhausted: {remaining:.3f} of "
+            f"{privacy.lifetime_epsilon_budget} epsilon left"
+        )
+    context.add_output_metadata(
+        {
+            "remaining_epsilon": round(remaining, 6),
+            "lifetime_epsilon_budget": privacy.lifetime_epsilon_budget,
+            "near_exhaustion": near_exhaustion,
+            "scopes": MetadataValue.json(statuses),
+            "runs_possible_at_target": int(remaining // privacy.epsilon),
+        }
+    )
+    return {
+        "dataset": loaded.policy.name,
+        "scopes": statuses,
+        "remaining_epsilon": remaining,
+        "near_exhaustion": near_exhaustion,
+    }
