@@ -1,11 +1,8 @@
 """Integer encoding of the quasi-identifiers, the way ARX represents data.
 
-Each hierarchy's labels are numbered per level in *tree order* (rows sorted by their labels from the top level
-down), so that the code of a label's parent never decreases as the label's code increases. Mapping every column
-of a lexicographically sorted code table to a higher level therefore keeps the table sorted: the equivalence
-classes of any generalization of a sorted class table are contiguous runs, found with one vectorized comparison
-of neighbours instead of a hash or a sort. This is what makes the roll-up from a cached, less generalized class
-table cheap (see lattice.py).
+Every hierarchy's labels are numbered per level (in tree order: rows sorted by their labels from the top level
+down); lookup arrays map a code at one level to its code at any higher level, and a data value to its level-0
+code. All later work (grouping, roll-up, metrics) runs on these integer codes.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ppml.errors import PPMLError, input_error
+from ppml.errors import input_error
 
 __all__ = ["Hierarchy", "HierarchySpec", "missing_value_label"]
 
@@ -245,9 +245,3 @@ def _prefix_row(value: str, keep: Sequence[int]) -> tuple[str, ...]:
     if row[-1] != SUPPRESSED:
         row.append(SUPPRESSED)
     return tuple(row)
-
-
-def raise_if_not_hierarchy(obj: object, attribute: str) -> Hierarchy | HierarchySpec:
-    if isinstance(obj, Hierarchy | HierarchySpec):
-        return obj
-    raise PPMLError(f"config: field 'quasi_identifiers.{attribute}': not a Hierarchy; fix: pass Hierarchy objects")

@@ -1,24 +1,24 @@
 """The generalization lattice, class tables with roll-up, and the optimal and heuristic searches.
 
 A *node* (transformation) assigns a generalization level to every quasi-identifier. Its equivalence classes are
-computed from a *class table*: the distinct generalized QI tuples, lexicographically sorted, with their record
-counts and, per sensitive attribute, the histogram of sensitive values. A more generalized node's table is
-computed from any cached less generalized node's table (the roll-up ARX also uses): map each column up, mark
-where neighbours differ, and sum runs with ``np.add.reduceat``; see encoding.py for why runs suffice.
+held in a *class table*: the distinct generalized QI tuples with their record counts and, per sensitive attribute,
+the histogram of sensitive values. A node's table is computed from the table of any cached node below it (the
+roll-up ARX also uses): map each column to the higher level and group equal tuples by a mixed-radix key in a hash
+table (_kernels.py). Near the top of the lattice these tables have tens of rows.
 
-Optimal search (``optimal_search``): nodes are visited in increasing order of the quality metric's lower bound
-(the information loss ignoring suppression, monotone over the lattice). The first node whose bound reaches the
-best value found so far ends the search: no later node can be better. Which nodes are accepted is decided with
-the privacy models' monotonicity, in the spirit of ARX's Flash (Kohlmayer et al. 2012): for an unknown node,
-a path is climbed to the top of the lattice and binary-searched for the boundary between rejected and accepted
-nodes; a rejected node rejects everything below it and (for monotone models) an accepted node accepts everything
-above it, so most of the lattice is classified without computing its classes. With a suppression limit the
-metric is not monotone, so every accepted node whose bound is below the best value is evaluated exactly.
+Optimal search (``optimal_search``): after a marginal pre-filter (records whose generalized value alone violates
+k or distinct l are suppressed by every node using that level), nodes are visited in increasing order of the
+quality metric's lower bound (the information loss ignoring suppression, monotone over the lattice). The first
+node whose bound reaches the best value found so far ends the search: no later node can be better. Which nodes are
+accepted is decided with the privacy models' monotonicity, in the spirit of ARX's Flash (Kohlmayer et al. 2012):
+for an unknown node, a path to the top of the lattice is binary-searched for the boundary between rejected and
+accepted nodes; a rejected node rejects everything below it and (for monotone models) an accepted node accepts
+everything above it, so most of the lattice is classified without computing its classes. With a suppression
+limit the metric is not monotone, so every accepted node whose bound is below the best value is evaluated exactly.
 
-Heuristic search (``heuristic_search``, for lattices above ``max_nodes``): greedy bottom-up climb to the first
-accepted node (at each step the successor with the fewest violating records, then the lowest loss), followed by
-a greedy descent that lowers single attributes while the models still hold and the loss drops. It is not
-optimal, and the report says so.
+Heuristic search (``heuristic_search``, for lattices above ``max_optimal_nodes``): two greedy climbs, local search
+and a budgeted best-first search; see its docstring and docs/anonymization.md. Its report says whether it could
+prove the result optimal.
 """
 
 from __future__ import annotations
