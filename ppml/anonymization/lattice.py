@@ -44,10 +44,10 @@ _NEVER = np.iinfo(np.int64).max  # size of an evicted cache slot: never chosen a
 
 @dataclass
 class ClassTable:
-    """Equivalence classes of one node: sorted distinct generalized tuples, their sizes, sensitive histograms."""
+    """Equivalence classes of one node: distinct generalized tuples, their sizes, sensitive histograms."""
 
     levels: np.ndarray  # (d,)
-    codes: np.ndarray  # (d, c), lexicographically sorted columns
+    codes: np.ndarray  # (d, c): one column per class, codes at the node's levels
     counts: np.ndarray  # (c,) int64
     hists: list[np.ndarray]  # per sensitive attribute, (c, |S|) int64
 
