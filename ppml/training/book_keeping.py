@@ -84,8 +84,9 @@ class BookKeepingClipper:
         records = self._tape.records
         squared: torch.Tensor | None = None
         for layer, activation, grad_output in records:
-            g2 = torch.linalg.vecdot(grad_output, grad_output)
-            a2 = torch.linalg.vecdot(activation, activation)
+            # vector_norm is a single vectorised reduction: several times faster on CPU than vecdot or (x*x).sum
+            g2 = torch.linalg.vector_norm(grad_output, dim=1).square_()
+            a2 = torch.linalg.vector_norm(activation, dim=1).square_()
             if layer.bias is not None:
                 a2 = a2.add_(1.0)  # ||g||^2 (||a||^2 + 1): weight and bias of this layer at once
             squared = g2.mul_(a2) if squared is None else squared.addcmul_(g2, a2)

@@ -75,6 +75,35 @@ def test_calibration_is_make_private_with_epsilon(splits) -> None:
         assert plan_dp_training(train.n, CONFIG, dp).noise_multiplier == optimizer.noise_multiplier
 
 
+def test_index_batches_equal_opacus_batch_memory_manager() -> None:
+    """The tensor fast path draws and splits exactly like Opacus' Poisson sampler + BatchMemoryManager."""
+    from opacus.data_loader import DPDataLoader
+    from opacus.optimizers import DPOptimizer
+    from opacus.utils.batch_memory_manager import BatchMemoryManager
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from ppml.training.dp_sgd import IndexBatchMemoryManager
+
+    def run(manager_class):
+        generator = torch.Generator().manual_seed(5)
+        dataset = TensorDataset(torch.zeros(500, 1), torch.zeros(500, dtype=torch.long))
+        loader = DPDataLoader.from_data_loader(DataLoader(dataset, batch_size=40, generator=generator))
+        parameter = torch.nn.Parameter(torch.zeros(1))
+        optimizer = DPOptimizer(
+            torch.optim.SGD([parameter], lr=1.0), noise_multiplier=1.0, max_grad_norm=1.0, expected_batch_size=40
+        )
+        seen = []
+        with manager_class(data_loader=loader, max_physical_batch_size=16, optimizer=optimizer) as batches:
+            source = batches.batch_sampler if manager_class is BatchMemoryManager else batches
+            for indices in source:
+                seen.append((list(map(int, indices)), optimizer._check_skip_next_step()))
+        return seen
+
+    ours, theirs = run(IndexBatchMemoryManager), run(BatchMemoryManager)
+    assert ours == theirs and len(ours) > 12  # 12 logical batches of ~40, each split into physical ones
+    assert any(skip for _, skip in ours) and not ours[-1][1]
+
+
 def test_book_keeping_ghost_and_hooks_follow_the_same_trajectory(splits) -> None:
     """Same seeds, same sampling and noise: the three clipping implementations must end at the same weights."""
     train, _ = splits
