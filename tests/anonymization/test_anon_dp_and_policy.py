@@ -103,3 +103,21 @@ def test_public_categories_feed_the_dp_summary(adult: pd.DataFrame, adult_h: dic
     assert sorted(result.public_categories["sex"]) == ["Female", "Male"]
     summary = dp_summary(result.data, epsilon=1.0, categorical={"sex": result.public_categories["sex"]})
     assert summary.categories[0].public_categories
+
+
+def test_policy_with_a_hierarchy_spec(tmp_path: Path, adult: pd.DataFrame) -> None:
+    source = bundled_policy_path().read_text()
+    folder = bundled_policy_path().parent.parent / "ppml" / "data" / "adult" / "hierarchies"
+    source = source.replace("../ppml/data/adult/hierarchies/", f"{folder}/").replace(
+        f"age: {{hierarchy: {folder}/age.csv}}", "age: {hierarchy_spec: {type: interval, widths: [5, 10, 20]}}"
+    )
+    path = tmp_path / "policy.yaml"
+    path.write_text(source)
+    config = config_from_policy(
+        load_policy(path, check_files=False),
+        column_names={"marital_status": "marital-status", "native_country": "native-country"},
+    )
+    assert type(config.quasi_identifiers["age"]).__name__ == "HierarchySpec"
+    result = anonymize(adult, config)
+    assert result.min_class_size >= 5 and result.suppressed_records <= 0.05 * len(adult)
+    assert set(result.data["age"]) <= {"*"} | {label for label in result.data["age"] if "-" in label}
