@@ -289,6 +289,11 @@ def anonymize(df: pd.DataFrame, config: AnonymizationConfig) -> AnonymizationRes
     levels = np.array(outcome.levels, dtype=np.int64)
     table, class_of_base = classify(problem, levels)
     assessment = problem.assess(table)
+    if not assessment.accepted:  # defensive: the release must never be weaker than the configuration
+        raise PPMLError(
+            f"{config.source}: field 'privacy': transformation {outcome.levels} failed its re-check "
+            f"({assessment.suppressed_records} records would be suppressed); fix: report this engine bug"
+        )
     keep_class = ~assessment.suppressed
     keep_rows = keep_class[class_of_base[encoded.row_to_base]]
     released = _release(df, encoded, levels, keep_rows)
