@@ -14,7 +14,6 @@ under-count a run that is killed mid-way.
 
 from __future__ import annotations
 
-import copy
 import functools
 import io
 import logging
@@ -157,13 +156,15 @@ def calibrated_noise_multiplier(
     target_epsilon: float, target_delta: float, sample_rate: float, epochs: int, accountant: str
 ) -> float:
     """Opacus' calibration, with the very arguments ``make_private_with_epsilon`` passes (cached per process)."""
-    return get_noise_multiplier(
-        target_epsilon=target_epsilon,
-        target_delta=target_delta,
-        sample_rate=sample_rate,
-        epochs=epochs,
-        accountant=accountant,
-    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+        return get_noise_multiplier(
+            target_epsilon=target_epsilon,
+            target_delta=target_delta,
+            sample_rate=sample_rate,
+            epochs=epochs,
+            accountant=accountant,
+        )
 
 
 @functools.lru_cache(maxsize=1024)
@@ -434,6 +435,12 @@ class _LoopContext:
     checkpoint_every_steps: int | None
 
     def run(self, state: _TrainingState) -> None:
+        with warnings.catch_warnings():
+            # Opacus' ghost/hooks modes fire this on every first layer (its input needs no gradient): expected.
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            self._run(state)
+
+    def _run(self, state: _TrainingState) -> None:
         X = torch.from_numpy(self.train.X).to(self.device)
         y = torch.from_numpy(self.train.y).to(self.device)
         steps_per_epoch = self.plan.steps_per_epoch
@@ -833,8 +840,3 @@ def _rank_and_world() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
-
-
-def copy_model(model: TrainedModel) -> TrainedModel:
-    """Deep copy (the evaluation engine may fine-tune copies for attacks without touching the original)."""
-    return copy.deepcopy(model)
