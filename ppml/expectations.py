@@ -8,6 +8,7 @@ values would carry personal data and is deliberately dropped.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ import pandas as pd
 from ppml.policy import Policy
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+logging.getLogger("great_expectations").setLevel(logging.WARNING)  # its INFO lines announce temp folders
 
 EQUIVALENCE_CLASS_SIZE = "__equivalence_class_size"
 DISTINCT_SENSITIVE_PREFIX = "__distinct_"

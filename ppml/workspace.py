@@ -66,6 +66,7 @@ def prepare_workspace(home: Path | None = None) -> tuple[Workspace, list[str]]:
         if not config.exists():
             config.write_text(EMBEDDED_DAGSTER_YAML.format(base_dir=workspace.dagster_home / "storage"))
     os.environ.setdefault("MLFLOW_TRACKING_URI", workspace.mlflow_tracking_uri)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if len(os.environ.get(HMAC_KEY_ENV, "")) < MIN_KEY_LENGTH:
         key_file = workspace.home / "secrets" / "demo_hmac_key"
         if not key_file.exists():

@@ -6,9 +6,11 @@ training job as of the window's last day. Progress is read from the instance's e
 executes in a worker thread.
 """
 
+import logging
 import threading
 import time
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,10 @@ from rich.table import Table
 
 from ppml.landing_zone import ensure_bundled_landing_zone, landing_days
 from ppml.workspace import prepare_workspace
+
+
+#: The event log keeps every event; the console shows warnings and errors only (the progress bar shows steps).
+QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
 @dataclass
@@ -40,7 +46,9 @@ def _execute_with_progress(job: Any, instance: Any, progress: Progress, label: s
 
     def target() -> None:
         try:
-            outcome["result"] = job.execute_in_process(instance=instance, run_id=run_id, raise_on_error=False, **kwargs)
+            outcome["result"] = job.execute_in_process(
+                instance=instance, run_id=run_id, raise_on_error=False, run_config=QUIET_RUN_CONFIG, **kwargs
+            )
         except Exception as error:  # reported below; the thread must not die silently
             outcome["error"] = error
 
@@ -77,6 +85,9 @@ def _failure_messages(result: Any) -> list[str]:
 
 def run_demo(as_of: str | None = None, console: Console | None = None) -> DemoOutcome:
     console = console or Console()
+    warnings.filterwarnings("ignore", message=r".*(currently in (beta|preview)|is deprecated).*")
+    warnings.filterwarnings("ignore", category=UserWarning)
+    logging.getLogger("mlflow").setLevel(logging.ERROR)
     workspace, notes = prepare_workspace()
     for note in notes:
         console.print(f"[yellow]note:[/] {note}")
@@ -110,10 +121,10 @@ def run_demo(as_of: str | None = None, console: Console | None = None) -> DemoOu
         console=console,
     ) as progress:
         runs = [
-            ("1/3 policy", defs.get_job_def("requirements_job"), {}),
+            ("1/3 policy", defs.resolve_job_def("requirements_job"), {}),
             (
                 "2/3 collection + de-identification (single-run backfill)",
-                defs.get_job_def("collection_job"),
+                defs.resolve_job_def("collection_job"),
                 {
                     "tags": {
                         "dagster/asset_partition_range_start": window[0],
@@ -121,7 +132,7 @@ def run_demo(as_of: str | None = None, console: Console | None = None) -> DemoOu
                     }
                 },
             ),
-            ("3/3 anonymization .. compliance report", defs.get_job_def("training_job"), {"partition_key": as_of}),
+            ("3/3 anonymization .. compliance report", defs.resolve_job_def("training_job"), {"partition_key": as_of}),
         ]
         for label, job, kwargs in runs:
             result = _execute_with_progress(job, instance, progress, label, **kwargs)
@@ -168,6 +179,13 @@ def _print_summary(console: Console, instance: Any, outcome: DemoOutcome, report
         ("privacy_evaluation", lambda m: f"strongest MIA AUC {m.get('strongest_attack_auc')}"),
         ("compliance_status", lambda m: f"{m.get('passed_checks')} of {m.get('total_checks')} requirements passed"),
         ("registered_model", lambda m: f"{m.get('model_name')} v{m.get('version')} -> {m.get('decision')}"),
+        (
+            "privacy_budget",
+            lambda m: (
+                f"{m.get('remaining_epsilon')} of {m.get('lifetime_epsilon_budget')} lifetime "
+                "epsilon left (make clean resets the demo workspace)"
+            ),
+        ),
     ]
     for asset, describe in rows:
         metadata = _latest_metadata(instance, asset, outcome.as_of)

@@ -8,7 +8,7 @@ weights never leave the process that trained it, so its aggregates (utility, att
 import dataclasses
 
 import pandas as pd
-from dagster import AssetExecutionContext, MetadataValue, asset
+from dagster import AssetExecutionContext, Config, MetadataValue, asset
 
 from ppml.deployment import ServedModel
 from ppml.evaluation import AuditSettings, run_one_run_audit, strongest_attack, utility_report
@@ -147,9 +147,18 @@ def privacy_evaluation(
     return result
 
 
+class AuditFaultInjection(Config):
+    """Fault injection that validates the audit itself: the audit run adds noise with this multiplier while the
+    accountant still reports the epsilon calibrated for the policy (a DP bug). Never set in production; when set,
+    it is recorded in the audit's evidence."""
+
+    noise_multiplier_override: float | None = None
+
+
 @asset(group_name="evaluation", partitions_def=daily_partitions, pool="gpu", kinds={"pytorch", "json"})
 def privacy_audit(
     context: AssetExecutionContext,
+    config: AuditFaultInjection,
     dp_model: dict,
     training_features: pd.DataFrame,
     policy: PolicyResource,
@@ -165,7 +174,11 @@ def privacy_audit(
         context.add_output_metadata({"skipped": True, "reason": "evaluation.audit_canaries is 0"})
         return {"skipped": True}
     splits = feature_splits(training_features)
-    config = dataclasses.replace(training_configs(loaded)[0], learning_rate=dp_model["learning_rate"])
+    training = dataclasses.replace(training_configs(loaded)[0], learning_rate=dp_model["learning_rate"])
+    audited = dp_config(loaded)
+    if config.noise_multiplier_override is not None:
+        context.log.warning(f"FAULT INJECTION: audit run uses noise multiplier {config.noise_multiplier_override}")
+        audited = dataclasses.replace(audited, noise_multiplier_override=config.noise_multiplier_override)
     scope = data_scope(loaded, context.partition_key, splits["train"])
     store = PrivacyLedger(ledger.url)
 
@@ -184,17 +197,20 @@ def privacy_audit(
             dagster_run_id=context.run.run_id,
         ).model
 
+    # Under fault injection the ledger would (rightly) refuse a run whose real epsilon is unbounded, so the
+    # simulated bug trains outside it, as a buggy pipeline would; the evidence records that it was injected.
+    train_fn = train_dp if config.noise_multiplier_override is not None else accountable_train
     try:
         result = run_one_run_audit(
             splits["train"],
-            config,
-            dp_config(loaded),
+            training,
+            audited,
             settings=AuditSettings(n_canaries=canaries, seed=loaded.policy.training.seed),
-            train_fn=accountable_train,
+            train_fn=train_fn,
         )
     finally:
         store.close()
-    audit = result.to_dict()
+    audit = result.to_dict() | {"fault_injection": config.noise_multiplier_override}
     context.add_output_metadata(
         {
             "epsilon_lower_bound": round(audit["epsilon_lower_bound"], 4),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -46,21 +46,33 @@ def postgres_server() -> str:
 
 
 @pytest.fixture
-def postgres_database(postgres_server: str) -> Iterator[str]:
-    """A fresh, uniquely named database, dropped afterwards; yields its SQLAlchemy URL."""
+def postgres_databases(postgres_server: str) -> Iterator[Callable[[], str]]:
+    """A factory of fresh, uniquely named databases (dropped afterwards); each call returns a SQLAlchemy URL."""
     import sqlalchemy as sa
 
-    name = f"ppml_test_{uuid.uuid4().hex[:12]}"
     admin = sa.create_engine(postgres_server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = sa.engine.make_url(postgres_server).set(database=name).render_as_string(hide_password=False)
+    created: list[str] = []
+
+    def create() -> str:
+        name = f"ppml_test_{uuid.uuid4().hex[:12]}"
+        with admin.connect() as connection:
+            connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        created.append(name)
+        return sa.engine.make_url(postgres_server).set(database=name).render_as_string(hide_password=False)
+
     try:
-        yield url
+        yield create
     finally:
         with admin.connect() as connection:
-            connection.execute(
-                sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"), {"n": name}
-            )
-            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
+            for name in created:
+                connection.execute(
+                    sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"), {"n": name}
+                )
+                connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
         admin.dispose()
+
+
+@pytest.fixture
+def postgres_database(postgres_databases: Callable[[], str]) -> str:
+    """One fresh database (see postgres_databases)."""
+    return postgres_databases()

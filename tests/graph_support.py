@@ -1,0 +1,87 @@
+"""Helpers for the Dagster tests: a private workspace per test and a policy variant sized for small windows."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.support import GDPR_POLICY
+
+
+@dataclass
+class GraphWorkspace:
+    home: Path
+    policy: Path
+    resources: dict[str, Any]
+
+    def run(self, job_name: str, instance: Any, **kwargs: Any) -> Any:
+        from ppml_assets.definitions import defs
+
+        job = defs.resolve_job_def(job_name)
+        return job.execute_in_process(
+            instance=instance,
+            resources=self.resources,
+            raise_on_error=False,
+            run_config=kwargs.pop("run_config", {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}),
+            **kwargs,
+        )
+
+    def collect(self, instance: Any, first: str, last: str) -> Any:
+        return self.run(
+            "collection_job",
+            instance,
+            tags={"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last},
+        )
+
+
+def write_policy(directory: Path, **changes: Any) -> Path:
+    """The GDPR policy with absolute paths and ``section.field=value`` changes (for small test windows)."""
+    document = yaml.safe_load(GDPR_POLICY.read_text())
+    for column, qi in document["schema"]["quasi_identifiers"].items():
+        if "hierarchy" in qi:
+            qi["hierarchy"] = str((GDPR_POLICY.parent / qi["hierarchy"]).resolve())
+    document["collection"]["erasure_list"] = str(
+        (GDPR_POLICY.parent / document["collection"]["erasure_list"]).resolve()
+    )
+    for dotted, value in changes.items():
+        section, field = dotted.split("__")
+        document.setdefault(section, {})[field] = value
+    path = directory / "policy.yaml"
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    return path
+
+
+def graph_workspace(
+    home: Path, landing: Path, policy: Path, mlflow_uri: str | None = None, ledger_url: str | None = None
+) -> GraphWorkspace:
+    """Resources for one test's private workspace (plain values; production passes EnvVar for secrets)."""
+    from resources import (
+        AssetStore,
+        LandingZoneSource,
+        LedgerResource,
+        LocalFileIOManager,
+        MlflowResource,
+        PolicyResource,
+        PseudonymizationKey,
+        WorkspacePaths,
+    )
+
+    (home / "mlflow").mkdir(parents=True, exist_ok=True)
+    resources = {
+        "io_manager": LocalFileIOManager(base_dir=str(home / "assets")),
+        "asset_store": AssetStore(base_dir=str(home / "assets")),
+        "policy": PolicyResource(path=str(policy)),
+        "record_source": LandingZoneSource(root=str(landing)),
+        "pseudonym_key": PseudonymizationKey(hmac_key=os.environ["PPML_HMAC_KEY"]),
+        "mlflow": MlflowResource(
+            tracking_uri=mlflow_uri or f"sqlite:///{home / 'mlflow' / 'mlflow.db'}",
+            artifact_location=(home / "mlflow" / "artifacts").as_uri(),
+        ),
+        "ledger": LedgerResource(url=ledger_url or f"sqlite:///{home / 'ledger.db'}"),
+        "paths": WorkspacePaths(home=str(home)),
+    }
+    return GraphWorkspace(home=home, policy=policy, resources=resources)

@@ -1,0 +1,247 @@
+"""End to end: the whole lifecycle on SQLite (through `ppml demo`) and on PostgreSQL, and the compliance gate.
+
+Done-when scenarios of the gate, each on the real graph:
+- the DP model of the demo passes every requirement and is promoted;
+- a non-private model over-fitted on a small sample fails the membership-inference gate and is not promoted;
+- a broken DP training (noise multiplier 0 while the accountant still claims epsilon) is caught by the audit.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+from dagster import AssetKey, asset, instance_for_test, materialize
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from resources import MlflowResource
+from tests.graph_support import graph_workspace, write_policy
+from tests.support import REPO_ROOT, TEST_FIRST_DAY, days
+
+SMALL_WINDOW_OBJECTIVES = {
+    "objectives__min_accuracy": 0.7,
+    "objectives__min_roc_auc": 0.7,
+    "objectives__max_utility_gap": 0.2,
+}
+
+
+def _evidence(home: Path, as_of: str) -> dict:
+    return json.loads((home / "reports" / as_of / "evidence.json").read_text())
+
+
+@pytest.mark.slow
+def test_make_demo_path_promotes_the_dp_model(tmp_path: Path) -> None:
+    """`ppml demo` on a fresh workspace: the 90-day window, every requirement passes, the model is promoted."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PPML_", "DAGSTER_", "MLFLOW_"))}
+    env["PPML_HOME"] = str(tmp_path / "ppml-home")
+    completed = subprocess.run(
+        [str(Path(sys.executable).parent / "ppml"), "demo"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    assert "14 of 14 requirements passed" in completed.stdout
+    report = tmp_path / "ppml-home" / "reports" / "2026-04-30" / "report.html"
+    assert report.is_file() and str(report) in completed.stdout.replace("\n", "")
+    evidence = _evidence(tmp_path / "ppml-home", "2026-04-30")
+    assert evidence["window"]["partitions"] == 90
+    assert all(check["passed"] for check in evidence["checks"])
+    assert evidence["decision"]["promoted"] is True
+    assert evidence["training"]["epsilon"] <= 1.0
+    assert evidence["audit"]["epsilon_lower_bound"] <= evidence["audit"]["claimed_epsilon"]
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'ppml-home' / 'mlflow' / 'mlflow.db'}")
+    version = client.get_model_version_by_alias("ppml-adult-income-gdpr", "production")
+    assert version.version == evidence["decision"]["version"]
+    assert version.tags["ppml.compliance"] == "passed"
+    # the ledger shows the charged runs, and nothing personal reached the report
+    ledger = sa.create_engine(f"sqlite:///{tmp_path / 'ppml-home' / 'dagster' / 'privacy_ledger.db'}")
+    with ledger.connect() as connection:
+        statuses = [row[0] for row in connection.execute(sa.text("SELECT status FROM ppml_ledger_runs"))]
+    assert statuses and all(status == "completed" for status in statuses)
+    html = report.read_text()
+    raw = pd.read_csv(tmp_path / "ppml-home" / "landing" / "event_date=2026-04-30" / "records.csv", dtype=str)
+    for column in ("name", "ssn", "email", "phone", "street_address"):
+        assert not any(value in html for value in raw[column]), column
+
+
+@pytest.mark.postgres
+def test_lifecycle_on_postgresql_instance_storage(tmp_path: Path, landing_zone: Path, postgres_databases) -> None:  # type: ignore[no-untyped-def]
+    """Runs, materializations and check evaluations land in PostgreSQL; ledger and MLflow use PostgreSQL too."""
+    dagster_url, mlflow_url = postgres_databases(), postgres_databases()
+    policy = write_policy(
+        tmp_path, evaluation__audit_canaries=0, evaluation__reference_models=1, **SMALL_WINDOW_OBJECTIVES
+    )
+    workspace = graph_workspace(tmp_path / "home", landing_zone, policy, mlflow_uri=mlflow_url, ledger_url=dagster_url)
+    window = days(TEST_FIRST_DAY, 14)
+    with instance_for_test(overrides={"storage": {"postgres": {"postgres_url": dagster_url}}}) as instance:
+        assert workspace.run("requirements_job", instance).success
+        assert workspace.collect(instance, window[0], window[-1]).success
+        result = workspace.run("training_job", instance, partition_key=window[-1])
+        assert result.success, [e.message for e in result.all_events if e.is_failure]
+        run_id = result.run_id
+    engine = sa.create_engine(dagster_url)
+    with engine.connect() as connection:
+        runs = connection.execute(sa.text("SELECT count(*) FROM runs")).scalar_one()
+        materialized = connection.execute(
+            sa.text(
+                "SELECT count(*) FROM event_logs WHERE dagster_event_type = 'ASSET_MATERIALIZATION' AND run_id = :r"
+            ),
+            {"r": run_id},
+        ).scalar_one()
+        registered = connection.execute(
+            sa.text("SELECT count(*) FROM event_logs WHERE asset_key LIKE '%registered_model%' AND run_id = :r"),
+            {"r": run_id},
+        ).scalar_one()
+        ledger_runs = connection.execute(
+            sa.text("SELECT count(*) FROM ppml_ledger_runs WHERE kind = 'dp'")
+        ).scalar_one()
+    engine.dispose()
+    assert runs == 3 and materialized >= 14 and registered >= 1 and ledger_runs >= 1
+    assert MlflowClient(tracking_uri=mlflow_url).get_model_version_by_alias("ppml-adult-income-gdpr", "production")
+    assert _evidence(workspace.home, window[-1])["decision"]["promoted"] is True
+
+
+def _overfit_non_private_model():  # type: ignore[no-untyped-def]
+    """A stand-in for a broken training stage: a wide non-private MLP trained to memorise, claiming DP anyway."""
+    from ppml.deployment import register_version
+    from ppml.tracking import TrainingTracker
+    from ppml.training import ModelSpec, TrainingConfig, train_non_private
+    from ppml_assets.common import feature_splits
+    from ppml_assets.settings import daily_partitions
+
+    @asset(name="dp_model", partitions_def=daily_partitions, group_name="training")
+    def overfit_model(training_features: pd.DataFrame, mlflow: MlflowResource) -> dict:
+        splits = feature_splits(training_features)
+        config = TrainingConfig(
+            model=ModelSpec(kind="mlp", hidden_sizes=(256, 256)),
+            epochs=150,
+            batch_size=32,
+            learning_rate=3e-3,
+            optimizer="adam",
+            seed=0,
+        )
+        model = train_non_private(splits["train"], config)
+        mlflow.configure()
+        tracker = TrainingTracker(mlflow.tracking_uri, experiment_name=mlflow.experiment_name)
+        run_id = tracker.start_run("overfit-non-private")
+        uri = tracker.log_model(run_id, model)
+        tracker.end_run(run_id)
+        version = register_version(mlflow.client(), "ppml-adult-income-gdpr", uri, run_id, {})
+        return {
+            "model": "mlp(256x256)",
+            "model_name": "ppml-adult-income-gdpr",
+            "model_version": version,
+            "model_uri": uri,
+            "mlflow_run_id": run_id,
+            "epsilon": 1.0,
+            "delta": 1e-5,
+            "target_epsilon": 1.0,
+            "noise_multiplier": 0.0,
+            "sample_rate": 0.1,
+            "steps": 1,
+            "epochs": 150,
+            "learning_rate": 3e-3,
+            "max_grad_norm": 1.0,
+            "accountant": "claimed",
+            "candidates_trained": 1,
+            "ledger": {
+                "spent_before": 0.0,
+                "charged": 0.0,
+                "spent_after": 0.0,
+                "lifetime_budget": 8.0,
+                "remaining": 8.0,
+                "scope_label": "-",
+                "composition": "-",
+            },
+        }
+
+    return overfit_model
+
+
+def test_overfitted_non_private_model_fails_the_mia_gate_and_is_not_promoted(
+    tmp_path: Path, landing_zone: Path
+) -> None:
+    from ppml_assets.definitions import defs
+
+    # Permissive data preparation (k=2, every feature admitted at full resolution) leaves records distinct
+    # enough to be memorised; with the bundled policy's k=5 release the features themselves hide members.
+    policy = write_policy(
+        tmp_path,
+        evaluation__audit_canaries=0,
+        evaluation__reference_models=0,
+        training__train_non_private_baseline=False,
+        privacy__k=2,
+        privacy__l_diversity=[],
+        privacy__max_reidentification_risk=0.5,
+        preparation__max_share_below_k=1.0,
+    )
+    workspace = graph_workspace(tmp_path / "home", landing_zone, policy)
+    as_of = TEST_FIRST_DAY  # a one-day window: a small sample
+    assets = [a for a in defs.assets if AssetKey("dp_model") not in a.keys] + [_overfit_non_private_model()]
+    with instance_for_test() as instance:
+        assert workspace.run("requirements_job", instance).success
+        assert workspace.collect(instance, as_of, as_of).success
+        selection = [
+            "anonymized_records",
+            "cleaned_records",
+            "training_features",
+            "dp_model",
+            "non_private_baseline",
+            "model_evaluation",
+            "privacy_evaluation",
+            "privacy_audit",
+            "compliance_status",
+            "registered_model",
+            "compliance_report",
+        ]
+        result = materialize(
+            [*assets, *defs.asset_checks],
+            instance=instance,
+            resources=workspace.resources,
+            partition_key=as_of,
+            selection=selection,
+            raise_on_error=False,
+        )
+        evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
+        assert evaluations["membership_inference_auc"].passed is False
+        assert instance.get_materialized_partitions(AssetKey("registered_model")) == set()
+    evidence = _evidence(workspace.home, as_of)
+    assert evidence["decision"]["promoted"] is False
+    assert "membership_inference_auc" in evidence["decision"]["failing_checks"]
+    client = MlflowClient(tracking_uri=workspace.resources["mlflow"].tracking_uri)
+    with pytest.raises(MlflowException):
+        client.get_model_version_by_alias("ppml-adult-income-gdpr", "production")
+    version = client.get_model_version("ppml-adult-income-gdpr", evidence["decision"]["version"])
+    assert version.tags["ppml.promotion"] == "refused"
+    assert "membership_inference_auc" in version.tags["ppml.failing_checks"]
+
+
+def test_broken_dp_training_is_caught_by_the_empirical_audit(tmp_path: Path, landing_zone: Path) -> None:
+    policy = write_policy(
+        tmp_path, evaluation__audit_canaries=1000, evaluation__reference_models=0, **SMALL_WINDOW_OBJECTIVES
+    )
+    workspace = graph_workspace(tmp_path / "home", landing_zone, policy)
+    window = days(TEST_FIRST_DAY, 14)
+    broken = {
+        "ops": {"privacy_audit": {"config": {"noise_multiplier_override": 0.0}}},
+        "loggers": {"console": {"config": {"log_level": "WARNING"}}},
+    }
+    with instance_for_test() as instance:
+        assert workspace.run("requirements_job", instance).success
+        assert workspace.collect(instance, window[0], window[-1]).success
+        result = workspace.run("training_job", instance, partition_key=window[-1], run_config=broken)
+        evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
+        assert evaluations["empirical_epsilon_audit"].passed is False
+        assert instance.get_materialized_partitions(AssetKey("registered_model")) == set()
+    evidence = _evidence(workspace.home, window[-1])
+    assert evidence["audit"]["alarm"] is True and evidence["audit"]["fault_injection"] == 0.0
+    assert evidence["audit"]["epsilon_lower_bound"] > evidence["audit"]["claimed_epsilon"]
+    assert "empirical_epsilon_audit" in evidence["decision"]["failing_checks"]
