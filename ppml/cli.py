@@ -6,6 +6,7 @@ user can cause are printed as one line on stderr with exit code 2, never as a tr
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -134,10 +135,8 @@ def ui(
     finally:
         for process in processes:
             # Each server runs in its own session: stop the whole process group, not just the launcher.
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
         for process in processes:
             try:
                 process.wait(timeout=20)

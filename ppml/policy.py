@@ -84,7 +84,8 @@ class QuasiIdentifier(Strict):
     def _one_source(self) -> QuasiIdentifier:
         if (self.hierarchy is None) == (self.hierarchy_spec is None):
             raise ValueError(
-                "both or neither of hierarchy/hierarchy_spec given; fix: give exactly one of 'hierarchy' (a CSV path) or 'hierarchy_spec'"
+                "both or neither of hierarchy/hierarchy_spec given; "
+                "fix: give exactly one of 'hierarchy' (a CSV path) or 'hierarchy_spec'"
             )
         return self
 

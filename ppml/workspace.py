@@ -15,7 +15,8 @@ from pathlib import Path
 
 from ppml.deidentification import HMAC_KEY_ENV, MIN_KEY_LENGTH
 
-EMBEDDED_DAGSTER_YAML = """# Embedded default: SQLite storage under this folder (written by ppml; see deploy/dagster.yaml for PostgreSQL).
+EMBEDDED_DAGSTER_YAML = """# Embedded default: SQLite storage under this folder, written by ppml.
+# For PostgreSQL see deploy/dagster.yaml.
 storage:
   sqlite:
     base_dir: {base_dir}

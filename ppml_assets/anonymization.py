@@ -36,7 +36,7 @@ def with_missing_values(config: AnonymizationConfig, data: pd.DataFrame, marker:
             continue
         if (data[column].astype(str) == marker).any():
             row = (marker,) * (hierarchy.height - 1) + (hierarchy.rows[0][-1],)
-            hierarchies[column] = Hierarchy(hierarchy.rows + (row,), hierarchy.source)
+            hierarchies[column] = Hierarchy((*hierarchy.rows, row), hierarchy.source)
     return replace(config, quasi_identifiers=hierarchies)
 
 

@@ -3,11 +3,11 @@ shaping for metadata and evidence.json."""
 
 import pandas as pd
 
+from ppml.evaluation import lira_offline_attack, loss_threshold_attack
 from ppml.ledger import DataScope
 from ppml.policy import LoadedPolicy
 from ppml.preparation import LABEL_COLUMN, SPLIT_COLUMN
 from ppml.training import DPConfig, ModelSpec, TabularSplit, TrainingConfig
-from ppml.evaluation import lira_offline_attack, loss_threshold_attack
 from ppml_assets.settings import window_partition_keys
 
 

@@ -85,10 +85,10 @@ def anonymization_evidence(anonymized: pd.DataFrame, report: dict, loaded: Loade
             )
         },
         "input_records": report["records_in"],
-        "records_out": int(len(anonymized)),
+        "records_out": len(anonymized),
         "min_class_size": int(sizes.min()),
-        "classes": int(len(sizes)),
-        "equivalence_classes": int(len(sizes)),
+        "classes": len(sizes),
+        "equivalence_classes": len(sizes),
         "suppressed_share": report["suppressed_records"] / max(report["records_in"], 1),
         "l_diversity": _l_diversity_evidence(anonymized, loaded, counts),
         "t_closeness": [
@@ -309,7 +309,10 @@ def _gate_check(requirement: str, description: str):  # type: ignore[no-untyped-
         verdict = next(c for c in compliance_status["checks"] if c["name"] == requirement)
         return AssetCheckResult(
             passed=bool(verdict["passed"]),
-            description=f"{verdict['requirement']}: measured {verdict['measured']}, limit {verdict['limit']}. {verdict['detail']}",
+            description=(
+                f"{verdict['requirement']}: measured {verdict['measured']}, limit {verdict['limit']}. "
+                f"{verdict['detail']}"
+            ),
             metadata={
                 "measured": MetadataValue.text(str(verdict["measured"])),
                 "limit": MetadataValue.text(str(verdict["limit"])),

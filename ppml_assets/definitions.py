@@ -25,7 +25,6 @@ from ppml_assets import (
 )
 from ppml_assets.jobs import collection_job, reevaluation_job, requirements_job, training_job
 from ppml_assets.settings import POLICY_PATH, PPML_HOME, default_ledger_url, default_mlflow_tracking_uri
-from sensors import daily_collection_schedule, drift_sensor, weekly_retraining_schedule
 from resources import (
     AssetStore,
     LandingZoneSource,
@@ -38,6 +37,7 @@ from resources import (
     SqlTableSource,
     WorkspacePaths,
 )
+from sensors import daily_collection_schedule, drift_sensor, weekly_retraining_schedule
 
 STAGE_MODULES = [
     requirements,

@@ -22,7 +22,6 @@ from rich.table import Table
 from ppml.landing_zone import ensure_bundled_landing_zone, landing_days
 from ppml.workspace import prepare_workspace
 
-
 #: The event log keeps every event; the console shows warnings and errors only (the progress bar shows steps).
 QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
@@ -109,7 +108,8 @@ def run_demo(as_of: str | None = None, console: Console | None = None) -> DemoOu
     window = window_partition_keys(as_of)
     instance = DagsterInstance.get()
     console.print(
-        f"Policy: {POLICY_PATH}\nTraining as of {as_of} over {len(window)} daily partitions ({window[0]} .. {window[-1]})"
+        f"Policy: {POLICY_PATH}\n"
+        f"Training as of {as_of} over {len(window)} daily partitions ({window[0]} .. {window[-1]})"
     )
     started = time.perf_counter()
     with Progress(

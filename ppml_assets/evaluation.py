@@ -78,7 +78,7 @@ def model_evaluation(
             for g in dp["groups"]
         ],
         "group_accuracy_gaps": dp["group_gaps"],
-        "test_records": int(len(test.y)),
+        "test_records": len(test.y),
         "report": report,
     }
     context.add_output_metadata(

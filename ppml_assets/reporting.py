@@ -2,8 +2,8 @@
 
 from dagster import AssetExecutionContext, MetadataValue, asset
 
-from ppml_assets.settings import daily_partitions
 from ppml.reporting import write_report
+from ppml_assets.settings import daily_partitions
 from resources import WorkspacePaths
 
 

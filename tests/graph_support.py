@@ -41,7 +41,7 @@ class GraphWorkspace:
 def write_policy(directory: Path, **changes: Any) -> Path:
     """The GDPR policy with absolute paths and ``section.field=value`` changes (for small test windows)."""
     document = yaml.safe_load(GDPR_POLICY.read_text())
-    for column, qi in document["schema"]["quasi_identifiers"].items():
+    for _column, qi in document["schema"]["quasi_identifiers"].items():
         if "hierarchy" in qi:
             qi["hierarchy"] = str((GDPR_POLICY.parent / qi["hierarchy"]).resolve())
     document["collection"]["erasure_list"] = str(

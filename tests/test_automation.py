@@ -40,7 +40,7 @@ def _drifted_copy(source: Path, target: Path) -> None:
 def test_drift_sensor_requests_reevaluation_only_after_drift(tmp_path: Path, landing_zone: Path) -> None:
     window = days(TEST_FIRST_DAY, 3)
     landing = tmp_path / "landing"
-    for day in window + ["2026-03-04"]:
+    for day in [*window, "2026-03-04"]:
         shutil.copytree(landing_zone / f"event_date={day}", landing / f"event_date={day}")
     _drifted_copy(
         landing_zone / "event_date=2026-03-05" / "records.csv", landing / "event_date=2026-03-05" / "records.csv"
