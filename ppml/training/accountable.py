@@ -24,7 +24,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from ppml.errors import PPMLError, input_error
 from ppml.ledger import (
@@ -41,6 +41,9 @@ from ppml.training.checkpoint import checkpoint_path, load_checkpoint
 from ppml.training.config import DPConfig, TrainingConfig, fingerprint
 from ppml.training.data import TabularSplit
 from ppml.training.dp_sgd import DPPlan, TrainedModel, plan_dp_training, train_dp, train_non_private
+
+if TYPE_CHECKING:
+    from ppml.tracking import TrainingTracker
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +163,7 @@ def train_within_budget(
     scope: DataScope,
     lifetime_epsilon: float,
     checkpoint_dir: Path,
-    tracker: Any | None = None,
+    tracker: TrainingTracker | None = None,
     tags: Mapping[str, str] | None = None,
     lifetime_delta: float | None = None,
     candidate_budget: CandidateBudget = "each",
@@ -373,7 +376,7 @@ def train_baseline(
     validation: TabularSplit | None = None,
     ledger: PrivacyLedger | None = None,
     scope: DataScope | None = None,
-    tracker: Any | None = None,
+    tracker: TrainingTracker | None = None,
     tags: Mapping[str, str] | None = None,
     dagster_run_id: str | None = None,
 ) -> BaselineResult:
@@ -418,7 +421,7 @@ def _train_candidate(
     ledger: PrivacyLedger,
     run_id: str,
     checkpoint_dir: Path,
-    tracker: Any | None,
+    tracker: TrainingTracker | None,
     parent_run_id: str | None,
     tags: Mapping[str, str],
     scope: DataScope,

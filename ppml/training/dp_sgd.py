@@ -443,6 +443,8 @@ class _LoopContext:
     def _run(self, state: _TrainingState) -> None:
         X = torch.from_numpy(self.train.X).to(self.device)
         y = torch.from_numpy(self.train.y).to(self.device)
+        # Book-keeping needs ||x_i||^2 of every record it sees: computed once here instead of once per step.
+        self._x_sq_norms = torch.linalg.vector_norm(X, dim=1).square_() if self.bk is not None else None
         steps_per_epoch = self.plan.steps_per_epoch
         while state.epoch < self.config.epochs:
             epoch_started = time.perf_counter()
@@ -485,7 +487,8 @@ class _LoopContext:
             for indices in physical_batches:
                 index = indices.to(self.device)
                 features, labels = X.index_select(0, index), y.index_select(0, index)
-                loss_sum += self._physical_step(features, labels)
+                x_sq = self._x_sq_norms.index_select(0, index) if self._x_sq_norms is not None else None
+                loss_sum += self._physical_step(features, labels, x_sq)
                 state.samples += len(indices)
                 if not self.optimizer._is_last_step_skipped:
                     state.step_in_epoch += 1
@@ -494,10 +497,13 @@ class _LoopContext:
                         self.on_step(state.global_step)
         state.loss_sum += float(loss_sum)
 
-    def _physical_step(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def _physical_step(
+        self, features: torch.Tensor, labels: torch.Tensor, x_sq_norms: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Forward, clip per example, accumulate; the optimizer adds noise at the end of each logical batch."""
         if self.bk is not None:
-            loss_per_example = F.cross_entropy(self.bk.forward(features), labels, reduction="none")
+            logits = self.bk.forward(features, input_sq_norms=x_sq_norms)
+            loss_per_example = F.cross_entropy(logits, labels, reduction="none")
             self.bk.backward(loss_per_example)
             loss_sum = loss_per_example.detach().sum()
         elif self.criterion is not None:

@@ -1,13 +1,12 @@
-"""Small synthetic data for the training tests, and the PostgreSQL helper for the ledger tests.
+"""Small synthetic data for the training tests.
 
-The root ``tests/conftest.py`` already provides ``postgres_server`` / ``postgres_database`` (skip only when the
-server is unreachable and CI is not "true"; fail under CI=true); ``postgres_url`` below is the same rule for
-tests that need the server URL inside a subprocess.
+PostgreSQL: the ledger tests use the root ``tests/conftest.py`` fixtures ``postgres_server`` / ``postgres_database``
+(a fresh uniquely named database per test, dropped afterwards; skipped only when the server is unreachable and CI is
+not "true", a failure under CI=true) and are marked ``@pytest.mark.postgres``.
 """
 
 from __future__ import annotations
 
-import os
 import warnings
 
 import numpy as np
@@ -37,7 +36,3 @@ def make_splits(
 @pytest.fixture(scope="session")
 def splits() -> tuple[TabularSplit, TabularSplit]:
     return make_splits()
-
-
-def postgres_required() -> bool:
-    return os.environ.get("CI", "").lower() == "true"
