@@ -304,6 +304,12 @@ def render(
                 "| anonymized graph features | DP-SGD | 1 | pending: run `make demo`, then this bench "
                 "(it reads the materialized training_features) | | | |"
             )
+        if anonymized:
+            lines += [
+                "",
+                f"Anonymized features: `{anonymized['path']}` (the graph's materialized training_features; "
+                "its own hash-based test split).",
+            ]
         if accuracy:
             lines += [
                 "",
