@@ -8,6 +8,8 @@ auditor why a version is or is not in production.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -31,6 +33,20 @@ class PromotionDecision:
         return asdict(self)
 
 
+@contextmanager
+def global_tracking_uri(uri: str) -> Iterator[None]:
+    """Some MLflow calls resolve ``models:/`` URIs through the global tracking URI: point it at this client's
+    store for the duration of the call, then restore it (several workspaces may share one process)."""
+    import mlflow
+
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
 def register_version(client: MlflowClient, model_name: str, model_uri: str, run_id: str, tags: dict[str, str]) -> str:
     """Register a logged model as a new version of ``model_name`` (created on first use)."""
     try:
@@ -39,7 +55,8 @@ def register_version(client: MlflowClient, model_name: str, model_uri: str, run_
         client.create_registered_model(
             model_name, description="DP-trained model; promoted to 'production' only by the ppml compliance gate."
         )
-    version = client.create_model_version(model_name, source=model_uri, run_id=run_id, tags=tags)
+    with global_tracking_uri(client.tracking_uri):
+        version = client.create_model_version(model_name, source=model_uri, run_id=run_id, tags=tags)
     return str(version.version)
 
 
@@ -89,11 +106,16 @@ class ServedModel:
     so a model that cannot be loaded fails evaluation instead of being promoted.
     """
 
-    def __init__(self, model_uri: str) -> None:
+    def __init__(self, model_uri: str, tracking_uri: str) -> None:
+        import tempfile
+
+        import mlflow.artifacts
         import mlflow.pytorch
 
         try:
-            self.module = mlflow.pytorch.load_model(model_uri)
+            with tempfile.TemporaryDirectory(prefix="ppml-model-") as scratch, global_tracking_uri(tracking_uri):
+                local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=scratch)
+                self.module = mlflow.pytorch.load_model(local)
         except Exception as error:  # MLflow raises many kinds: missing run, missing files, corrupt archive
             reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
             raise PPMLError(

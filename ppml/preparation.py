@@ -271,3 +271,44 @@ def raw_adult_feature_matrix(seed: int = 0) -> FeatureMatrix:
         c for c in adult.columns if c not in {*INTEGER_COLUMNS, "income", "official_split", LABEL_COLUMN, SPLIT_COLUMN}
     ]
     return encode_features(adult, categorical, INTEGER_COLUMNS)
+
+
+def prepare_like_training(
+    deidentified: pd.DataFrame,
+    policy: Policy,
+    transformation: dict[str, int],
+    hierarchies: dict[str, list[list[str]]],
+    decisions: list[dict],
+    bin_edges: dict[str, list[float]],
+    feature_names: list[str],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Put new de-identified records through the training window's own pipeline, for re-evaluation.
+
+    Quasi-identifiers are generalized to the levels the anonymization chose (a value the hierarchy does not know
+    becomes its top label), numeric features get the training bins, and the one-hot columns are aligned with the
+    model's feature names (an unseen category sets no column). Returns (X, y) as the model expects them.
+    """
+    roles = policy.schema_
+    text = pd.DataFrame(index=deidentified.index)
+    for column, level in transformation.items():
+        if column not in deidentified.columns:
+            continue
+        rows = hierarchies[column]
+        mapping = {row[0]: row[level] for row in rows}
+        top = rows[0][-1]
+        generalized = deidentified[column].astype(str).map(mapping).fillna(top)
+        text[column] = generalized.replace({roles.missing_value_marker: MISSING_CATEGORY})
+    for decision in decisions:
+        column = decision["feature"]
+        if decision["decision"] in ("dropped", "quasi-identifier"):
+            continue
+        if column in bin_edges:
+            text[column] = apply_bins(deidentified[column], bin_edges[column])
+        else:
+            text[column] = deidentified[column].astype(str).replace({roles.missing_value_marker: MISSING_CATEGORY})
+    kept = [d["feature"] for d in decisions if d["decision"] != "dropped"]
+    dummies = pd.get_dummies(text[kept].astype(str), prefix_sep="=", dtype=np.float32)
+    X = dummies.reindex(columns=feature_names, fill_value=0.0).to_numpy(dtype=np.float32)
+    label = deidentified[roles.label.column].astype(str).str.strip().str.rstrip(".")
+    y = (label == roles.label.positive_value).astype("int64").to_numpy()
+    return X, y

@@ -93,6 +93,8 @@ def anonymized_records(
             "risk_before": MetadataValue.json(report["risk_before"]),
             "risk_after": MetadataValue.json(report["risk_after"]),
             "anonymization_report": MetadataValue.json(report),
+            # the hierarchy's labels at the released levels: public, so the DP summary need not read them from data
+            "public_categories": MetadataValue.json(result.public_categories),
             "content_sha256": frame_sha256(result.data),
             "seconds": round(result.seconds, 3),
         }
@@ -171,13 +173,29 @@ def privacy_models_hold(
     )
 
 
+def _anonymization_metadata(context: AssetExecutionContext) -> dict:
+    from dagster import AssetKey, AssetRecordsFilter
+
+    records = context.instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=AssetKey("anonymized_records"), asset_partitions=[context.partition_key]), limit=1
+    ).records
+    if not records:
+        return {}
+    return {key: value.value for key, value in records[0].asset_materialization.metadata.items()}
+
+
 @asset(group_name="anonymization", partitions_def=daily_partitions, kinds={"opendp", "json"})
 def dp_statistics(context: AssetExecutionContext, anonymized_records: pd.DataFrame, policy: PolicyResource) -> dict:
     """A differentially private summary of the release (OpenDP): counts per category and clamped means,
     spending the policy's own ``dp_statistics_epsilon``."""
     loaded = policy.load()
     roles = loaded.policy.schema_
-    categorical = [c for c in [*roles.quasi_identifiers, roles.label.column] if c in anonymized_records.columns]
+    public = _anonymization_metadata(context).get("public_categories", {})
+    categorical = {
+        column: public.get(column, loaded.policy.schema_.label_values if column == roles.label.column else None) or None
+        for column in [*roles.quasi_identifiers, roles.label.column]
+        if column in anonymized_records.columns
+    }
     numeric = {
         column: (float(low), float(high))
         for column, (low, high) in roles.value_ranges.items()

@@ -13,6 +13,7 @@ from dagster import AssetExecutionContext, Config, MetadataValue, asset
 from ppml.deployment import ServedModel
 from ppml.evaluation import AuditSettings, run_one_run_audit, strongest_attack, utility_report
 from ppml.ledger import PrivacyLedger
+from ppml.preparation import prepare_like_training
 from ppml.training import TabularSplit, train_dp
 from ppml.training.accountable import train_within_budget
 from ppml_assets.common import (
@@ -26,7 +27,7 @@ from ppml_assets.common import (
     utility_summary,
 )
 from ppml_assets.settings import daily_partitions
-from resources import LedgerResource, PolicyResource, WorkspacePaths
+from resources import AssetStore, LedgerResource, MlflowResource, PolicyResource, WorkspacePaths
 
 
 @asset(group_name="evaluation", partitions_def=daily_partitions, kinds={"json"})
@@ -37,12 +38,15 @@ def model_evaluation(
     training_features: pd.DataFrame,
     cleaned_records: pd.DataFrame,
     policy: PolicyResource,
+    asset_store: AssetStore,
+    mlflow: MlflowResource,
 ) -> dict:
     """Accuracy, balanced accuracy, ROC AUC, F1 and calibration error with bootstrap intervals on the test
-    split, per protected group, next to the non-private baseline and the policy's objectives."""
+    split, per protected group, next to the non-private baseline and the policy's objectives. In a run the drift
+    sensor requested, also the deployed model's utility on the drifted partition."""
     loaded = policy.load()
     splits = feature_splits(training_features)
-    model = ServedModel(dp_model["model_uri"])
+    model = ServedModel(dp_model["model_uri"], mlflow.tracking_uri)
     test = splits["test"]
     report = utility_report(
         test.y,
@@ -54,6 +58,12 @@ def model_evaluation(
     dp = utility_summary(report)
     baseline = None if non_private_baseline.get("skipped") else non_private_baseline["utility"]
     objectives = loaded.policy.objectives
+    drifted = context.run.tags.get("ppml/drifted_partition")
+    newest = (
+        _evaluate_on_partition(context, drifted, model, loaded, asset_store, list(splits["test"].feature_names))
+        if drifted
+        else None
+    )
     result = {
         "dp": dp["point"],
         "dp_ci": dp["ci"],
@@ -80,6 +90,7 @@ def model_evaluation(
         "group_accuracy_gaps": dp["group_gaps"],
         "test_records": len(test.y),
         "report": report,
+        "drifted_partition": newest,
     }
     context.add_output_metadata(
         {
@@ -90,9 +101,38 @@ def model_evaluation(
             "min_roc_auc": objectives.min_roc_auc,
             "group_accuracy_gaps": MetadataValue.json(dp["group_gaps"]),
             "confidence_intervals": MetadataValue.json(dp["ci"]),
+            **({"drifted_partition": MetadataValue.json(newest)} if newest else {}),
         }
     )
     return result
+
+
+def _evaluate_on_partition(context, partition: str, model, loaded, asset_store, feature_names: list[str]) -> dict:  # type: ignore[no-untyped-def]
+    """Utility of the deployed model on a newer partition, prepared exactly like its training window: the
+    re-evaluation the drift sensor asks for."""
+    from ppml.anonymization.policy_config import config_from_policy
+    from ppml_assets.anonymization import with_missing_values
+    from ppml_assets.compliance import latest_metadata
+
+    as_of = context.partition_key
+    fresh = asset_store.read_stored("deidentified_records", partition)
+    config = with_missing_values(config_from_policy(loaded), fresh, loaded.policy.schema_.missing_value_marker)
+    anonymization = latest_metadata(context.instance, "anonymized_records", as_of)["anonymization_report"]
+    preparation = latest_metadata(context.instance, "cleaned_records", as_of)["preparation_report"]
+    X, y = prepare_like_training(
+        fresh,
+        loaded.policy,
+        anonymization["transformation"],
+        {name: [list(row) for row in h.rows] for name, h in config.quasi_identifiers.items() if hasattr(h, "rows")},
+        preparation["decisions"],
+        preparation["bin_edges"],
+        feature_names,
+    )
+    report = utility_report(y, model.predict_proba(X), model="dp", seed=loaded.policy.training.seed).to_dict()
+    point = {name: report["metrics"][name]["value"] for name in ("accuracy", "roc_auc")}
+    objectives = loaded.policy.objectives
+    meets = point["accuracy"] >= objectives.min_accuracy and point["roc_auc"] >= objectives.min_roc_auc
+    return {"partition": partition, "records": len(y), **point, "meets_objectives": bool(meets)}
 
 
 @asset(group_name="evaluation", partitions_def=daily_partitions, kinds={"pytorch", "json"})
@@ -102,12 +142,13 @@ def privacy_evaluation(
     non_private_baseline: dict,
     training_features: pd.DataFrame,
     policy: PolicyResource,
+    mlflow: MlflowResource,
 ) -> dict:
     """Membership inference against the deployed DP model (loss threshold and offline LiRA with reference
     models trained like the target on disjoint data), next to the same attacks on the non-private baseline."""
     loaded = policy.load()
     splits = feature_splits(training_features)
-    model = ServedModel(dp_model["model_uri"])
+    model = ServedModel(dp_model["model_uri"], mlflow.tracking_uri)
     config = training_configs(loaded)[0]
     config = dataclasses.replace(config, learning_rate=dp_model["learning_rate"])
     dp = dp_config(loaded)

@@ -94,18 +94,17 @@ class MlflowResource(ConfigurableResource):
     experiment_name: str = "ppml"
 
     def configure(self) -> str:
-        """Point the mlflow module at this server and return the experiment id (created on first use)."""
-        import mlflow
+        """Create the experiment with its artifact location on first use; return its id.
 
-        mlflow.set_tracking_uri(self.tracking_uri)
-        mlflow.set_registry_uri(self.registry_uri or self.tracking_uri)
+        Nothing global is changed (no ``mlflow.set_experiment``): every call goes through an explicit client, so
+        several workspaces can share one process (tests, the in-process executor).
+        """
         client = self.client()
         experiment = client.get_experiment_by_name(self.experiment_name)
         if experiment is None:
             experiment_id = client.create_experiment(self.experiment_name, artifact_location=self.artifact_location)
         else:
             experiment_id = experiment.experiment_id
-        mlflow.set_experiment(experiment_id=experiment_id)
         return experiment_id
 
     def client(self):  # type: ignore[no-untyped-def]  # mlflow is imported lazily: it is slow to import

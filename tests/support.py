@@ -7,7 +7,7 @@ window: partitions start on TEST_FIRST_DAY, so an as-of partition a few days lat
 from __future__ import annotations
 
 import os
-import secrets
+import hashlib
 import tempfile
 from datetime import date, timedelta
 from pathlib import Path
@@ -16,7 +16,8 @@ SESSION_HOME = Path(tempfile.mkdtemp(prefix="ppml-test-home-"))
 TEST_FIRST_DAY = "2026-03-01"
 os.environ["PPML_HOME"] = str(SESSION_HOME)
 os.environ["PPML_PARTITIONS_START"] = TEST_FIRST_DAY
-os.environ["PPML_HMAC_KEY"] = secrets.token_hex(32)
+# A fixed test key keeps splits (and therefore attack results) reproducible across sessions.
+os.environ["PPML_HMAC_KEY"] = hashlib.sha256(b"ppml test suite").hexdigest()
 os.environ["GX_ANALYTICS_ENABLED"] = "False"
 os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{SESSION_HOME / 'mlflow' / 'mlflow.db'}"
 os.environ.pop("DAGSTER_HOME", None)

@@ -5,7 +5,8 @@ from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
-from dagster import RunRequest, SkipReason, build_schedule_context, build_sensor_context, instance_for_test, materialize
+import pytest
+from dagster import RunRequest, SkipReason, build_schedule_context, build_sensor_context, instance_for_test
 
 from sensors import daily_collection_schedule, drift_sensor, weekly_retraining_schedule
 from tests.graph_support import graph_workspace, write_policy
@@ -37,6 +38,7 @@ def _drifted_copy(source: Path, target: Path) -> None:
     frame.to_csv(target, index=False)
 
 
+@pytest.mark.slow
 def test_drift_sensor_requests_reevaluation_only_after_drift(tmp_path: Path, landing_zone: Path) -> None:
     window = days(TEST_FIRST_DAY, 3)
     landing = tmp_path / "landing"
@@ -45,19 +47,20 @@ def test_drift_sensor_requests_reevaluation_only_after_drift(tmp_path: Path, lan
     _drifted_copy(
         landing_zone / "event_date=2026-03-05" / "records.csv", landing / "event_date=2026-03-05" / "records.csv"
     )
-    workspace = graph_workspace(tmp_path / "home", landing, write_policy(tmp_path))
-    from ppml_assets.definitions import defs
+    policy = write_policy(
+        tmp_path,
+        evaluation__audit_canaries=0,
+        evaluation__reference_models=0,
+        objectives__min_accuracy=0.5,
+        objectives__min_roc_auc=0.5,
+        objectives__max_utility_gap=0.5,
+    )
+    workspace = graph_workspace(tmp_path / "home", landing, policy)
 
     with instance_for_test() as instance:
         assert workspace.run("requirements_job", instance).success
         assert workspace.collect(instance, window[0], window[-1]).success
-        assert materialize(
-            list(defs.assets),
-            instance=instance,
-            resources=workspace.resources,
-            partition_key=window[-1],
-            selection=["drift_reference"],
-        ).success
+        assert workspace.run("training_job", instance, partition_key=window[-1]).success
         sensor_resources = {"asset_store": workspace.resources["asset_store"], "policy": workspace.resources["policy"]}
 
         assert workspace.run("collection_job", instance, partition_key="2026-03-04").success
@@ -76,3 +79,11 @@ def test_drift_sensor_requests_reevaluation_only_after_drift(tmp_path: Path, lan
 
         context = build_sensor_context(instance=instance, resources=sensor_resources, cursor="2026-03-05")
         assert isinstance(drift_sensor(context), SkipReason)  # the same partition is compared once
+
+        # the requested run re-evaluates the deployed model on the drifted partition
+        rerun = workspace.run("reevaluation_job", instance, partition_key=request.partition_key, tags=request.tags)
+        assert rerun.success
+        evaluation = rerun.asset_materializations_for_node("model_evaluation")[0].metadata
+        drifted = evaluation["drifted_partition"].value
+        assert drifted["partition"] == "2026-03-05" and drifted["records"] > 300
+        assert 0.0 <= drifted["accuracy"] <= 1.0
