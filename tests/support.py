@@ -6,8 +6,8 @@ window: partitions start on TEST_FIRST_DAY, so an as-of partition a few days lat
 
 from __future__ import annotations
 
-import os
 import hashlib
+import os
 import tempfile
 from datetime import date, timedelta
 from pathlib import Path
