@@ -86,3 +86,16 @@ def test_report_is_written_atomically_and_refuses_personal_values(tmp_path: Path
     assert not (tmp_path / "r" / "evidence.json").exists()
     svg = roc_svg({"loss on DP model": {"fpr": [0, 0.5, 1], "tpr": [0, 0.6, 1]}})
     assert svg.startswith("<svg") and "polyline" in svg and "loss on DP model" in svg
+
+
+def test_a_model_artifact_that_cannot_be_loaded_is_a_clear_error(tmp_path: Path) -> None:
+    from ppml.deployment import ServedModel
+
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with pytest.raises(PPMLError, match=r"models:/m-missing: field 'model artifact': the model cannot be loaded.*fix:"):
+        ServedModel("models:/m-missing", tracking)
+    broken = tmp_path / "model"
+    broken.mkdir()
+    (broken / "MLmodel").write_text("not: [a valid model")
+    with pytest.raises(PPMLError, match="the model cannot be loaded"):
+        ServedModel(str(broken), tracking)

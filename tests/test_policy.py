@@ -57,6 +57,13 @@ BAD_POLICIES = [
         "raise k to at least 20",
     ),
     (
+        "MIA AUC limit below chance",
+        lambda d: d["privacy"].__setitem__("max_membership_inference_auc", 0.4),
+        "privacy.max_membership_inference_auc",
+        "fix:",
+    ),
+    ("FPR outside (0, 1)", lambda d: d["privacy"].__setitem__("low_fpr", 1.5), "privacy.low_fpr", "fix:"),
+    (
         "l-diversity on a non-sensitive column",
         lambda d: d["privacy"]["l_diversity"][0].__setitem__("attribute", "race"),
         "(document)",
