@@ -93,8 +93,11 @@ def raw_records_suite(policy: Policy, frame: pd.DataFrame) -> SuiteOutcome:
     for column in required:
         expectations.append(gx.expectations.ExpectColumnValuesToNotBeNull(column=column))
     for column in roles.numeric_columns:
-        expectations.append(gx.expectations.ExpectColumnValuesToBeOfType(column=column, type_="int64"))
+        if column in required:  # numeric columns the policy does not use are not collected at all
+            expectations.append(gx.expectations.ExpectColumnValuesToBeOfType(column=column, type_="int64"))
     for column, (low, high) in roles.value_ranges.items():
+        if column not in required:
+            continue
         expectations.append(gx.expectations.ExpectColumnValuesToBeBetween(column=column, min_value=low, max_value=high))
     if roles.label_values:
         expectations.append(

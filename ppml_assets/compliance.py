@@ -276,7 +276,14 @@ def compliance_status(
 
 
 def _identifier_values(raw_window: pd.DataFrame, loaded: LoadedPolicy) -> set[str]:
-    columns = [c for c in loaded.policy.schema_.direct_identifiers if c in raw_window.columns]
+    """Raw values the report must never contain: identifiers that are dropped, pseudonymized or masked
+    (generalized ones — ZIP3, years — legitimately appear, e.g. the window's dates)."""
+    generalized = {IdentifierAction.ZIP3, IdentifierAction.YEAR}
+    columns = [
+        c
+        for c, action in loaded.policy.schema_.direct_identifiers.items()
+        if c in raw_window.columns and action not in generalized
+    ]
     return {str(v) for c in columns for v in raw_window[c].unique() if len(str(v)) >= 6}
 
 

@@ -72,13 +72,18 @@ def _execute_with_progress(job: Any, instance: Any, progress: Progress, label: s
 
 
 def _failure_messages(result: Any) -> list[str]:
-    messages = []
+    """One line per failed check (saying what failed) and per other failed step (the error's last line)."""
+    failed_checks = [evaluation for evaluation in result.get_asset_check_evaluations() if not evaluation.passed]
+    messages = [f"check {e.check_name} on {e.asset_key.to_user_string()}: {e.description}" for e in failed_checks]
     for event in result.all_events:
-        if event.is_step_failure and event.step_failure_data is not None:
-            error = event.step_failure_data.error
-            cause = error.cause if error is not None and error.cause is not None else error
-            text = cause.message.strip().splitlines()[-1] if cause is not None else "step failed"
-            messages.append(f"{event.step_key}: {text}")
+        if not (event.is_step_failure and event.step_failure_data is not None):
+            continue
+        if any(event.step_key.endswith(e.check_name) for e in failed_checks):
+            continue  # a blocking check's own step failure: described above
+        error = event.step_failure_data.error
+        cause = error.cause if error is not None and error.cause is not None else error
+        text = cause.message.strip().splitlines()[-1] if cause is not None else "step failed"
+        messages.append(f"{event.step_key}: {text}")
     return messages
 
 

@@ -38,15 +38,13 @@ class GraphWorkspace:
         )
 
 
-def write_policy(directory: Path, **changes: Any) -> Path:
-    """The GDPR policy with absolute paths and ``section.field=value`` changes (for small test windows)."""
-    document = yaml.safe_load(GDPR_POLICY.read_text())
-    for _column, qi in document["schema"]["quasi_identifiers"].items():
+def write_policy(directory: Path, base: Path = GDPR_POLICY, **changes: Any) -> Path:
+    """A shipped policy with absolute paths and ``section__field=value`` changes (for small test windows)."""
+    document = yaml.safe_load(base.read_text())
+    for qi in document["schema"]["quasi_identifiers"].values():
         if "hierarchy" in qi:
-            qi["hierarchy"] = str((GDPR_POLICY.parent / qi["hierarchy"]).resolve())
-    document["collection"]["erasure_list"] = str(
-        (GDPR_POLICY.parent / document["collection"]["erasure_list"]).resolve()
-    )
+            qi["hierarchy"] = str((base.parent / qi["hierarchy"]).resolve())
+    document["collection"]["erasure_list"] = str((base.parent / document["collection"]["erasure_list"]).resolve())
     for dotted, value in changes.items():
         section, field = dotted.split("__")
         document.setdefault(section, {})[field] = value

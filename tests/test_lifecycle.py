@@ -109,6 +109,28 @@ def test_lifecycle_on_postgresql_instance_storage(tmp_path: Path, landing_zone: 
     assert _evidence(workspace.home, window[-1])["decision"]["promoted"] is True
 
 
+def test_hipaa_safe_harbor_lifecycle(tmp_path: Path, landing_zone: Path) -> None:
+    """The HIPAA policy end to end: Safe Harbor de-identification, ZIP3 as a generalized quasi-identifier."""
+    from tests.support import HIPAA_POLICY
+
+    policy = write_policy(tmp_path, base=HIPAA_POLICY, evaluation__reference_models=1, **SMALL_WINDOW_OBJECTIVES)
+    workspace = graph_workspace(tmp_path / "home", landing_zone, policy)
+    window = days(TEST_FIRST_DAY, 14)
+    with instance_for_test() as instance:
+        assert workspace.run("requirements_job", instance).success
+        collected = workspace.collect(instance, window[0], window[-1])
+        assert collected.success
+        checklist = collected.asset_materializations_for_node("deidentified_records")[0].metadata
+        assert "HIPAA Safe Harbor identifier" in checklist["safe_harbor_checklist"].value
+        result = workspace.run("training_job", instance, partition_key=window[-1])
+        assert result.success, [e.message for e in result.all_events if e.is_failure]
+    released = pd.read_parquet(workspace.home / "assets" / "anonymized_records" / f"{window[-1]}.parquet")
+    assert "record_id" not in released.columns and "event_date" not in released.columns
+    assert released["zip"].astype(str).str.fullmatch(r"\d{3}|\d{2}\*|\d\*\*|\*").all()
+    evidence = _evidence(workspace.home, window[-1])
+    assert evidence["policy"]["regulation"] == "HIPAA" and evidence["decision"]["promoted"] is True
+
+
 def _overfit_non_private_model():  # type: ignore[no-untyped-def]
     """A stand-in for a broken training stage: a wide non-private MLP trained to memorise, claiming DP anyway."""
     from ppml.deployment import register_version
