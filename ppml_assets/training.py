@@ -1,7 +1,7 @@
 """Steps 4–5: accountable DP training, the non-private baseline, and the remaining privacy budget."""
 
 import pandas as pd
-from dagster import AssetExecutionContext, MetadataValue, asset
+from dagster import AssetCheckResult, AssetCheckSeverity, AssetExecutionContext, MetadataValue, asset, asset_check
 
 from ppml.deployment import register_version
 from ppml.evaluation import utility_report
@@ -266,3 +266,15 @@ def privacy_budget(context: AssetExecutionContext, policy: PolicyResource, ledge
         "remaining_epsilon": remaining,
         "near_exhaustion": near_exhaustion,
     }
+
+
+@asset_check(asset=privacy_budget, partitions_def=daily_partitions)
+def budget_not_near_exhaustion(privacy_budget: dict) -> AssetCheckResult:
+    """A warning (not a gate) when less than a fifth of the lifetime budget is left: the next retrainings will be
+    refused, so the data protection officer should plan (new data, a lower per-run epsilon, or a budget review)."""
+    return AssetCheckResult(
+        passed=not privacy_budget["near_exhaustion"],
+        severity=AssetCheckSeverity.WARN,
+        description=f"{privacy_budget['remaining_epsilon']:.3f} lifetime epsilon left",
+        metadata={"remaining_epsilon": float(privacy_budget["remaining_epsilon"])},
+    )

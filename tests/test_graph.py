@@ -149,3 +149,14 @@ def run_lifecycle(workspace, instance: DagsterInstance, window: list[str], **kwa
     assert workspace.run("requirements_job", instance).success
     assert workspace.collect(instance, window[0], window[-1]).success
     return workspace.run("training_job", instance, partition_key=window[-1], **kwargs)
+
+
+def test_budget_warning_is_a_warning_not_a_gate() -> None:
+    from dagster import AssetCheckSeverity
+
+    from ppml_assets.training import budget_not_near_exhaustion
+
+    spec = next(iter(budget_not_near_exhaustion.check_specs))
+    assert not spec.blocking
+    result = budget_not_near_exhaustion(privacy_budget={"near_exhaustion": True, "remaining_epsilon": 0.4})
+    assert result.passed is False and result.severity == AssetCheckSeverity.WARN

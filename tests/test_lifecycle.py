@@ -124,6 +124,8 @@ def test_hipaa_safe_harbor_lifecycle(tmp_path: Path, landing_zone: Path) -> None
         assert "HIPAA Safe Harbor identifier" in checklist["safe_harbor_checklist"].value
         result = workspace.run("training_job", instance, partition_key=window[-1])
         assert result.success, [e.message for e in result.all_events if e.is_failure]
+        warnings = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+        assert warnings["budget_not_near_exhaustion"] is True
     released = pd.read_parquet(workspace.home / "assets" / "anonymized_records" / f"{window[-1]}.parquet")
     assert "record_id" not in released.columns and "event_date" not in released.columns
     assert released["zip"].astype(str).str.fullmatch(r"\d{3}|\d{2}\*|\d\*\*|\*").all()
