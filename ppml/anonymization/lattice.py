@@ -39,6 +39,8 @@ __all__ = ["Assessment", "ClassTable", "Problem", "SearchOutcome", "heuristic_se
 CACHE_CELLS = 40_000_000  # upper bound on cached class-table cells (about 320 MB of int64)
 HEURISTIC_CHECKS = 300  # transformations the heuristic's best-first phase may check before giving up on a proof
 JOIN_TABLE_SIZE = 5_000  # climbs head for cached nodes whose class table is at most this large
+#: below this many nodes of unknown status, a node is checked directly instead of climbing from it (see search)
+DIRECT_OPEN = 200
 _NEVER = np.iinfo(np.int64).max  # size of an evicted cache slot: never chosen as a source
 
 
@@ -191,6 +193,69 @@ class Problem:
             result.append(per_level)
         return result
 
+    def pair_suppression(self, source: ClassTable) -> list[tuple[int, int, np.ndarray]]:
+        """Per pair of attributes and pair of levels: records that every node with those levels must suppress.
+
+        The two-attribute version of :meth:`marginal_suppression`, for k-anonymity (part of every configuration):
+        a class never holds more records than its pair of values, so records whose generalized pair has fewer than
+        k records are suppressed by every node with those two levels. On Adult at k=5 without suppression this
+        rejects all but about a hundred of the 12,960 nodes without computing any class table, where single
+        attributes reject half. ``source`` is a table at or below every node of interest (the floor); levels below
+        it get 0. Returns ``(i, j, counts)`` with ``counts`` of shape (h_i, h_j); pairs whose dense histogram would
+        be large are skipped (the filter is only an accelerator).
+        """
+        k = self.k_model.k
+        if k <= 1:
+            return []
+        d = len(self.attributes)
+        limit = max(4 * source.size, 4096)
+        # Per attribute: boundaries of the groups of each level >= the source's, in the source level's codes
+        # (labels are numbered in tree order, so each group is a contiguous run of codes), for np.add.reduceat
+        # over all levels at once; each level's block ends with an empty group so that blocks do not mix.
+        groups: list[tuple[np.ndarray, np.ndarray] | None] = []
+        for i, attribute in enumerate(self.attributes):
+            start = int(source.levels[i])
+            card = attribute.cardinality(start)
+            starts, blocks, position = [], [], 0
+            monotone = True
+            for level in range(start, attribute.height):
+                mapping = attribute.up[start][level]
+                assert mapping is not None
+                if card > 1 and bool((np.diff(mapping) < 0).any()):
+                    monotone = False
+                    break
+                first = np.flatnonzero(np.diff(mapping, prepend=-1))
+                starts.append(first)
+                starts.append(np.array([card]))
+                blocks.append(position)
+                position += len(first) + 1
+            groups.append((np.concatenate(starts), np.array(blocks)) if monotone else None)
+        counts = source.counts.astype(np.float64)
+        result = []
+        for i in range(d):
+            gi = groups[i]
+            if gi is None:
+                continue
+            ci = self.attributes[i].cardinality(int(source.levels[i]))
+            for j in range(i + 1, d):
+                gj = groups[j]
+                if gj is None:
+                    continue
+                cj = self.attributes[j].cardinality(int(source.levels[j]))
+                if (ci + 1) * (cj + 1) > limit:
+                    continue
+                dense = np.zeros((ci + 1, cj + 1))
+                dense[:ci, :cj] = np.bincount(
+                    source.codes[i] * cj + source.codes[j], weights=counts, minlength=ci * cj
+                ).reshape(ci, cj)
+                cells = np.add.reduceat(np.add.reduceat(dense, gi[0], axis=0), gj[0], axis=1)
+                small = np.where(cells < k, cells, 0.0)
+                forced = np.add.reduceat(np.add.reduceat(small, gi[1], axis=0), gj[1], axis=1)
+                grid = np.zeros((self.attributes[i].height, self.attributes[j].height), dtype=np.int64)
+                grid[int(source.levels[i]) :, int(source.levels[j]) :] = np.rint(forced).astype(np.int64)
+                result.append((i, j, grid))
+        return result
+
     def assess(self, table: ClassTable, full: bool = True) -> Assessment:
         """Which classes violate the models, and whether the node is accepted within the suppression limit."""
         counts = table.counts
@@ -314,20 +379,42 @@ def optimal_search(problem: Problem, metric) -> SearchOutcome:
     d = len(heights)
     nodes = all_nodes(heights)
     total = len(nodes)
-    bounds = metric.lower_bounds(nodes)
-    height_sum = nodes.sum(axis=1)
-    order = np.lexsort((height_sum,)) if bounds is None else np.lexsort((height_sum, bounds))
     monotone = is_monotone(problem.l_models, problem.t_models, problem.max_outliers)
     metric_monotone = problem.max_outliers == 0  # no suppression: generalizing never improves any metric
     extend_rejections = monotone and problem.max_outliers == 0
     # monotone-part status: 1 holds, -1 fails (propagated down), 0 unknown; shaped like the lattice
     mono = np.zeros(total, dtype=np.int8)
     mono_view = mono.reshape(heights)
-    forced = np.zeros(total, dtype=np.int64)
+    # Pre-filters: nodes with an attribute level (or a pair of levels) whose values alone force more suppression
+    # than allowed are rejected without computing their classes.
+    forced = np.zeros(heights, dtype=bool)
     marginal = problem.marginal_suppression()
     for i, per_level in enumerate(marginal):
-        forced = np.maximum(forced, per_level[nodes[:, i]])
-    mono[forced > problem.max_outliers] = -1
+        shape = [1] * d
+        shape[i] = heights[i]
+        forced |= (per_level > problem.max_outliers).reshape(shape)
+    floor = _floor(marginal, problem.max_outliers)
+    floor_table = problem.base
+    if floor is not None and floor.any():
+        floor_table = problem.rollup(problem.base, floor)
+    if floor is not None:
+        for i, j, grid in problem.pair_suppression(floor_table):
+            shape = [1] * d
+            shape[i], shape[j] = heights[i], heights[j]
+            forced |= (grid > problem.max_outliers).reshape(shape)
+    mono[forced.reshape(-1)] = -1
+    # Only nodes the pre-filters left open are ever visited: order just those by (bound, lattice level, index).
+    candidates = np.flatnonzero(mono != -1)
+    candidate_nodes = nodes[candidates]
+    height_sum = candidate_nodes.sum(axis=1)
+    candidate_bounds = metric.lower_bounds(candidate_nodes)
+    if candidate_bounds is None:
+        bounds = None
+        order = candidates[np.lexsort((height_sum,))]
+    else:
+        bounds = np.full(total, math.inf)
+        bounds[candidates] = candidate_bounds
+        order = candidates[np.lexsort((height_sum, candidate_bounds))]
     # full status: 1 accepted, -1 rejected, 2 dominated (cannot be better than an accepted node below it)
     full = np.zeros(total, dtype=np.int8)
     full_view = full.reshape(heights)
@@ -338,9 +425,8 @@ def optimal_search(problem: Problem, metric) -> SearchOutcome:
     values: dict[int, float] = {}
     best_index, best_value = -1, math.inf
 
-    floor = _floor(marginal, problem.max_outliers)
-    if floor is not None and floor.any():
-        cache.add_source(problem.rollup(problem.base, floor))
+    if floor_table is not problem.base:
+        cache.add_source(floor_table)
     down_slices = [slice(0, level + 1) for level in range(max(heights))]
     up_slices = [slice(level, None) for level in range(max(heights))]
 
@@ -439,7 +525,7 @@ def optimal_search(problem: Problem, metric) -> SearchOutcome:
                             break
 
     position = 0
-    while position < total:
+    while position < len(order):
         chunk = order[position : position + 512]
         open_mask = (mono[chunk] != -1) & (full[chunk] != -1) & (full[chunk] != 2)
         hits = np.flatnonzero(open_mask)
@@ -454,7 +540,10 @@ def optimal_search(problem: Problem, metric) -> SearchOutcome:
         if metric.class_bound is not None and best_index >= 0 and cache.dominated(nodes[index], best_value):
             full[index] = 2
             continue
-        if mono[index] == 0:
+        # While many nodes are open, a climb classifies large regions with few checks; once the pre-filters or
+        # earlier checks have left few (Adult without suppression: under 200 of 12,960), checking the node itself
+        # is cheaper than probing a path above it, most of whose nodes are accepted and tell nothing new.
+        if mono[index] == 0 and np.count_nonzero(mono == 0) > DIRECT_OPEN:
             climb(index)
             if mono[index] == -1:
                 continue

@@ -18,6 +18,7 @@ from ppml.anonymization import (
     LDiversity,
     TCloseness,
     anonymize,
+    lattice,
     verify_release,
 )
 from ppml.anonymization._kernels import HAVE_NUMBA, group_rollup_numpy, kernels
@@ -204,3 +205,57 @@ def test_kernel_selection(monkeypatch: pytest.MonkeyPatch) -> None:
     assert kernels(float("inf"))[0] is group_rollup_numpy
     monkeypatch.setenv("PPML_ANONYMIZATION_JIT", "on")
     assert (kernels(0.0)[0] is not group_rollup_numpy) == HAVE_NUMBA
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(problems())
+def test_pair_prefilter_counts_forced_suppression(problem: tuple[pd.DataFrame, AnonymizationConfig]) -> None:
+    """The pairwise pre-filter's counts are exactly the records in too-small pair classes, a floor for every node."""
+    df, config = problem
+    try:
+        encoded = build_problem(df, config)
+    except PPMLError:
+        return
+    problem_ = encoded.problem
+    source = problem_.base
+    k = problem_.k_model.k
+    d = len(problem_.attributes)
+    assert len(problem_.pair_suppression(source)) == (d * (d - 1) // 2 if k > 1 else 0)
+    for i, j, grid in problem_.pair_suppression(source):
+        a, b = problem_.attributes[i], problem_.attributes[j]
+        assert grid.shape == (a.height, b.height)
+        for level_i in range(a.height):
+            for level_j in range(b.height):
+                pair = pd.DataFrame(
+                    {
+                        "i": a.leaf_to_level[level_i][encoded.row_codes[i]],
+                        "j": b.leaf_to_level[level_j][encoded.row_codes[j]],
+                    }
+                )
+                sizes = pair.groupby(["i", "j"]).size()
+                assert grid[level_i, level_j] == int(sizes[sizes < k].sum())
+    cache = _TableCache(problem_)
+    for levels in all_nodes(problem_.heights):
+        counts = cache.get(levels).counts
+        suppressed = int(counts[problem_.k_model.violations(counts)].sum())
+        for i, j, grid in problem_.pair_suppression(source):
+            assert grid[levels[i], levels[j]] <= suppressed
+
+
+@pytest.mark.parametrize("direct_open", [0, 10**9])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(problem=problems())
+def test_climbing_and_direct_checks_find_the_optimum(
+    direct_open: int, problem: tuple[pd.DataFrame, AnonymizationConfig]
+) -> None:
+    """Both ways of deciding a node's status (climb with binary search, or check it directly) are exact."""
+    df, config = problem
+    best = exhaustive_optimum(df, config)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(lattice, "DIRECT_OPEN", direct_open)
+        try:
+            result = anonymize(df, config)
+        except PPMLError:
+            assert best == math.inf
+            return
+    assert result.quality["value"] == pytest.approx(best, rel=1e-12, abs=1e-12)
