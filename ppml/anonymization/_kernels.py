@@ -20,7 +20,7 @@ import pandas as pd
 HAVE_NUMBA = importlib.util.find_spec("numba") is not None
 #: distinct QI tuples x transformations from which compiling repays loading the kernels (about 0.5 s)
 COMPILE_WORTH_IT = 2e9
-_compiled: tuple[Callable, Callable] | None = None
+_compiled: tuple[Callable, Callable, Callable] | None = None
 _warm = False
 
 __all__ = ["HAVE_NUMBA", "kernels", "warm_up"]
@@ -133,7 +133,36 @@ def _sum_rows_loop(values: np.ndarray, inverse: np.ndarray, groups: int) -> np.n
     return out
 
 
-def _load() -> tuple[Callable, Callable]:
+def _pair_histograms_python(
+    codes: np.ndarray, counts: np.ndarray, first: np.ndarray, second: np.ndarray, widths: np.ndarray, starts: np.ndarray
+) -> np.ndarray:
+    """Record counts of every pair of codes for the attribute pairs (first[p], second[p]), concatenated: pair p's
+    dense (rows x widths[p]) histogram, row-major, starts at starts[p]; starts[-1] is the total length."""
+    out = np.zeros(int(starts[-1]), dtype=np.int64)
+    weights = counts.astype(np.float64)
+    for p in range(len(first)):
+        size = int(starts[p + 1] - starts[p])
+        key = codes[first[p]] * widths[p] + codes[second[p]]
+        out[starts[p] : starts[p + 1]] = np.bincount(key, weights=weights, minlength=size).astype(np.int64)
+    return out
+
+
+def _pair_histograms_loop(
+    codes: np.ndarray, counts: np.ndarray, first: np.ndarray, second: np.ndarray, widths: np.ndarray, starts: np.ndarray
+) -> np.ndarray:  # pragma: no cover - compiled by numba
+    d, c = codes.shape
+    out = np.zeros(starts[-1], dtype=np.int64)
+    row = np.empty(d, dtype=np.int64)
+    for r in range(c):
+        for i in range(d):
+            row[i] = codes[i, r]
+        weight = counts[r]
+        for p in range(first.shape[0]):
+            out[starts[p] + row[first[p]] * widths[p] + row[second[p]]] += weight
+    return out
+
+
+def _load() -> tuple[Callable, Callable, Callable]:
     global _compiled
     if _compiled is None:
         import numba
@@ -141,6 +170,7 @@ def _load() -> tuple[Callable, Callable]:
         _compiled = (
             numba.njit(cache=True, nogil=True)(_group_rollup_loop),
             numba.njit(cache=True, nogil=True)(_sum_rows_loop),
+            numba.njit(cache=True, nogil=True)(_pair_histograms_loop),
         )
     return _compiled
 
@@ -155,21 +185,24 @@ def warm_up() -> bool:
     if not HAVE_NUMBA or _mode() == "off":
         return False
     if not _warm:
-        group, rows = _load()
+        group, rows, pairs = _load()
         one = np.ones(1, dtype=np.int64)
         group(np.zeros((1, 2), np.int64), np.zeros(1, np.int64), -one, one, np.ones(2, np.int64), one)
         rows(np.zeros((2, 1), np.int64), np.zeros(2, np.int64), 1)
+        zero = np.zeros(1, dtype=np.int64)
+        pairs(np.zeros((2, 1), np.int64), one, zero, one, one, np.array([0, 1], np.int64))
         _warm = True
     return True
 
 
-def kernels(work: float) -> tuple[Callable, Callable]:
-    """(group_rollup, sum_rows) for a problem of ``work`` = distinct QI tuples x transformations."""
+def kernels(work: float) -> tuple[Callable, Callable, Callable]:
+    """(group_rollup, sum_rows, pair_histograms) for a problem of ``work`` = distinct QI tuples x transformations."""
     mode = _mode()
     if HAVE_NUMBA and mode != "off" and (mode == "on" or _warm or work >= COMPILE_WORTH_IT) and warm_up():
         return _load()
-    return _group_rollup_python, _sum_rows_python
+    return _group_rollup_python, _sum_rows_python, _pair_histograms_python
 
 
 group_rollup_numpy = _group_rollup_python
 sum_rows_numpy = _sum_rows_python
+pair_histograms_numpy = _pair_histograms_python

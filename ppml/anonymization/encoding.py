@@ -7,6 +7,8 @@ code. All later work (grouping, roll-up, metrics) runs on these integer codes.
 
 from __future__ import annotations
 
+import dataclasses
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,6 +35,10 @@ class EncodedAttribute:
     lookup: dict[str, int]  # original value -> level-0 code
     leaf_values: pa.Array | None = None  # the level-0 values, for vectorized lookups with Arrow
     leaf_value_codes: np.ndarray | None = None  # code of each entry of ``leaf_values``
+    #: per level: the labels as strings in Arrow and the level-0 code -> code map as int32 (for the release)
+    label_arrays: list[pa.Array] = dataclasses.field(default_factory=list)
+    leaf_to_level32: list[np.ndarray] = dataclasses.field(default_factory=list)
+    _groups: dict[int, tuple[np.ndarray, np.ndarray]] = dataclasses.field(default_factory=dict, repr=False)
 
     @property
     def height(self) -> int:
@@ -43,6 +49,37 @@ class EncodedAttribute:
 
     @classmethod
     def build(cls, name: str, hierarchy: Hierarchy) -> EncodedAttribute:
+        """Encode a hierarchy; cached per (immutable) hierarchy, since repeated runs reuse their configuration."""
+        cached = _ENCODED.get(hierarchy)
+        if cached is None:
+            cached = cls._encode(name, hierarchy)
+            _ENCODED[hierarchy] = cached
+        return cached if cached.name == name else dataclasses.replace(cached, name=name)
+
+    def level_groups(self, start: int) -> tuple[np.ndarray, np.ndarray]:
+        """Codes at ``start`` grouped by every level from ``start`` up, for ``np.add.reduceat`` over all at once.
+
+        Labels are numbered in tree order, so each label's descendants at ``start`` are a contiguous run of codes.
+        Returns the run starts of all levels concatenated, each level's runs followed by the index one past the
+        last code (an empty row appended by the caller keeps the levels apart), and where each level's rows begin.
+        """
+        cached = self._groups.get(start)
+        if cached is None:
+            card = self.cardinality(start)
+            starts, blocks, position = [], [], 0
+            for level in range(start, self.height):
+                mapping = self.up[start][level]
+                assert mapping is not None
+                first = np.flatnonzero(np.diff(mapping, prepend=-1))
+                starts += [first, np.array([card])]
+                blocks.append(position)
+                position += len(first) + 1
+            cached = (np.concatenate(starts), np.array(blocks))
+            self._groups[start] = cached
+        return cached
+
+    @classmethod
+    def _encode(cls, name: str, hierarchy: Hierarchy) -> EncodedAttribute:
         rows = hierarchy.rows
         height = hierarchy.height
         order = sorted(range(len(rows)), key=lambda r: tuple(reversed(rows[r])))
@@ -72,7 +109,28 @@ class EncodedAttribute:
         lookup = {rows[r][0]: int(leaf_codes[position]) for position, r in enumerate(order)}
         leaf_values = pa.array(list(lookup), pa.large_string())
         leaf_value_codes = np.fromiter(lookup.values(), dtype=np.int64, count=len(lookup))
-        return cls(name, hierarchy, labels, share_counts, leaf_to_level, up, lookup, leaf_values, leaf_value_codes)
+        for array in [*labels, *share_counts, *leaf_to_level, *(m for row in up for m in row if m is not None)]:
+            array.setflags(write=False)  # shared by every run that uses this hierarchy
+        leaf_value_codes.setflags(write=False)
+        label_arrays = [pa.array([str(label) for label in level_labels], pa.large_string()) for level_labels in labels]
+        leaf_to_level32 = [mapping.astype(np.int32) for mapping in leaf_to_level]
+        return cls(
+            name,
+            hierarchy,
+            labels,
+            share_counts,
+            leaf_to_level,
+            up,
+            lookup,
+            leaf_values,
+            leaf_value_codes,
+            label_arrays,
+            leaf_to_level32,
+        )
+
+
+#: encodings of the hierarchies in use (a hierarchy is immutable; its encoding is dropped with it)
+_ENCODED: weakref.WeakKeyDictionary[Hierarchy, EncodedAttribute] = weakref.WeakKeyDictionary()
 
 
 def encode_column(values: pd.Series, attribute: EncodedAttribute, source: str) -> np.ndarray:

@@ -287,7 +287,13 @@ def anonymize(df: pd.DataFrame, config: AnonymizationConfig) -> AnonymizationRes
             "hierarchies"
         )
     levels = np.array(outcome.levels, dtype=np.int64)
-    table, class_of_base = classify(problem, levels)
+    # The search's table of the result serves when nothing is suppressed (every record is kept); otherwise the
+    # records' classes are needed, from a roll-up of the base table.
+    class_of_base: np.ndarray | None = None
+    if outcome.table is not None and problem.assess(outcome.table).suppressed_records == 0:
+        table = outcome.table
+    else:
+        table, class_of_base = classify(problem, levels)
     assessment = problem.assess(table)
     if not assessment.accepted:  # defensive: the release must never be weaker than the configuration
         raise PPMLError(
@@ -295,7 +301,10 @@ def anonymize(df: pd.DataFrame, config: AnonymizationConfig) -> AnonymizationRes
             f"({assessment.suppressed_records} records would be suppressed); fix: report this engine bug"
         )
     keep_class = ~assessment.suppressed
-    keep_rows = keep_class[class_of_base[encoded.row_to_base]]
+    if class_of_base is None:
+        keep_rows = np.ones(problem.n, dtype=bool)
+    else:
+        keep_rows = keep_class[class_of_base[encoded.row_to_base]]
     released = _release(df, encoded, levels, keep_rows)
     kept_sizes = table.counts[keep_class]
     quality: dict[str, Any] = {"metric": config.metric, "value": float(outcome.value)}
@@ -340,7 +349,6 @@ def _release(df: pd.DataFrame, encoded: _Encoded, levels: np.ndarray, keep_rows:
         if level == 0:
             continue
         codes = encoded.row_codes[i] if everything else encoded.row_codes[i][keep_rows]
-        labels = pa.array([str(label) for label in attribute.labels[level]], pa.large_string())
-        taken = pc.take(labels, pa.array(attribute.leaf_to_level[level][codes]))
+        taken = pc.take(attribute.label_arrays[level], pa.array(attribute.leaf_to_level32[level][codes]))
         out[attribute.name] = pd.array(taken, dtype="str")
     return out.reset_index(drop=True)

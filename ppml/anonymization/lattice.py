@@ -77,6 +77,7 @@ class SearchOutcome:
     checked: int
     heuristic: bool
     lattice_size: int
+    table: ClassTable | None = None  # the result's class table when the search still holds it
 
 
 @dataclass
@@ -109,7 +110,9 @@ class Problem:
 
     def choose_kernels(self, checks_per_node: float = 1.0) -> None:
         """Compiled or numpy roll-up, by the expected work (searches without a separable bound check more)."""
-        self._group, self._sum_rows = kernels(float(self.base.size) * self.lattice_size * checks_per_node)
+        self._group, self._sum_rows, self._pair_histograms = kernels(
+            float(self.base.size) * self.lattice_size * checks_per_node
+        )
 
     def __post_init__(self) -> None:
         self.choose_kernels()
@@ -142,6 +145,16 @@ class Problem:
                     self._offset_table[i, a, b] = self._offsets[i][a][b]
         self._log_cards = np.log2(np.maximum(self._card_table, 2))
         self._rows = np.arange(d)
+        self._leaf_counts: list[np.ndarray] | None = None
+
+    def leaf_counts(self) -> list[np.ndarray]:
+        """Per attribute: records per level-0 code (float64), shared by the pre-filter and the metrics."""
+        if self._leaf_counts is None:
+            self._leaf_counts = [
+                np.bincount(self.base.codes[i], weights=self.base.counts, minlength=attribute.cardinality(0))
+                for i, attribute in enumerate(self.attributes)
+            ]
+        return self._leaf_counts
 
     def rollup_with_index(self, source: ClassTable, levels: np.ndarray) -> tuple[ClassTable, np.ndarray | None]:
         """Class table of ``levels`` and, per source class, the index of its new class (None: unchanged)."""
@@ -176,7 +189,7 @@ class Problem:
         distinct = [m for m in self.l_models if m.monotone_with_suppression()]
         result = []
         for i, attribute in enumerate(self.attributes):
-            leaf_counts = np.bincount(self.base.codes[i], weights=self.base.counts, minlength=attribute.cardinality(0))
+            leaf_counts = self.leaf_counts()[i]
             leaf_hists = []
             for model in distinct:
                 hist = self.base.hists[self.sensitive_names.index(model.attribute)]
@@ -209,51 +222,29 @@ class Problem:
             return []
         d = len(self.attributes)
         limit = max(4 * source.size, 4096)
-        # Per attribute: boundaries of the groups of each level >= the source's, in the source level's codes
-        # (labels are numbered in tree order, so each group is a contiguous run of codes), for np.add.reduceat
-        # over all levels at once; each level's block ends with an empty group so that blocks do not mix.
-        groups: list[tuple[np.ndarray, np.ndarray] | None] = []
-        for i, attribute in enumerate(self.attributes):
-            start = int(source.levels[i])
-            card = attribute.cardinality(start)
-            starts, blocks, position = [], [], 0
-            monotone = True
-            for level in range(start, attribute.height):
-                mapping = attribute.up[start][level]
-                assert mapping is not None
-                if card > 1 and bool((np.diff(mapping) < 0).any()):
-                    monotone = False
-                    break
-                first = np.flatnonzero(np.diff(mapping, prepend=-1))
-                starts.append(first)
-                starts.append(np.array([card]))
-                blocks.append(position)
-                position += len(first) + 1
-            groups.append((np.concatenate(starts), np.array(blocks)) if monotone else None)
-        counts = source.counts.astype(np.float64)
+        groups = [a.level_groups(int(level)) for a, level in zip(self.attributes, source.levels, strict=True)]
+        cards = [a.cardinality(int(level)) for a, level in zip(self.attributes, source.levels, strict=True)]
+        pairs = [(i, j) for i in range(d) for j in range(i + 1, d) if (cards[i] + 1) * (cards[j] + 1) <= limit]
+        if not pairs:
+            return []
+        first = np.array([i for i, _ in pairs], dtype=np.int64)
+        second = np.array([j for _, j in pairs], dtype=np.int64)
+        widths = np.array([cards[j] for _, j in pairs], dtype=np.int64)
+        starts = np.concatenate([[0], np.cumsum([cards[i] * cards[j] for i, j in pairs])]).astype(np.int64)
+        histograms = self._pair_histograms(
+            np.ascontiguousarray(source.codes), np.ascontiguousarray(source.counts), first, second, widths, starts
+        )
         result = []
-        for i in range(d):
-            gi = groups[i]
-            if gi is None:
-                continue
-            ci = self.attributes[i].cardinality(int(source.levels[i]))
-            for j in range(i + 1, d):
-                gj = groups[j]
-                if gj is None:
-                    continue
-                cj = self.attributes[j].cardinality(int(source.levels[j]))
-                if (ci + 1) * (cj + 1) > limit:
-                    continue
-                dense = np.zeros((ci + 1, cj + 1))
-                dense[:ci, :cj] = np.bincount(
-                    source.codes[i] * cj + source.codes[j], weights=counts, minlength=ci * cj
-                ).reshape(ci, cj)
-                cells = np.add.reduceat(np.add.reduceat(dense, gi[0], axis=0), gj[0], axis=1)
-                small = np.where(cells < k, cells, 0.0)
-                forced = np.add.reduceat(np.add.reduceat(small, gi[1], axis=0), gj[1], axis=1)
-                grid = np.zeros((self.attributes[i].height, self.attributes[j].height), dtype=np.int64)
-                grid[int(source.levels[i]) :, int(source.levels[j]) :] = np.rint(forced).astype(np.int64)
-                result.append((i, j, grid))
+        for p, (i, j) in enumerate(pairs):
+            gi, gj = groups[i], groups[j]
+            dense = np.zeros((cards[i] + 1, cards[j] + 1), dtype=np.int64)
+            dense[: cards[i], : cards[j]] = histograms[starts[p] : starts[p + 1]].reshape(cards[i], cards[j])
+            cells = np.add.reduceat(np.add.reduceat(dense, gi[0], axis=0), gj[0], axis=1)
+            small = np.where(cells < k, cells, 0)
+            forced = np.add.reduceat(np.add.reduceat(small, gi[1], axis=0), gj[1], axis=1)
+            grid = np.zeros((self.attributes[i].height, self.attributes[j].height), dtype=np.int64)
+            grid[int(source.levels[i]) :, int(source.levels[j]) :] = forced
+            result.append((i, j, grid))
         return result
 
     def assess(self, table: ClassTable, full: bool = True) -> Assessment:
@@ -338,6 +329,13 @@ class _TableCache:
         if table.levels.tobytes() not in self.index:
             self._add(table)
 
+    def cached(self, levels: tuple[int, ...] | None) -> ClassTable | None:
+        """The table of a node if it is still cached (the engine reuses the result's table)."""
+        if levels is None:
+            return None
+        slot = self.index.get(np.array(levels, dtype=np.int64).tobytes())
+        return None if slot is None else self.tables[slot]
+
     def get(self, levels: np.ndarray) -> ClassTable:
         key = levels.tobytes()
         self.requested.add(key)
@@ -389,19 +387,23 @@ def optimal_search(problem: Problem, metric) -> SearchOutcome:
     # than allowed are rejected without computing their classes.
     forced = np.zeros(heights, dtype=bool)
     marginal = problem.marginal_suppression()
-    for i, per_level in enumerate(marginal):
+    level_rejected = [per_level > problem.max_outliers for per_level in marginal]
+    for i, rejected in enumerate(level_rejected):
         shape = [1] * d
         shape[i] = heights[i]
-        forced |= (per_level > problem.max_outliers).reshape(shape)
+        forced |= rejected.reshape(shape)
     floor = _floor(marginal, problem.max_outliers)
     floor_table = problem.base
     if floor is not None and floor.any():
         floor_table = problem.rollup(problem.base, floor)
     if floor is not None:
         for i, j, grid in problem.pair_suppression(floor_table):
+            rejected = grid > problem.max_outliers
+            if not (rejected & ~level_rejected[i][:, None] & ~level_rejected[j][None, :]).any():
+                continue  # nothing beyond what single attributes reject
             shape = [1] * d
             shape[i], shape[j] = heights[i], heights[j]
-            forced |= (grid > problem.max_outliers).reshape(shape)
+            forced |= rejected.reshape(shape)
     mono[forced.reshape(-1)] = -1
     # Only nodes the pre-filters left open are ever visited: order just those by (bound, lattice level, index).
     candidates = np.flatnonzero(mono != -1)
@@ -560,7 +562,8 @@ def optimal_search(problem: Problem, metric) -> SearchOutcome:
             full[index] = 1
     if best_index < 0:
         return SearchOutcome(None, math.inf, len(cache.requested), False, total)
-    return SearchOutcome(tuple(int(x) for x in nodes[best_index]), best_value, len(cache.requested), False, total)
+    levels = tuple(int(x) for x in nodes[best_index])
+    return SearchOutcome(levels, best_value, len(cache.requested), False, total, cache.cached(levels))
 
 
 def heuristic_search(problem: Problem, metric, check_budget: int = HEURISTIC_CHECKS) -> SearchOutcome:
@@ -658,4 +661,6 @@ def heuristic_search(problem: Problem, metric, check_budget: int = HEURISTIC_CHE
                 seen.add(successor_key)
                 heapq.heappush(heap, (metric.bound(successor), int(successor.sum()), successor_key))
     levels_out = None if best_levels is None else tuple(int(x) for x in best_levels)
-    return SearchOutcome(levels_out, best_value, len(cache.requested), not completed, problem.lattice_size)
+    return SearchOutcome(
+        levels_out, best_value, len(cache.requested), not completed, problem.lattice_size, cache.cached(levels_out)
+    )

@@ -69,9 +69,7 @@ class LossMetric(QualityMetric):
         # Integer numerators: sum over records of count * (rows covered), per attribute and level.
         self.covered = []
         for i, attribute in enumerate(problem.attributes):
-            leaf_counts = np.bincount(
-                problem.base.codes[i], weights=problem.base.counts, minlength=attribute.cardinality(0)
-            )
+            leaf_counts = problem.leaf_counts()[i]
             per_level = []
             for level in range(attribute.height):
                 shares = attribute.share_counts[level][attribute.leaf_to_level[level]]
@@ -152,7 +150,7 @@ class EntropyMetric(QualityMetric):
         super().__init__(problem)
         self.level_cost = []  # per attribute, per level: bits summed over all records (ARX's "raw" entropy)
         for i, attribute in enumerate(problem.attributes):
-            leaf = np.bincount(problem.base.codes[i], weights=problem.base.counts, minlength=attribute.cardinality(0))
+            leaf = problem.leaf_counts()[i]
             costs = []
             present = leaf > 0
             for level in range(attribute.height):

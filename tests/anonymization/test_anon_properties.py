@@ -21,7 +21,7 @@ from ppml.anonymization import (
     lattice,
     verify_release,
 )
-from ppml.anonymization._kernels import HAVE_NUMBA, group_rollup_numpy, kernels
+from ppml.anonymization._kernels import HAVE_NUMBA, group_rollup_numpy, kernels, pair_histograms_numpy
 from ppml.anonymization.engine import build_problem
 from ppml.anonymization.lattice import _TableCache, all_nodes
 from ppml.anonymization.metrics import make_metric
@@ -259,3 +259,42 @@ def test_climbing_and_direct_checks_find_the_optimum(
             assert best == math.inf
             return
     assert result.quality["value"] == pytest.approx(best, rel=1e-12, abs=1e-12)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 300), st.lists(st.integers(1, 9), min_size=2, max_size=5), st.randoms(use_true_random=False))
+def test_compiled_and_numpy_pair_histograms_agree(rows: int, cards: list[int], rnd) -> None:
+    rng = np.random.default_rng(rnd.randint(0, 2**32 - 1))
+    codes = np.stack([rng.integers(0, c, rows) for c in cards]).astype(np.int64)
+    counts = rng.integers(1, 5, rows).astype(np.int64)
+    pairs = [(i, j) for i in range(len(cards)) for j in range(i + 1, len(cards))]
+    first = np.array([i for i, _ in pairs], dtype=np.int64)
+    second = np.array([j for _, j in pairs], dtype=np.int64)
+    widths = np.array([cards[j] for _, j in pairs], dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum([cards[i] * cards[j] for i, j in pairs])]).astype(np.int64)
+    compiled = kernels(float("inf"))[2](codes, counts, first, second, widths, starts)
+    plain = pair_histograms_numpy(codes, counts, first, second, widths, starts)
+    assert np.array_equal(compiled, plain)
+    i, j = pairs[-1]
+    expected = np.zeros((cards[i], cards[j]), dtype=np.int64)
+    np.add.at(expected, (codes[i], codes[j]), counts)
+    assert np.array_equal(plain[starts[-2] :].reshape(cards[i], cards[j]), expected)
+
+
+def test_labels_are_numbered_in_tree_order() -> None:
+    """The pairwise pre-filter sums contiguous runs of codes: every level map must be non-decreasing."""
+    from ppml.anonymization.datasets import adult_hierarchies
+    from ppml.anonymization.encoding import EncodedAttribute
+
+    built = [
+        HierarchySpec({"type": "interval", "widths": [5, 10, 20]}).build([str(v) for v in range(90, 0, -3)], "age"),
+        HierarchySpec({"type": "prefix", "keep": [3, 1]}).build(["94105", "02139", "10001", "02141"], "zip"),
+        COLOUR,
+        DIAGNOSIS,
+        *adult_hierarchies().values(),
+    ]
+    for hierarchy in built:
+        encoded = EncodedAttribute.build("x", hierarchy)
+        for a in range(encoded.height):
+            for b in range(a, encoded.height):
+                assert (np.diff(encoded.up[a][b]) >= 0).all()
