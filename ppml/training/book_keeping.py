@@ -8,110 +8,105 @@ re-weighted loss to form the clipped sum. Book-keeping keeps ("books") each Line
   ``g_i a_i^T``, so ``||G_i||_F^2 = ||g_i||^2 ||a_i||^2`` (the ghost-norm identity), plus ``||g_i||^2`` for the bias;
 * clip factor ``c_i = min(1, C / (||G_i|| + 1e-6))``, exactly Opacus' formula;
 * clipped sum: ``sum_i c_i g_i a_i^T = (c * g)^T a`` -- one matrix product, the same cost as the ordinary
-  weight gradient, which the backward pass therefore never computes (the custom autograd function returns no
-  weight gradient, only the input gradient needed to keep back-propagating).
+  weight gradient, which the backward pass therefore never computes (the layers run on detached weights, so
+  autograd only forms the input gradients needed to keep back-propagating).
 
-The result is written to ``p.grad``; Opacus' ``DPOptimizerFastGradientClipping`` (the optimizer that
-``make_private(grad_sample_mode="ghost")`` returns) then adds the Gaussian noise, scales by the expected batch
-size and calls the accountant, so noise, sampling and accounting stay Opacus' own. Tests check the clipped sum
+The result is written to ``p.grad`` (fresh tensors, or in place into buffers the training loop owns); the noise,
+the division by the expected batch size and the accountant step are then Opacus' ``DPOptimizerFastGradientClipping``
+(the optimizer ``make_private(grad_sample_mode="ghost")`` returns), or for single-process training
+``ppml.training.dp_sgd``'s lean replica of its step with the very same noise draws. Tests check the clipped sum
 against Opacus hooks and ghost clipping to 1e-5.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
-class _Tape:
-    """Per Linear layer of the current physical batch: activation, output gradient and their squared row norms."""
-
-    def __init__(self) -> None:
-        self.records: list[tuple[nn.Linear, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
-
-    def clear(self) -> None:
-        self.records.clear()
-
-
-class _BookKeepingLinear(torch.autograd.Function):
-    """Linear layer whose backward returns only the input gradient and books (activation, output gradient).
-
-    Row norms are taken where the data is hot in cache -- the activation's in the forward pass (or precomputed
-    per record for the input layer), the output gradient's as soon as autograd produces it -- because on CPU a
-    second sweep over these matrices costs more than the arithmetic."""
-
-    @staticmethod
-    def forward(
-        ctx: Any,
-        x: torch.Tensor,
-        weight: torch.Tensor,
-        bias: torch.Tensor | None,
-        layer: nn.Linear,
-        tape: _Tape,
-        x_sq_norms: torch.Tensor,
-    ) -> torch.Tensor:
-        ctx.save_for_backward(x, weight, x_sq_norms)
-        ctx.layer = layer
-        ctx.tape = tape
-        return F.linear(x, weight, bias)
-
-    @staticmethod
-    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None, None, None]:
-        x, weight, x_sq_norms = ctx.saved_tensors
-        g_sq_norms = torch.linalg.vector_norm(grad_output, dim=1).square_()
-        ctx.tape.records.append((ctx.layer, x, grad_output, x_sq_norms, g_sq_norms))
-        grad_input = grad_output @ weight if ctx.needs_input_grad[0] else None
-        return grad_input, None, None, None, None, None
-
-
 class BookKeepingClipper:
-    """Forward and single clipped backward for an ``nn.Sequential`` of Linear and parameter-free layers."""
+    """Forward and single clipped backward for an ``nn.Sequential`` of Linear and parameter-free layers.
+
+    Each Linear layer runs as ``F.linear`` on *detached* weight and bias, so autograd back-propagates through the
+    layer to its input but never forms the ordinary weight gradient (the clipped sum replaces it); the layer's
+    output keeps its gradient (``retain_grad``, or as a leaf for the first layer, whose input needs no gradient),
+    which is the ``g`` book-keeping needs. This is plain autograd, without a Python ``autograd.Function`` per
+    layer: on a small model that Python (twice per layer and step) cost as much as the layer's arithmetic.
+    Activation row norms are taken in the forward pass, where the data is hot (or precomputed per record for the
+    input layer)."""
 
     def __init__(self, model: nn.Sequential, max_grad_norm: float) -> None:
         self.model = model
         self.max_grad_norm = float(max_grad_norm)
-        self._tape = _Tape()
+        self._linear = [type(layer) is nn.Linear for layer in model]
+        # per Linear layer of the current physical batch: (layer, input activation, output, ||a||^2 [+ 1 for bias])
+        self._records: list[tuple[nn.Linear, torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self.last_norms: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor, input_sq_norms: torch.Tensor | None = None) -> torch.Tensor:
         """``input_sq_norms``: optional per-row ``||x||^2`` of ``x`` (precomputed once per data set)."""
-        self._tape.clear()
+        records = self._records
+        records.clear()
         out = x
-        for position, layer in enumerate(self.model):
-            if type(layer) is nn.Linear:
-                if position == 0 and input_sq_norms is not None:
-                    sq_norms = input_sq_norms
-                else:
-                    sq_norms = torch.linalg.vector_norm(out.detach(), dim=1).square_()
-                out = _BookKeepingLinear.apply(out, layer.weight, layer.bias, layer, self._tape, sq_norms)
-            else:
+        for position, (layer, linear) in enumerate(zip(self.model, self._linear, strict=True)):
+            if not linear:
                 out = layer(out)
+                continue
+            activation = out.detach()
+            if position == 0 and input_sq_norms is not None:
+                sq_norms = input_sq_norms + 1.0 if layer.bias is not None else input_sq_norms
+            else:
+                sq_norms = torch.linalg.vector_norm(activation, dim=1).square_()
+                if layer.bias is not None:
+                    sq_norms.add_(1.0)  # ||g||^2 (||a||^2 + 1): weight and bias of this layer at once
+            bias = layer.bias.detach() if layer.bias is not None else None
+            out = F.linear(out, layer.weight.detach(), bias)
+            if out.requires_grad:
+                out.retain_grad()
+            else:
+                out.requires_grad_()  # first layer: a leaf whose .grad is this layer's g
+            records.append((layer, activation, out, sq_norms))
         return out
 
-    def backward(self, loss_per_example: torch.Tensor) -> torch.Tensor:
+    def backward(self, loss_per_example: torch.Tensor, *, accumulate: bool | None = None) -> torch.Tensor:
         """Back-propagate ``sum(loss_i)`` once, then write ``sum_i c_i grad_i`` into each parameter's ``.grad``.
 
+        ``accumulate=None`` assigns fresh ``.grad`` tensors (what Opacus' optimizer expects). ``False`` / ``True``
+        write into the existing ``.grad`` buffers in place -- overwrite them, or add to them (the later physical
+        batches of one logical batch) -- so that a training loop that owns those buffers allocates nothing per step.
         Returns the per-example gradient norms before clipping (for diagnostics only; they are not private).
         """
         loss_per_example.sum().backward()
-        records = self._tape.records
+        records = self._records
+        grads = []
         squared: torch.Tensor | None = None
-        for layer, _, _, a2, g2 in records:
-            # ||g||^2 (||a||^2 + 1): weight and bias of this layer at once
-            factor = a2 + 1.0 if layer.bias is not None else a2
-            squared = g2 * factor if squared is None else squared.addcmul_(g2, factor)
+        for _, _, output, factor in records:
+            grad_output = output.grad
+            if grad_output is None:  # an empty batch, or a layer the loss does not depend on
+                grad_output = torch.zeros_like(output)
+            grads.append(grad_output)
+            g2 = torch.linalg.vector_norm(grad_output, dim=1).square_()
+            squared = g2.mul_(factor) if squared is None else squared.addcmul_(g2, factor)
         if squared is None:
             squared = torch.zeros(loss_per_example.shape[0], device=loss_per_example.device)
         norms = squared.sqrt_()
-        coefficient = torch.clamp(self.max_grad_norm / (norms + 1e-6), max=1.0)
-        for layer, activation, grad_output, _, _ in records:
-            coefficient_cast = coefficient.to(grad_output.dtype)
-            layer.weight.grad = torch.mm(grad_output.t() * coefficient_cast, activation)
-            if layer.bias is not None:
-                layer.bias.grad = coefficient_cast @ grad_output
-        self._tape.clear()
+        coefficient = (self.max_grad_norm / (norms + 1e-6)).clamp_(max=1.0)  # Opacus' formula, bit for bit
+        for (layer, activation, _, _), grad_output in zip(records, grads, strict=True):
+            c = coefficient if coefficient.dtype == grad_output.dtype else coefficient.to(grad_output.dtype)
+            scaled_t = grad_output.t() * c  # (out, batch): the clip factors folded into the smaller operand
+            if accumulate is None:
+                layer.weight.grad = torch.mm(scaled_t, activation)
+                if layer.bias is not None:
+                    layer.bias.grad = scaled_t.sum(dim=1)
+            elif accumulate:
+                layer.weight.grad.addmm_(scaled_t, activation)
+                if layer.bias is not None:
+                    layer.bias.grad.add_(scaled_t.sum(dim=1))
+            else:
+                torch.mm(scaled_t, activation, out=layer.weight.grad)
+                if layer.bias is not None:
+                    torch.sum(scaled_t, dim=1, out=layer.bias.grad)
+        records.clear()
         self.last_norms = norms
         return norms

@@ -44,6 +44,7 @@ from ppml.training.checkpoint import atomic_write_bytes, checkpoint_path, load_c
 from ppml.training.config import DPConfig, TrainingConfig, fingerprint
 from ppml.training.data import TabularSplit
 from ppml.training.models import build_model, make_private_compatible, resolve_device, supports_book_keeping
+from ppml.training.sampling import poisson_indices
 
 log = logging.getLogger(__name__)
 
@@ -319,9 +320,12 @@ def train_dp(
     if grad_sample_mode == "ghost":
         _use_lean_accumulate(dp_optimizer)
     bk = None
+    noisy_step = None
     if clipping == "bk":
-        dp_module.remove_hooks()  # the ghost hooks are replaced by book-keeping; the optimizer stays Opacus'
+        dp_module.remove_hooks()  # the ghost hooks are replaced by book-keeping; noise and accounting stay Opacus'
         bk = BookKeepingClipper(base_model, dp.max_grad_norm)
+        if world_size == 1 and not dp_optimizer.secure_mode:
+            noisy_step = _BookKeepingNoisyStep(dp_optimizer)
 
     state = _TrainingState()
     ckpt_file = checkpoint_path(checkpoint_dir) if checkpoint_dir is not None else None
@@ -355,6 +359,7 @@ def train_dp(
         criterion=dp_criterion,
         loader=dp_loader,
         bk=bk,
+        noisy_step=noisy_step,
         clipping=clipping,
         charged=charged,
         sampler_generator=sampler_generator,
@@ -423,6 +428,7 @@ class _LoopContext:
     criterion: Any
     loader: DataLoader
     bk: BookKeepingClipper | None
+    noisy_step: _BookKeepingNoisyStep | None
     clipping: str
     charged: Any
     sampler_generator: torch.Generator
@@ -501,6 +507,12 @@ class _LoopContext:
         self, features: torch.Tensor, labels: torch.Tensor, x_sq_norms: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Forward, clip per example, accumulate; the optimizer adds noise at the end of each logical batch."""
+        if self.noisy_step is not None and self.bk is not None:
+            logits = self.bk.forward(features, input_sq_norms=x_sq_norms)
+            loss_per_example = F.cross_entropy(logits, labels, reduction="none")
+            self.bk.backward(loss_per_example, accumulate=self.noisy_step.accumulating)
+            self.noisy_step.step()
+            return loss_per_example.detach().sum()
         if self.bk is not None:
             logits = self.bk.forward(features, input_sq_norms=x_sq_norms)
             loss_per_example = F.cross_entropy(logits, labels, reduction="none")
@@ -588,11 +600,24 @@ class IndexBatchMemoryManager(BatchMemoryManager):
 
     For a tabular model the per-step cost of Opacus' list-based path (``tolist``, ``np.array_split``, collating
     rows) is a large share of a step, so for the single-process Poisson sampler the same work is done on tensors:
-    the same draw (one ``torch.rand(n) < q`` per logical step from the loader's generator, exactly as
-    ``UniformWithReplacementSampler``), the same split (``torch.tensor_split`` == ``np.array_split``) and the same
-    ``signal_skip_step`` protocol with the DPOptimizer as ``BatchSplittingSampler``. A test checks that the index
-    sequences equal Opacus' own. Other samplers (distributed) use Opacus' path unchanged.
+    one Poisson draw per logical step from the loader's generator (``draw``: by default
+    :func:`~ppml.training.sampling.poisson_indices`, the same distribution over subsets as Opacus'
+    ``torch.rand(n) < q`` in O(batch) instead of O(n); :func:`~ppml.training.sampling.bernoulli_indices` is
+    Opacus' own draw), the same split (``torch.tensor_split`` == ``np.array_split``) and the same
+    ``signal_skip_step`` protocol with the DPOptimizer as ``BatchSplittingSampler``. A test checks that with
+    Opacus' draw the index sequences equal Opacus' own. Other samplers (distributed) use Opacus' path unchanged.
     """
+
+    def __init__(
+        self,
+        *,
+        data_loader: DataLoader,
+        max_physical_batch_size: int,
+        optimizer: Any,
+        draw: Callable[[int, float, torch.Generator], torch.Tensor] = poisson_indices,
+    ) -> None:
+        super().__init__(data_loader=data_loader, max_physical_batch_size=max_physical_batch_size, optimizer=optimizer)
+        self.draw = draw
 
     def __enter__(self) -> Iterator[torch.Tensor]:  # type: ignore[override]
         sampler = self.data_loader.batch_sampler
@@ -601,18 +626,18 @@ class IndexBatchMemoryManager(BatchMemoryManager):
         return (torch.as_tensor(indices, dtype=torch.long) for indices in super().__enter__().batch_sampler)
 
     def _tensor_batches(self, sampler: UniformWithReplacementSampler) -> Iterator[torch.Tensor]:
+        signal = self.optimizer.signal_skip_step
         for _ in range(sampler.steps):
-            mask = torch.rand(sampler.num_samples, generator=sampler.generator) < sampler.sample_rate
-            indices = mask.nonzero(as_tuple=False).reshape(-1)
-            if len(indices) == 0:
-                self.optimizer.signal_skip_step(do_skip=False)
+            indices = self.draw(sampler.num_samples, sampler.sample_rate, sampler.generator)
+            if len(indices) <= self.max_physical_batch_size:
+                signal(do_skip=False)
                 yield indices
                 continue
             parts = torch.tensor_split(indices, math.ceil(len(indices) / self.max_physical_batch_size))
             for part in parts[:-1]:
-                self.optimizer.signal_skip_step(do_skip=True)
+                signal(do_skip=True)
                 yield part
-            self.optimizer.signal_skip_step(do_skip=False)
+            signal(do_skip=False)
             yield parts[-1]
 
 
@@ -679,6 +704,61 @@ class _LeanAccumulate:
 def _use_lean_accumulate(optimizer: Any) -> None:
     base = type(optimizer)
     optimizer.__class__ = type(f"Lean{base.__name__}", (_LeanAccumulate, base), {})
+
+
+class _BookKeepingNoisyStep:
+    """``DPOptimizerFastGradientClipping.step`` for single-process book-keeping, minus its per-step bookkeeping.
+
+    Per physical batch Opacus' optimizer deep-copies ``p.grad`` into ``p.summed_grad`` (or adds it), pops the
+    skip signal, and at the end of a logical batch sets ``p.grad = summed + N(0, (sigma C)^2)`` drawn per parameter
+    from its noise generator, divides by the expected batch size, calls the step hook (the accountant) and steps
+    the wrapped optimizer; ``zero_grad`` then drops every buffer. For a small model that Python and the
+    allocations cost about as much as the arithmetic. Here book-keeping writes the clipped sums straight into
+    ``p.grad`` buffers allocated once (overwrite on a logical batch's first physical batch, add on the later
+    ones), and this class does the rest with the very same operations: the same skip queue, the same normal
+    draws (same generator, parameter order, shapes and std: the same numbers), the same division, the same hook
+    (so the accountant history, checkpoints and the ledger see exactly what Opacus' step records) and the same
+    wrapped-optimizer step. A test checks the weights equal those of the Opacus optimizer path.
+    """
+
+    def __init__(self, optimizer: Any) -> None:
+        self.optimizer = optimizer
+        self.params: list[nn.Parameter] = list(optimizer.params)
+        # One flat buffer for all clipped sums (p.grad are views of it) and one for the noise: the per-parameter
+        # draws land in views of the noise buffer, and adding and dividing are one operation each.
+        total = sum(p.numel() for p in self.params)
+        reference = self.params[0]
+        self._grads = torch.zeros(total, dtype=reference.dtype, device=reference.device)
+        self._noise = torch.empty_like(self._grads)
+        self._noise_views: list[torch.Tensor] = []
+        offset = 0
+        for p in self.params:
+            p.grad = self._grads[offset : offset + p.numel()].view_as(p)
+            self._noise_views.append(self._noise[offset : offset + p.numel()].view_as(p))
+            offset += p.numel()
+        self.accumulating = False  # True after a skipped (non-final) physical batch of a logical batch
+
+    def step(self) -> bool:
+        """Returns whether a noisy optimizer step was taken (False: the logical batch continues)."""
+        optimizer = self.optimizer
+        if optimizer._check_skip_next_step():
+            optimizer._is_last_step_skipped = True
+            self.accumulating = True
+            return False
+        std = optimizer.noise_multiplier * optimizer.max_grad_norm
+        if std != 0:  # Opacus adds zeros without drawing when std == 0
+            generator = optimizer.generator
+            for noise in self._noise_views:  # Opacus' order and shapes: the same numbers from the same generator
+                noise.normal_(0.0, std, generator=generator)
+            self._grads.add_(self._noise)
+        if optimizer.loss_reduction == "mean":
+            self._grads.div_(optimizer.expected_batch_size * optimizer.accumulated_iterations)
+        if optimizer.step_hook:
+            optimizer.step_hook(optimizer)
+        optimizer._is_last_step_skipped = False
+        optimizer.original_optimizer.step()
+        self.accumulating = False
+        return True
 
 
 def _override_hook(engine: PrivacyEngine, charged: Any, plan: DPPlan) -> Callable[[Any], None]:

@@ -76,13 +76,14 @@ def test_calibration_is_make_private_with_epsilon(splits) -> None:
 
 
 def test_index_batches_equal_opacus_batch_memory_manager() -> None:
-    """The tensor fast path draws and splits exactly like Opacus' Poisson sampler + BatchMemoryManager."""
+    """With Opacus' draw, the tensor path samples and splits exactly like Opacus' sampler + BatchMemoryManager."""
     from opacus.data_loader import DPDataLoader
     from opacus.optimizers import DPOptimizer
     from opacus.utils.batch_memory_manager import BatchMemoryManager
     from torch.utils.data import DataLoader, TensorDataset
 
     from ppml.training.dp_sgd import IndexBatchMemoryManager
+    from ppml.training.sampling import bernoulli_indices
 
     def run(manager_class):
         generator = torch.Generator().manual_seed(5)
@@ -93,7 +94,8 @@ def test_index_batches_equal_opacus_batch_memory_manager() -> None:
             torch.optim.SGD([parameter], lr=1.0), noise_multiplier=1.0, max_grad_norm=1.0, expected_batch_size=40
         )
         seen = []
-        with manager_class(data_loader=loader, max_physical_batch_size=16, optimizer=optimizer) as batches:
+        extra = {"draw": bernoulli_indices} if manager_class is IndexBatchMemoryManager else {}
+        with manager_class(data_loader=loader, max_physical_batch_size=16, optimizer=optimizer, **extra) as batches:
             source = batches.batch_sampler if manager_class is BatchMemoryManager else batches
             for indices in source:
                 seen.append((list(map(int, indices)), optimizer._check_skip_next_step()))
@@ -236,3 +238,21 @@ class TestBadInput:
             TrainingConfig(batch_size=0)
         with pytest.raises(PPMLError, match="hidden_sizes"):
             ModelSpec("mlp", ())
+
+
+def test_book_keeping_noisy_step_equals_opacus_optimizer_step(splits, monkeypatch) -> None:
+    """The lean book-keeping step (flat buffers, in-place accumulation over physical batches) adds the same noise,
+    scales, accounts and steps exactly like Opacus' DPOptimizerFastGradientClipping."""
+    from ppml.training import dp_sgd
+
+    train, _ = splits
+    config = dataclasses.replace(CONFIG, epochs=2)  # batch 200 split into physical batches of at most 64
+    for dp in (DP, dataclasses.replace(DP, noise_multiplier_override=0.0)):
+        lean = train_dp(train, config, dp)
+        with monkeypatch.context() as patch:
+            patch.setattr(dp_sgd, "_BookKeepingNoisyStep", lambda optimizer: None)
+            opacus = train_dp(train, config, dp)
+        for ours, theirs in zip(lean.module.parameters(), opacus.module.parameters(), strict=True):
+            torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=1e-5)
+        facts = [(m.steps, m.epsilon, m.epsilon_charged) for m in (lean, opacus)]
+        assert facts[0] == facts[1]
