@@ -133,8 +133,13 @@ class EncodedAttribute:
 _ENCODED: weakref.WeakKeyDictionary[Hierarchy, EncodedAttribute] = weakref.WeakKeyDictionary()
 
 
-def encode_column(values: pd.Series, attribute: EncodedAttribute, source: str) -> np.ndarray:
-    """Level-0 codes of a data column; a value missing from the hierarchy is an error naming both."""
+def encode_column(
+    values: pd.Series, attribute: EncodedAttribute, source: str, out: np.ndarray | None = None
+) -> np.ndarray:
+    """Level-0 codes (int64) of a data column; a value missing from the hierarchy is an error naming both.
+
+    ``out`` (int64, one per value) receives the codes without an intermediate copy; it is also returned.
+    """
     if attribute.leaf_values is not None and pd.api.types.is_string_dtype(values.dtype) and values.dtype != object:
         # Arrow-backed strings (pandas' default): one vectorized hash lookup against the hierarchy's values.
         array = (
@@ -143,7 +148,11 @@ def encode_column(values: pd.Series, attribute: EncodedAttribute, source: str) -
         index = pc.index_in(array, value_set=attribute.leaf_values)
         if index.null_count == 0:
             assert attribute.leaf_value_codes is not None
-            return attribute.leaf_value_codes[index.to_numpy(zero_copy_only=False)]
+            positions = index.to_numpy(zero_copy_only=False)
+            if out is None:
+                out = np.empty(len(positions), dtype=np.int64)
+            np.take(attribute.leaf_value_codes, positions, out=out, mode="clip")  # positions are valid
+            return out
     codes, uniques = pd.factorize(values, use_na_sentinel=True)
     keys = [str(v) for v in uniques]
     mapped = np.empty(len(keys) + 1, dtype=np.int64)
@@ -173,4 +182,7 @@ def encode_column(values: pd.Series, attribute: EncodedAttribute, source: str) -
             f"value {shown}{more} is not in the hierarchy {attribute.hierarchy.source}",
             f"add a row for it to the hierarchy of '{attribute.name}' or correct the data",
         )
-    return mapped[codes]
+    if out is None:
+        return mapped[codes]
+    np.take(mapped, codes, out=out)
+    return out

@@ -190,7 +190,9 @@ def build_problem(df: pd.DataFrame, config: AnonymizationConfig) -> _Encoded:
     attributes = _resolve(df, config)
     n = len(df)
     d = len(attributes)
-    row_codes = np.stack([encode_column(df[a.name], a, config.source) for a in attributes])
+    row_codes = np.empty((d, n), dtype=np.int64)
+    for i, attribute in enumerate(attributes):
+        encode_column(df[attribute.name], attribute, config.source, out=row_codes[i])
     cards = np.array([a.cardinality(0) for a in attributes], dtype=np.int64)
     if sum(math.log2(max(int(c), 2)) for c in cards) < 62:
         # group the records by their level-0 tuple with the roll-up's hash grouping

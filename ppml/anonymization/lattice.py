@@ -429,6 +429,12 @@ def optimal_search(problem: Problem, metric) -> SearchOutcome:
 
     if floor_table is not problem.base:
         cache.add_source(floor_table)
+    if len(candidates):
+        # Every node the search will check lies above the meet of the open nodes; when the pre-filters leave only
+        # high nodes open, its table is much smaller than the floor's and the first checks roll up from it.
+        meet = candidate_nodes.min(axis=0)
+        if (meet != floor_table.levels).any():
+            cache.add_source(problem.rollup(floor_table, meet))
     down_slices = [slice(0, level + 1) for level in range(max(heights))]
     up_slices = [slice(level, None) for level in range(max(heights))]
 
