@@ -41,6 +41,8 @@ HEURISTIC_CHECKS = 300  # transformations the heuristic's best-first phase may c
 JOIN_TABLE_SIZE = 5_000  # climbs head for cached nodes whose class table is at most this large
 #: below this many nodes of unknown status, a node is checked directly instead of climbing from it (see search)
 DIRECT_OPEN = 200
+#: the meet of this many first nodes in bound order is rolled up once as a source for the checks
+MEET_OF_FIRST = 32
 _NEVER = np.iinfo(np.int64).max  # size of an evicted cache slot: never chosen as a source
 
 
@@ -429,10 +431,10 @@ def optimal_search(problem: Problem, metric) -> SearchOutcome:
 
     if floor_table is not problem.base:
         cache.add_source(floor_table)
-    if len(candidates):
-        # Every node the search will check lies above the meet of the open nodes; when the pre-filters leave only
-        # high nodes open, its table is much smaller than the floor's and the first checks roll up from it.
-        meet = candidate_nodes.min(axis=0)
+    if len(order):
+        # The first nodes in bound order are checked first, from the smallest cached table below them; when the
+        # pre-filters leave only high nodes open, the table of their meet is much smaller than the floor's.
+        meet = nodes[order[:MEET_OF_FIRST]].min(axis=0)
         if (meet != floor_table.levels).any():
             cache.add_source(problem.rollup(floor_table, meet))
     down_slices = [slice(0, level + 1) for level in range(max(heights))]
