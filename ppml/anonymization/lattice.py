@@ -535,6 +535,7 @@ def optimal_search(problem: Problem, metric) -> SearchOutcome:
                             break
 
     position = 0
+    few_open = False
     while position < len(order):
         chunk = order[position : position + 512]
         open_mask = (mono[chunk] != -1) & (full[chunk] != -1) & (full[chunk] != 2)
@@ -552,8 +553,11 @@ def optimal_search(problem: Problem, metric) -> SearchOutcome:
             continue
         # While many nodes are open, a climb classifies large regions with few checks; once the pre-filters or
         # earlier checks have left few (Adult without suppression: under 200 of 12,960), checking the node itself
-        # is cheaper than probing a path above it, most of whose nodes are accepted and tell nothing new.
-        if mono[index] == 0 and np.count_nonzero(mono == 0) > DIRECT_OPEN:
+        # is cheaper than probing a path above it, most of whose nodes are accepted and tell nothing new. Open
+        # nodes only ever become fewer, so they are no longer counted once few.
+        if mono[index] == 0 and not few_open:
+            few_open = np.count_nonzero(mono == 0) <= DIRECT_OPEN
+        if mono[index] == 0 and not few_open:
             climb(index)
             if mono[index] == -1:
                 continue
