@@ -136,9 +136,10 @@ def evaluate_requirements(policy: Policy, evidence: dict[str, Any]) -> list[Verd
     verdicts.append(
         _at_most(
             "lifetime_budget",
-            ledger["spent_after"],
+            ledger.get("spent_all_runs", ledger["spent_after"]),
             privacy.lifetime_epsilon_budget,
-            f"spent before this run {ledger['spent_before']:.4f}; this run {ledger['charged']:.4f}",
+            f"spent before this run {ledger['spent_before']:.4f}; this model {ledger['charged']:.4f}; "
+            "every run composed (audit included)",
             scope=ledger.get("scope", {}),
         )
     )

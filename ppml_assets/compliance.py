@@ -179,6 +179,7 @@ def compliance_status(
     model_evaluation: dict,
     privacy_evaluation: dict,
     privacy_audit: dict,
+    privacy_budget: dict,
     policy: PolicyResource,
     mlflow: MlflowResource,
     asset_store: AssetStore,
@@ -231,7 +232,11 @@ def compliance_status(
             **{k: v for k, v in dp_model.items() if k not in ("feature_names", "candidates", "ledger")},
             "baseline_run_id": None,
         },
-        "ledger": dp_model["ledger"],
+        "ledger": dp_model["ledger"]
+        | {
+            "spent_all_runs": loaded.policy.privacy.lifetime_epsilon_budget - privacy_budget["remaining_epsilon"],
+            "remaining_all_runs": privacy_budget["remaining_epsilon"],
+        },
         "model_evaluation": model_evaluation | {"report": None},
         "privacy_evaluation": privacy_evaluation,
         "audit": None if privacy_audit.get("skipped") else privacy_audit,

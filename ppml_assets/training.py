@@ -229,7 +229,7 @@ def non_private_baseline(
     return summary
 
 
-@asset(group_name="training", partitions_def=daily_partitions, deps=["dp_model"], kinds={"json"})
+@asset(group_name="training", partitions_def=daily_partitions, deps=["dp_model", "privacy_audit"], kinds={"json"})
 def privacy_budget(context: AssetExecutionContext, policy: PolicyResource, ledger: LedgerResource) -> dict:
     """Remaining lifetime epsilon per data scope, from the ledger; warns when less than a fifth is left."""
     loaded = policy.load()

@@ -222,6 +222,7 @@ def test_overfitted_non_private_model_fails_the_mia_gate_and_is_not_promoted(
             "model_evaluation",
             "privacy_evaluation",
             "privacy_audit",
+            "privacy_budget",
             "compliance_status",
             "registered_model",
             "compliance_report",
