@@ -8,7 +8,8 @@ code. All later work (grouping, roll-up, metrics) runs on these integer codes.
 from __future__ import annotations
 
 import dataclasses
-import weakref
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,10 +51,16 @@ class EncodedAttribute:
     @classmethod
     def build(cls, name: str, hierarchy: Hierarchy) -> EncodedAttribute:
         """Encode a hierarchy; cached per (immutable) hierarchy, since repeated runs reuse their configuration."""
-        cached = _ENCODED.get(hierarchy)
+        with _ENCODED_LOCK:
+            cached = _ENCODED.get(hierarchy)
+            if cached is not None:
+                _ENCODED.move_to_end(hierarchy)
         if cached is None:
             cached = cls._encode(name, hierarchy)
-            _ENCODED[hierarchy] = cached
+            with _ENCODED_LOCK:
+                _ENCODED[hierarchy] = cached
+                while len(_ENCODED) > ENCODED_CACHE_SIZE:
+                    _ENCODED.popitem(last=False)
         return cached if cached.name == name else dataclasses.replace(cached, name=name)
 
     def level_groups(self, start: int) -> tuple[np.ndarray, np.ndarray]:
@@ -129,8 +136,11 @@ class EncodedAttribute:
         )
 
 
-#: encodings of the hierarchies in use (a hierarchy is immutable; its encoding is dropped with it)
-_ENCODED: weakref.WeakKeyDictionary[Hierarchy, EncodedAttribute] = weakref.WeakKeyDictionary()
+#: encodings of the most recently used hierarchies (immutable, so an encoding stays valid); least recently used
+#: ones are dropped (an encoding refers to its hierarchy, so a weak-key cache would never drop anything)
+ENCODED_CACHE_SIZE = 64
+_ENCODED: OrderedDict[Hierarchy, EncodedAttribute] = OrderedDict()
+_ENCODED_LOCK = threading.Lock()
 
 
 def encode_column(

@@ -298,3 +298,16 @@ def test_labels_are_numbered_in_tree_order() -> None:
         for a in range(encoded.height):
             for b in range(a, encoded.height):
                 assert (np.diff(encoded.up[a][b]) >= 0).all()
+
+
+def test_hierarchy_encodings_are_cached_and_bounded() -> None:
+    from ppml.anonymization import encoding
+
+    first = encoding.EncodedAttribute.build("colour", COLOUR)
+    assert encoding.EncodedAttribute.build("colour", COLOUR) is first
+    renamed = encoding.EncodedAttribute.build("shade", COLOUR)
+    assert renamed.name == "shade" and renamed.up is first.up
+    assert not first.leaf_to_level[1].flags.writeable  # shared between runs: read-only
+    for i in range(encoding.ENCODED_CACHE_SIZE + 5):
+        encoding.EncodedAttribute.build("x", Hierarchy.from_rows([(f"v{i}", "*"), ("w", "*")]))
+    assert len(encoding._ENCODED) == encoding.ENCODED_CACHE_SIZE
