@@ -7,13 +7,15 @@ roll-up ARX also uses): map each column to the higher level and group equal tupl
 table (_kernels.py). Near the top of the lattice these tables have tens of rows.
 
 Optimal search (``optimal_search``): after a marginal pre-filter (records whose generalized value alone violates
-k or distinct l are suppressed by every node using that level), nodes are visited in increasing order of the
+k or distinct l are suppressed by every node using that level) and its pairwise version for k (records whose
+generalized pair of values has fewer than k records), nodes are visited in increasing order of the
 quality metric's lower bound (the information loss ignoring suppression, monotone over the lattice). The first
 node whose bound reaches the best value found so far ends the search: no later node can be better. Which nodes are
 accepted is decided with the privacy models' monotonicity, in the spirit of ARX's Flash (Kohlmayer et al. 2012):
 for an unknown node, a path to the top of the lattice is binary-searched for the boundary between rejected and
 accepted nodes; a rejected node rejects everything below it and (for monotone models) an accepted node accepts
-everything above it, so most of the lattice is classified without computing its classes. With a suppression
+everything above it, so most of the lattice is classified without computing its classes. Once few nodes are left
+open (``DIRECT_OPEN``), a node is checked directly instead of climbing from it. With a suppression
 limit the metric is not monotone, so every accepted node whose bound is below the best value is evaluated exactly.
 
 Heuristic search (``heuristic_search``, for lattices above ``max_optimal_nodes``): two greedy climbs, local search
