@@ -66,6 +66,9 @@ NON_PRIVATE_GRID = [
 MODES = ["non-private", "dp-bk", "dp-ghost", "dp-hooks"]
 
 
+
+LOAD_AT_START = os.getloadavg()[0]
+
 def load_adult() -> dict[str, TabularSplit]:
     from ppml.preparation import raw_adult_feature_matrix
 
@@ -253,8 +256,8 @@ def render(
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU(s), torch "
         f"{torch.__version__}, {args.threads} thread(s), device {_device_name(args.device)}; wall time "
         f"{seconds / 60:.1f} min.  ",
-        "**Provisional:** measured on a shared 2-core machine while other jobs ran; re-run on a quiet machine. "
-        "GPU figures: pending (no GPU was available).",
+        f"Load average when the run started: {LOAD_AT_START:.2f} (ratios are only comparable on an otherwise idle "
+        "machine). " + ("" if args.device == "cuda" else "GPU figures: pending (no GPU was available)."),
         "",
     ]
     if throughput:
