@@ -20,6 +20,7 @@ from ppml.collection import frame_sha256
 from ppml.dp_statistics import dp_summary
 from ppml.expectations import anonymized_records_suite
 from ppml.policy import IdentifierAction, LoadedPolicy
+from ppml_assets.common import latest_metadata
 from ppml_assets.settings import daily_partitions, training_window, window_partition_keys
 from resources import AssetStore, PolicyResource
 
@@ -173,24 +174,13 @@ def privacy_models_hold(
     )
 
 
-def _anonymization_metadata(context: AssetExecutionContext) -> dict:
-    from dagster import AssetKey, AssetRecordsFilter
-
-    records = context.instance.fetch_materializations(
-        AssetRecordsFilter(asset_key=AssetKey("anonymized_records"), asset_partitions=[context.partition_key]), limit=1
-    ).records
-    if not records:
-        return {}
-    return {key: value.value for key, value in records[0].asset_materialization.metadata.items()}
-
-
 @asset(group_name="anonymization", partitions_def=daily_partitions, kinds={"opendp", "json"})
 def dp_statistics(context: AssetExecutionContext, anonymized_records: pd.DataFrame, policy: PolicyResource) -> dict:
     """A differentially private summary of the release (OpenDP): counts per category and clamped means,
     spending the policy's own ``dp_statistics_epsilon``."""
     loaded = policy.load()
     roles = loaded.policy.schema_
-    public = _anonymization_metadata(context).get("public_categories", {})
+    public = latest_metadata(context.instance, "anonymized_records", context.partition_key).get("public_categories", {})
     categorical = {
         column: public.get(column, loaded.policy.schema_.label_values if column == roles.label.column else None) or None
         for column in [*roles.quasi_identifiers, roles.label.column]

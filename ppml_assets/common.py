@@ -1,7 +1,10 @@
 """Thin shared helpers of the training and evaluation assets: policy settings to engine configs, and result
 shaping for metadata and evidence.json."""
 
+from typing import Any
+
 import pandas as pd
+from dagster import AssetKey, AssetRecordsFilter
 
 from ppml.evaluation import lira_offline_attack, loss_threshold_attack
 from ppml.ledger import DataScope
@@ -134,3 +137,13 @@ def run_attacks(
             )
         )
     return results
+
+
+def latest_metadata(instance: Any, asset_name: str, partition: str) -> dict[str, Any]:
+    """The metadata of an asset partition's latest materialization, as plain values ({} when never materialized)."""
+    records = instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=AssetKey(asset_name), asset_partitions=[partition]), limit=1
+    ).records
+    if not records:
+        return {}
+    return {key: value.value for key, value in records[0].asset_materialization.metadata.items()}

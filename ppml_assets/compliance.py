@@ -16,8 +16,6 @@ from dagster import (
     AssetCheckExecutionContext,
     AssetCheckResult,
     AssetExecutionContext,
-    AssetKey,
-    AssetRecordsFilter,
     MetadataValue,
     asset,
     asset_check,
@@ -29,17 +27,9 @@ from ppml.deployment import decide_promotion
 from ppml.evaluation import scan_for_identifiers
 from ppml.policy import IdentifierAction, LoadedPolicy
 from ppml.reporting import write_report
+from ppml_assets.common import latest_metadata
 from ppml_assets.settings import daily_partitions, window_partition_keys
 from resources import AssetStore, MlflowResource, PolicyResource, WorkspacePaths
-
-
-def latest_metadata(instance: Any, asset_name: str, partition: str) -> dict[str, Any]:
-    records = instance.fetch_materializations(
-        AssetRecordsFilter(asset_key=AssetKey(asset_name), asset_partitions=[partition]), limit=1
-    ).records
-    if not records:
-        return {}
-    return {key: value.value for key, value in records[0].asset_materialization.metadata.items()}
 
 
 def _l_diversity_evidence(anonymized: pd.DataFrame, loaded: LoadedPolicy, violations: dict[str, int]) -> list[dict]:

@@ -1,6 +1,7 @@
 """The ppml code location: every lifecycle stage, its checks, resources, schedules and sensors."""
 
 import os
+from pathlib import Path
 
 from dagster import (
     Definitions,
@@ -65,20 +66,39 @@ def record_source_from_env() -> RecordSource:
     return LandingZoneSource(root=os.environ.get("PPML_LANDING_ZONE", str(PPML_HOME / "landing")))
 
 
-def build_resources() -> dict[str, object]:
+def build_resources(
+    home: Path,
+    policy_path: Path,
+    record_source: RecordSource,
+    hmac_key: str | EnvVar,
+    mlflow_tracking_uri: str,
+    mlflow_artifacts: str,
+    ledger_url: str,
+) -> dict[str, object]:
+    """Every resource the stages need, for one workspace (the code location's, or a test's private one)."""
     return {
-        "io_manager": LocalFileIOManager(base_dir=str(PPML_HOME / "assets")),
-        "asset_store": AssetStore(base_dir=str(PPML_HOME / "assets")),
-        "policy": PolicyResource(path=str(POLICY_PATH)),
-        "record_source": record_source_from_env(),
-        "pseudonym_key": PseudonymizationKey(hmac_key=EnvVar("PPML_HMAC_KEY")),
-        "mlflow": MlflowResource(
-            tracking_uri=default_mlflow_tracking_uri(),
-            artifact_location=os.environ.get("PPML_MLFLOW_ARTIFACTS") or (PPML_HOME / "mlflow" / "artifacts").as_uri(),
-        ),
-        "ledger": LedgerResource(url=default_ledger_url()),
-        "paths": WorkspacePaths(home=str(PPML_HOME)),
+        "io_manager": LocalFileIOManager(base_dir=str(home / "assets")),
+        "asset_store": AssetStore(base_dir=str(home / "assets")),
+        "policy": PolicyResource(path=str(policy_path)),
+        "record_source": record_source,
+        "pseudonym_key": PseudonymizationKey(hmac_key=hmac_key),
+        "mlflow": MlflowResource(tracking_uri=mlflow_tracking_uri, artifact_location=mlflow_artifacts),
+        "ledger": LedgerResource(url=ledger_url),
+        "paths": WorkspacePaths(home=str(home)),
     }
+
+
+def resources_from_env() -> dict[str, object]:
+    """The code location's resources: embedded defaults under PPML_HOME, overridden by environment variables."""
+    return build_resources(
+        PPML_HOME,
+        POLICY_PATH,
+        record_source_from_env(),
+        EnvVar("PPML_HMAC_KEY"),
+        default_mlflow_tracking_uri(),
+        os.environ.get("PPML_MLFLOW_ARTIFACTS") or (PPML_HOME / "mlflow" / "artifacts").as_uri(),
+        default_ledger_url(),
+    )
 
 
 defs = Definitions(
@@ -87,6 +107,6 @@ defs = Definitions(
     jobs=[requirements_job, collection_job, training_job, reevaluation_job],
     schedules=[daily_collection_schedule, weekly_retraining_schedule],
     sensors=[drift_sensor],
-    resources=build_resources(),
+    resources=resources_from_env(),
     executor=multiprocess_executor,
 )

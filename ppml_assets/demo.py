@@ -152,18 +152,9 @@ def run_demo(as_of: str | None = None, console: Console | None = None) -> DemoOu
     return outcome
 
 
-def _latest_metadata(instance: Any, asset: str, partition: str) -> dict[str, Any]:
-    from dagster import AssetKey, AssetRecordsFilter
-
-    records = instance.fetch_materializations(
-        AssetRecordsFilter(asset_key=AssetKey(asset), asset_partitions=[partition]), limit=1
-    ).records
-    if not records:
-        return {}
-    return {key: value.value for key, value in records[0].asset_materialization.metadata.items()}
-
-
 def _print_summary(console: Console, instance: Any, outcome: DemoOutcome, report_dir: Path) -> None:
+    from ppml_assets.common import latest_metadata  # after prepare_workspace: settings read the environment
+
     table = Table(title=f"ppml demo as of {outcome.as_of}")
     table.add_column("stage")
     table.add_column("result")
@@ -193,7 +184,7 @@ def _print_summary(console: Console, instance: Any, outcome: DemoOutcome, report
         ),
     ]
     for asset, describe in rows:
-        metadata = _latest_metadata(instance, asset, outcome.as_of)
+        metadata = latest_metadata(instance, asset, outcome.as_of)
         table.add_row(asset, describe(metadata) if metadata else "[dim]not materialized[/]")
     console.print(table)
     for failure in outcome.failures:

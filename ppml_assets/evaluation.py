@@ -21,6 +21,7 @@ from ppml_assets.common import (
     data_scope,
     dp_config,
     feature_splits,
+    latest_metadata,
     protected_groups,
     run_attacks,
     training_configs,
@@ -112,7 +113,6 @@ def _evaluate_on_partition(context, partition: str, model, loaded, asset_store, 
     re-evaluation the drift sensor asks for."""
     from ppml.anonymization.policy_config import config_from_policy
     from ppml_assets.anonymization import with_missing_values
-    from ppml_assets.compliance import latest_metadata
 
     as_of = context.partition_key
     fresh = asset_store.read_stored("deidentified_records", partition)

@@ -57,29 +57,17 @@ def graph_workspace(
     home: Path, landing: Path, policy: Path, mlflow_uri: str | None = None, ledger_url: str | None = None
 ) -> GraphWorkspace:
     """Resources for one test's private workspace (plain values; production passes EnvVar for secrets)."""
-    from resources import (
-        AssetStore,
-        LandingZoneSource,
-        LedgerResource,
-        LocalFileIOManager,
-        MlflowResource,
-        PolicyResource,
-        PseudonymizationKey,
-        WorkspacePaths,
-    )
+    from ppml_assets.definitions import build_resources
+    from resources import LandingZoneSource
 
     (home / "mlflow").mkdir(parents=True, exist_ok=True)
-    resources = {
-        "io_manager": LocalFileIOManager(base_dir=str(home / "assets")),
-        "asset_store": AssetStore(base_dir=str(home / "assets")),
-        "policy": PolicyResource(path=str(policy)),
-        "record_source": LandingZoneSource(root=str(landing)),
-        "pseudonym_key": PseudonymizationKey(hmac_key=os.environ["PPML_HMAC_KEY"]),
-        "mlflow": MlflowResource(
-            tracking_uri=mlflow_uri or f"sqlite:///{home / 'mlflow' / 'mlflow.db'}",
-            artifact_location=(home / "mlflow" / "artifacts").as_uri(),
-        ),
-        "ledger": LedgerResource(url=ledger_url or f"sqlite:///{home / 'ledger.db'}"),
-        "paths": WorkspacePaths(home=str(home)),
-    }
+    resources = build_resources(
+        home,
+        policy,
+        LandingZoneSource(root=str(landing)),
+        os.environ["PPML_HMAC_KEY"],
+        mlflow_uri or f"sqlite:///{home / 'mlflow' / 'mlflow.db'}",
+        (home / "mlflow" / "artifacts").as_uri(),
+        ledger_url or f"sqlite:///{home / 'ledger.db'}",
+    )
     return GraphWorkspace(home=home, policy=policy, resources=resources)
