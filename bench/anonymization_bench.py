@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import resource
@@ -28,7 +27,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -36,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 from ppml.anonymization import AnonymizationConfig, LDiversity, anonymize  # noqa: E402
 from ppml.anonymization._kernels import warm_up  # noqa: E402
 from ppml.anonymization.datasets import adult_hierarchies, load_adult_arx  # noqa: E402
+from ppml.anonymization.verify import exhaustive_optimum  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "anonymization.md"
 # ARX 3.9.2 on this kind of machine (from the issue); other configurations were not measured with ARX.
@@ -59,23 +58,6 @@ def make_config(k: int, suppression: float, sensitive: str | None) -> Anonymizat
             hierarchies, k=k, suppression_limit=suppression, l_diversity=(LDiversity(sensitive, 3),)
         )
     return AnonymizationConfig(hierarchies, k=k, suppression_limit=suppression)
-
-
-def exhaustive_optimum(df: pd.DataFrame, config: AnonymizationConfig) -> float:
-    from ppml.anonymization.engine import build_problem
-    from ppml.anonymization.lattice import _TableCache, all_nodes
-    from ppml.anonymization.metrics import make_metric
-
-    problem = build_problem(df, config).problem
-    metric = make_metric(config.metric, problem)
-    cache = _TableCache(problem)
-    best = math.inf
-    for levels in all_nodes(problem.heights):
-        table = cache.get(levels)
-        assessment = problem.assess(table)
-        if assessment.accepted:
-            best = min(best, metric.value(table, assessment.suppressed))
-    return best
 
 
 def one_million_child() -> None:

@@ -66,8 +66,8 @@ NON_PRIVATE_GRID = [
 MODES = ["non-private", "dp-bk", "dp-ghost", "dp-hooks"]
 
 
-
 LOAD_AT_START = os.getloadavg()[0]
+
 
 def load_adult() -> dict[str, TabularSplit]:
     from ppml.preparation import raw_adult_feature_matrix

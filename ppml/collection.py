@@ -23,7 +23,7 @@ from typing import Protocol
 import pandas as pd
 import sqlalchemy as sa
 
-from ppml.errors import PPMLError, input_error
+from ppml.errors import input_error
 from ppml.landing_zone import landing_file
 from ppml.policy import Policy
 
@@ -127,17 +127,8 @@ class CollectedPartition:
 
 
 def required_columns(policy: Policy) -> list[str]:
-    roles = policy.schema_
-    ordered = [
-        roles.subject_id,
-        roles.event_date,
-        *roles.direct_identifiers,
-        *roles.quasi_identifiers,
-        *roles.sensitive_attributes,
-        *roles.features,
-        roles.label.column,
-    ]
-    return list(dict.fromkeys(ordered))
+    """Every column the policy names, once each, in collection order."""
+    return list(dict.fromkeys(c for names in policy.schema_.columns_by_role().values() for c in names))
 
 
 def validate_and_type(frame: pd.DataFrame, source: str, policy: Policy, day: str) -> pd.DataFrame:
@@ -148,7 +139,7 @@ def validate_and_type(frame: pd.DataFrame, source: str, policy: Policy, day: str
     columns = required_columns(policy)
     missing = [column for column in columns if column not in frame.columns]
     if missing:
-        role = _policy_field_naming(policy, missing[0])
+        role = next(f for f, names in policy.schema_.columns_by_role().items() if missing[0] in names)
         raise input_error(
             source,
             missing[0],
@@ -182,21 +173,6 @@ def validate_and_type(frame: pd.DataFrame, source: str, policy: Policy, day: str
             "put each record in the file of its own event date",
         )
     return typed
-
-
-def _policy_field_naming(policy: Policy, column: str) -> str:
-    roles = policy.schema_
-    for field, names in (
-        ("schema.subject_id", [roles.subject_id]),
-        ("schema.event_date", [roles.event_date]),
-        ("schema.direct_identifiers", list(roles.direct_identifiers)),
-        ("schema.quasi_identifiers", list(roles.quasi_identifiers)),
-        ("schema.sensitive_attributes", roles.sensitive_attributes),
-        ("schema.label", [roles.label.column]),
-    ):
-        if column in names:
-            return field
-    return "schema.features"
 
 
 def read_erasure_list(path: Path) -> set[str]:
@@ -236,8 +212,3 @@ def collect_partition(
         rows_excluded_by_erasure=int((~keep).sum()),
         content_sha256=frame_sha256(kept),
     )
-
-
-def require_rows(frame: pd.DataFrame, source: str) -> None:
-    if frame.empty:
-        raise PPMLError(f"{source}: field '(rows)': no records left; fix: check the partitions and erasure list")

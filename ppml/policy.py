@@ -115,6 +115,18 @@ class SchemaRoles(Strict):
         default="?", description="How the source marks a missing value; it generalizes to '*' like any other value."
     )
 
+    def columns_by_role(self) -> dict[str, list[str]]:
+        """Every column the policy names, by the policy field that names it (in collection order)."""
+        return {
+            "schema.subject_id": [self.subject_id],
+            "schema.event_date": [self.event_date],
+            "schema.direct_identifiers": list(self.direct_identifiers),
+            "schema.quasi_identifiers": list(self.quasi_identifiers),
+            "schema.sensitive_attributes": list(self.sensitive_attributes),
+            "schema.features": list(self.features),
+            "schema.label": [self.label.column],
+        }
+
     @model_validator(mode="after")
     def _roles_are_consistent(self) -> SchemaRoles:
         generalized = {IdentifierAction.ZIP3, IdentifierAction.YEAR}
@@ -388,17 +400,7 @@ def load_policy(path: str | Path, *, check_files: bool = True) -> LoadedPolicy:
 
 def check_columns_exist(policy: Policy, columns: set[str], source: str) -> None:
     """Fail when the policy names a column the data does not have (a common copy-paste error)."""
-    roles = policy.schema_
-    named = {
-        "schema.subject_id": [roles.subject_id],
-        "schema.event_date": [roles.event_date],
-        "schema.direct_identifiers": list(roles.direct_identifiers),
-        "schema.quasi_identifiers": list(roles.quasi_identifiers),
-        "schema.sensitive_attributes": roles.sensitive_attributes,
-        "schema.label": [roles.label.column],
-        "schema.features": roles.features,
-    }
-    for field, names in named.items():
+    for field, names in policy.schema_.columns_by_role().items():
         for name in names:
             if name not in columns:
                 raise PPMLError(

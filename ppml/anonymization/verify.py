@@ -207,3 +207,25 @@ def _t_distances(
     # values of the reference that the release no longer holds still count: all their mass is missing
     absent = 1.0 - reference.sum()
     return 0.5 * (np.abs(p - reference[None, :]).sum(axis=1) + absent)
+
+
+def exhaustive_optimum(df: pd.DataFrame, config: AnonymizationConfig) -> float:
+    """The best quality over *every* transformation of the lattice that satisfies the models.
+
+    The independent reference for the optimal search (tests and the benchmark's "exhaustive" column); it checks
+    all nodes, so use it only on lattices small enough to enumerate.
+    """
+    from ppml.anonymization.engine import build_problem
+    from ppml.anonymization.lattice import _TableCache, all_nodes
+    from ppml.anonymization.metrics import make_metric
+
+    problem = build_problem(df, config).problem
+    metric = make_metric(config.metric, problem)
+    cache = _TableCache(problem)
+    best = math.inf
+    for levels in all_nodes(problem.heights):
+        table = cache.get(levels)
+        assessment = problem.assess(table)
+        if assessment.accepted:
+            best = min(best, metric.value(table, assessment.suppressed))
+    return best

@@ -11,7 +11,7 @@ import typer
 from typer.testing import CliRunner
 
 from ppml.anonymization.cli import anonymize_command
-from ppml.anonymization.datasets import ADULT_DIR
+from ppml.anonymization.datasets import ADULT_DIR, ADULT_QIS
 
 HIERARCHIES = ADULT_DIR / "hierarchies"
 
@@ -31,18 +31,7 @@ def app() -> typer.Typer:
 @pytest.fixture(scope="module")
 def adult_csv(tmp_path_factory: pytest.TempPathFactory, adult: pd.DataFrame) -> Path:
     path = tmp_path_factory.mktemp("cli") / "adult.csv"
-    columns = [
-        "sex",
-        "age",
-        "race",
-        "marital-status",
-        "education",
-        "native-country",
-        "workclass",
-        "occupation",
-        "income",
-    ]
-    adult[columns].rename(columns={"income": "salary-class"}).to_csv(path, sep=";", index=False)
+    adult[list(ADULT_QIS)].rename(columns={"income": "salary-class"}).to_csv(path, sep=";", index=False)
     return path
 
 

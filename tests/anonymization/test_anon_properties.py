@@ -24,7 +24,7 @@ from ppml.anonymization import (
 from ppml.anonymization._kernels import HAVE_NUMBA, group_rollup_numpy, kernels, pair_histograms_numpy
 from ppml.anonymization.engine import build_problem
 from ppml.anonymization.lattice import _TableCache, all_nodes
-from ppml.anonymization.metrics import make_metric
+from ppml.anonymization.verify import exhaustive_optimum
 from ppml.errors import PPMLError
 
 COLOUR = Hierarchy.from_rows(
@@ -85,19 +85,6 @@ def problems(draw: st.DrawFn) -> tuple[pd.DataFrame, AnonymizationConfig]:
         sensitive_hierarchies={"diagnosis": DIAGNOSIS},
     )
     return df, config
-
-
-def exhaustive_optimum(df: pd.DataFrame, config: AnonymizationConfig) -> float:
-    problem = build_problem(df, config).problem
-    metric = make_metric(config.metric, problem)
-    cache = _TableCache(problem)
-    best = math.inf
-    for levels in all_nodes(problem.heights):
-        table = cache.get(levels)
-        assessment = problem.assess(table)
-        if assessment.accepted:
-            best = min(best, metric.value(table, assessment.suppressed))
-    return best
 
 
 def reference_violations(df: pd.DataFrame, config: AnonymizationConfig) -> int:
