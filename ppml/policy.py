@@ -61,6 +61,24 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class DatasetIdentity(Strict):
+    """Who the people are: the identity the lifetime privacy ledger and the pseudonym keys are keyed by.
+
+    Two policies over the same people (e.g. a GDPR and a HIPAA variant, or a renamed policy) declare the same
+    ``id`` and so share one lifetime budget; only a new ``id`` starts a new account.
+    """
+
+    id: str = Field(
+        pattern=r"^[a-z0-9][a-z0-9._-]{2,127}$",
+        description="Stable identity of the people in the data, e.g. 'adult-census-1994' (lower case).",
+    )
+    subject_namespace: str = Field(
+        min_length=1,
+        max_length=200,
+        description="The namespace the subject ids live in, e.g. the source system that issues them.",
+    )
+
+
 class UseCase(Strict):
     purpose: str = Field(min_length=10, description="Why the data is processed (GDPR Art. 5(1)(b)).")
     regulation: Regulation
@@ -262,6 +280,7 @@ class Policy(Strict):
 
     policy_version: Literal[1] = POLICY_SCHEMA_VERSION
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{2,63}$")
+    dataset: DatasetIdentity
     use_case: UseCase
     schema_: SchemaRoles = Field(alias="schema")
     collection: Collection
@@ -312,6 +331,17 @@ class LoadedPolicy(BaseModel):
         """Resolve a path written in the policy relative to the policy file's folder."""
         return relative if relative.is_absolute() else (self.path.parent / relative).resolve()
 
+    def named_files(self) -> dict[str, Path]:
+        """Every file the policy names, by the policy field that names it (all are part of the policy version)."""
+        policy = self.policy
+        files = {f"schema.quasi_identifiers.{c}.hierarchy": p for c, p in self.hierarchy_paths().items()}
+        for index, model in enumerate(policy.privacy.t_closeness):
+            if model.hierarchy is not None:
+                files[f"privacy.t_closeness.{index}.hierarchy"] = self.resolve(model.hierarchy)
+        if policy.collection.erasure_list is not None:
+            files["collection.erasure_list"] = self.resolve(policy.collection.erasure_list)
+        return files
+
     def hierarchy_paths(self) -> dict[str, Path]:
         return {
             column: self.resolve(qi.hierarchy)
@@ -353,6 +383,24 @@ def policy_content_hash(document: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def named_files_hash(files: dict[str, Path]) -> str:
+    """SHA-256 over the bytes of every file a policy names (by field), so editing a hierarchy or the erasure list
+    changes the policy version. A file that does not exist (``check_files=False``) is hashed as absent."""
+    digest = hashlib.sha256()
+    for field_name, path in sorted(files.items()):
+        content = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "absent"
+        digest.update(f"{field_name}\x1f{content}\x1e".encode())
+    return digest.hexdigest()
+
+
+def versioned_content_hash(document: dict[str, Any], loaded: LoadedPolicy) -> str:
+    """The policy version: its canonical content plus the content of every file it names."""
+    files = loaded.named_files()
+    if not files:
+        return policy_content_hash(document)
+    return policy_content_hash({"policy": document, "files": named_files_hash(files)})
+
+
 def parse_policy(document: Any, source: str) -> Policy:
     """Validate a parsed policy document; raise one-line PPMLError on the first problem."""
     if not isinstance(document, dict):
@@ -381,7 +429,8 @@ def load_policy(path: str | Path, *, check_files: bool = True) -> LoadedPolicy:
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise PPMLError(f"{source}: field '(document)': not valid YAML{where}; fix: correct the syntax") from None
     policy = parse_policy(document, source)
-    loaded = LoadedPolicy(policy=policy, path=policy_path, content_hash=policy_content_hash(document))
+    loaded = LoadedPolicy(policy=policy, path=policy_path, content_hash="")
+    loaded = loaded.model_copy(update={"content_hash": versioned_content_hash(document, loaded)})
     if check_files:
         for column, hierarchy in loaded.hierarchy_paths().items():
             if not hierarchy.is_file():

@@ -7,7 +7,7 @@ import pandas as pd
 from dagster import AssetKey, AssetRecordsFilter
 
 from ppml.evaluation import lira_offline_attack, loss_threshold_attack
-from ppml.ledger import DataScope
+from ppml.ledger import DataScope, PrivacyLedger
 from ppml.policy import LoadedPolicy
 from ppml.preparation import LABEL_COLUMN, SPLIT_COLUMN
 from ppml.training import DPConfig, ModelSpec, TabularSplit, TrainingConfig
@@ -56,13 +56,26 @@ def dp_config(loaded: LoadedPolicy) -> DPConfig:
     )
 
 
-def data_scope(loaded: LoadedPolicy, as_of: str, train: TabularSplit) -> DataScope:
-    """Everything trained on this policy's data set composes: time partitions are not disjoint in people."""
+def data_scope(loaded: LoadedPolicy, as_of: str, train: TabularSplit | None = None) -> DataScope:
+    """The people a run touches: keyed by the policy's data-set identity (``dataset.id``), never by its name, so a
+    renamed or re-versioned policy keeps the account. Everything on one data set composes: time partitions are
+    not disjoint in people."""
     return DataScope(
-        dataset=loaded.policy.name,
+        dataset=loaded.policy.dataset.id,
         partitions=tuple(window_partition_keys(as_of)),
-        record_set_hash=train.record_set_hash(),
+        record_set_hash=train.record_set_hash() if train is not None else "",
     )
+
+
+def open_ledger(url: str, loaded: LoadedPolicy) -> PrivacyLedger:
+    """The ledger, with any pre-0002 account kept under this policy's name merged into its data-set identity."""
+    store = PrivacyLedger(url)
+    try:
+        store.adopt_policy_name_scope(loaded.policy.name, DataScope(dataset=loaded.policy.dataset.id))
+    except BaseException:
+        store.close()
+        raise
+    return store
 
 
 UTILITY_METRICS = ("accuracy", "balanced_accuracy", "roc_auc", "f1", "ece")

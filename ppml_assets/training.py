@@ -5,7 +5,7 @@ from dagster import AssetCheckResult, AssetCheckSeverity, AssetExecutionContext,
 
 from ppml.deployment import register_version
 from ppml.evaluation import utility_report
-from ppml.ledger import LifetimeBudget, PrivacyLedger
+from ppml.ledger import LifetimeBudget
 from ppml.policy import LoadedPolicy
 from ppml.tracking import TAG_DAGSTER_RUN, TAG_DATA_HASH, TAG_PARTITIONS, TAG_POLICY_HASH, TrainingTracker
 from ppml.training import TabularSplit, train_non_private
@@ -15,6 +15,7 @@ from ppml_assets.common import (
     data_scope,
     dp_config,
     feature_splits,
+    open_ledger,
     protected_groups,
     run_attacks,
     training_configs,
@@ -69,7 +70,7 @@ def dp_model(
     tracker = TrainingTracker(mlflow.tracking_uri, experiment_name=mlflow.experiment_name)
     scope = data_scope(loaded, context.partition_key, splits["train"])
     tags = lineage_tags(context, loaded, _features_hash(context))
-    store = PrivacyLedger(ledger.url)
+    store = open_ledger(ledger.url, loaded)
     try:
         spent_before = store.spent(scope, loaded.policy.privacy.delta).epsilon
         result = train_within_budget(
@@ -178,7 +179,7 @@ def non_private_baseline(
     mlflow.configure()
     tracker = TrainingTracker(mlflow.tracking_uri, experiment_name=mlflow.experiment_name)
     config = training_configs(loaded)[0]
-    store = PrivacyLedger(ledger.url)
+    store = open_ledger(ledger.url, loaded)
     try:
         baseline = train_baseline(
             splits["train"],
@@ -234,12 +235,12 @@ def privacy_budget(context: AssetExecutionContext, policy: PolicyResource, ledge
     """Remaining lifetime epsilon per data scope, from the ledger; warns when less than a fifth is left."""
     loaded = policy.load()
     privacy = loaded.policy.privacy
-    store = PrivacyLedger(ledger.url)
+    store = open_ledger(ledger.url, loaded)
     try:
         statuses = [
             s.to_dict()
             for s in store.budget_status(
-                loaded.policy.name, LifetimeBudget(privacy.lifetime_epsilon_budget, privacy.delta)
+                loaded.policy.dataset.id, LifetimeBudget(privacy.lifetime_epsilon_budget, privacy.delta)
             )
         ]
     finally:
@@ -248,7 +249,7 @@ def privacy_budget(context: AssetExecutionContext, policy: PolicyResource, ledge
     near_exhaustion = remaining < 0.2 * privacy.lifetime_epsilon_budget
     if near_exhaustion:
         context.log.warning(
-            f"privacy budget of {loaded.policy.name} nearly exhausted: {remaining:.3f} of "
+            f"privacy budget of data set {loaded.policy.dataset.id} nearly exhausted: {remaining:.3f} of "
             f"{privacy.lifetime_epsilon_budget} epsilon left"
         )
     context.add_output_metadata(
@@ -261,7 +262,7 @@ def privacy_budget(context: AssetExecutionContext, policy: PolicyResource, ledge
         }
     )
     return {
-        "dataset": loaded.policy.name,
+        "dataset": loaded.policy.dataset.id,
         "scopes": statuses,
         "remaining_epsilon": remaining,
         "near_exhaustion": near_exhaustion,
