@@ -17,12 +17,13 @@ from ppml.anonymization import AnonymizationConfig, Hierarchy, anonymize
 from ppml.anonymization.policy_config import config_from_policy
 from ppml.anonymization.verify import class_statistics, verify_release
 from ppml.collection import frame_sha256
-from ppml.dp_statistics import dp_summary
+from ppml.dp_statistics import release_dp_summary
 from ppml.expectations import anonymized_records_suite
+from ppml.ledger import LifetimeBudget
 from ppml.policy import IdentifierAction, LoadedPolicy
-from ppml_assets.common import latest_metadata
+from ppml_assets.common import data_scope, latest_metadata, open_ledger
 from ppml_assets.settings import daily_partitions, training_window, window_partition_keys
-from resources import AssetStore, PolicyResource
+from resources import AssetStore, LedgerResource, PolicyResource
 
 
 def with_missing_values(config: AnonymizationConfig, data: pd.DataFrame, marker: str) -> AnonymizationConfig:
@@ -175,9 +176,12 @@ def privacy_models_hold(
 
 
 @asset(group_name="anonymization", partitions_def=daily_partitions, kinds={"opendp", "json"})
-def dp_statistics(context: AssetExecutionContext, anonymized_records: pd.DataFrame, policy: PolicyResource) -> dict:
+def dp_statistics(
+    context: AssetExecutionContext, anonymized_records: pd.DataFrame, policy: PolicyResource, ledger: LedgerResource
+) -> dict:
     """A differentially private summary of the release (OpenDP): counts per category and clamped means,
-    spending the policy's own ``dp_statistics_epsilon``."""
+    spending the policy's own ``dp_statistics_epsilon`` -- charged to the lifetime ledger (pure epsilon-DP) before
+    it reads a record, and refused when the lifetime budget would be exceeded."""
     loaded = policy.load()
     roles = loaded.policy.schema_
     public = latest_metadata(context.instance, "anonymized_records", context.partition_key).get("public_categories", {})
@@ -191,15 +195,27 @@ def dp_statistics(context: AssetExecutionContext, anonymized_records: pd.DataFra
         for column, (low, high) in roles.value_ranges.items()
         if column in anonymized_records.columns and column not in roles.quasi_identifiers
     }
-    summary = dp_summary(
-        anonymized_records,
-        epsilon=loaded.policy.privacy.dp_statistics_epsilon,
-        categorical=categorical,
-        numeric=numeric,
-    )
-    released = summary.to_dict()
+    privacy = loaded.policy.privacy
+    scope = data_scope(loaded, context.partition_key)
+    store = open_ledger(ledger.url, loaded)
+    try:
+        summary, ledger_run_id = release_dp_summary(
+            anonymized_records,
+            epsilon=privacy.dp_statistics_epsilon,
+            ledger=store,
+            scope=scope,
+            lifetime=LifetimeBudget(privacy.lifetime_epsilon_budget, privacy.delta),
+            request_key=f"dp_statistics:{context.partition_key}:{context.run.run_id}",
+            dagster_run_id=context.run.run_id,
+            categorical=categorical,
+            numeric=numeric,
+        )
+    finally:
+        store.close()
+    released = summary.to_dict() | {"ledger_run_id": ledger_run_id, "ledger_dataset": scope.dataset}
     context.add_output_metadata(
         {
+            "ledger_run_id": ledger_run_id,
             "epsilon_spent": summary.epsilon_spent,
             "epsilon_budget": summary.epsilon_budget,
             "queries": summary.queries,
