@@ -5,10 +5,14 @@ from __future__ import annotations
 from ppml.anonymization.engine import AnonymizationConfig
 from ppml.anonymization.hierarchy import Hierarchy, HierarchySpec
 from ppml.anonymization.models import LDiversity, TCloseness
+from ppml.anonymization.release_safety import ReleaseRules
 from ppml.errors import input_error
 from ppml.policy import LoadedPolicy
 
-__all__ = ["config_from_policy"]
+__all__ = ["config_from_policy", "rules_from_policy"]
+
+#: columns the de-identification stage derives from a keyed hash: nobody without the key can compute them
+_KEYED_COLUMNS = {"split_bucket": "keyed-hash split bucket (0-99): not computable without the HMAC key"}
 
 
 def config_from_policy(
@@ -63,4 +67,22 @@ def config_from_policy(
         max_optimal_nodes=max_optimal_nodes,
         risk_threshold=privacy.max_reidentification_risk,
         source=source or where,
+    )
+
+
+def rules_from_policy(loaded: LoadedPolicy, *, source: str | None = None) -> ReleaseRules:
+    """The policy's ``release`` section as engine rules; sensitive attributes are not attacker knowledge."""
+    release = loaded.policy.release
+    not_known = {
+        column: "sensitive attribute (schema.sensitive_attributes): protected by l-diversity/t-closeness"
+        for column in loaded.policy.schema_.sensitive_attributes
+    }
+    return ReleaseRules(
+        default_action=release.default_action.value,
+        columns={column: action.value for column, action in release.columns.items()},
+        max_uniqueness=release.max_uniqueness,
+        dependence_threshold=release.dependence_threshold,
+        bins=release.bins,
+        not_attacker_knowledge={**_KEYED_COLUMNS, **not_known},
+        source=source or str(loaded.path),
     )
