@@ -243,10 +243,6 @@ def encode_features(frame: pd.DataFrame, categorical: list[str], numeric: list[s
     """One-hot encode categories and standardize numeric columns (statistics from the train split only)."""
     numeric = numeric or []
     for column in [*categorical, *numeric, LABEL_COLUMN, SPLIT_COLUMN]:
-        action = policy.release.action_for(column, column in roles.sensitive_attributes)
-        if column not in frame.columns and action == "drop":
-            report.decisions.append(FeatureDecision(column, "dropped", reason="dropped by release safety"))
-            continue
         if column not in frame.columns:
             raise PPMLError(f"cleaned_records: field '{column}': missing; fix: re-run preparation")
     parts = []

@@ -13,7 +13,7 @@ from dagster import (
     asset_check,
 )
 
-from ppml.anonymization import AnonymizationConfig, Hierarchy, anonymize
+from ppml.anonymization import AnonymizationConfig, Hierarchy
 from ppml.anonymization.policy_config import config_from_policy, rules_from_policy
 from ppml.anonymization.release_safety import safe_release
 from ppml.anonymization.verify import class_statistics, verify_release
