@@ -1,7 +1,5 @@
 """Step 2c: anonymization of the training window with the ARX-compatible engine, and the OpenDP summary."""
 
-from dataclasses import replace
-
 import pandas as pd
 from dagster import (
     AssetCheckExecutionContext,
@@ -13,8 +11,7 @@ from dagster import (
     asset_check,
 )
 
-from ppml.anonymization import AnonymizationConfig, Hierarchy
-from ppml.anonymization.policy_config import config_from_policy, rules_from_policy
+from ppml.anonymization.policy_config import config_from_policy, rules_from_policy, with_missing_values
 from ppml.anonymization.release_safety import safe_release
 from ppml.anonymization.verify import class_statistics, verify_release
 from ppml.collection import frame_sha256
@@ -24,22 +21,6 @@ from ppml.policy import IdentifierAction, LoadedPolicy
 from ppml_assets.common import latest_metadata
 from ppml_assets.settings import daily_partitions, training_window, window_partition_keys
 from resources import AssetStore, PolicyResource
-
-
-def with_missing_values(config: AnonymizationConfig, data: pd.DataFrame, marker: str) -> AnonymizationConfig:
-    """Let the source's missing-value marker through every hierarchy that lacks it.
-
-    A missing value is its own category ("unknown") and becomes ``*`` at the top level, like any other value;
-    the alternative — dropping records with a missing quasi-identifier — would bias the training data.
-    """
-    hierarchies = dict(config.quasi_identifiers)
-    for column, hierarchy in hierarchies.items():
-        if not isinstance(hierarchy, Hierarchy) or marker in hierarchy.values():
-            continue
-        if (data[column].astype(str) == marker).any():
-            row = (marker,) * (hierarchy.height - 1) + (hierarchy.rows[0][-1],)
-            hierarchies[column] = Hierarchy((*hierarchy.rows, row), hierarchy.source)
-    return replace(config, quasi_identifiers=hierarchies)
 
 
 def released_columns(loaded: LoadedPolicy, deidentified_columns: list[str]) -> list[str]:
