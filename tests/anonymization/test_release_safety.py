@@ -180,3 +180,64 @@ def test_second_data_set_health_insurance() -> None:
     assert family["before"]["distinct_values"] == 13 and family["handle"]
     assert report["min_class_size_over_attacker_knowledge"] >= 5
     assert "rownames" not in released.anonymization.data.columns
+
+
+def test_the_gate_k_verdict_covers_the_handles() -> None:
+    """compliance_status's k is measured over the QIs plus every handle the release kept, and says which."""
+    from ppml.compliance import evaluate_requirements
+    from ppml.policy import load_policy
+    from ppml_assets.compliance import anonymization_evidence
+    from tests.support import GDPR_POLICY
+
+    loaded = load_policy(GDPR_POLICY)
+    rows = 12
+    released = pd.DataFrame({qi: ["*"] * rows for qi in loaded.policy.schema_.quasi_identifiers})
+    released["occupation"] = ["Sales", "Tech-support"] * (rows // 2)
+    released["hours_per_week"] = ["0-39"] * 6 + ["40-79"] * 5 + ["80-99"]
+    engine_report = {
+        "transformation": {},
+        "quality": {"metric": "loss", "value": 1.0},
+        "search": "optimal",
+        "lattice_size": 1,
+        "transformations_checked": 1,
+        "seconds": 0.1,
+        "privacy_models": ["5-anonymity"],
+        "records_out": rows,
+        "suppressed_records": 0,
+        "records_in": rows,
+        "risk_before": {"prosecutor_risk_highest": 1.0},
+        "risk_after": {"prosecutor_risk_highest": 1 / rows},
+    }
+    without = anonymization_evidence(released, engine_report, loaded)
+    assert without["min_class_size"] == rows
+    report = {**engine_report, "release_safety": {"handles": ["hours_per_week"]}}
+    evidence = anonymization_evidence(released, report, loaded)
+    assert evidence["min_class_size"] == 1 and evidence["k_attributes"][-1] == "hours_per_week"
+    from tests.test_compliance_and_report import PASSING_EVIDENCE
+
+    verdict = evaluate_requirements(loaded.policy, {**PASSING_EVIDENCE, "anonymization": evidence})[0]
+    assert verdict.name == "k_anonymity" and not verdict.passed
+    assert "hours_per_week" in verdict.detail and verdict.evidence["attributes"] == evidence["k_attributes"]
+
+
+def test_policy_release_section_is_validated() -> None:
+    import yaml
+
+    from ppml.policy import parse_policy
+    from tests.support import GDPR_POLICY
+
+    document = yaml.safe_load(GDPR_POLICY.read_text())
+    assert parse_policy(document, "p.yaml").release.columns["fnlwgt"] == "drop"
+    document["release"]["default_action"] = "keep"
+    with pytest.raises(PPMLError, match=r"p.yaml: field 'release': default_action keep .*fix:"):
+        parse_policy(document, "p.yaml")
+    document["release"]["default_action"] = "generalize"
+    document["release"]["columns"]["age"] = "drop"
+    with pytest.raises(PPMLError, match=r"release.columns names 'age', a quasi-identifier"):
+        parse_policy(document, "p.yaml")
+    del document["release"]["columns"]["age"]
+    document["release"]["columns"]["fnlwgt"] = "delete"
+    with pytest.raises(PPMLError, match=r"field 'release.columns.fnlwgt'"):
+        parse_policy(document, "p.yaml")
+    del document["release"]
+    assert parse_policy(document, "p.yaml").release.default_action == "refuse"
