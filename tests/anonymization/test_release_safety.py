@@ -241,3 +241,15 @@ def test_policy_release_section_is_validated() -> None:
         parse_policy(document, "p.yaml")
     del document["release"]
     assert parse_policy(document, "p.yaml").release.default_action == "refuse"
+
+
+def test_report_section_shows_every_column_figure_and_decision() -> None:
+    from ppml.reporting import release_safety_html
+
+    released = safe_release(small_frame(), config(), rules("drop", hours="generalize", label="keep"))
+    html = release_safety_html(released.to_dict())
+    assert "Release safety" in html and "education, sex, hours" in html
+    for column in ("education_num", "weight", "hours", "label"):
+        assert f"<td>{column}</td>" in html
+    assert "unique for 100.0%" in html and "(release.columns.hours)" in html and "dropped" in html
+    assert release_safety_html({}).strip() == ""
