@@ -32,7 +32,8 @@ class Verdict:
 
 #: The names of the gate's checks, in report order, with what each one proves.
 REQUIREMENTS: dict[str, str] = {
-    "k_anonymity": "every equivalence class of the released data holds at least k records",
+    "k_anonymity": "every equivalence class of the released data holds at least k records, over the quasi-identifiers "
+    "and every released column an attacker could know",
     "l_diversity": "every class holds well-represented values of each sensitive attribute",
     "t_closeness": "each class's sensitive distribution is within t of the overall one",
     "suppression_limit": "no more records suppressed than the policy allows",
@@ -71,8 +72,16 @@ def evaluate_requirements(policy: Policy, evidence: dict[str, Any]) -> list[Verd
     ledger = evidence["ledger"]
     utility = evidence["model_evaluation"]
     attacks = evidence["privacy_evaluation"]
+    covered = anonymization.get("k_attributes") or list(policy.schema_.quasi_identifiers)
     verdicts: list[Verdict] = [
-        _at_least("k_anonymity", anonymization["min_class_size"], privacy.k, classes=anonymization["classes"]),
+        _at_least(
+            "k_anonymity",
+            anonymization["min_class_size"],
+            privacy.k,
+            f"over {len(covered)} attributes an attacker could know: {', '.join(covered)}",
+            classes=anonymization["classes"],
+            attributes=covered,
+        ),
     ]
 
     l_results = anonymization.get("l_diversity", [])

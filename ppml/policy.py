@@ -270,6 +270,47 @@ class EvaluationSettings(Strict):
     audit_canaries: int = Field(default=0, ge=0, description="Canaries of the one-run epsilon audit (0 = skip).")
 
 
+class ReleaseAction(StrEnum):
+    """What the release-safety step does with a released column that is not a quasi-identifier."""
+
+    GENERALIZE = "generalize"  # becomes a quasi-identifier with an automatic hierarchy
+    BIN = "bin"  # quantile bins (never the exact value), then a quasi-identifier
+    DROP = "drop"
+    KEEP = "keep"  # released unchanged: the policy states an attacker cannot know it
+    REFUSE = "refuse"  # stop the release if any handle test flags it
+
+
+class ReleaseSettings(Strict):
+    """Release safety: each released non-QI column is tested as a re-identification handle (docs/anonymization.md)."""
+
+    default_action: ReleaseAction = Field(
+        default=ReleaseAction.REFUSE, description="Action for released columns not listed in 'columns'."
+    )
+    max_uniqueness: float = Field(
+        default=0.01, ge=0, le=1, description="Largest share of records a column may hold a unique value for."
+    )
+    dependence_threshold: float = Field(
+        default=0.9, gt=0, le=1, description="A column restoring this share of a QI's generalized detail is a handle."
+    )
+    bins: int = Field(default=10, ge=2, le=1000, description="Quantile bins of the 'bin' action (finest level).")
+    columns: dict[str, ReleaseAction] = Field(default_factory=dict, description="Column -> action.")
+
+    @model_validator(mode="after")
+    def _keep_is_explicit(self) -> ReleaseSettings:
+        if self.default_action is ReleaseAction.KEEP:
+            raise ValueError(
+                "default_action keep would release every unlisted column unchecked; fix: use generalize, bin, drop "
+                "or refuse, and list the columns an attacker cannot know under release.columns as keep"
+            )
+        return self
+
+    def action_for(self, column: str, sensitive: bool = False) -> ReleaseAction:
+        """The action the release applies to ``column`` (sensitive attributes are kept unless listed)."""
+        if column in self.columns:
+            return self.columns[column]
+        return ReleaseAction.KEEP if sensitive else self.default_action
+
+
 class Monitoring(Strict):
     drift_psi_threshold: float = Field(default=0.2, gt=0)
     retrain_cron: str = Field(default="0 3 * * 1", min_length=9)
@@ -290,6 +331,7 @@ class Policy(Strict):
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
     monitoring: Monitoring = Field(default_factory=Monitoring)
+    release: ReleaseSettings = Field(default_factory=ReleaseSettings)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -308,6 +350,13 @@ class Policy(Strict):
         for model in [*self.privacy.l_diversity, *self.privacy.t_closeness]:
             if model.attribute not in roles.sensitive_attributes:
                 raise ValueError(f"'{model.attribute}' is not sensitive; fix: list it in schema.sensitive_attributes")
+        roles_named = {*roles.quasi_identifiers, *roles.direct_identifiers, roles.subject_id, roles.event_date}
+        for column in self.release.columns:
+            if column in roles_named:
+                raise ValueError(
+                    f"release.columns names '{column}', a quasi-identifier, direct identifier, subject id or event "
+                    "date; fix: remove it (those are generalized or de-identified by their own stage)"
+                )
         if self.privacy.max_reidentification_risk + 1e-12 < 1 / self.privacy.k:
             # k-anonymity alone guarantees prosecutor risk <= 1/k; a stricter limit needs a larger k.
             raise ValueError(
