@@ -16,15 +16,20 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from ppml.errors import input_error
+from ppml.training.config import fingerprint
 from ppml.training.data import TabularSplit
+
+if TYPE_CHECKING:
+    from ppml.ledger import DataScope, PrivacyLedger
+    from ppml.tracking import TrainingTracker
 
 Family = Literal["logistic_regression", "gradient_boosting", "mlp"]
 FAMILIES: tuple[Family, ...] = ("logistic_regression", "gradient_boosting", "mlp")
@@ -160,6 +165,73 @@ def fit_candidate(
     accuracy, auc, loss = stage_scores
     score = CandidateScore(candidate.family, settings, accuracy, auc, loss, time.perf_counter() - started)
     return model, score
+
+
+@dataclass
+class TunedBaselineResult:
+    """The tuned baseline with the ids of its never-deploy MLflow run and its non-private ledger record."""
+
+    baseline: TunedBaseline
+    ledger_run_id: str | None
+    mlflow_run_id: str | None
+
+
+def train_tuned_baseline(
+    train: TabularSplit,
+    validation: TabularSplit,
+    *,
+    hidden_sizes: Sequence[int] = (64,),
+    seed: int = 0,
+    ledger: PrivacyLedger | None = None,
+    scope: DataScope | None = None,
+    tracker: TrainingTracker | None = None,
+    tags: Mapping[str, str] | None = None,
+    dagster_run_id: str | None = None,
+) -> TunedBaselineResult:
+    """:func:`tune_baseline`, recorded like every use of the data: an MLflow run tagged never-deploy
+    (parameters and validation scores, no weights) and a non-private ledger run outside DP composition."""
+    tuned = tune_baseline(train, validation, hidden_sizes=hidden_sizes, seed=seed)
+    chosen = tuned.chosen
+    params = {
+        "baseline_family": chosen.family,
+        **{f"baseline_{k}": v for k, v in chosen.settings.items()},
+        "candidates_tried": len(tuned.candidates),
+        "selection": "validation accuracy",
+        "n_features": train.n_features,
+        "private": False,
+    }
+    mlflow_run_id = None
+    if tracker is not None:
+        mlflow_run_id = tracker.start_run(
+            "non-private-baseline", tags={**{k: str(v) for k, v in (tags or {}).items()}, **tracker.baseline_tags()}
+        )
+        tracker.log_params(mlflow_run_id, params)
+        for index, candidate in enumerate(tuned.candidates):
+            tracker.log_metrics(
+                mlflow_run_id,
+                {"candidate_validation_accuracy": candidate.validation_accuracy},
+                step=index,
+            )
+        tracker.log_metrics(
+            mlflow_run_id,
+            {
+                "final_validation_accuracy": chosen.validation_accuracy,
+                "final_validation_auc": chosen.validation_roc_auc,
+                "tuning_seconds": tuned.seconds,
+            },
+        )
+        tracker.end_run(mlflow_run_id)
+    ledger_run_id = None
+    if ledger is not None and scope is not None:
+        ledger_run_id = ledger.record_non_private(
+            scope,
+            config={**params, "candidates": [c.to_dict() for c in tuned.candidates]},
+            config_fingerprint=fingerprint("tuned-baseline", chosen.family, chosen.settings),
+            steps=0,
+            mlflow_run_id=mlflow_run_id,
+            dagster_run_id=dagster_run_id or (tags or {}).get("dagster.run_id"),
+        )
+    return TunedBaselineResult(tuned, ledger_run_id, mlflow_run_id)
 
 
 # ------------------------------------------------------------------------------------------------ families
