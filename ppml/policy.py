@@ -221,11 +221,29 @@ class PrivacyRequirements(Strict):
         return self
 
 
+#: The smallest margin over the trivial predictor the gate accepts (a policy can only ask for more).
+TRIVIAL_MARGIN_FLOOR = 0.02
+
+
 class PerformanceObjectives(Strict):
     min_accuracy: float = Field(ge=0, le=1)
     min_roc_auc: float = Field(ge=0.5, le=1)
     max_utility_gap: float = Field(
-        default=0.05, ge=0, le=1, description="Largest accuracy loss allowed versus the non-private baseline."
+        default=0.05, ge=0, le=1, description="Largest accuracy loss allowed versus the tuned non-private baseline."
+    )
+    min_margin_over_trivial: float = Field(
+        default=TRIVIAL_MARGIN_FLOOR,
+        ge=TRIVIAL_MARGIN_FLOOR,
+        lt=0.5,
+        description="The 95% CI lower bounds of balanced accuracy and ROC AUC must reach 0.5 plus this margin "
+        "(the trivial predictor reaches 0.5); built into the gate, a policy may raise it, never lower it.",
+    )
+    max_group_error_rate_gap: float = Field(
+        default=0.35,
+        ge=0,
+        le=1,
+        description="Largest gap in false-positive or false-negative rate between groups of a protected "
+        "attribute (equalized-odds difference; groups with at least 30 negatives / positives).",
     )
 
 
