@@ -18,16 +18,24 @@ scope should cover the validation partition as well and why few candidates are p
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
 import math
+import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+import numpy as np
+import torch
+from torch import nn
+
 from ppml.errors import PPMLError, input_error
 from ppml.ledger import (
     DEFAULT_STALE_AFTER_S,
+    Charge,
     Composition,
     DataScope,
     LedgerRun,
@@ -40,7 +48,7 @@ from ppml.training.checkpoint import checkpoint_path, load_checkpoint
 from ppml.training.config import DPConfig, TrainingConfig, fingerprint
 from ppml.training.data import TabularSplit
 from ppml.training.dp_sgd import DPPlan, TrainedModel, plan_dp_training, train_dp, train_non_private
-from ppml.training.planning import CandidateBudget, candidate_dp_configs
+from ppml.training.planning import CandidateBudget, candidate_dp_configs, class_count_charge
 
 if TYPE_CHECKING:
     from ppml.tracking import TrainingTracker
@@ -234,6 +242,7 @@ class SelectionPlan:
     budget: CandidateBudget
     metric: SelectionMetric
     target_delta: float
+    class_count: Charge | None = None  # the noisy positive count of a balanced selection, charged as a run
 
 
 def plan_selection(
@@ -247,12 +256,15 @@ def plan_selection(
 ) -> SelectionPlan:
     """Calibrate every candidate's noise (jointly under ``composed``) and fingerprint the request."""
     candidate_list = list(candidates)
-    dps = candidate_dp_configs(train.n, candidate_list, dp, candidate_budget)
+    count = class_count_charge(train.n, dp) if selection_metric == "balanced_accuracy" else None
+    dps = candidate_dp_configs(train.n, candidate_list, dp, candidate_budget, [count] if count else ())
     plans = [plan_dp_training(train.n, config, c_dp) for config, c_dp in zip(candidate_list, dps, strict=True)]
     planned = [
         _planned_run(i, train, config, c_dp, plan)
         for i, (config, c_dp, plan) in enumerate(zip(candidate_list, dps, plans, strict=True))
     ]
+    if count is not None:
+        planned.append(_class_count_run(len(candidate_list), train, dp, count))
     request_key = fingerprint(
         "request",
         scope,
@@ -264,7 +276,24 @@ def plan_selection(
         selection_metric,
     )
     return SelectionPlan(
-        candidate_list, dps, plans, planned, request_key, candidate_budget, selection_metric, dp.target_delta
+        candidate_list, dps, plans, planned, request_key, candidate_budget, selection_metric, dp.target_delta, count
+    )
+
+
+def _class_count_run(index: int, train: TabularSplit, dp: DPConfig, charge: Charge) -> PlannedRun:
+    """The Gaussian count of positive training labels (sensitivity 1), reserved like a one-step DP run."""
+    return PlannedRun(
+        candidate_index=index,
+        config_fingerprint=fingerprint("class-count", train.record_set_hash(), charge, dp),
+        config={"mechanism": "gaussian_positive_count", "noise_std": charge.noise_multiplier},
+        accountant=dp.accountant,
+        target_epsilon=charge.epsilon,
+        target_delta=charge.delta,
+        noise_multiplier=charge.noise_multiplier,
+        noise_multiplier_applied=charge.noise_multiplier,
+        sample_rate=1.0,
+        planned_steps=1,
+        epsilon_planned=charge.epsilon,
     )
 
 
@@ -412,6 +441,10 @@ def _train_all(session: _Session, plan: SelectionPlan, booking: _Booking) -> lis
     try:
         for index, (config, c_dp) in enumerate(zip(plan.candidates, plan.dps, strict=True)):
             results.append(_train_candidate(session, index, config, c_dp, booking.run_ids[index]))
+        if plan.class_count is not None:
+            run_id = booking.run_ids[len(plan.candidates)]
+            prior = _noisy_positive_rate(session, plan.class_count, run_id, plan.dps[0].dp_seed)
+            results = [_balanced(result, prior, session.validation) for result in results]
     except BaseException as error:
         session.ledger.finish_request(
             booking.request_id,
@@ -492,6 +525,35 @@ def validation_scores(model: TrainedModel, validation: TabularSplit) -> dict[str
 
         auc = float(roc_auc_score(y, proba))
     return {"accuracy": accuracy, "auc": auc, "balanced_accuracy": balanced}
+
+
+def _noisy_positive_rate(session: _Session, charge: Charge, run_id: str, seed: int | None) -> float:
+    """The Gaussian mechanism on the positive count (reserved before training; completed once drawn)."""
+    rng = np.random.default_rng(seed if seed is not None else secrets.randbits(63))
+    noisy = float(session.train.y.sum()) + float(rng.normal(0.0, charge.noise_multiplier))
+    session.ledger.complete_run(run_id, steps=1, epsilon=charge.epsilon)
+    return min(max(noisy / session.train.n, 0.01), 0.99)
+
+
+def _balanced(result: CandidateResult, prior: float, validation: TabularSplit) -> CandidateResult:
+    """Post-processing for balanced accuracy: shift the positive logit by -log(prior / (1 - prior)).
+
+    Then p(1 | x) / prior > p(0 | x) / (1 - prior) is the decision at threshold 0.5 -- the Bayes rule for
+    balanced accuracy when the model is calibrated. Validation scores are those of the shifted model.
+    """
+    module = copy.deepcopy(result.model.module)
+    last = [layer for layer in module.modules() if isinstance(layer, nn.Linear)][-1]
+    with torch.no_grad():
+        last.bias[1] -= math.log(prior / (1.0 - prior))
+    model = dataclasses.replace(result.model, module=module)
+    scores = validation_scores(model, validation)
+    return dataclasses.replace(
+        result,
+        model=model,
+        validation_accuracy=scores["accuracy"],
+        validation_auc=scores["auc"],
+        validation_balanced_accuracy=scores["balanced_accuracy"],
+    )
 
 
 # --------------------------------------------------------------------------------------------------- tracking
