@@ -272,6 +272,12 @@ class PreparationSettings(Strict):
 
 
 class TrainingSettings(Strict):
+    candidates: Literal["auto", "listed"] = Field(
+        default="auto",
+        description="auto: candidates derived from n, d and epsilon (docs/training.md); listed: one per "
+        "candidate_learning_rates entry with model, hidden_sizes, epochs and batch_size as given.",
+    )
+    selection_metric: Literal["accuracy", "auc", "balanced_accuracy"] = "accuracy"
     model: Literal["logistic", "mlp"] = "mlp"
     hidden_sizes: list[Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: [64])
     candidate_learning_rates: list[Annotated[float, Field(gt=0)]] = Field(default_factory=lambda: [0.05])

@@ -31,7 +31,7 @@ from ppml_assets.common import (
     latest_metadata,
     protected_groups,
     run_attacks,
-    training_configs,
+    selected_training_config,
     utility_summary,
 )
 from ppml_assets.settings import daily_partitions
@@ -165,8 +165,7 @@ def privacy_evaluation(
     loaded = policy.load()
     splits = feature_splits(training_features)
     model = ServedModel(dp_model["model_uri"], mlflow.tracking_uri)
-    config = training_configs(loaded)[0]
-    config = dataclasses.replace(config, learning_rate=dp_model["learning_rate"])
+    config = selected_training_config(loaded, dp_model)
     dp = dp_config(loaded)
 
     def train_reference(split: TabularSplit):  # type: ignore[no-untyped-def]
@@ -231,7 +230,7 @@ def privacy_audit(
         context.add_output_metadata({"skipped": True, "reason": "evaluation.audit_canaries is 0"})
         return {"skipped": True}
     splits = feature_splits(training_features)
-    training = dataclasses.replace(training_configs(loaded)[0], learning_rate=dp_model["learning_rate"])
+    training = selected_training_config(loaded, dp_model)
     audited = dp_config(loaded)
     if config.noise_multiplier_override is not None:
         context.log.warning(f"FAULT INJECTION: audit run uses noise multiplier {config.noise_multiplier_override}")

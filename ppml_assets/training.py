@@ -61,9 +61,11 @@ def dp_model(
     mlflow: MlflowResource,
     paths: WorkspacePaths,
 ) -> dict:
-    """DP-SGD (Opacus) at the policy's epsilon/delta with model selection on the validation split. Every
-    candidate is charged to the lifetime ledger before it trains; the run is refused when the budget would be
-    exceeded, and a killed run resumes from its checkpoint without double- or under-counting."""
+    """DP-SGD (Opacus) at the policy's epsilon/delta *including model selection* on the validation split: the
+    candidates (derived from n and d unless the policy lists them) are calibrated jointly so that their
+    composition is the policy's epsilon, and every candidate is charged to the lifetime ledger before it trains;
+    the run is refused when the budget would be exceeded, and a killed run resumes from its checkpoint without
+    double- or under-counting."""
     loaded = policy.load()
     splits = feature_splits(training_features)
     mlflow.configure()
@@ -76,7 +78,7 @@ def dp_model(
         result = train_within_budget(
             splits["train"],
             splits["validation"],
-            training_configs(loaded),
+            training_configs(loaded, splits["train"]),
             dp_config(loaded),
             ledger=store,
             scope=scope,
@@ -84,7 +86,8 @@ def dp_model(
             checkpoint_dir=paths.checkpoints_dir / loaded.policy.name,
             tracker=tracker,
             tags=tags,
-            candidate_budget="split",
+            candidate_budget="composed",
+            selection_metric=loaded.policy.training.selection_metric,
             dagster_run_id=context.run.run_id,
         )
     finally:
@@ -117,6 +120,9 @@ def dp_model(
         "epochs": selected.config.epochs,
         "batch_size": selected.config.batch_size,
         "learning_rate": selected.config.learning_rate,
+        "config": selected.config.to_params(),
+        "candidate_budget": "composed",
+        "candidate_epsilon": result.candidates[0].dp.target_epsilon,
         "max_grad_norm": loaded.policy.training.max_grad_norm,
         "accountant": loaded.policy.training.accountant,
         "clipping": selected.clipping,
