@@ -227,6 +227,11 @@ class Collection(Strict):
     erasure_list: Path | None = Field(
         default=None, description="CSV of subject ids that objected or asked for erasure (GDPR Art. 17, 21)."
     )
+    duplicate_subject_ids: Literal["refuse", "keep_first", "allow"] = Field(
+        default="refuse",
+        description="A subject id seen twice in one partition: refuse it, keep its first record, or allow it "
+        "(data sets with several records per person).",
+    )
 
 
 class PreparationSettings(Strict):

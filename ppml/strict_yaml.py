@@ -76,7 +76,7 @@ def load_strict_yaml(path: Path, source: str) -> Any:
     except UnicodeDecodeError:
         raise input_error(source, "(file)", "the file is not UTF-8 text", "save the policy as UTF-8") from None
     try:
-        return yaml.load(text, Loader=StrictSafeLoader)  # noqa: S506 - StrictSafeLoader is a SafeLoader
+        return yaml.load(text, Loader=StrictSafeLoader)  # StrictSafeLoader is a SafeLoader
     except _RefusedConstruct as exc:
         where = f" at line {exc.mark.line + 1}" if exc.mark is not None else ""
         raise input_error(source, "(document)", f"{exc.problem_text}{where}", exc.fix) from None
