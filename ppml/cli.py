@@ -45,7 +45,9 @@ class OneLineErrors(TyperGroup):
         except Exception as error:  # the point: no traceback ever reaches the operator
             log = write_trace_log(error)
             errors.print(f"[bold red]error:[/] {describe_unexpected(error, log)}", highlight=False, soft_wrap=True)
-            raise typer.Exit(code=1) from None
+            # a file the operator named that cannot be read or written is their error (2), anything else ours (1)
+            user_error = isinstance(error, OSError) and error.filename is not None
+            raise typer.Exit(code=2 if user_error else 1) from None
         return None
 
 

@@ -358,6 +358,7 @@ _FIXES = {
     "enum": "use one of the allowed values",
     "literal_error": "use one of the allowed values",
     "finite_number": "write a finite number (.inf and .nan are not allowed)",
+    "int_from_float": "write a whole number",
 }
 
 

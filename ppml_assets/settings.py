@@ -36,15 +36,21 @@ def _env_day(name: str, default: str | None) -> str | None:
         ) from None
 
 
-PARTITIONS_START = _env_day("PPML_PARTITIONS_START", DEFAULT_FIRST_DAY.isoformat())
-PARTITIONS_END = _env_day("PPML_PARTITIONS_END", None)
-if PARTITIONS_END is not None and PARTITIONS_END <= PARTITIONS_START:
-    raise input_error(
-        "environment",
-        "PPML_PARTITIONS_END",
-        f"{PARTITIONS_END} is not after PPML_PARTITIONS_START {PARTITIONS_START}",
-        "export an end day after the start day, or unset PPML_PARTITIONS_END",
-    )
+def partition_range_from_env() -> tuple[str, str | None]:
+    """PPML_PARTITIONS_START (default: the bundled data's first day) and the optional PPML_PARTITIONS_END."""
+    start = _env_day("PPML_PARTITIONS_START", DEFAULT_FIRST_DAY.isoformat())
+    end = _env_day("PPML_PARTITIONS_END", None)
+    if start is None or (end is not None and end <= start):
+        raise input_error(
+            "environment",
+            "PPML_PARTITIONS_END",
+            f"{end} is not after PPML_PARTITIONS_START {start}",
+            "export an end day after the start day, or unset PPML_PARTITIONS_END",
+        )
+    return start, end
+
+
+PARTITIONS_START, PARTITIONS_END = partition_range_from_env()
 
 #: Collection and de-identification are partitioned by event date.
 daily_partitions = DailyPartitionsDefinition(start_date=PARTITIONS_START, end_date=PARTITIONS_END)
