@@ -18,10 +18,13 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ppml.errors import PPMLError
+from ppml.strict_yaml import load_strict_yaml
+
+#: The data shipped inside the ppml package (generic hierarchies, the bundled data set): always readable.
+BUNDLED_DATA_DIR = Path(__file__).resolve().parent / "data"
 
 POLICY_SCHEMA_VERSION = 1
 
@@ -56,9 +59,9 @@ class IdentifierAction(StrEnum):
 
 
 class Strict(BaseModel):
-    """Unknown keys are errors: a typo in a privacy setting must never be silently ignored."""
+    """Unknown keys are errors (a typo in a privacy setting must never be silently ignored); numbers are finite."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class DatasetIdentity(Strict):
@@ -144,6 +147,14 @@ class SchemaRoles(Strict):
             "schema.features": list(self.features),
             "schema.label": [self.label.column],
         }
+
+    @field_validator("features", "numeric_columns", "sensitive_attributes", "protected_attributes", "label_values")
+    @classmethod
+    def _listed_once(cls, values: list[str]) -> list[str]:
+        repeated = sorted({value for value in values if values.count(value) > 1})
+        if repeated:
+            raise ValueError(f"{repeated} listed more than once; fix: list each column or value once")
+        return values
 
     @model_validator(mode="after")
     def _roles_are_consistent(self) -> SchemaRoles:
@@ -252,6 +263,11 @@ class Collection(Strict):
     erasure_list: Path | None = Field(
         default=None, description="CSV of subject ids that objected or asked for erasure (GDPR Art. 17, 21)."
     )
+    duplicate_subject_ids: Literal["refuse", "keep_first", "allow"] = Field(
+        default="refuse",
+        description="A subject id seen twice in one partition: refuse it, keep its first record, or allow it "
+        "(data sets with several records per person).",
+    )
 
 
 class PreparationSettings(Strict):
@@ -356,8 +372,20 @@ class Policy(Strict):
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
     monitoring: Monitoring = Field(default_factory=Monitoring)
     release: ReleaseSettings = Field(default_factory=ReleaseSettings)
+    files_root: Path = Field(
+        default=Path("."),
+        description="Folder (relative to the policy file) that every file the policy names must lie in.",
+    )
+    allow_absolute_paths: bool = Field(default=False, description="Allow absolute paths anywhere on the machine.")
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False)
+
+    @field_validator("files_root")
+    @classmethod
+    def _relative_root(cls, value: Path) -> Path:
+        if value.is_absolute():
+            raise ValueError("files_root must be relative to the policy file; fix: write e.g. '.' or '..'")
+        return value
 
     @field_validator("name")
     @classmethod
@@ -405,15 +433,8 @@ class LoadedPolicy(BaseModel):
         return relative if relative.is_absolute() else (self.path.parent / relative).resolve()
 
     def named_files(self) -> dict[str, Path]:
-        """Every file the policy names, by the policy field that names it (all are part of the policy version)."""
-        policy = self.policy
-        files = {f"schema.quasi_identifiers.{c}.hierarchy": p for c, p in self.hierarchy_paths().items()}
-        for index, model in enumerate(policy.privacy.t_closeness):
-            if model.hierarchy is not None:
-                files[f"privacy.t_closeness.{index}.hierarchy"] = self.resolve(model.hierarchy)
-        if policy.collection.erasure_list is not None:
-            files["collection.erasure_list"] = self.resolve(policy.collection.erasure_list)
-        return files
+        """Every file the policy names, by the field that names it (resolved, symlinks followed)."""
+        return {field: self.resolve(written) for field, written in _written_paths(self.policy).items()}
 
     def hierarchy_paths(self) -> dict[str, Path]:
         return {
@@ -428,6 +449,8 @@ _FIXES = {
     "extra_forbidden": "remove it or fix its spelling (see docs/policy.md for the allowed fields)",
     "enum": "use one of the allowed values",
     "literal_error": "use one of the allowed values",
+    "finite_number": "write a finite number (.inf and .nan are not allowed)",
+    "int_from_float": "write a whole number",
 }
 
 
@@ -495,29 +518,71 @@ def load_policy(path: str | Path, *, check_files: bool = True) -> LoadedPolicy:
     source = str(path)
     if not policy_path.is_file():
         raise PPMLError(f"{source}: field '(file)': policy file not found; fix: pass an existing YAML file")
-    try:
-        document = yaml.safe_load(policy_path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise PPMLError(f"{source}: field '(document)': not valid YAML{where}; fix: correct the syntax") from None
+    document = load_strict_yaml(policy_path, source)
     policy = parse_policy(document, source)
     loaded = LoadedPolicy(policy=policy, path=policy_path, content_hash="")
+    check_paths_confined(loaded, source)  # before hashing: a file outside the allowed tree is never read
     loaded = loaded.model_copy(update={"content_hash": versioned_content_hash(document, loaded)})
     if check_files:
-        for column, hierarchy in loaded.hierarchy_paths().items():
-            if not hierarchy.is_file():
-                raise PPMLError(
-                    f"{source}: field 'schema.quasi_identifiers.{column}.hierarchy': file {hierarchy} not found; "
-                    "fix: give a path relative to the policy file"
-                )
-        erasure = policy.collection.erasure_list
-        if erasure is not None and not loaded.resolve(erasure).is_file():
-            raise PPMLError(
-                f"{source}: field 'collection.erasure_list': file {loaded.resolve(erasure)} not found; "
-                "fix: give a path relative to the policy file or remove the field"
-            )
+        check_named_files(loaded, source)
     return loaded
+
+
+def check_paths_confined(loaded: LoadedPolicy, source: str) -> None:
+    """Files a policy names lie under its ``files_root`` (or the bundled data), unless absolute paths are allowed.
+
+    A policy is often written by someone other than the operator who runs it: without this, a policy could make
+    the pipeline read any file the operator can read (``erasure_list: /etc/shadow``).
+    """
+    policy = loaded.policy
+    root = (loaded.path.parent / policy.files_root).resolve()
+    for field, written in _written_paths(policy).items():
+        if written.is_absolute() and policy.allow_absolute_paths:
+            continue
+        resolved = loaded.resolve(written)
+        if resolved.is_relative_to(root) or resolved.is_relative_to(BUNDLED_DATA_DIR):
+            continue
+        if written.is_absolute():
+            problem, fix = f"absolute path {written} is not allowed", "give a path relative to the policy file"
+        else:
+            problem, fix = f"{written} resolves to {resolved}, outside {root}", f"move the file under {root}"
+        raise PPMLError(
+            f"{source}: field '{field}': {problem}; fix: {fix}, or set files_root (or allow_absolute_paths: true)"
+        )
+
+
+def _written_paths(policy: Policy) -> dict[str, Path]:
+    paths = {
+        f"schema.quasi_identifiers.{column}.hierarchy": qi.hierarchy
+        for column, qi in policy.schema_.quasi_identifiers.items()
+        if qi.hierarchy is not None
+    }
+    for index, model in enumerate(policy.privacy.t_closeness):
+        if model.hierarchy is not None:
+            paths[f"privacy.t_closeness.{index}.hierarchy"] = model.hierarchy
+    if policy.collection.erasure_list is not None:
+        paths["collection.erasure_list"] = policy.collection.erasure_list
+    return paths
+
+
+def check_named_files(loaded: LoadedPolicy, source: str) -> None:
+    """Every named file exists, every hierarchy (file or spec) is a valid tree — at validation, not mid-run."""
+    from ppml.anonymization.hierarchy import Hierarchy, HierarchySpec  # lazy: the package imports this module
+
+    for field, file in loaded.named_files().items():
+        if not file.is_file():
+            raise PPMLError(
+                f"{source}: field '{field}': file {file} not found; "
+                "fix: give an existing file's path relative to the policy file (or remove an optional field)"
+            )
+        if field.endswith(".hierarchy"):
+            try:
+                Hierarchy.from_csv(file)
+            except PPMLError as error:
+                raise PPMLError(f"{source}: field '{field}': {error}") from None
+    for column, qi in loaded.policy.schema_.quasi_identifiers.items():
+        if qi.hierarchy_spec is not None:
+            HierarchySpec(dict(qi.hierarchy_spec), f"{source}: schema.quasi_identifiers.{column}.hierarchy_spec")
 
 
 def check_columns_exist(policy: Policy, columns: set[str], source: str) -> None:
