@@ -58,10 +58,31 @@ def validate_policy(
     table.add_row("regulation", policy.use_case.regulation.value)
     table.add_row("content hash", loaded.content_hash)
     table.add_row("k / suppression", f"{policy.privacy.k} / {policy.privacy.suppression_limit:.0%}")
-    table.add_row("epsilon / delta", f"{policy.privacy.epsilon:g} / {policy.privacy.delta:g}")
+    table.add_row("epsilon / delta", f"{policy.privacy.epsilon:g} / {policy.privacy.delta}")
     table.add_row("lifetime epsilon budget", f"{policy.privacy.lifetime_epsilon_budget:g}")
     table.add_row("training window", f"{policy.collection.training_window_days} days")
     console.print(table)
+
+
+@app.command("init")
+def init_policy(
+    data: Annotated[Path, typer.Option(help="A CSV of your records (a sample or a whole export).")],
+    out: Annotated[Path, typer.Option(help="Where to write the draft policy.")] = Path("policy.yaml"),
+    name: Annotated[str | None, typer.Option(help="The policy's name (default: from the file name).")] = None,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing draft.")] = False,
+) -> None:
+    """Draft a commented policy from a CSV for review; every guess is marked '# CONFIRM:'."""
+    from ppml.policy_draft import draft_policy
+
+    try:
+        result = draft_policy(data, out, name=name, force=force)
+    except PPMLError as error:
+        fail(error)
+    console.print(f"Draft policy: [bold]{result.policy_path}[/]")
+    for path in result.hierarchy_paths:
+        console.print(f"Hierarchy: {path}")
+    for note in result.notes:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
 
 
 @app.command()

@@ -151,7 +151,7 @@ def privacy_evaluation(
     model = ServedModel(dp_model["model_uri"], mlflow.tracking_uri)
     config = training_configs(loaded)[0]
     config = dataclasses.replace(config, learning_rate=dp_model["learning_rate"])
-    dp = dp_config(loaded)
+    dp = dp_config(loaded, splits["train"].n)
 
     def train_reference(split: TabularSplit):  # type: ignore[no-untyped-def]
         return train_dp(split, config, dp)
@@ -216,7 +216,7 @@ def privacy_audit(
         return {"skipped": True}
     splits = feature_splits(training_features)
     training = dataclasses.replace(training_configs(loaded)[0], learning_rate=dp_model["learning_rate"])
-    audited = dp_config(loaded)
+    audited = dp_config(loaded, splits["train"].n)
     if config.noise_multiplier_override is not None:
         context.log.warning(f"FAULT INJECTION: audit run uses noise multiplier {config.noise_multiplier_override}")
         audited = dataclasses.replace(audited, noise_multiplier_override=config.noise_multiplier_override)
