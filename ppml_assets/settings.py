@@ -11,14 +11,29 @@ from pathlib import Path
 
 from dagster import DailyPartitionsDefinition, TimeWindowPartitionMapping
 
+from ppml.data_days import landing_zone_days, partition_bounds
 from ppml.landing_zone import DEFAULT_FIRST_DAY
 from ppml.policy import bundled_policy_path, load_policy
 from ppml.workspace import default_home
 
 PPML_HOME = default_home()
 POLICY_PATH = Path(os.environ.get("PPML_POLICY", bundled_policy_path("adult_gdpr"))).resolve()
-PARTITIONS_START = os.environ.get("PPML_PARTITIONS_START", DEFAULT_FIRST_DAY.isoformat())
-PARTITIONS_END = os.environ.get("PPML_PARTITIONS_END") or None
+
+
+def _landing_zone_bounds() -> tuple[str, str] | None:
+    """Where the landing zone's data starts and ends, when the partitions are not configured explicitly."""
+    if os.environ.get("PPML_SOURCE", "landing_zone") == "sql":
+        return None
+    root = Path(os.environ.get("PPML_LANDING_ZONE", PPML_HOME / "landing"))
+    return partition_bounds(landing_zone_days(root))
+
+
+_BOUNDS = _landing_zone_bounds()
+#: PPML_PARTITIONS_START/_END win; otherwise the landing zone's first and last day; PPML_PARTITIONS_END=open
+#: keeps the partitions open-ended for a source that grows every day.
+PARTITIONS_START = os.environ.get("PPML_PARTITIONS_START") or (_BOUNDS[0] if _BOUNDS else DEFAULT_FIRST_DAY.isoformat())
+_END = os.environ.get("PPML_PARTITIONS_END") or (_BOUNDS[1] if _BOUNDS else "open")
+PARTITIONS_END = None if _END == "open" else _END
 
 #: Collection and de-identification are partitioned by event date.
 daily_partitions = DailyPartitionsDefinition(start_date=PARTITIONS_START, end_date=PARTITIONS_END)
