@@ -144,7 +144,8 @@ def evaluate_requirements(policy: Policy, evidence: dict[str, Any]) -> list[Verd
             "epsilon_within_target",
             training["epsilon"],
             privacy.epsilon,
-            f"delta {training['delta']:g} (target {privacy.delta:g}), accountant {training['accountant']}",
+            f"delta {training['delta']:g} (target {training.get('target_delta', privacy.delta)}), "
+            f"accountant {training['accountant']}",
             delta=training["delta"],
         )
     )

@@ -135,6 +135,10 @@ class SchemaRoles(Strict):
     missing_value_marker: str = Field(
         default="?", description="How the source marks a missing value; it generalizes to '*' like any other value."
     )
+    numeric_missing: dict[str, Literal["drop"] | int] = Field(
+        default_factory=dict,
+        description="Per numeric column, what an empty cell means: 'drop' the record, or a public imputation value.",
+    )
 
     def columns_by_role(self) -> dict[str, list[str]]:
         """Every column the policy names, by the policy field that names it (in collection order)."""
@@ -170,6 +174,11 @@ class SchemaRoles(Strict):
             raise ValueError(
                 f"subject_id '{self.subject_id}' is not a direct identifier; fix: list it in direct_identifiers"
             )
+        for column in self.numeric_missing:
+            if column not in self.numeric_columns:
+                raise ValueError(
+                    f"numeric_missing names '{column}', which is not numeric; fix: add it to numeric_columns"
+                )
         for column, (low, high) in self.value_ranges.items():
             if column not in self.numeric_columns:
                 raise ValueError(f"value_ranges names '{column}', which is not numeric; fix: add it to numeric_columns")
@@ -214,13 +223,19 @@ class PrivacyRequirements(Strict):
     t_closeness: list[TCloseness] = Field(default_factory=list)
     suppression_limit: float = Field(ge=0, le=0.5, description="Largest share of records that may be removed.")
     epsilon: float = Field(gt=0, le=100, description="Target epsilon of one DP training run.")
-    delta: float = Field(gt=0, lt=1e-2, description="Target delta; must also be < 1/n at training time.")
+    delta: Annotated[float, Field(gt=0, lt=1e-2)] | Literal["auto"] = Field(
+        description="Target delta; must also be < 1/n at training time. 'auto' derives it from n (auto_delta)."
+    )
     lifetime_epsilon_budget: float = Field(gt=0, description="Total epsilon any data subject may be exposed to.")
     max_reidentification_risk: float = Field(gt=0, le=1, description="Highest prosecutor risk allowed (<= 1/k).")
     max_membership_inference_auc: float = Field(ge=0.5, le=1)
     max_membership_inference_tpr_at_low_fpr: float = Field(default=0.05, gt=0, lt=1)
     low_fpr: float = Field(default=0.01, gt=0, lt=1, description="FPR at which the attack TPR is limited.")
     dp_statistics_epsilon: float = Field(default=0.5, gt=0, description="Epsilon of the OpenDP summary release.")
+
+    def delta_for(self, n_records: int) -> float:
+        """The delta of a training run on ``n_records`` records: the policy's value, or the auto rule."""
+        return auto_delta(n_records) if self.delta == "auto" else float(self.delta)
 
     @model_validator(mode="after")
     def _budget_covers_one_run(self) -> PrivacyRequirements:
@@ -234,6 +249,20 @@ class PrivacyRequirements(Strict):
 
 #: The smallest margin over the trivial predictor the gate accepts (a policy can only ask for more).
 TRIVIAL_MARGIN_FLOOR = 0.02
+
+#: The largest delta ``delta: auto`` ever picks (the customary ceiling for data sets of up to ~10,000 records).
+AUTO_DELTA_CEILING = 1e-5
+
+
+def auto_delta(n_records: int) -> float:
+    """``delta: auto``: min(1e-5, 1/(10 n)) rounded down to a power of ten, so always below 1/(10 n) < 1/n.
+
+    A power of ten keeps delta constant while n grows within a decade, so the ledger's lifetime delta does not
+    move with every new day of data.
+    """
+    if n_records < 1:
+        return AUTO_DELTA_CEILING
+    return min(AUTO_DELTA_CEILING, 10.0 ** math.floor(math.log10(1.0 / (10 * n_records))))
 
 
 class PerformanceObjectives(Strict):

@@ -202,7 +202,8 @@ def dp_statistics(
             epsilon=privacy.dp_statistics_epsilon,
             ledger=store,
             scope=scope,
-            lifetime=LifetimeBudget(privacy.lifetime_epsilon_budget, privacy.delta),
+            # delta: auto resolves on every record here (<= the training split's delta: composition over-counts)
+            lifetime=LifetimeBudget(privacy.lifetime_epsilon_budget, privacy.delta_for(len(anonymized_records))),
             request_key=f"dp_statistics:{context.partition_key}:{context.run.run_id}",
             dagster_run_id=context.run.run_id,
             categorical=categorical,

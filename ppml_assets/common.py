@@ -73,11 +73,12 @@ def selected_training_config(loaded: LoadedPolicy, dp_model: dict[str, Any]) -> 
     )
 
 
-def dp_config(loaded: LoadedPolicy) -> DPConfig:
+def dp_config(loaded: LoadedPolicy, n_train: int) -> DPConfig:
+    """The policy's DP settings for a run on ``n_train`` records (``delta: auto`` is resolved from n)."""
     privacy, settings = loaded.policy.privacy, loaded.policy.training
     return DPConfig(
         target_epsilon=privacy.epsilon,
-        target_delta=privacy.delta,
+        target_delta=privacy.delta_for(n_train),
         max_grad_norm=settings.max_grad_norm,
         accountant=settings.accountant,
     )

@@ -166,7 +166,7 @@ def privacy_evaluation(
     splits = feature_splits(training_features)
     model = ServedModel(dp_model["model_uri"], mlflow.tracking_uri)
     config = selected_training_config(loaded, dp_model)
-    dp = dp_config(loaded)
+    dp = dp_config(loaded, splits["train"].n)
 
     def train_reference(split: TabularSplit):  # type: ignore[no-untyped-def]
         return train_dp(split, config, dp)
@@ -231,7 +231,7 @@ def privacy_audit(
         return {"skipped": True}
     splits = feature_splits(training_features)
     training = selected_training_config(loaded, dp_model)
-    audited = dp_config(loaded)
+    audited = dp_config(loaded, splits["train"].n)
     if config.noise_multiplier_override is not None:
         context.log.warning(f"FAULT INJECTION: audit run uses noise multiplier {config.noise_multiplier_override}")
         audited = dataclasses.replace(audited, noise_multiplier_override=config.noise_multiplier_override)

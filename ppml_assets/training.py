@@ -22,7 +22,7 @@ from ppml_assets.common import (
     utility_summary,
 )
 from ppml_assets.settings import daily_partitions, window_partition_keys
-from resources import LedgerResource, MlflowResource, PolicyResource, WorkspacePaths
+from resources import AssetStore, LedgerResource, MlflowResource, PolicyResource, WorkspacePaths
 
 #: DP training asks the deployment for a GPU: runs carry the tag the QueuedRunCoordinator rations
 #: (deploy/dagster.yaml), the op is in the "gpu" pool, and dagster-k8s turns the tag into a resource request.
@@ -72,14 +72,15 @@ def dp_model(
     tracker = TrainingTracker(mlflow.tracking_uri, experiment_name=mlflow.experiment_name)
     scope = data_scope(loaded, context.partition_key, splits["train"])
     tags = lineage_tags(context, loaded, _features_hash(context))
+    dp = dp_config(loaded, splits["train"].n)
     store = open_ledger(ledger.url, loaded)
     try:
-        spent_before = store.spent(scope, loaded.policy.privacy.delta).epsilon
+        spent_before = store.spent(scope, dp.target_delta).epsilon
         result = train_within_budget(
             splits["train"],
             splits["validation"],
             training_configs(loaded, splits["train"]),
-            dp_config(loaded),
+            dp,
             ledger=store,
             scope=scope,
             lifetime_epsilon=loaded.policy.privacy.lifetime_epsilon_budget,
@@ -113,7 +114,7 @@ def dp_model(
         "delta": result.delta,
         "epsilon_including_selection": result.epsilon_including_selection,
         "target_epsilon": loaded.policy.privacy.epsilon,
-        "target_delta": loaded.policy.privacy.delta,
+        "target_delta": dp.target_delta,
         "noise_multiplier": selected.noise_multiplier,
         "sample_rate": selected.sample_rate,
         "steps": selected.steps,
@@ -242,16 +243,21 @@ def non_private_baseline(
 
 
 @asset(group_name="training", partitions_def=daily_partitions, deps=["dp_model", "privacy_audit"], kinds={"json"})
-def privacy_budget(context: AssetExecutionContext, policy: PolicyResource, ledger: LedgerResource) -> dict:
+def privacy_budget(
+    context: AssetExecutionContext, policy: PolicyResource, ledger: LedgerResource, asset_store: AssetStore
+) -> dict:
     """Remaining lifetime epsilon per data scope, from the ledger; warns when less than a fifth is left."""
     loaded = policy.load()
     privacy = loaded.policy.privacy
+    delta = privacy.delta
+    if delta == "auto":  # resolved from n by dp_model; the budget is stated at the same delta
+        delta = float(asset_store.read_stored("dp_model", context.partition_key)["target_delta"])
     store = open_ledger(ledger.url, loaded)
     try:
         statuses = [
             s.to_dict()
             for s in store.budget_status(
-                loaded.policy.dataset.id, LifetimeBudget(privacy.lifetime_epsilon_budget, privacy.delta)
+                loaded.policy.dataset.id, LifetimeBudget(privacy.lifetime_epsilon_budget, delta)
             )
         ]
     finally:
