@@ -483,8 +483,13 @@ _FIXES = {
 }
 
 
+#: Location parts pydantic adds for validators and union members (``delta: float | 'auto'``), not field names.
+_TAG_PREFIXES = ("function-", "constrained-", "literal[")
+_TAG_NAMES = {"float", "int", "str", "bool"}
+
+
 def _field_path(location: tuple[Any, ...]) -> str:
-    parts = [str(p) for p in location if not (isinstance(p, str) and p.startswith("function-after"))]
+    parts = [str(p) for p in location if not (isinstance(p, str) and (p.startswith(_TAG_PREFIXES) or p in _TAG_NAMES))]
     return ".".join("schema" if p == "schema_" else p for p in parts) or "(document)"
 
 
