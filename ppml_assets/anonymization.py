@@ -187,7 +187,10 @@ def dp_statistics(context: AssetExecutionContext, anonymized_records: pd.DataFra
     numeric = {
         column: (float(low), float(high))
         for column, (low, high) in roles.value_ranges.items()
-        if column in anonymized_records.columns and column not in roles.quasi_identifiers
+        if column in anonymized_records.columns
+        and column not in roles.quasi_identifiers
+        # a column release safety generalized or binned holds labels, not numbers: no clamped mean of it
+        and pd.api.types.is_numeric_dtype(anonymized_records[column])
     }
     summary = dp_summary(
         anonymized_records,
