@@ -191,7 +191,10 @@ def dp_statistics(
     numeric = {
         column: (float(low), float(high))
         for column, (low, high) in roles.value_ranges.items()
-        if column in anonymized_records.columns and column not in roles.quasi_identifiers
+        if column in anonymized_records.columns
+        and column not in roles.quasi_identifiers
+        # a column release safety generalized or binned holds labels, not numbers: no clamped mean of it
+        and pd.api.types.is_numeric_dtype(anonymized_records[column])
     }
     privacy = loaded.policy.privacy
     scope = data_scope(loaded, context.partition_key)

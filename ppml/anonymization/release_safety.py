@@ -322,6 +322,8 @@ def safe_release(data: pd.DataFrame, config: AnonymizationConfig, rules: Release
     else:
         final_config = config
         final = replace(first, data=first.data.drop(columns=[d.column for d in decisions if d.action == "drop"]))
+    # handle hierarchies are built from the data: their labels are not public categories
+    final.public_categories = {qi: v for qi, v in final.public_categories.items() if qi in config.quasi_identifiers}
     released = [d.column for d in decisions if d.action != "drop"]
     after = _measure_all(final, prepared, policy_qis, released, config.k)
     for decision in decisions:

@@ -139,7 +139,7 @@ def test_adult_flags_education_num_and_fnlwgt() -> None:
 
     loaded = load_policy(GDPR_POLICY)
     adult = read_bundled_adult().drop(columns=["official_split"]).sample(n=15_000, random_state=1)
-    adult = adult.reset_index(drop=True)
+    adult = adult.reset_index(drop=True).assign(split_bucket=lambda f: np.arange(len(f)) % 100)
     base = with_missing_values(config_from_policy(loaded), adult, "?")
     released = safe_release(adult, base, rules_from_policy(loaded))
     education_num, fnlwgt = figures(released, "education_num"), figures(released, "fnlwgt")
@@ -150,6 +150,15 @@ def test_adult_flags_education_num_and_fnlwgt() -> None:
     sizes = attacker_class_sizes(released.anonymization.data, released.attacker_knowledge)
     assert sizes.min() >= loaded.policy.privacy.k
     assert {"hours_per_week", "relationship", "capital_gain"} <= set(released.handles)
+    assert figures(released, "split_bucket")["action"] == "keep"
+    # preparation follows the release: dropped features are recorded, intervals and bins are categories
+    from ppml.preparation import clean_records
+
+    cleaned, preparation = clean_records(released.anonymization.data, loaded.policy)
+    decisions = {d.feature: d for d in preparation.decisions}
+    assert decisions["fnlwgt"].reason == "dropped by release safety"
+    assert decisions["education_num"].decision == "dropped"
+    assert decisions["capital_gain"].bins is None and "capital_gain" in cleaned.columns
 
 
 def test_second_data_set_health_insurance() -> None:
