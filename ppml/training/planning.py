@@ -19,11 +19,13 @@ from collections.abc import Sequence
 from typing import Literal
 
 from ppml.errors import input_error
-from ppml.ledger import Charge, compose
-from ppml.training.config import DPConfig, ModelSpec, TrainingConfig
+from ppml.ledger import Charge, DataScope, PlannedRun, compose
+from ppml.training.config import DPConfig, ModelSpec, TrainingConfig, fingerprint
+from ppml.training.data import TabularSplit
 from ppml.training.dp_sgd import DPPlan, calibrated_noise_multiplier, epsilon_of_history, plan_dp_training
 
 CandidateBudget = Literal["each", "split", "composed"]
+SelectionMetric = Literal["accuracy", "auc", "balanced_accuracy"]
 
 #: n * epsilon at which the rule's step count reaches its reference (Adult's ~27,000 rows at epsilon 1).
 REFERENCE_SIGNAL = 25_000.0
@@ -186,3 +188,89 @@ def _per_run_epsilons(n_records: int, candidates: Sequence[TrainingConfig], dp: 
 
 def _plans(n_records: int, candidates: Sequence[TrainingConfig], configs: Sequence[DPConfig]) -> list[DPPlan]:
     return [plan_dp_training(n_records, c, d) for c, d in zip(candidates, configs, strict=True)]
+
+
+# ------------------------------------------------------------------------------------- the request's plan
+
+
+@dataclasses.dataclass(frozen=True)
+class SelectionPlan:
+    """Everything decided before the ledger is asked: the candidates, their DP targets and calibrated plans."""
+
+    candidates: list[TrainingConfig]
+    dps: list[DPConfig]
+    plans: list[DPPlan]
+    planned: list[PlannedRun]
+    request_key: str
+    budget: CandidateBudget
+    metric: SelectionMetric
+    target_delta: float
+    class_count: Charge | None = None  # the noisy positive count of a balanced selection, charged as a run
+
+
+def plan_selection(
+    train: TabularSplit,
+    validation: TabularSplit,
+    candidates: Sequence[TrainingConfig],
+    dp: DPConfig,
+    candidate_budget: CandidateBudget,
+    selection_metric: SelectionMetric,
+    scope: DataScope,
+) -> SelectionPlan:
+    """Calibrate every candidate's noise (jointly under ``composed``) and fingerprint the request."""
+    candidate_list = list(candidates)
+    count = class_count_charge(train.n, dp) if selection_metric == "balanced_accuracy" else None
+    dps = candidate_dp_configs(train.n, candidate_list, dp, candidate_budget, [count] if count else ())
+    plans = [plan_dp_training(train.n, config, c_dp) for config, c_dp in zip(candidate_list, dps, strict=True)]
+    planned = [
+        planned_run(i, train, config, c_dp, plan)
+        for i, (config, c_dp, plan) in enumerate(zip(candidate_list, dps, plans, strict=True))
+    ]
+    if count is not None:
+        planned.append(class_count_run(len(candidate_list), train, dp, count))
+    request_key = fingerprint(
+        "request",
+        scope,
+        train.record_set_hash(),
+        validation.record_set_hash(),
+        candidate_list,
+        dps if candidate_budget == "composed" else dps[0],
+        candidate_budget,
+        selection_metric,
+    )
+    return SelectionPlan(
+        candidate_list, dps, plans, planned, request_key, candidate_budget, selection_metric, dp.target_delta, count
+    )
+
+
+def planned_run(index: int, train: TabularSplit, config: TrainingConfig, dp: DPConfig, plan: DPPlan) -> PlannedRun:
+    return PlannedRun(
+        candidate_index=index,
+        config_fingerprint=fingerprint("dp-run", train.record_set_hash(), config, dp, 1),
+        config={**config.to_params(), **dp.to_params()},
+        accountant=dp.accountant,
+        target_epsilon=dp.target_epsilon,
+        target_delta=dp.target_delta,
+        noise_multiplier=plan.noise_multiplier,
+        noise_multiplier_applied=plan.noise_multiplier_applied,
+        sample_rate=plan.sample_rate,
+        planned_steps=plan.planned_steps,
+        epsilon_planned=plan.epsilon_charged_planned,
+    )
+
+
+def class_count_run(index: int, train: TabularSplit, dp: DPConfig, charge: Charge) -> PlannedRun:
+    """The Gaussian count of positive training labels (sensitivity 1), reserved like a one-step DP run."""
+    return PlannedRun(
+        candidate_index=index,
+        config_fingerprint=fingerprint("class-count", train.record_set_hash(), charge, dp),
+        config={"mechanism": "gaussian_positive_count", "noise_std": charge.noise_multiplier},
+        accountant=dp.accountant,
+        target_epsilon=charge.epsilon,
+        target_delta=charge.delta,
+        noise_multiplier=charge.noise_multiplier,
+        noise_multiplier_applied=charge.noise_multiplier,
+        sample_rate=1.0,
+        planned_steps=1,
+        epsilon_planned=charge.epsilon,
+    )
