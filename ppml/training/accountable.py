@@ -31,7 +31,6 @@ import numpy as np
 from ppml.errors import PPMLError, input_error
 from ppml.ledger import (
     DEFAULT_STALE_AFTER_S,
-    Charge,
     Composition,
     DataScope,
     LedgerRun,
@@ -44,7 +43,13 @@ from ppml.training.checkpoint import checkpoint_path, load_checkpoint
 from ppml.training.config import DPConfig, TrainingConfig, fingerprint
 from ppml.training.data import TabularSplit
 from ppml.training.dp_sgd import TrainedModel, train_dp, train_non_private
-from ppml.training.planning import CandidateBudget, SelectionMetric, SelectionPlan, plan_selection
+from ppml.training.planning import (
+    CandidateBudget,
+    SelectionMetric,
+    SelectionPlan,
+    mean_prediction_noise,
+    plan_selection,
+)
 from ppml.training.selection import CandidateResult, balanced_for_prior, select_best, validation_scores
 from ppml.training.selection_tracking import close_candidate_runs, close_selection_run, open_selection_run
 
@@ -335,10 +340,10 @@ def _train_all(session: _Session, plan: SelectionPlan, booking: _Booking) -> lis
     try:
         for index, (config, c_dp) in enumerate(zip(plan.candidates, plan.dps, strict=True)):
             results.append(_train_candidate(session, index, config, c_dp, booking.run_ids[index]))
-        if plan.class_count is not None:
+        if plan.mean_prediction is not None:
             run_id = booking.run_ids[len(plan.candidates)]
-            prior = _noisy_positive_rate(session, plan.class_count, run_id, plan.dps[0].dp_seed)
-            results = [balanced_for_prior(result, prior, session.validation) for result in results]
+            means = _noisy_mean_predictions(session, results, run_id, plan.dps[0].dp_seed)
+            results = [balanced_for_prior(r, mean, session.validation) for r, mean in zip(results, means, strict=True)]
     except BaseException as error:
         session.ledger.finish_request(
             booking.request_id,
@@ -405,12 +410,17 @@ def _train_candidate(
     )
 
 
-def _noisy_positive_rate(session: _Session, charge: Charge, run_id: str, seed: int | None) -> float:
-    """The Gaussian mechanism on the positive count (reserved before training; completed once drawn)."""
+def _noisy_mean_predictions(
+    session: _Session, results: list[CandidateResult], run_id: str, seed: int | None
+) -> list[float]:
+    """The Gaussian mechanism on each candidate's sum of training predictions (reserved before training)."""
     rng = np.random.default_rng(seed if seed is not None else secrets.randbits(63))
-    noisy = float(session.train.y.sum()) + float(rng.normal(0.0, charge.noise_multiplier))
-    session.ledger.complete_run(run_id, steps=1, epsilon=charge.epsilon)
-    return min(max(noisy / session.train.n, 0.01), 0.99)
+    noise_std = mean_prediction_noise(session.train.n)
+    sums = [float(r.model.predict_proba(session.train.X).sum()) for r in results]
+    noisy = [total + float(rng.normal(0.0, noise_std)) for total in sums]
+    charge = session.ledger.run(run_id)
+    session.ledger.complete_run(run_id, steps=1, epsilon=float(charge.epsilon_planned or math.inf))
+    return [min(max(value / session.train.n, 0.01), 0.99) for value in noisy]
 
 
 def train_baseline(
