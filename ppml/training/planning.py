@@ -119,11 +119,12 @@ def candidate_dp_configs(
     noisy mean predictions of a balanced selection) is at most the target.
     """
     count = len(candidates)
-    if mode == "each" or count == 1:
+    if mode == "each" or (count == 1 and not extra):
         return [dp] * count
     split = dataclasses.replace(dp, target_epsilon=dp.target_epsilon / count, target_delta=dp.target_delta / count)
-    if mode == "split":
+    if mode == "split" and not extra:
         return [split] * count
+    # composed (and split with extra charges, which basic composition of equal shares cannot hold at the target)
     for per_run in _per_run_epsilons(n_records, candidates, dp):
         configs = [dataclasses.replace(dp, target_epsilon=per_run)] * count
         if selection_epsilon(_plans(n_records, candidates, configs), dp.target_delta, extra) <= dp.target_epsilon:
@@ -188,7 +189,8 @@ def _per_run_epsilons(n_records: int, candidates: Sequence[TrainingConfig], dp: 
         single = epsilon_of_history([(joint, plan.sample_rate, plan.planned_steps)], dp.target_delta, dp.accountant)
         tries += [single * shrink for shrink in (1.0, 0.98, 0.95, 0.92, 0.88)]
     tries += [dp.target_epsilon / math.sqrt(count) * 0.85**i for i in range(6)]
-    return [t for t in tries if math.isfinite(t) and t > dp.target_epsilon / count]
+    floor = dp.target_epsilon / (count + 1)  # below this, eps/k each (the fallback) is as good
+    return [t for t in tries if math.isfinite(t) and t > floor]
 
 
 def _plans(n_records: int, candidates: Sequence[TrainingConfig], configs: Sequence[DPConfig]) -> list[DPPlan]:

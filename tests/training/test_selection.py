@@ -189,3 +189,16 @@ def test_bad_selection_request_is_refused_before_any_charge(tmp_path) -> None:
         assert ledger.runs() == []
     finally:
         ledger.close()
+
+
+@pytest.mark.parametrize("mode", ["composed", "split"])
+def test_extra_charges_are_inside_the_target_even_for_one_candidate(mode: str) -> None:
+    from ppml.training.planning import mean_prediction_charge
+
+    dp = DPConfig(target_epsilon=1.0, target_delta=1e-5, accountant="rdp")
+    for candidates in (derive_candidates(3_000, 20, 1.0)[:1], derive_candidates(3_000, 20, 1.0)):
+        extra = [mean_prediction_charge(3_000, len(candidates), dp)]
+        configs = candidate_dp_configs(3_000, candidates, dp, mode, extra)  # type: ignore[arg-type]
+        plans = [plan_dp_training(3_000, c, d) for c, d in zip(candidates, configs, strict=True)]
+        assert selection_epsilon(plans, dp.target_delta, extra) <= dp.target_epsilon * (1 + 1e-9)
+        assert selection_epsilon(plans, dp.target_delta) < selection_epsilon(plans, dp.target_delta, extra)
