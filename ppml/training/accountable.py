@@ -50,7 +50,7 @@ from ppml.training.planning import (
     mean_prediction_noise,
     plan_selection,
 )
-from ppml.training.selection import CandidateResult, balanced_for_prior, select_best, validation_scores
+from ppml.training.selection import CandidateResult, balanced_at_mean_prediction, select_best, validation_scores
 from ppml.training.selection_tracking import close_candidate_runs, close_selection_run, open_selection_run
 
 if TYPE_CHECKING:
@@ -343,7 +343,8 @@ def _train_all(session: _Session, plan: SelectionPlan, booking: _Booking) -> lis
         if plan.mean_prediction is not None:
             run_id = booking.run_ids[len(plan.candidates)]
             means = _noisy_mean_predictions(session, results, run_id, plan.dps[0].dp_seed)
-            results = [balanced_for_prior(r, mean, session.validation) for r, mean in zip(results, means, strict=True)]
+            pairs = zip(results, means, strict=True)
+            results = [balanced_at_mean_prediction(r, mean, session.validation) for r, mean in pairs]
     except BaseException as error:
         session.ledger.finish_request(
             booking.request_id,

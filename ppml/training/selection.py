@@ -71,7 +71,9 @@ def validation_scores(model: TrainedModel, validation: TabularSplit) -> dict[str
     return {"accuracy": accuracy, "auc": auc, "balanced_accuracy": balanced}
 
 
-def balanced_for_prior(result: CandidateResult, mean_prediction: float, validation: TabularSplit) -> CandidateResult:
+def balanced_at_mean_prediction(
+    result: CandidateResult, mean_prediction: float, validation: TabularSplit
+) -> CandidateResult:
     """Post-processing for balanced accuracy: shift the positive logit by -log(m / (1 - m)).
 
     ``m`` is the candidate's own (noisy) mean predicted probability on its training data. The shift puts the
@@ -80,11 +82,10 @@ def balanced_for_prior(result: CandidateResult, mean_prediction: float, validati
     prediction equals the prior -- without trusting the noisy model to be calibrated (DP models on an 80/20 label
     predicted 8 % positives on average). Validation scores are those of the shifted model.
     """
-    prior = mean_prediction
     module = copy.deepcopy(result.model.module)
     last = [layer for layer in module.modules() if isinstance(layer, nn.Linear)][-1]
     with torch.no_grad():
-        last.bias[1] -= math.log(prior / (1.0 - prior))
+        last.bias[1] -= math.log(mean_prediction / (1.0 - mean_prediction))
     model = dataclasses.replace(result.model, module=module)
     scores = validation_scores(model, validation)
     return dataclasses.replace(
