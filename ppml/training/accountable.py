@@ -18,24 +18,19 @@ scope should cover the validation partition as well and why few candidates are p
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import logging
 import math
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from ppml.errors import PPMLError, input_error
 from ppml.ledger import (
     DEFAULT_STALE_AFTER_S,
-    Charge,
     Composition,
     DataScope,
     LedgerRun,
@@ -47,50 +42,21 @@ from ppml.ledger import (
 from ppml.training.checkpoint import checkpoint_path, load_checkpoint
 from ppml.training.config import DPConfig, TrainingConfig, fingerprint
 from ppml.training.data import TabularSplit
-from ppml.training.dp_sgd import DPPlan, TrainedModel, plan_dp_training, train_dp, train_non_private
-from ppml.training.planning import CandidateBudget, candidate_dp_configs, class_count_charge
+from ppml.training.dp_sgd import TrainedModel, train_dp, train_non_private
+from ppml.training.planning import (
+    CandidateBudget,
+    SelectionMetric,
+    SelectionPlan,
+    mean_prediction_noise,
+    plan_selection,
+)
+from ppml.training.selection import CandidateResult, balanced_at_mean_prediction, select_best, validation_scores
+from ppml.training.selection_tracking import close_candidate_runs, close_selection_run, open_selection_run
 
 if TYPE_CHECKING:
     from ppml.tracking import TrainingTracker
 
 log = logging.getLogger(__name__)
-
-SelectionMetric = Literal["accuracy", "auc", "balanced_accuracy"]
-
-
-@dataclass
-class CandidateResult:
-    """One trained candidate configuration."""
-
-    index: int
-    config: TrainingConfig
-    dp: DPConfig
-    ledger_run_id: str
-    mlflow_run_id: str | None
-    model: TrainedModel
-    validation_accuracy: float | None
-    validation_auc: float | None
-    resumed_from_step: int | None
-    validation_balanced_accuracy: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "index": self.index,
-            "model": self.config.model.describe(),
-            "ledger_run_id": self.ledger_run_id,
-            "mlflow_run_id": self.mlflow_run_id,
-            "epsilon": self.model.epsilon,
-            "delta": self.model.delta,
-            "noise_multiplier": self.model.noise_multiplier,
-            "sample_rate": self.model.sample_rate,
-            "steps": self.model.steps,
-            "validation_accuracy": self.validation_accuracy,
-            "validation_auc": self.validation_auc,
-            "validation_balanced_accuracy": self.validation_balanced_accuracy,
-            "target_epsilon": self.dp.target_epsilon,
-            "resumed_from_step": self.resumed_from_step,
-            "config": self.config.to_params(),
-        }
 
 
 @dataclass
@@ -198,15 +164,15 @@ def train_within_budget(
     checkpoint_dir = Path(checkpoint_dir)
     booking = _book(ledger, scope, lifetime, plan, checkpoint_dir, dagster_run_id, stale_after_s)
     run_tags = {k: str(v) for k, v in (tags or {}).items()}
-    parent_run_id = _open_selection_run(tracker, ledger, booking.request_id, scope, plan, lifetime, run_tags)
+    parent_run_id = open_selection_run(tracker, ledger, booking.request_id, scope, plan, lifetime, run_tags)
     session = _Session(train, validation, ledger, scope, checkpoint_dir, tracker, parent_run_id, run_tags)
     results = _train_all(session, plan, booking)
-    selected = _select(results, plan.metric)
+    selected = select_best(results, plan.metric)
     including = _selection_spend(ledger, scope, booking.request_id, plan)
-    model_uri = _close_candidate_runs(tracker, results, selected, including, log_model)
+    model_uri = close_candidate_runs(tracker, results, selected, including, log_model)
     ledger.finish_request(booking.request_id, selected_run_id=selected.ledger_run_id)
     spent = ledger.spent(scope, lifetime.delta)
-    _close_selection_run(tracker, parent_run_id, selected, including, spent, lifetime)
+    close_selection_run(tracker, parent_run_id, selected, including, spent, lifetime)
     return AccountableTrainingResult(
         model=selected.model,
         selected_index=selected.index,
@@ -228,73 +194,6 @@ def train_within_budget(
 
 
 # --------------------------------------------------------------------------------------------------- planning
-
-
-@dataclass(frozen=True)
-class SelectionPlan:
-    """Everything decided before the ledger is asked: the candidates, their DP targets and calibrated plans."""
-
-    candidates: list[TrainingConfig]
-    dps: list[DPConfig]
-    plans: list[DPPlan]
-    planned: list[PlannedRun]
-    request_key: str
-    budget: CandidateBudget
-    metric: SelectionMetric
-    target_delta: float
-    class_count: Charge | None = None  # the noisy positive count of a balanced selection, charged as a run
-
-
-def plan_selection(
-    train: TabularSplit,
-    validation: TabularSplit,
-    candidates: Sequence[TrainingConfig],
-    dp: DPConfig,
-    candidate_budget: CandidateBudget,
-    selection_metric: SelectionMetric,
-    scope: DataScope,
-) -> SelectionPlan:
-    """Calibrate every candidate's noise (jointly under ``composed``) and fingerprint the request."""
-    candidate_list = list(candidates)
-    count = class_count_charge(train.n, dp) if selection_metric == "balanced_accuracy" else None
-    dps = candidate_dp_configs(train.n, candidate_list, dp, candidate_budget, [count] if count else ())
-    plans = [plan_dp_training(train.n, config, c_dp) for config, c_dp in zip(candidate_list, dps, strict=True)]
-    planned = [
-        _planned_run(i, train, config, c_dp, plan)
-        for i, (config, c_dp, plan) in enumerate(zip(candidate_list, dps, plans, strict=True))
-    ]
-    if count is not None:
-        planned.append(_class_count_run(len(candidate_list), train, dp, count))
-    request_key = fingerprint(
-        "request",
-        scope,
-        train.record_set_hash(),
-        validation.record_set_hash(),
-        candidate_list,
-        dps if candidate_budget == "composed" else dps[0],
-        candidate_budget,
-        selection_metric,
-    )
-    return SelectionPlan(
-        candidate_list, dps, plans, planned, request_key, candidate_budget, selection_metric, dp.target_delta, count
-    )
-
-
-def _class_count_run(index: int, train: TabularSplit, dp: DPConfig, charge: Charge) -> PlannedRun:
-    """The Gaussian count of positive training labels (sensitivity 1), reserved like a one-step DP run."""
-    return PlannedRun(
-        candidate_index=index,
-        config_fingerprint=fingerprint("class-count", train.record_set_hash(), charge, dp),
-        config={"mechanism": "gaussian_positive_count", "noise_std": charge.noise_multiplier},
-        accountant=dp.accountant,
-        target_epsilon=charge.epsilon,
-        target_delta=charge.delta,
-        noise_multiplier=charge.noise_multiplier,
-        noise_multiplier_applied=charge.noise_multiplier,
-        sample_rate=1.0,
-        planned_steps=1,
-        epsilon_planned=charge.epsilon,
-    )
 
 
 def _lifetime_budget(lifetime_epsilon: float, lifetime_delta: float | None, dp: DPConfig) -> LifetimeBudget:
@@ -441,10 +340,11 @@ def _train_all(session: _Session, plan: SelectionPlan, booking: _Booking) -> lis
     try:
         for index, (config, c_dp) in enumerate(zip(plan.candidates, plan.dps, strict=True)):
             results.append(_train_candidate(session, index, config, c_dp, booking.run_ids[index]))
-        if plan.class_count is not None:
+        if plan.mean_prediction is not None:
             run_id = booking.run_ids[len(plan.candidates)]
-            prior = _noisy_positive_rate(session, plan.class_count, run_id, plan.dps[0].dp_seed)
-            results = [_balanced(result, prior, session.validation) for result in results]
+            means = _noisy_mean_predictions(session, results, run_id, plan.dps[0].dp_seed)
+            pairs = zip(results, means, strict=True)
+            results = [balanced_at_mean_prediction(r, mean, session.validation) for r, mean in pairs]
     except BaseException as error:
         session.ledger.finish_request(
             booking.request_id,
@@ -511,157 +411,17 @@ def _train_candidate(
     )
 
 
-def validation_scores(model: TrainedModel, validation: TabularSplit) -> dict[str, float | None]:
-    """Accuracy, ROC AUC and balanced accuracy (threshold 0.5) of the final model on the validation split."""
-    proba = model.predict_proba(validation.X)
-    predicted = proba >= 0.5
-    y = validation.y.astype(bool)
-    accuracy = float((predicted == y).mean()) if y.size else None
-    rates = [float(predicted[y == label].mean()) if (y == label).any() else None for label in (True, False)]
-    balanced = None if None in rates else 0.5 * (rates[0] + 1.0 - rates[1])  # type: ignore[operator]
-    auc = None
-    if y.any() and not y.all():
-        from sklearn.metrics import roc_auc_score
-
-        auc = float(roc_auc_score(y, proba))
-    return {"accuracy": accuracy, "auc": auc, "balanced_accuracy": balanced}
-
-
-def _noisy_positive_rate(session: _Session, charge: Charge, run_id: str, seed: int | None) -> float:
-    """The Gaussian mechanism on the positive count (reserved before training; completed once drawn)."""
+def _noisy_mean_predictions(
+    session: _Session, results: list[CandidateResult], run_id: str, seed: int | None
+) -> list[float]:
+    """The Gaussian mechanism on each candidate's sum of training predictions (reserved before training)."""
     rng = np.random.default_rng(seed if seed is not None else secrets.randbits(63))
-    noisy = float(session.train.y.sum()) + float(rng.normal(0.0, charge.noise_multiplier))
-    session.ledger.complete_run(run_id, steps=1, epsilon=charge.epsilon)
-    return min(max(noisy / session.train.n, 0.01), 0.99)
-
-
-def _balanced(result: CandidateResult, prior: float, validation: TabularSplit) -> CandidateResult:
-    """Post-processing for balanced accuracy: shift the positive logit by -log(prior / (1 - prior)).
-
-    Then p(1 | x) / prior > p(0 | x) / (1 - prior) is the decision at threshold 0.5 -- the Bayes rule for
-    balanced accuracy when the model is calibrated. Validation scores are those of the shifted model.
-    """
-    module = copy.deepcopy(result.model.module)
-    last = [layer for layer in module.modules() if isinstance(layer, nn.Linear)][-1]
-    with torch.no_grad():
-        last.bias[1] -= math.log(prior / (1.0 - prior))
-    model = dataclasses.replace(result.model, module=module)
-    scores = validation_scores(model, validation)
-    return dataclasses.replace(
-        result,
-        model=model,
-        validation_accuracy=scores["accuracy"],
-        validation_auc=scores["auc"],
-        validation_balanced_accuracy=scores["balanced_accuracy"],
-    )
-
-
-# --------------------------------------------------------------------------------------------------- tracking
-
-
-def _open_selection_run(
-    tracker: TrainingTracker | None,
-    ledger: PrivacyLedger,
-    request_id: str,
-    scope: DataScope,
-    plan: SelectionPlan,
-    lifetime: LifetimeBudget,
-    tags: Mapping[str, str],
-) -> str | None:
-    if tracker is None:
-        return None
-    parent_run_id = tracker.start_run(
-        f"dp-selection-{scope.dataset}",
-        run_id=ledger.request_mlflow_run(request_id),
-        tags={
-            **tags,
-            "ppml.role": "selection",
-            "ppml.ledger_request_id": request_id,
-            "ppml.private": "true",
-            "ppml.partitions": ",".join(scope.partitions),
-        },
-    )
-    ledger.set_request_mlflow_run(request_id, parent_run_id)
-    tracker.log_params(
-        parent_run_id,
-        {
-            "candidates": len(plan.candidates),
-            "candidate_budget": plan.budget,
-            "candidate_epsilon": plan.dps[0].target_epsilon,
-            "selection_metric": plan.metric,
-            "lifetime_epsilon": lifetime.epsilon,
-            "lifetime_delta": lifetime.delta,
-        },
-    )
-    return parent_run_id
-
-
-def _open_candidate_run(
-    session: _Session, index: int, config: TrainingConfig, run_id: str, existing_mlflow_run: str | None
-) -> str | None:
-    if session.tracker is None:
-        return None
-    mlflow_run_id = session.tracker.start_run(
-        f"dp-candidate-{index}-{config.model.describe()}",
-        parent_run_id=session.parent_run_id,
-        run_id=existing_mlflow_run,
-        tags={
-            **session.tags,
-            "ppml.role": "candidate",
-            "ppml.candidate_index": str(index),
-            "ppml.private": "true",
-            "ppml.ledger_run_id": run_id,
-            "ppml.partitions": ",".join(session.scope.partitions),
-        },
-    )
-    session.ledger.set_mlflow_run(run_id, mlflow_run_id)
-    return mlflow_run_id
-
-
-def _close_candidate_runs(
-    tracker: TrainingTracker | None,
-    results: list[CandidateResult],
-    selected: CandidateResult,
-    including: Composition,
-    log_model: bool,
-) -> str | None:
-    """Tag the selected candidate, log its model (URI returned) and the selection's epsilon, end every run."""
-    if tracker is None:
-        return None
-    for result in results:
-        tracker.set_tags(result.mlflow_run_id, {"ppml.selected": str(result is selected).lower()})
-    model_uri = tracker.log_model(selected.mlflow_run_id, selected.model) if log_model else None
-    tracker.log_metrics(
-        selected.mlflow_run_id,
-        {"epsilon_including_selection": including.epsilon, "delta_including_selection": including.delta},
-    )
-    for result in results:
-        tracker.end_run(result.mlflow_run_id)
-    return model_uri
-
-
-def _close_selection_run(
-    tracker: TrainingTracker | None,
-    parent_run_id: str | None,
-    selected: CandidateResult,
-    including: Composition,
-    spent: Composition,
-    lifetime: LifetimeBudget,
-) -> None:
-    if tracker is None or parent_run_id is None:
-        return
-    tracker.log_metrics(
-        parent_run_id,
-        {
-            "selected_index": selected.index,
-            "epsilon": selected.model.epsilon,
-            "epsilon_including_selection": including.epsilon,
-            "lifetime_spent_epsilon": spent.epsilon,
-            "lifetime_remaining_epsilon": max(lifetime.epsilon - spent.epsilon, 0.0),
-        },
-    )
-    tracker.set_tags(parent_run_id, {"ppml.selected_mlflow_run_id": selected.mlflow_run_id})
-    tracker.end_run(parent_run_id)
+    noise_std = mean_prediction_noise(session.train.n)
+    sums = [float(r.model.predict_proba(session.train.X).sum()) for r in results]
+    noisy = [total + float(rng.normal(0.0, noise_std)) for total in sums]
+    charge = session.ledger.run(run_id)
+    session.ledger.complete_run(run_id, steps=1, epsilon=float(charge.epsilon_planned or math.inf))
+    return [min(max(value / session.train.n, 0.01), 0.99) for value in noisy]
 
 
 def train_baseline(
@@ -705,6 +465,28 @@ def train_baseline(
 
 
 # --------------------------------------------------------------------------------------------------- internals
+
+
+def _open_candidate_run(
+    session: _Session, index: int, config: TrainingConfig, run_id: str, existing_mlflow_run: str | None
+) -> str | None:
+    if session.tracker is None:
+        return None
+    mlflow_run_id = session.tracker.start_run(
+        f"dp-candidate-{index}-{config.model.describe()}",
+        parent_run_id=session.parent_run_id,
+        run_id=existing_mlflow_run,
+        tags={
+            **session.tags,
+            "ppml.role": "candidate",
+            "ppml.candidate_index": str(index),
+            "ppml.private": "true",
+            "ppml.ledger_run_id": run_id,
+            "ppml.partitions": ",".join(session.scope.partitions),
+        },
+    )
+    session.ledger.set_mlflow_run(run_id, mlflow_run_id)
+    return mlflow_run_id
 
 
 def _validate(
@@ -766,22 +548,6 @@ def _validate(
     return candidate_list
 
 
-def _planned_run(index: int, train: TabularSplit, config: TrainingConfig, dp: DPConfig, plan: DPPlan) -> PlannedRun:
-    return PlannedRun(
-        candidate_index=index,
-        config_fingerprint=fingerprint("dp-run", train.record_set_hash(), config, dp, 1),
-        config={**config.to_params(), **dp.to_params()},
-        accountant=dp.accountant,
-        target_epsilon=dp.target_epsilon,
-        target_delta=dp.target_delta,
-        noise_multiplier=plan.noise_multiplier,
-        noise_multiplier_applied=plan.noise_multiplier_applied,
-        sample_rate=plan.sample_rate,
-        planned_steps=plan.planned_steps,
-        epsilon_planned=plan.epsilon_charged_planned,
-    )
-
-
 def _current_runs(runs: Sequence[LedgerRun]) -> dict[int, LedgerRun]:
     """Per candidate, the newest run that was not abandoned (abandoned rows are history, still charged)."""
     current: dict[int, LedgerRun] = {}
@@ -794,18 +560,3 @@ def _current_runs(runs: Sequence[LedgerRun]) -> dict[int, LedgerRun]:
 def _finished_checkpoint(checkpoint_dir: Path, run_id: str) -> bool:
     stored = load_checkpoint(checkpoint_path(checkpoint_dir / run_id))
     return bool(stored and stored.get("completed"))
-
-
-def _select(results: list[CandidateResult], metric: str) -> CandidateResult:
-    """Best validation metric; ties go to the other metrics, then to the smaller epsilon."""
-    order = {
-        "accuracy": ("validation_accuracy", "validation_auc", "validation_balanced_accuracy"),
-        "auc": ("validation_auc", "validation_accuracy", "validation_balanced_accuracy"),
-        "balanced_accuracy": ("validation_balanced_accuracy", "validation_auc", "validation_accuracy"),
-    }[metric]
-
-    def score(result: CandidateResult) -> tuple[float, ...]:
-        values = [getattr(result, name) for name in order]
-        return (*(v if v is not None else -1.0 for v in values), -(result.model.epsilon or 0.0))
-
-    return max(results, key=score)

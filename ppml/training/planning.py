@@ -19,11 +19,13 @@ from collections.abc import Sequence
 from typing import Literal
 
 from ppml.errors import input_error
-from ppml.ledger import Charge, compose
-from ppml.training.config import DPConfig, ModelSpec, TrainingConfig
+from ppml.ledger import Charge, DataScope, PlannedRun, compose
+from ppml.training.config import DPConfig, ModelSpec, TrainingConfig, fingerprint
+from ppml.training.data import TabularSplit
 from ppml.training.dp_sgd import DPPlan, calibrated_noise_multiplier, epsilon_of_history, plan_dp_training
 
 CandidateBudget = Literal["each", "split", "composed"]
+SelectionMetric = Literal["accuracy", "auc", "balanced_accuracy"]
 
 #: n * epsilon at which the rule's step count reaches its reference (Adult's ~27,000 rows at epsilon 1).
 REFERENCE_SIGNAL = 25_000.0
@@ -114,14 +116,15 @@ def candidate_dp_configs(
     ``split``: (eps/k, delta/k) each -- basic composition keeps the whole selection within the target.
     ``composed``: one per-candidate epsilon, as large as possible, such that the ledger's own composition
     (:func:`ppml.ledger.compose`, at the target delta) of all k calibrated runs and the ``extra`` charges (the
-    noisy class count of a balanced selection) is at most the target.
+    noisy mean predictions of a balanced selection) is at most the target.
     """
     count = len(candidates)
-    if mode == "each" or count == 1:
+    if mode == "each" or (count == 1 and not extra):
         return [dp] * count
     split = dataclasses.replace(dp, target_epsilon=dp.target_epsilon / count, target_delta=dp.target_delta / count)
-    if mode == "split":
+    if mode == "split" and not extra:
         return [split] * count
+    # composed (and split with extra charges, which basic composition of equal shares cannot hold at the target)
     for per_run in _per_run_epsilons(n_records, candidates, dp):
         configs = [dataclasses.replace(dp, target_epsilon=per_run)] * count
         if selection_epsilon(_plans(n_records, candidates, configs), dp.target_delta, extra) <= dp.target_epsilon:
@@ -130,7 +133,7 @@ def candidate_dp_configs(
         raise input_error(
             "training request",
             "target_epsilon",
-            f"epsilon {dp.target_epsilon:g} leaves no room for {count} candidates and the noisy class count",
+            f"epsilon {dp.target_epsilon:g} leaves no room for {count} candidates and the noisy mean predictions",
             "raise epsilon or use fewer candidates",
         )
     return [split] * count  # the guaranteed fallback: basic composition
@@ -142,20 +145,25 @@ def selection_epsilon(plans: Sequence[DPPlan], delta: float, extra: Sequence[Cha
     return compose([*charges, *extra], delta).epsilon
 
 
-def class_count_noise(n_records: int) -> float:
-    """Gaussian noise (standard deviation, in records) of the positive-class count a balanced selection uses.
+def mean_prediction_noise(n_records: int) -> float:
+    """Gaussian noise (standard deviation, in records) of each candidate's summed training prediction.
 
-    2 % of n (at least 25): the prior's relative error stays a few per cent at a cost that is small next to
-    training (at n = 3,500: sigma 70, zCDP rho 1e-4 against ~0.02 for epsilon 1).
+    2 % of n (at least 25): the mean prediction's error stays a few per cent of a 20 % class at a cost that is
+    small next to training (at n = 6,000 and 2 candidates: noise multiplier 85, zCDP rho 7e-5 against ~0.02 for
+    epsilon 1).
     """
     return max(25.0, 0.02 * n_records)
 
 
-def class_count_charge(n_records: int, dp: DPConfig) -> Charge:
-    """The noisy count as the ledger sees it: one Gaussian step at rate 1 (sensitivity 1 under add/remove)."""
-    sigma = class_count_noise(n_records)
-    epsilon = epsilon_of_history([(sigma, 1.0, 1)], dp.target_delta, dp.accountant)
-    return Charge(sigma, 1.0, 1, epsilon, float(dp.target_delta))
+def mean_prediction_charge(n_records: int, candidates: int, dp: DPConfig) -> Charge:
+    """The k noisy sums as the ledger sees them: one Gaussian step at rate 1.
+
+    Each record changes each candidate's sum of predicted probabilities (in [0, 1]) by at most 1, so the vector of
+    k sums has L2 sensitivity sqrt(k) under add/remove: per-sum noise sigma is noise multiplier sigma / sqrt(k).
+    """
+    multiplier = mean_prediction_noise(n_records) / math.sqrt(candidates)
+    epsilon = epsilon_of_history([(multiplier, 1.0, 1)], dp.target_delta, dp.accountant)
+    return Charge(multiplier, 1.0, 1, epsilon, float(dp.target_delta))
 
 
 def _per_run_epsilons(n_records: int, candidates: Sequence[TrainingConfig], dp: DPConfig) -> list[float]:
@@ -181,8 +189,96 @@ def _per_run_epsilons(n_records: int, candidates: Sequence[TrainingConfig], dp: 
         single = epsilon_of_history([(joint, plan.sample_rate, plan.planned_steps)], dp.target_delta, dp.accountant)
         tries += [single * shrink for shrink in (1.0, 0.98, 0.95, 0.92, 0.88)]
     tries += [dp.target_epsilon / math.sqrt(count) * 0.85**i for i in range(6)]
-    return [t for t in tries if math.isfinite(t) and t > dp.target_epsilon / count]
+    floor = dp.target_epsilon / (count + 1)  # below this, eps/k each (the fallback) is as good
+    return [t for t in tries if math.isfinite(t) and t > floor]
 
 
 def _plans(n_records: int, candidates: Sequence[TrainingConfig], configs: Sequence[DPConfig]) -> list[DPPlan]:
     return [plan_dp_training(n_records, c, d) for c, d in zip(candidates, configs, strict=True)]
+
+
+# ------------------------------------------------------------------------------------- the request's plan
+
+
+@dataclasses.dataclass(frozen=True)
+class SelectionPlan:
+    """Everything decided before the ledger is asked: the candidates, their DP targets and calibrated plans."""
+
+    candidates: list[TrainingConfig]
+    dps: list[DPConfig]
+    plans: list[DPPlan]
+    planned: list[PlannedRun]
+    request_key: str
+    budget: CandidateBudget
+    metric: SelectionMetric
+    target_delta: float
+    mean_prediction: Charge | None = None  # the noisy mean predictions of a balanced selection (one run)
+
+
+def plan_selection(
+    train: TabularSplit,
+    validation: TabularSplit,
+    candidates: Sequence[TrainingConfig],
+    dp: DPConfig,
+    candidate_budget: CandidateBudget,
+    selection_metric: SelectionMetric,
+    scope: DataScope,
+) -> SelectionPlan:
+    """Calibrate every candidate's noise (jointly under ``composed``) and fingerprint the request."""
+    candidate_list = list(candidates)
+    balanced = selection_metric == "balanced_accuracy"
+    count = mean_prediction_charge(train.n, len(candidate_list), dp) if balanced else None
+    dps = candidate_dp_configs(train.n, candidate_list, dp, candidate_budget, [count] if count else ())
+    plans = [plan_dp_training(train.n, config, c_dp) for config, c_dp in zip(candidate_list, dps, strict=True)]
+    planned = [
+        planned_run(i, train, config, c_dp, plan)
+        for i, (config, c_dp, plan) in enumerate(zip(candidate_list, dps, plans, strict=True))
+    ]
+    if count is not None:
+        planned.append(mean_prediction_run(len(candidate_list), train, dp, count))
+    request_key = fingerprint(
+        "request",
+        scope,
+        train.record_set_hash(),
+        validation.record_set_hash(),
+        candidate_list,
+        dps if candidate_budget == "composed" else dps[0],
+        candidate_budget,
+        selection_metric,
+    )
+    return SelectionPlan(
+        candidate_list, dps, plans, planned, request_key, candidate_budget, selection_metric, dp.target_delta, count
+    )
+
+
+def planned_run(index: int, train: TabularSplit, config: TrainingConfig, dp: DPConfig, plan: DPPlan) -> PlannedRun:
+    return PlannedRun(
+        candidate_index=index,
+        config_fingerprint=fingerprint("dp-run", train.record_set_hash(), config, dp, 1),
+        config={**config.to_params(), **dp.to_params()},
+        accountant=dp.accountant,
+        target_epsilon=dp.target_epsilon,
+        target_delta=dp.target_delta,
+        noise_multiplier=plan.noise_multiplier,
+        noise_multiplier_applied=plan.noise_multiplier_applied,
+        sample_rate=plan.sample_rate,
+        planned_steps=plan.planned_steps,
+        epsilon_planned=plan.epsilon_charged_planned,
+    )
+
+
+def mean_prediction_run(index: int, train: TabularSplit, dp: DPConfig, charge: Charge) -> PlannedRun:
+    """The Gaussian sums of the candidates' training predictions, reserved like a one-step DP run."""
+    return PlannedRun(
+        candidate_index=index,
+        config_fingerprint=fingerprint("mean-prediction", train.record_set_hash(), charge, dp),
+        config={"mechanism": "gaussian_sum_of_predictions", "noise_std": mean_prediction_noise(train.n)},
+        accountant=dp.accountant,
+        target_epsilon=charge.epsilon,
+        target_delta=charge.delta,
+        noise_multiplier=charge.noise_multiplier,
+        noise_multiplier_applied=charge.noise_multiplier,
+        sample_rate=1.0,
+        planned_steps=1,
+        epsilon_planned=charge.epsilon,
+    )

@@ -144,3 +144,61 @@ def test_dp_model_beats_the_trivial_predictor_on_health_insurance(tmp_path) -> N
     assert balanced.ci_low is not None and balanced.ci_low > 0.5, balanced
     assert report.metrics["roc_auc"].ci_low > 0.6
     assert 0 < np.mean(result.model.predict_proba(test.X) >= 0.5) < 0.5  # predicts both classes
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("candidates", "adult-tuned"), ("selection_metric", "f1")], ids=["candidates", "metric"]
+)
+def test_bad_selection_fields_in_a_policy_give_one_line(tmp_path, field, value) -> None:
+    import yaml
+
+    from ppml.errors import PPMLError
+    from ppml.policy import load_policy
+    from tests.support import GDPR_POLICY
+
+    document = yaml.safe_load(GDPR_POLICY.read_text())
+    document["training"][field] = value
+    path = tmp_path / "bad_policy.yaml"
+    path.write_text(yaml.safe_dump(document))
+    with pytest.raises(PPMLError) as error:
+        load_policy(path, check_files=False)
+    message = str(error.value)
+    assert "\n" not in message and str(path) in message
+    assert f"field 'training.{field}'" in message and "fix:" in message
+
+
+def test_bad_selection_request_is_refused_before_any_charge(tmp_path) -> None:
+    from ppml.errors import PPMLError
+
+    train, validation = make_splits(n_train=600, n_validation=200, n_features=5)
+    ledger = PrivacyLedger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    try:
+        for option, match in [({"candidate_budget": "greedy"}, "candidate_budget"), ({"selection_metric": "f1"}, "f1")]:
+            with pytest.raises(PPMLError, match=match):
+                train_within_budget(
+                    train,
+                    validation,
+                    derive_candidates(train.n, train.n_features, 1.0, device="cpu"),
+                    DPConfig(target_epsilon=1.0, target_delta=1e-5),
+                    ledger=ledger,
+                    scope=DataScope("synthetic", ("all",), train.record_set_hash()),
+                    lifetime_epsilon=2.0,
+                    checkpoint_dir=tmp_path,
+                    **option,
+                )
+        assert ledger.runs() == []
+    finally:
+        ledger.close()
+
+
+@pytest.mark.parametrize("mode", ["composed", "split"])
+def test_extra_charges_are_inside_the_target_even_for_one_candidate(mode: str) -> None:
+    from ppml.training.planning import mean_prediction_charge
+
+    dp = DPConfig(target_epsilon=1.0, target_delta=1e-5, accountant="rdp")
+    for candidates in (derive_candidates(3_000, 20, 1.0)[:1], derive_candidates(3_000, 20, 1.0)):
+        extra = [mean_prediction_charge(3_000, len(candidates), dp)]
+        configs = candidate_dp_configs(3_000, candidates, dp, mode, extra)  # type: ignore[arg-type]
+        plans = [plan_dp_training(3_000, c, d) for c, d in zip(candidates, configs, strict=True)]
+        assert selection_epsilon(plans, dp.target_delta, extra) <= dp.target_epsilon * (1 + 1e-9)
+        assert selection_epsilon(plans, dp.target_delta) < selection_epsilon(plans, dp.target_delta, extra)
