@@ -251,7 +251,8 @@ def privacy_budget(
     privacy = loaded.policy.privacy
     delta = privacy.delta
     if delta == "auto":  # resolved from n by dp_model; the budget is stated at the same delta
-        delta = float(asset_store.read_stored("dp_model", context.partition_key)["target_delta"])
+        trained = asset_store.read_stored("dp_model", context.partition_key)
+        delta = float(trained.get("target_delta", trained["delta"]))
     store = open_ledger(ledger.url, loaded)
     try:
         statuses = [
