@@ -95,6 +95,13 @@ def _hierarchy_file(rows: str | bytes) -> Callable[[dict, Path], None]:
     return change
 
 
+def _erasure_file(content: bytes) -> Callable[[dict, Path], None]:
+    def change(document: dict, folder: Path) -> None:
+        (folder / "erasure.csv").write_bytes(content)
+
+    return change
+
+
 def _symlinked_erasure(document: dict, folder: Path) -> None:
     (folder / "link.csv").symlink_to("/etc/passwd")
     document["collection"]["erasure_list"] = "link.csv"
@@ -240,6 +247,10 @@ POLICY_CASES: list[tuple[str, Callable[[dict, Path], None], str, str]] = [
         "schema.quasi_identifiers.age.hierarchy",
         "existing",
     ),
+    ("erasure list without subject_id", _erasure_file(b"id\nS1\n"), "collection.erasure_list", "'subject_id' column"),
+    ("erasure list empty", _erasure_file(b""), "collection.erasure_list", "fix the CSV"),
+    ("erasure list binary", _erasure_file(b"\xff\xfe\x00\x01subject"), "collection.erasure_list", "fix the CSV"),
+    ("erasure list corrupt", _erasure_file(b'subject_id\n"open\n'), "collection.erasure_list", "fix the CSV"),
     ("hierarchy with a cycle", _hierarchy_file("a;b\nb;a\n"), "schema.quasi_identifiers.age.hierarchy", "root label"),
     (
         "hierarchy label with two parents across levels",
