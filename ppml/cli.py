@@ -1,4 +1,4 @@
-"""The `ppml` command line (typer + rich): demo, ui, validate-policy, anonymize.
+"""The `ppml` command line (typer + rich): init, run, demo, ui, validate-policy, anonymize.
 
 typer gives typed options with generated help; rich renders the progress display and summary tables. Errors a
 user can cause are printed as one line on stderr with exit code 2, never as a traceback; anything unexpected is
@@ -99,10 +99,31 @@ def validate_policy(
     table.add_row("regulation", policy.use_case.regulation.value)
     table.add_row("content hash", loaded.content_hash)
     table.add_row("k / suppression", f"{policy.privacy.k} / {policy.privacy.suppression_limit:.0%}")
-    table.add_row("epsilon / delta", f"{policy.privacy.epsilon:g} / {policy.privacy.delta:g}")
+    table.add_row("epsilon / delta", f"{policy.privacy.epsilon:g} / {policy.privacy.delta}")
     table.add_row("lifetime epsilon budget", f"{policy.privacy.lifetime_epsilon_budget:g}")
     table.add_row("training window", f"{policy.collection.training_window_days} days")
     console.print(table)
+
+
+@app.command("init")
+def init_policy(
+    data: Annotated[Path, typer.Option(help="A CSV of your records (a sample or a whole export).")],
+    out: Annotated[Path, typer.Option(help="Where to write the draft policy.")] = Path("policy.yaml"),
+    name: Annotated[str | None, typer.Option(help="The policy's name (default: from the file name).")] = None,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing draft.")] = False,
+) -> None:
+    """Draft a commented policy from a CSV for review; every guess is marked '# CONFIRM:'."""
+    from ppml.policy_draft import draft_policy
+
+    try:
+        result = draft_policy(data, out, name=name, force=force)
+    except PPMLError as error:
+        fail(error)
+    console.print(f"Draft policy: [bold]{result.policy_path}[/]")
+    for path in result.hierarchy_paths:
+        console.print(f"Hierarchy: {path}")
+    for note in result.notes:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
 
 
 @app.command()
@@ -120,6 +141,45 @@ def demo(
         from ppml_assets.demo import run_demo
 
         outcome = run_demo(as_of=as_of, console=console)
+    except PPMLError as error:
+        fail(error)
+    if not outcome.succeeded:
+        raise typer.Exit(code=1)
+
+
+@app.command("run")
+def run_lifecycle_command(
+    policy: Annotated[Path, typer.Option(help="Your policy file (draft one with `ppml init --data FILE`).")],
+    landing_zone: Annotated[
+        Path | None, typer.Option(help="Folder of daily files: event_date=YYYY-MM-DD/records.csv.")
+    ] = None,
+    source_url: Annotated[str | None, typer.Option(help="SQLAlchemy URL of an SQL source (instead).")] = None,
+    source_table: Annotated[str, typer.Option(help="The SQL source's table.")] = "raw_records",
+    as_of: Annotated[str | None, typer.Option(help="Train as of this day (default: the newest day of data).")] = None,
+) -> None:
+    """The whole lifecycle on your data, on the embedded default storage: policy, collection, training, report."""
+    from ppml.policy import load_policy
+
+    try:
+        if (landing_zone is None) == (source_url is None):
+            raise PPMLError(
+                "ppml run: field '--landing-zone/--source-url': give exactly one data source; "
+                "fix: pass --landing-zone DIR or --source-url URL"
+            )
+        loaded = load_policy(policy)
+        os.environ["PPML_POLICY"] = str(loaded.path)
+        if landing_zone is not None:
+            if not landing_zone.is_dir():
+                raise PPMLError(
+                    f"{landing_zone}: field '--landing-zone': folder not found; fix: pass the landing zone folder"
+                )
+            os.environ.update(PPML_SOURCE="landing_zone", PPML_LANDING_ZONE=str(landing_zone.resolve()))
+        else:
+            os.environ.update(PPML_SOURCE="sql", PPML_SOURCE_URL=str(source_url), PPML_SOURCE_TABLE=source_table)
+            os.environ["PPML_SOURCE_EVENT_DATE_COLUMN"] = loaded.policy.schema_.event_date
+        from ppml_assets.demo import run_user_data
+
+        outcome = run_user_data(as_of=as_of, console=console)
     except PPMLError as error:
         fail(error)
     if not outcome.succeeded:

@@ -133,6 +133,7 @@ class CollectedPartition:
     rows_excluded_by_erasure: int
     content_sha256: str
     rows_dropped_as_duplicates: int = 0
+    rows_dropped_missing: int = 0  # records whose numeric cell was empty and the policy said "drop"
 
 
 def required_columns(policy: Policy) -> list[str]:
@@ -158,6 +159,7 @@ def validate_and_type(frame: pd.DataFrame, source: str, policy: Policy, day: str
     typed = frame[columns].copy()
     for column in columns:
         typed[column] = typed[column].astype(str).str.strip()
+    typed = _fill_numeric_missing(typed, roles.numeric_missing, source)
     for column in roles.numeric_columns:
         if column not in typed:
             continue
@@ -165,6 +167,16 @@ def validate_and_type(frame: pd.DataFrame, source: str, policy: Policy, day: str
         bad = numbers.isna() | (numbers != numbers.round())
         if bad.any():
             line = int(bad.to_numpy().nonzero()[0][0]) + 2  # header is line 1
+            empty = typed[column].eq("")
+            if empty.any():
+                line = int(empty.to_numpy().nonzero()[0][0]) + 2
+                raise input_error(
+                    source,
+                    column,
+                    f"empty cell at line {line} ({int(empty.sum())} such cells) and the policy says nothing about "
+                    "missing values here",
+                    f"set schema.numeric_missing.{column} to drop or to a public imputation value",
+                )
             raise input_error(
                 source,
                 column,
@@ -180,6 +192,25 @@ def validate_and_type(frame: pd.DataFrame, source: str, policy: Policy, day: str
             roles.event_date,
             f"record at line {line} is not dated {day}",
             "put each record in the file of its own event date",
+        )
+    return typed
+
+
+def _fill_numeric_missing(typed: pd.DataFrame, rules: dict[str, str | int], source: str) -> pd.DataFrame:
+    """Apply the policy's rule for empty numeric cells: drop the record, or impute a public value."""
+    for column, rule in rules.items():
+        if column not in typed:
+            continue
+        empty = typed[column].eq("")
+        if not empty.any():
+            continue
+        if rule == "drop":
+            typed = typed[~empty].reset_index(drop=True)
+        else:
+            typed.loc[empty, column] = str(rule)
+    if typed.empty:
+        raise input_error(
+            source, "(rows)", "no record left after dropping empty numeric cells", "check schema.numeric_missing"
         )
     return typed
 
@@ -210,18 +241,19 @@ def collect_partition(
 ) -> CollectedPartition:
     """Read, validate and filter one daily partition."""
     frame, source = reader.read_day(day)
-    typed = validate_and_type(frame, source, policy, day)
-    typed, dropped = handle_duplicate_ids(typed, source, policy)
+    validated = validate_and_type(frame, source, policy, day)
+    typed, dropped = handle_duplicate_ids(validated, source, policy)
     erased = set(erased_subjects)
     keep = ~typed[policy.schema_.subject_id].isin(erased)
     kept = typed[keep].reset_index(drop=True)
     return CollectedPartition(
         records=kept,
         source=source,
-        rows_read=len(typed) + dropped,
+        rows_read=len(frame),
         rows_excluded_by_erasure=int((~keep).sum()),
         content_sha256=frame_sha256(kept),
         rows_dropped_as_duplicates=dropped,
+        rows_dropped_missing=len(frame) - len(validated),
     )
 
 

@@ -64,6 +64,24 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
+class DatasetIdentity(Strict):
+    """Who the people are: the identity the lifetime privacy ledger and the pseudonym keys are keyed by.
+
+    Two policies over the same people (e.g. a GDPR and a HIPAA variant, or a renamed policy) declare the same
+    ``id`` and so share one lifetime budget; only a new ``id`` starts a new account.
+    """
+
+    id: str = Field(
+        pattern=r"^[a-z0-9][a-z0-9._-]{2,127}$",
+        description="Stable identity of the people in the data, e.g. 'adult-census-1994' (lower case).",
+    )
+    subject_namespace: str = Field(
+        min_length=1,
+        max_length=200,
+        description="The namespace the subject ids live in, e.g. the source system that issues them.",
+    )
+
+
 class UseCase(Strict):
     purpose: str = Field(min_length=10, description="Why the data is processed (GDPR Art. 5(1)(b)).")
     regulation: Regulation
@@ -117,6 +135,10 @@ class SchemaRoles(Strict):
     missing_value_marker: str = Field(
         default="?", description="How the source marks a missing value; it generalizes to '*' like any other value."
     )
+    numeric_missing: dict[str, Literal["drop"] | int] = Field(
+        default_factory=dict,
+        description="Per numeric column, what an empty cell means: 'drop' the record, or a public imputation value.",
+    )
 
     def columns_by_role(self) -> dict[str, list[str]]:
         """Every column the policy names, by the policy field that names it (in collection order)."""
@@ -152,6 +174,11 @@ class SchemaRoles(Strict):
             raise ValueError(
                 f"subject_id '{self.subject_id}' is not a direct identifier; fix: list it in direct_identifiers"
             )
+        for column in self.numeric_missing:
+            if column not in self.numeric_columns:
+                raise ValueError(
+                    f"numeric_missing names '{column}', which is not numeric; fix: add it to numeric_columns"
+                )
         for column, (low, high) in self.value_ranges.items():
             if column not in self.numeric_columns:
                 raise ValueError(f"value_ranges names '{column}', which is not numeric; fix: add it to numeric_columns")
@@ -196,13 +223,19 @@ class PrivacyRequirements(Strict):
     t_closeness: list[TCloseness] = Field(default_factory=list)
     suppression_limit: float = Field(ge=0, le=0.5, description="Largest share of records that may be removed.")
     epsilon: float = Field(gt=0, le=100, description="Target epsilon of one DP training run.")
-    delta: float = Field(gt=0, lt=1e-2, description="Target delta; must also be < 1/n at training time.")
+    delta: Annotated[float, Field(gt=0, lt=1e-2)] | Literal["auto"] = Field(
+        description="Target delta; must also be < 1/n at training time. 'auto' derives it from n (auto_delta)."
+    )
     lifetime_epsilon_budget: float = Field(gt=0, description="Total epsilon any data subject may be exposed to.")
     max_reidentification_risk: float = Field(gt=0, le=1, description="Highest prosecutor risk allowed (<= 1/k).")
     max_membership_inference_auc: float = Field(ge=0.5, le=1)
     max_membership_inference_tpr_at_low_fpr: float = Field(default=0.05, gt=0, lt=1)
     low_fpr: float = Field(default=0.01, gt=0, lt=1, description="FPR at which the attack TPR is limited.")
     dp_statistics_epsilon: float = Field(default=0.5, gt=0, description="Epsilon of the OpenDP summary release.")
+
+    def delta_for(self, n_records: int) -> float:
+        """The delta of a training run on ``n_records`` records: the policy's value, or the auto rule."""
+        return auto_delta(n_records) if self.delta == "auto" else float(self.delta)
 
     @model_validator(mode="after")
     def _budget_covers_one_run(self) -> PrivacyRequirements:
@@ -214,11 +247,43 @@ class PrivacyRequirements(Strict):
         return self
 
 
+#: The smallest margin over the trivial predictor the gate accepts (a policy can only ask for more).
+TRIVIAL_MARGIN_FLOOR = 0.02
+
+#: The largest delta ``delta: auto`` ever picks (the customary ceiling for data sets of up to ~10,000 records).
+AUTO_DELTA_CEILING = 1e-5
+
+
+def auto_delta(n_records: int) -> float:
+    """``delta: auto``: min(1e-5, 1/(10 n)) rounded down to a power of ten, so always below 1/(10 n) < 1/n.
+
+    A power of ten keeps delta constant while n grows within a decade, so the ledger's lifetime delta does not
+    move with every new day of data.
+    """
+    if n_records < 1:
+        return AUTO_DELTA_CEILING
+    return min(AUTO_DELTA_CEILING, 10.0 ** math.floor(math.log10(1.0 / (10 * n_records))))
+
+
 class PerformanceObjectives(Strict):
     min_accuracy: float = Field(ge=0, le=1)
     min_roc_auc: float = Field(ge=0.5, le=1)
     max_utility_gap: float = Field(
-        default=0.05, ge=0, le=1, description="Largest accuracy loss allowed versus the non-private baseline."
+        default=0.05, ge=0, le=1, description="Largest accuracy loss allowed versus the tuned non-private baseline."
+    )
+    min_margin_over_trivial: float = Field(
+        default=TRIVIAL_MARGIN_FLOOR,
+        ge=TRIVIAL_MARGIN_FLOOR,
+        lt=0.5,
+        description="The 95% CI lower bounds of balanced accuracy and ROC AUC must reach 0.5 plus this margin "
+        "(the trivial predictor reaches 0.5); built into the gate, a policy may raise it, never lower it.",
+    )
+    max_group_error_rate_gap: float = Field(
+        default=0.35,
+        ge=0,
+        le=1,
+        description="Largest gap in false-positive or false-negative rate between groups of a protected "
+        "attribute (equalized-odds difference; groups with at least 30 negatives / positives).",
     )
 
 
@@ -252,6 +317,12 @@ class PreparationSettings(Strict):
 
 
 class TrainingSettings(Strict):
+    candidates: Literal["auto", "listed"] = Field(
+        default="auto",
+        description="auto: candidates derived from n, d and epsilon (docs/training.md); listed: one per "
+        "candidate_learning_rates entry with model, hidden_sizes, epochs and batch_size as given.",
+    )
+    selection_metric: Literal["accuracy", "auc", "balanced_accuracy"] = "accuracy"
     model: Literal["logistic", "mlp"] = "mlp"
     hidden_sizes: list[Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: [64])
     candidate_learning_rates: list[Annotated[float, Field(gt=0)]] = Field(default_factory=lambda: [0.05])
@@ -268,6 +339,47 @@ class EvaluationSettings(Strict):
     audit_canaries: int = Field(default=0, ge=0, description="Canaries of the one-run epsilon audit (0 = skip).")
 
 
+class ReleaseAction(StrEnum):
+    """What the release-safety step does with a released column that is not a quasi-identifier."""
+
+    GENERALIZE = "generalize"  # becomes a quasi-identifier with an automatic hierarchy
+    BIN = "bin"  # quantile bins (never the exact value), then a quasi-identifier
+    DROP = "drop"
+    KEEP = "keep"  # released unchanged: the policy states an attacker cannot know it
+    REFUSE = "refuse"  # stop the release if any handle test flags it
+
+
+class ReleaseSettings(Strict):
+    """Release safety: each released non-QI column is tested as a re-identification handle (docs/anonymization.md)."""
+
+    default_action: ReleaseAction = Field(
+        default=ReleaseAction.REFUSE, description="Action for released columns not listed in 'columns'."
+    )
+    max_uniqueness: float = Field(
+        default=0.01, ge=0, le=1, description="Largest share of records a column may hold a unique value for."
+    )
+    dependence_threshold: float = Field(
+        default=0.9, gt=0, le=1, description="A column restoring this share of a QI's generalized detail is a handle."
+    )
+    bins: int = Field(default=10, ge=2, le=1000, description="Quantile bins of the 'bin' action (finest level).")
+    columns: dict[str, ReleaseAction] = Field(default_factory=dict, description="Column -> action.")
+
+    @model_validator(mode="after")
+    def _keep_is_explicit(self) -> ReleaseSettings:
+        if self.default_action is ReleaseAction.KEEP:
+            raise ValueError(
+                "default_action keep would release every unlisted column unchecked; fix: use generalize, bin, drop "
+                "or refuse, and list the columns an attacker cannot know under release.columns as keep"
+            )
+        return self
+
+    def action_for(self, column: str, sensitive: bool = False) -> ReleaseAction:
+        """The action the release applies to ``column`` (sensitive attributes are kept unless listed)."""
+        if column in self.columns:
+            return self.columns[column]
+        return ReleaseAction.KEEP if sensitive else self.default_action
+
+
 class Monitoring(Strict):
     drift_psi_threshold: float = Field(default=0.2, gt=0)
     retrain_cron: str = Field(default="0 3 * * 1", min_length=9)
@@ -278,6 +390,7 @@ class Policy(Strict):
 
     policy_version: Literal[1] = POLICY_SCHEMA_VERSION
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{2,63}$")
+    dataset: DatasetIdentity
     use_case: UseCase
     schema_: SchemaRoles = Field(alias="schema")
     collection: Collection
@@ -287,6 +400,7 @@ class Policy(Strict):
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
     monitoring: Monitoring = Field(default_factory=Monitoring)
+    release: ReleaseSettings = Field(default_factory=ReleaseSettings)
     files_root: Path = Field(
         default=Path("."),
         description="Folder (relative to the policy file) that every file the policy names must lie in.",
@@ -317,6 +431,13 @@ class Policy(Strict):
         for model in [*self.privacy.l_diversity, *self.privacy.t_closeness]:
             if model.attribute not in roles.sensitive_attributes:
                 raise ValueError(f"'{model.attribute}' is not sensitive; fix: list it in schema.sensitive_attributes")
+        roles_named = {*roles.quasi_identifiers, *roles.direct_identifiers, roles.subject_id, roles.event_date}
+        for column in self.release.columns:
+            if column in roles_named:
+                raise ValueError(
+                    f"release.columns names '{column}', a quasi-identifier, direct identifier, subject id or event "
+                    "date; fix: remove it (those are generalized or de-identified by their own stage)"
+                )
         if self.privacy.max_reidentification_risk + 1e-12 < 1 / self.privacy.k:
             # k-anonymity alone guarantees prosecutor risk <= 1/k; a stricter limit needs a larger k.
             raise ValueError(
@@ -362,8 +483,13 @@ _FIXES = {
 }
 
 
+#: Location parts pydantic adds for validators and union members (``delta: float | 'auto'``), not field names.
+_TAG_PREFIXES = ("function-", "constrained-", "literal[")
+_TAG_NAMES = {"float", "int", "str", "bool"}
+
+
 def _field_path(location: tuple[Any, ...]) -> str:
-    parts = [str(p) for p in location if not (isinstance(p, str) and p.startswith("function-after"))]
+    parts = [str(p) for p in location if not (isinstance(p, str) and (p.startswith(_TAG_PREFIXES) or p in _TAG_NAMES))]
     return ".".join("schema" if p == "schema_" else p for p in parts) or "(document)"
 
 
@@ -385,6 +511,24 @@ def policy_content_hash(document: dict[str, Any]) -> str:
     """SHA-256 of the policy's canonical JSON, so formatting or comment changes do not change the version."""
     canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def named_files_hash(files: dict[str, Path]) -> str:
+    """SHA-256 over the bytes of every file a policy names (by field), so editing a hierarchy or the erasure list
+    changes the policy version. A file that does not exist (``check_files=False``) is hashed as absent."""
+    digest = hashlib.sha256()
+    for field_name, path in sorted(files.items()):
+        content = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "absent"
+        digest.update(f"{field_name}\x1f{content}\x1e".encode())
+    return digest.hexdigest()
+
+
+def versioned_content_hash(document: dict[str, Any], loaded: LoadedPolicy) -> str:
+    """The policy version: its canonical content plus the content of every file it names."""
+    files = loaded.named_files()
+    if not files:
+        return policy_content_hash(document)
+    return policy_content_hash({"policy": document, "files": named_files_hash(files)})
 
 
 def parse_policy(document: Any, source: str) -> Policy:
@@ -410,8 +554,9 @@ def load_policy(path: str | Path, *, check_files: bool = True) -> LoadedPolicy:
         raise PPMLError(f"{source}: field '(file)': policy file not found; fix: pass an existing YAML file")
     document = load_strict_yaml(policy_path, source)
     policy = parse_policy(document, source)
-    loaded = LoadedPolicy(policy=policy, path=policy_path, content_hash=policy_content_hash(document))
-    check_paths_confined(loaded, source)
+    loaded = LoadedPolicy(policy=policy, path=policy_path, content_hash="")
+    check_paths_confined(loaded, source)  # before hashing: a file outside the allowed tree is never read
+    loaded = loaded.model_copy(update={"content_hash": versioned_content_hash(document, loaded)})
     if check_files:
         check_named_files(loaded, source)
     return loaded

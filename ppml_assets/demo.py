@@ -1,4 +1,7 @@
-"""`ppml demo`: the whole lifecycle on the bundled data, on the embedded default storage, with progress.
+"""`ppml run` and `ppml demo`: the whole lifecycle on a source's data, on the embedded default, with progress.
+
+`ppml run` reads the user's landing zone or SQL table (as of its newest day by default); `ppml demo` is the
+same on the bundled data, generated in the workspace's own landing zone.
 
 Three runs in the persistent Dagster instance under ``.ppml/dagster`` (so `dagster dev` shows them afterwards):
 the policy, one single-run backfill of collection and de-identification over the training window, and the
@@ -7,6 +10,7 @@ executes in a worker thread.
 """
 
 import logging
+import os
 import threading
 import time
 import uuid
@@ -19,6 +23,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from ppml.data_days import landing_zone_days, partition_bounds, sql_days
+from ppml.errors import PPMLError
 from ppml.landing_zone import ensure_bundled_landing_zone, landing_days
 from ppml.workspace import prepare_workspace
 
@@ -87,8 +93,7 @@ def _failure_messages(result: Any) -> list[str]:
     return messages
 
 
-def run_demo(as_of: str | None = None, console: Console | None = None) -> DemoOutcome:
-    console = console or Console()
+def _prepared_workspace(console: Console) -> Any:
     warnings.filterwarnings("ignore", message=r".*(currently in (beta|preview)|is deprecated).*")
     warnings.filterwarnings("ignore", category=UserWarning)
     logging.getLogger("mlflow").setLevel(logging.ERROR)
@@ -96,20 +101,79 @@ def run_demo(as_of: str | None = None, console: Console | None = None) -> DemoOu
     for note in notes:
         console.print(f"[yellow]note:[/] {note}")
     console.print(f"Workspace: {workspace.home}")
+    return workspace
+
+
+def run_demo(as_of: str | None = None, console: Console | None = None) -> DemoOutcome:
+    """`ppml run` on the bundled data, in the workspace's own landing zone (never a user's)."""
+    console = console or Console()
+    workspace = _prepared_workspace(console)
+    os.environ["PPML_SOURCE"] = "landing_zone"
+    os.environ["PPML_LANDING_ZONE"] = str(workspace.landing_zone)
     with console.status("Preparing the bundled landing zone (UCI Adult with synthetic identifiers)..."):
         created = ensure_bundled_landing_zone(workspace.landing_zone)
     if created is not None:
         console.print(
             f"Landing zone: {created.records} records in {created.days} daily files under {workspace.landing_zone}"
         )
+    return run_lifecycle(as_of or landing_days()[-1].isoformat(), console, workspace, title="ppml demo")
 
-    # Imported only now: the code location reads PPML_HOME and the policy when it loads.
+
+def run_user_data(as_of: str | None = None, console: Console | None = None) -> DemoOutcome:
+    """`ppml run`: the lifecycle on the configured source (PPML_SOURCE ...), as of its newest day by default.
+
+    Before the first step it checks the policy against the source's newest day and that every day of the
+    training window has data, so that a run does not fail halfway on a gap.
+    """
+    console = console or Console()
+    workspace = _prepared_workspace(console)
+    days = source_days()
+    if not days:
+        raise PPMLError(f"{source_description()}: field '(days)': no day of data found; fix: deliver daily data first")
+    os.environ.setdefault("PPML_PARTITIONS_START", days[0])
+    os.environ.setdefault("PPML_PARTITIONS_END", partition_bounds(days)[1])  # type: ignore[index]
+    as_of = as_of or days[-1]
+    if as_of not in days:
+        raise PPMLError(
+            f"{source_description()}: field 'as_of': no data on {as_of} (data from {days[0]} to {days[-1]}); "
+            "fix: choose a day that has data, or leave --as-of out for the newest"
+        )
+    from ppml_assets.settings import window_partition_keys
+
+    absent = sorted(set(window_partition_keys(as_of)) - set(days))
+    if absent:
+        raise PPMLError(
+            f"{source_description()}: field '(days)': {len(absent)} day(s) of the training window have no data "
+            f"(first {absent[0]}); fix: deliver them, or shorten collection.training_window_days in the policy"
+        )
+    return run_lifecycle(as_of, console, workspace, title="ppml run")
+
+
+def source_days() -> list[str]:
+    """The days of data of the configured source (the same environment the code location reads)."""
+    if os.environ.get("PPML_SOURCE", "landing_zone") == "sql":
+        return sql_days(
+            os.environ.get("PPML_SOURCE_URL", ""),
+            os.environ.get("PPML_SOURCE_TABLE", "raw_records"),
+            os.environ.get("PPML_SOURCE_EVENT_DATE_COLUMN", "event_date"),
+        )
+    return landing_zone_days(Path(os.environ["PPML_LANDING_ZONE"]))
+
+
+def source_description() -> str:
+    if os.environ.get("PPML_SOURCE", "landing_zone") == "sql":
+        return f"{os.environ.get('PPML_SOURCE_TABLE', 'raw_records')} (SQL source)"
+    return os.environ["PPML_LANDING_ZONE"]
+
+
+def run_lifecycle(as_of: str, console: Console, workspace: Any, title: str) -> DemoOutcome:
+    """The policy, the training window's single-run backfill and the training job, with progress and summary."""
+    # Imported only now: the code location reads PPML_HOME, the policy and the source when it loads.
     from dagster import DagsterInstance
 
     from ppml_assets.definitions import defs
     from ppml_assets.settings import POLICY_PATH, window_partition_keys
 
-    as_of = as_of or landing_days()[-1].isoformat()
     window = window_partition_keys(as_of)
     instance = DagsterInstance.get()
     console.print(
@@ -148,14 +212,14 @@ def run_demo(as_of: str | None = None, console: Console | None = None) -> DemoOu
         else:
             outcome = DemoOutcome(True, as_of)
     outcome.summary["seconds"] = round(time.perf_counter() - started, 1)
-    _print_summary(console, instance, outcome, workspace.reports / as_of)
+    _print_summary(console, instance, outcome, workspace.reports / as_of, title)
     return outcome
 
 
-def _print_summary(console: Console, instance: Any, outcome: DemoOutcome, report_dir: Path) -> None:
+def _print_summary(console: Console, instance: Any, outcome: DemoOutcome, report_dir: Path, title: str) -> None:
     from ppml_assets.common import latest_metadata  # after prepare_workspace: settings read the environment
 
-    table = Table(title=f"ppml demo as of {outcome.as_of}")
+    table = Table(title=f"{title} as of {outcome.as_of}")
     table.add_column("stage")
     table.add_column("result")
     rows = [
@@ -178,8 +242,8 @@ def _print_summary(console: Console, instance: Any, outcome: DemoOutcome, report
         (
             "privacy_budget",
             lambda m: (
-                f"{m.get('remaining_epsilon')} of {m.get('lifetime_epsilon_budget')} lifetime "
-                "epsilon left (make clean resets the demo workspace)"
+                f"{m.get('remaining_epsilon')} of {m.get('lifetime_epsilon_budget')} lifetime epsilon left"
+                + (" (make clean resets the demo workspace)" if title == "ppml demo" else "")
             ),
         ),
     ]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from dagster import DailyPartitionsDefinition, TimeWindowPartitionMapping
 
+from ppml.data_days import landing_zone_days, partition_bounds
 from ppml.errors import input_error
 from ppml.landing_zone import DEFAULT_FIRST_DAY
 from ppml.policy import bundled_policy_path, load_policy
@@ -26,7 +27,7 @@ POLICY_PATH = Path(os.environ.get("PPML_POLICY", bundled_policy_path("adult_gdpr
 def _env_day(name: str, default: str | None) -> str | None:
     """A YYYY-MM-DD environment variable, refused in one line (not deep inside Dagster) when malformed."""
     value = os.environ.get(name) or default
-    if value is None:
+    if value is None or value == "open":
         return None
     try:
         return date.fromisoformat(value.strip()).isoformat()
@@ -36,10 +37,20 @@ def _env_day(name: str, default: str | None) -> str | None:
         ) from None
 
 
+def _landing_zone_bounds() -> tuple[str, str] | None:
+    """Where the landing zone's data starts and ends, when the partitions are not configured explicitly."""
+    if os.environ.get("PPML_SOURCE", "landing_zone") == "sql":
+        return None
+    root = Path(os.environ.get("PPML_LANDING_ZONE", PPML_HOME / "landing"))
+    return partition_bounds(landing_zone_days(root))
+
+
 def partition_range_from_env() -> tuple[str, str | None]:
-    """PPML_PARTITIONS_START (default: the bundled data's first day) and the optional PPML_PARTITIONS_END."""
-    start = _env_day("PPML_PARTITIONS_START", DEFAULT_FIRST_DAY.isoformat())
-    end = _env_day("PPML_PARTITIONS_END", None)
+    """PPML_PARTITIONS_START/_END win; otherwise the landing zone's first and last day (else the bundled data's
+    first day, open-ended); PPML_PARTITIONS_END=open keeps the partitions open for a source that grows daily."""
+    bounds = _landing_zone_bounds()
+    start = _env_day("PPML_PARTITIONS_START", bounds[0] if bounds else DEFAULT_FIRST_DAY.isoformat())
+    end = _env_day("PPML_PARTITIONS_END", bounds[1] if bounds else None)
     if start is None or (end is not None and end <= start):
         raise input_error(
             "environment",

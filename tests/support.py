@@ -16,6 +16,7 @@ SESSION_HOME = Path(tempfile.mkdtemp(prefix="ppml-test-home-"))
 TEST_FIRST_DAY = "2026-03-01"
 os.environ["PPML_HOME"] = str(SESSION_HOME)
 os.environ["PPML_PARTITIONS_START"] = TEST_FIRST_DAY
+os.environ["PPML_PARTITIONS_END"] = "open"  # not derived from the session's landing zone (import order)
 # A fixed test key keeps splits (and therefore attack results) reproducible across sessions.
 os.environ["PPML_HMAC_KEY"] = hashlib.sha256(b"ppml test suite").hexdigest()
 os.environ["GX_ANALYTICS_ENABLED"] = "False"

