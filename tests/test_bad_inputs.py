@@ -548,6 +548,49 @@ def test_malformed_as_of(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value:
     assert not (tmp_path / "home").exists()
 
 
+RUN_ENVIRONMENT = ("PPML_POLICY", "PPML_SOURCE", "PPML_LANDING_ZONE", "PPML_SOURCE_URL", "PPML_SOURCE_TABLE")
+
+
+@pytest.mark.parametrize(
+    ("case", "args", "unset_key", "source", "field", "fix"),
+    [
+        ("no key", ["--landing-zone", "{zone}"], True, "environment", "PPML_HMAC_KEY", "export PPML_HMAC_KEY"),
+        (
+            "malformed as-of",
+            ["--landing-zone", "{zone}", "--as-of", "30.04.2026"],
+            False,
+            "command line",
+            "--as-of",
+            "YYYY",
+        ),
+        (
+            "two sources",
+            ["--landing-zone", "{zone}", "--source-url", "sqlite://"],
+            False,
+            "ppml run",
+            "--landing",
+            "exactly",
+        ),
+        ("no source", [], False, "ppml run", "--landing-zone/--source-url", "exactly one"),
+        ("landing zone missing", ["--landing-zone", "{tmp}/absent"], False, "absent", "--landing-zone", "folder"),
+    ],
+)
+def test_bad_run_invocation(
+    tmp_path: Path, landing_zone: Path, monkeypatch, case, args, unset_key, source, field, fix
+) -> None:  # type: ignore[no-untyped-def]
+    """`ppml run` (not the demo): refused before anything is created; never a generated key."""
+    for name in RUN_ENVIRONMENT:
+        monkeypatch.delenv(name, raising=False)  # restored afterwards: the command exports them
+    monkeypatch.setenv("PPML_HOME", str(tmp_path / "home"))
+    if unset_key:
+        monkeypatch.delenv("PPML_HMAC_KEY")
+    argv = [a.format(zone=landing_zone, tmp=tmp_path) for a in args]
+    result = CliRunner().invoke(app, ["run", "--policy", str(GDPR_POLICY), *argv])
+    assert result.exit_code == 2, result.output
+    assert_one_line(result.stderr, source, field, fix)
+    assert not (tmp_path / "home").exists()
+
+
 def _anonymize(tmp_path: Path, out: Path, data: Path | None = None) -> Any:
     if data is None:
         data = tmp_path / "in.csv"
