@@ -700,3 +700,29 @@ def test_built_hierarchies_of_health_insurance_pass_the_cross_level_check() -> N
     families = HierarchySpec({"type": "prefix", "keep": [1]}).build(people["family"])
     assert ages.height == 5 and families.height >= 2
     assert ages.generalize(str(people["age"].iloc[0]), 4) == "*"
+
+
+def test_a_failed_stage_prints_no_dagster_trace_and_logs_it(tmp_path: Path, monkeypatch, capfd) -> None:  # type: ignore[no-untyped-def]
+    """What `ppml demo`/`ppml run` do with a failed step: nothing on the console, the full error in the log."""
+    from dagster import job, op
+
+    from ppml_assets.demo import QUIET_RUN_CONFIG, _write_step_traces
+
+    @op
+    def collect_day() -> None:
+        raise ValueError("landing file unreadable at line 7")
+
+    @job
+    def failing_job() -> None:
+        collect_day()
+
+    monkeypatch.setenv("PPML_HOME", str(tmp_path / "home"))
+    result = failing_job.execute_in_process(raise_on_error=False, run_config=QUIET_RUN_CONFIG)
+    assert not result.success
+    captured = capfd.readouterr()
+    assert "Traceback" not in captured.err + captured.out and "line 7" not in captured.err
+    log = _write_step_traces(result)
+    assert log is not None and log.parent == tmp_path / "home" / "logs"
+    text = log.read_text()
+    assert "collect_day" in text and "landing file unreadable at line 7" in text
+    assert log.stat().st_mode & 0o777 == 0o600
