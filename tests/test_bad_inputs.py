@@ -726,3 +726,32 @@ def test_a_failed_stage_prints_no_dagster_trace_and_logs_it(tmp_path: Path, monk
     text = log.read_text()
     assert "collect_day" in text and "landing file unreadable at line 7" in text
     assert log.stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("rule", ["refuse", "keep_first"])
+def test_duplicated_ids_through_the_collection_asset(tmp_path: Path, landing_zone: Path, rule: str) -> None:
+    """The asset layer: a duplicated subject id writes nothing downstream (refuse) or is dropped and counted."""
+    from dagster import AssetKey, instance_for_test
+
+    from tests.graph_support import graph_workspace, write_policy
+
+    zone = tmp_path / "landing"
+    shutil.copytree(landing_zone / f"event_date={DAY}", zone / f"event_date={DAY}")
+    _frame_change(lambda f: pd.concat([f, f.iloc[[0, 1]]], ignore_index=True))(landing_file(zone, DAY))
+    workspace = graph_workspace(tmp_path / "home", zone, write_policy(tmp_path, collection__duplicate_subject_ids=rule))
+    with instance_for_test() as instance:
+        assert workspace.run("requirements_job", instance).success
+        result = workspace.run("collection_job", instance, partition_key=DAY)
+        if rule == "refuse":
+            assert not result.success
+            failure = next(e for e in result.all_events if e.is_step_failure)
+            message = failure.event_specific_data.error.cause.message.strip()
+            assert_one_line(message.splitlines()[-1], str(landing_file(zone, DAY)), "record_id", "keep_first")
+            assert instance.get_materialized_partitions(AssetKey("raw_records")) == set()
+            assert not (workspace.home / "assets" / "raw_records").exists()
+        else:
+            assert result.success
+            metadata = result.asset_materializations_for_node("raw_records")[0].metadata
+            assert metadata["rows_dropped_as_duplicates"].value == 2
+            stored = pd.read_parquet(workspace.home / "assets" / "raw_records" / f"{DAY}.parquet")
+            assert stored["record_id"].is_unique
