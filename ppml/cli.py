@@ -161,6 +161,7 @@ def run_lifecycle_command(
     from ppml.policy import load_policy
 
     try:
+        as_of = parse_day(as_of, "--as-of")
         if (landing_zone is None) == (source_url is None):
             raise PPMLError(
                 "ppml run: field '--landing-zone/--source-url': give exactly one data source; "

@@ -601,7 +601,8 @@ def _written_paths(policy: Policy) -> dict[str, Path]:
 
 def check_named_files(loaded: LoadedPolicy, source: str) -> None:
     """Every named file exists, every hierarchy (file or spec) is a valid tree — at validation, not mid-run."""
-    from ppml.anonymization.hierarchy import Hierarchy, HierarchySpec  # lazy: the package imports this module
+    from ppml.anonymization.hierarchy import Hierarchy, HierarchySpec  # lazy: both import this module
+    from ppml.collection import read_erasure_list
 
     for field, file in loaded.named_files().items():
         if not file.is_file():
@@ -609,11 +610,13 @@ def check_named_files(loaded: LoadedPolicy, source: str) -> None:
                 f"{source}: field '{field}': file {file} not found; "
                 "fix: give an existing file's path relative to the policy file (or remove an optional field)"
             )
-        if field.endswith(".hierarchy"):
-            try:
+        try:
+            if field.endswith(".hierarchy"):
                 Hierarchy.from_csv(file)
-            except PPMLError as error:
-                raise PPMLError(f"{source}: field '{field}': {error}") from None
+            else:
+                read_erasure_list(file)
+        except PPMLError as error:
+            raise PPMLError(f"{source}: field '{field}': {error}") from None
     for column, qi in loaded.policy.schema_.quasi_identifiers.items():
         if qi.hierarchy_spec is not None:
             HierarchySpec(dict(qi.hierarchy_spec), f"{source}: schema.quasi_identifiers.{column}.hierarchy_spec")

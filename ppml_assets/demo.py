@@ -29,7 +29,8 @@ from ppml.landing_zone import ensure_bundled_landing_zone, landing_days
 from ppml.workspace import prepare_workspace
 
 #: The event log keeps every event; the console shows warnings and errors only (the progress bar shows steps).
-QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+#: CRITICAL: a failed step's stack trace goes to the event log and the trace log file, never under the summary.
+QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
 
 @dataclass
@@ -77,6 +78,18 @@ def _execute_with_progress(job: Any, instance: Any, progress: Progress, label: s
     return result
 
 
+def _write_step_traces(result: Any) -> Path | None:
+    """The failed steps' full errors, in an owner-only log file (the console shows one line per failure)."""
+    from ppml.errors import write_trace_log
+
+    traces = [
+        f"== {event.step_key}\n{event.step_failure_data.error.to_string()}"
+        for event in result.all_events
+        if event.is_step_failure and event.step_failure_data is not None and event.step_failure_data.error
+    ]
+    return write_trace_log(RuntimeError("step failures"), text="\n\n".join(traces)) if traces else None
+
+
 def _failure_messages(result: Any) -> list[str]:
     """One line per failed check (saying what failed) and per other failed step (the error's last line)."""
     failed_checks = [evaluation for evaluation in result.get_asset_check_evaluations() if not evaluation.passed]
@@ -93,11 +106,11 @@ def _failure_messages(result: Any) -> list[str]:
     return messages
 
 
-def _prepared_workspace(console: Console) -> Any:
+def _prepared_workspace(console: Console, demo_key: str = "never") -> Any:
     warnings.filterwarnings("ignore", message=r".*(currently in (beta|preview)|is deprecated).*")
     warnings.filterwarnings("ignore", category=UserWarning)
     logging.getLogger("mlflow").setLevel(logging.ERROR)
-    workspace, notes = prepare_workspace()
+    workspace, notes = prepare_workspace(demo_key=demo_key)  # type: ignore[arg-type]
     for note in notes:
         console.print(f"[yellow]note:[/] {note}")
     console.print(f"Workspace: {workspace.home}")
@@ -107,7 +120,7 @@ def _prepared_workspace(console: Console) -> Any:
 def run_demo(as_of: str | None = None, console: Console | None = None) -> DemoOutcome:
     """`ppml run` on the bundled data, in the workspace's own landing zone (never a user's)."""
     console = console or Console()
-    workspace = _prepared_workspace(console)
+    workspace = _prepared_workspace(console, demo_key="create")  # only the demo may generate a key
     os.environ["PPML_SOURCE"] = "landing_zone"
     os.environ["PPML_LANDING_ZONE"] = str(workspace.landing_zone)
     with console.status("Preparing the bundled landing zone (UCI Adult with synthetic identifiers)..."):
@@ -207,6 +220,9 @@ def run_lifecycle(as_of: str, console: Console, workspace: Any, title: str) -> D
             result = _execute_with_progress(job, instance, progress, label, **kwargs)
             if not result.success:
                 failures = _failure_messages(result)
+                log = _write_step_traces(result)
+                if log is not None:
+                    failures.append(f"full step traces: {log}")
                 outcome = DemoOutcome(False, as_of, failures=failures)
                 break
         else:

