@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -47,12 +47,16 @@ def validate_policy(
 
     try:
         loaded = load_policy(policy_file)
+        labels = None
         if data is not None:
             columns = set(pd.read_csv(data, nrows=0).columns)
             check_columns_exist(loaded.policy, columns, f"{policy_file} (against {data})")
+            labels = _binary_labels(data, loaded.policy)
     except PPMLError as error:
         fail(error)
     policy = loaded.policy
+    for warning in _objective_warnings(policy, str(policy_file), labels, str(data)):
+        errors.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     table = Table(title=f"{policy_file} is valid", show_header=False)
     table.add_row("name", policy.name)
     table.add_row("regulation", policy.use_case.regulation.value)
@@ -62,6 +66,21 @@ def validate_policy(
     table.add_row("lifetime epsilon budget", f"{policy.privacy.lifetime_epsilon_budget:g}")
     table.add_row("training window", f"{policy.collection.training_window_days} days")
     console.print(table)
+
+
+def _binary_labels(data: Path, policy: Any) -> Any:
+    """The data's label column as 0/1 (positive = the policy's positive value); rows without a label dropped."""
+    import pandas as pd
+
+    label = policy.schema_.label
+    values = pd.read_csv(data, usecols=[label.column], dtype=str)[label.column].dropna().str.strip()
+    return (values == str(label.positive_value).strip()).to_numpy(dtype="int64")
+
+
+def _objective_warnings(policy: Any, source: str, labels: Any, data: str) -> list[str]:
+    from ppml.evaluation.utility import objective_warnings
+
+    return objective_warnings(policy.objectives.model_dump(), source, labels=labels, data=data)
 
 
 @app.command()

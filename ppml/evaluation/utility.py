@@ -486,3 +486,33 @@ def trivial_margin_verdicts(report: UtilityReport, margin: float) -> list[Verdic
 
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
+
+
+def objective_warnings(
+    objectives: Mapping[str, float], source: str, *, labels: np.ndarray | None = None, data: str = "the data"
+) -> list[str]:
+    """Objectives a trivial predictor already meets, as one line each (file, field, fix) for policy validation.
+
+    Not errors: the gate refuses a trivial model through its built-in verdicts anyway. But an objective at or
+    below the trivial level states nothing, which is usually a mistake (an accuracy target copied from a data
+    set with a different class balance). ``labels`` (0/1) are the data's labels, when known.
+    """
+    margin = float(objectives.get("min_margin_over_trivial", 0.02))
+    found = []
+    auc = objectives.get("min_roc_auc")
+    if auc is not None and auc <= TRIVIAL_LEVEL + margin + 1e-12:
+        found.append(
+            f"{source}: field 'objectives.min_roc_auc': {auc:g} is at or below what a constant score reaches "
+            f"(ROC AUC {TRIVIAL_LEVEL:g}, plus the gate's margin {margin:g}); fix: set it above "
+            f"{TRIVIAL_LEVEL + margin:g}, at the ROC AUC the use case needs"
+        )
+    accuracy = objectives.get("min_accuracy")
+    if labels is not None and len(labels) and accuracy is not None:
+        majority = trivial_predictor(labels)["accuracy"]
+        if accuracy <= majority + 1e-12:
+            found.append(
+                f"{source}: field 'objectives.min_accuracy': {accuracy:g} is at or below the accuracy of predicting "
+                f"the majority class for everyone ({majority:.4f} on {data}); fix: set it above {majority:.4f}, "
+                "or state the objective as min_roc_auc"
+            )
+    return found
