@@ -25,7 +25,10 @@ GATE_CHECKS = {
     "empirical_epsilon_audit",
     "utility_accuracy",
     "utility_roc_auc",
+    "utility_balanced_accuracy_above_trivial",
+    "utility_roc_auc_above_trivial",
     "utility_gap_vs_baseline",
+    "group_error_rate_gap",
     "no_identifier_leakage",
 }
 LIFECYCLE_ASSETS = {
