@@ -7,8 +7,9 @@ FPR or in FNR is the equalized-odds difference (Hardt, Price & Srebro 2016; fair
 
 A rate is only compared when its denominator is large enough: FNR over a group's positives, FPR over its
 negatives, each at least ``min_class_count`` (30). A group of 40 people with 4 positives has an FNR of 0, 0.25,
-0.5 ... -- noise that would fail or pass the gate by chance. Such groups keep their rates and intervals in the
-evidence, marked not compared.
+0.5 ... -- noise that would fail or pass the gate by chance, and a small cell that says something about a
+handful of people. Such rates (and the group's count of positives) are suppressed in the evidence, marked not
+compared.
 """
 
 from __future__ import annotations
@@ -94,11 +95,14 @@ def group_error_rates(report: UtilityReport, *, min_class_count: int = MIN_CLASS
             if not group.reported:
                 continue
             counts = {"fpr": group.n - group.n_positive, "fnr": group.n_positive}
-            entry: dict[str, Any] = {"n": group.n, "n_positive": group.n_positive}
+            shown = group.n_positive if min(counts.values()) >= min_class_count else None
+            entry: dict[str, Any] = {"n": group.n, "n_positive": shown}
             for rate in ERROR_RATES:
                 estimate = group.metrics[rate]
                 usable = counts[rate] >= min_class_count and estimate.value is not None
-                entry[rate] = {**estimate.to_dict(), "denominator": counts[rate], "compared": usable}
+                # A rate over a handful of people is suppressed, not just left out: 3 of 5 is a small cell.
+                values = estimate.to_dict() if usable else {"value": None, "ci_low": None, "ci_high": None}
+                entry[rate] = {**values, "compared": usable}
                 if usable:
                     compared[rate][name] = float(estimate.value)  # type: ignore[arg-type]
             groups[name] = entry

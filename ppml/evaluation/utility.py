@@ -79,7 +79,6 @@ class GroupMetrics:
     def to_dict(self) -> dict[str, Any]:
         return {
             "n": self.n,
-            "n_positive": self.n_positive if self.reported else None,
             "reported": self.reported,
             "metrics": {name: m.to_dict() for name, m in self.metrics.items()},
         }

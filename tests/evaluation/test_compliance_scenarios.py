@@ -4,7 +4,8 @@
 * the DP model trained like the demo passes every evaluation gate (promotable);
 * (broken DP caught by the audit: see test_epsilon_audit_run.py).
 
-Limits are those of policies/adult_gdpr.yaml: AUC <= 0.6, TPR <= 5% at FPR 1%, accuracy >= 0.78, ROC AUC >= 0.80.
+Limits are those of policies/adult_gdpr.yaml: AUC <= 0.6, TPR <= 5% at FPR 1%, accuracy >= 0.78, ROC AUC >= 0.80,
+and the built-in ones: balanced accuracy and ROC AUC CI lower bounds >= 0.52, group FPR/FNR gap <= 0.35.
 """
 
 from __future__ import annotations
@@ -26,9 +27,16 @@ from ppml.evaluation import (
     utility_verdicts,
 )
 from ppml.training import DPConfig, ModelSpec, TrainingConfig, train_dp, train_non_private
+from ppml.training.baseline import tune_baseline
 
 LIMITS = {"max_auc": 0.6, "max_tpr_at_low_fpr": 0.05, "low_fpr": 0.01}
-OBJECTIVES = {"min_accuracy": 0.78, "min_roc_auc": 0.80, "max_utility_gap": 0.06}
+OBJECTIVES = {
+    "min_accuracy": 0.78,
+    "min_roc_auc": 0.80,
+    "max_utility_gap": 0.06,
+    "min_margin_over_trivial": 0.02,
+    "max_group_error_rate_gap": 0.35,
+}
 
 
 @pytest.mark.slow
@@ -95,7 +103,9 @@ def test_demo_dp_model_passes_every_evaluation_gate(adult_demo, demo_dp) -> None
     ]
     groups = {"sex": adult_demo.sex[test_idx], "race": adult_demo.race[test_idx]}
     utility = evaluate_utility(model, test, name="dp", groups=groups, n_resamples=200)
-    baseline = evaluate_utility(train_non_private(train, config), test, name="baseline", groups=groups)
+    validation = adult_demo.rows(np.arange(22000, 24000))
+    tuned = tune_baseline(train, validation, hidden_sizes=(64,), seed=7)  # the gap is against a tuned baseline
+    baseline = evaluate_utility(tuned.model, test, name="baseline", groups=groups)
     audit = run_one_run_audit(train, config, dp, settings=AuditSettings(n_canaries=500, seed=3))
 
     verdicts = [

@@ -52,6 +52,8 @@ def test_per_group_rates_match_the_confusion_matrix_and_carry_intervals(unequal)
     assert attribute.extremes["fnr"] == ("A", "B") and attribute.extremes["fpr"] == ("C", "B")
     # Group C (10 positives) is shown but not compared: its FNR of 0.9 would otherwise dominate the gap.
     assert attribute.groups["C"]["fnr"]["compared"] is False and attribute.groups["C"]["fpr"]["compared"] is True
+    assert attribute.groups["C"]["fnr"]["value"] is None and attribute.groups["C"]["n_positive"] is None  # suppressed
+    assert attribute.groups["A"]["n_positive"] == 400
     assert rates.largest_gap == pytest.approx(0.30) and "FNR of 'g'" in rates.describe()
 
 
