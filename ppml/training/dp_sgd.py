@@ -367,7 +367,11 @@ def train_dp(
         bound = dp.max_grad_norm if step_hook is None else step_hook.clip_bound(dp.max_grad_norm)
         bk = BookKeepingClipper(base_model, bound)
         if world_size == 1 and not dp_optimizer.secure_mode:
-            noisy_step = _BookKeepingNoisyStep(dp_optimizer, step_hook, bk.clip_factors)
+            noisy_step = (
+                _BookKeepingNoisyStep(dp_optimizer)
+                if step_hook is None
+                else _BookKeepingNoisyStep(dp_optimizer, step_hook, bk.clip_factors)
+            )
     if step_hook is not None and (noisy_step is None or checkpoint_dir is not None):
         raise input_error(
             "train_dp",
