@@ -60,8 +60,8 @@ class WhiteBoxSettings:
     n_canaries: int = 2000
     canary_norm_factor: float = 10.0
     max_base_records: int | None = 5000
-    sample_rate: float = 0.2
-    epochs: int = 10
+    sample_rate: float = 0.5
+    epochs: int = 5
     guess_fractions: tuple[float, ...] = (0.002, 0.005, 0.01, 0.02, 0.05)
     confidence: float = 0.95
     mechanism_alpha: float = 1e-3
