@@ -113,6 +113,20 @@ def test_max_achievable_bound_grows_with_canaries() -> None:
     assert 0 < small < large
 
 
+@pytest.mark.parametrize(
+    ("settings", "field"),
+    [
+        (WhiteBoxSettings(n_canaries=5), "n_canaries"),
+        (WhiteBoxSettings(sample_rate=1.0), "sample_rate"),
+        (WhiteBoxSettings(canary_norm_factor=0.5), "canary_norm_factor"),
+    ],
+)
+def test_bad_whitebox_settings_are_refused(adult, settings: WhiteBoxSettings, field: str) -> None:
+    dp = DPConfig(target_epsilon=1.0, target_delta=1e-5)
+    with pytest.raises(PPMLError, match=rf"white-box audit: field '{field}'.*fix:"):
+        run_whitebox_audit(adult.rows(np.arange(500)), CONFIG, dp, settings=settings)
+
+
 def test_hook_needs_book_keeping_and_no_checkpoints(adult, tmp_path) -> None:
     dp = DPConfig(target_epsilon=1.0, target_delta=1e-5, dp_seed=0, clipping="ghost")
     with pytest.raises(PPMLError, match="step_hook"):
@@ -131,3 +145,48 @@ def test_planted_bugs_are_not_reachable_from_a_policy(tmp_path, section: str, na
     path.write_text(yaml.safe_dump(document))
     with pytest.raises(PPMLError, match=rf"{section}\.{name}"):
         load_policy(path, check_files=False)
+
+
+WHITEBOX_EVIDENCE = {
+    "epsilon_lower_bound": 0.4,
+    "claimed_epsilon": 0.99,
+    "max_achievable_bound": 3.6,
+    "canaries": 2000,
+    "confidence": 0.95,
+    "mechanism_alarm": False,
+    "message": "white-box epsilon lower bound 0.400 <= claimed 0.990",
+}
+
+
+@pytest.mark.parametrize(
+    ("change", "passes"),
+    [
+        ({}, True),
+        ({"epsilon_lower_bound": 1.5}, False),  # the white-box bound refutes the claim
+        ({"mechanism_alarm": True, "message": "ALARM: mechanism differs: sampling_law"}, False),
+    ],
+)
+def test_gate_judges_the_whitebox_audit(change: dict, passes: bool) -> None:
+    """The gate's empirical_epsilon_audit verdict reads both audits and the white-box mechanism checks."""
+    import copy
+
+    from ppml.compliance import evaluate_requirements
+    from tests.test_compliance_and_report import PASSING_EVIDENCE
+
+    evidence = copy.deepcopy(PASSING_EVIDENCE)
+    evidence["audit"]["whitebox"] = WHITEBOX_EVIDENCE | change
+    verdict = next(
+        v
+        for v in evaluate_requirements(load_policy(GDPR_POLICY).policy, evidence)
+        if v.name == "empirical_epsilon_audit"
+    )
+    assert verdict.passed is passes, verdict.detail
+    assert "white-box" in verdict.detail and "detectable" in verdict.detail
+    only_whitebox = copy.deepcopy(evidence)
+    only_whitebox["audit"] = {"whitebox": evidence["audit"]["whitebox"]}
+    alone = next(
+        v
+        for v in evaluate_requirements(load_policy(GDPR_POLICY).policy, only_whitebox)
+        if v.name == "empirical_epsilon_audit"
+    )
+    assert alone.passed is passes
