@@ -214,3 +214,25 @@ def test_second_data_set_health_insurance() -> None:
         fault = planted_bug(bug) if bug else None
         outcomes[bug] = run_whitebox_audit(split, config, dp, settings=settings, fault=fault).alarm
     assert outcomes == {None: False, PlantedBug.NOISE_X0_3: True, PlantedBug.SHUFFLED_BATCHES: True}
+
+
+def test_pipeline_whitebox_run_is_charged_to_the_ledger(adult, tmp_path) -> None:
+    """privacy_audit's white-box run goes through the ledger's reservation path: reserved, then charged the
+    epsilon of the noise it added; with the budget spent it is refused before any step runs."""
+    from ppml.ledger import BudgetExceededError, DataScope, LifetimeBudget, PrivacyLedger
+    from ppml_assets.evaluation import _ledger_charged_train
+
+    ledger = PrivacyLedger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    scope = DataScope("adult-people")
+    try:
+        train = _ledger_charged_train(ledger, scope, LifetimeBudget(1.1, 1e-5), "run-1")
+        dp = DPConfig(target_epsilon=1.0, target_delta=1e-5, dp_seed=3)
+        settings = WhiteBoxSettings(n_canaries=500, max_base_records=500)
+        result = run_whitebox_audit(adult.rows(np.arange(1000)), CONFIG, dp, settings=settings, train_fn=train)
+        spent = ledger.spent(scope, 1e-5).epsilon
+        assert spent == pytest.approx(result.claimed_epsilon, rel=1e-3) and spent > 0.9
+        assert [run.status for run in ledger.runs(scope.dataset)] == ["completed"]
+        with pytest.raises(BudgetExceededError):
+            run_whitebox_audit(adult.rows(np.arange(1000)), CONFIG, dp, settings=settings, train_fn=train)
+    finally:
+        ledger.close()
