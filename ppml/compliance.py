@@ -42,7 +42,8 @@ REQUIREMENTS: dict[str, str] = {
     "lifetime_budget": "the data subjects' lifetime epsilon, all runs composed, stays within budget",
     "membership_inference_auc": "membership-inference ROC AUC against the model within the limit",
     "membership_inference_tpr_at_low_fpr": "attack true-positive rate at the policy's low FPR within the limit",
-    "empirical_epsilon_audit": "the canary audit's epsilon lower bound does not exceed the claimed epsilon",
+    "empirical_epsilon_audit": "the canary audits' epsilon lower bounds (black-box and white-box) do not exceed the "
+    "claimed epsilon, and the white-box checks of noise and sampling accept the claim",
     "utility_accuracy": "test accuracy meets the policy's objective",
     "utility_roc_auc": "test ROC AUC meets the policy's objective",
     "utility_balanced_accuracy_above_trivial": "balanced accuracy beats the class prior with confidence: its 95% "
@@ -178,18 +179,7 @@ def evaluate_requirements(policy: Policy, evidence: dict[str, Any]) -> list[Verd
         )
     )
     audit = evidence.get("audit")
-    if audit:
-        verdicts.append(
-            _at_most(
-                "empirical_epsilon_audit",
-                audit["epsilon_lower_bound"],
-                audit["claimed_epsilon"],
-                f"{audit['canaries']} canaries, {audit['confidence']:.0%} confidence",
-                audit=audit,
-            )
-        )
-    else:
-        verdicts.append(_not_required("empirical_epsilon_audit"))
+    verdicts.append(_audit_verdict(audit) if audit else _not_required("empirical_epsilon_audit"))
     verdicts.extend(utility_gate_verdicts(policy, utility))
     leakage = evidence["leakage"]
     verdicts.append(
@@ -253,6 +243,34 @@ def utility_gate_verdicts(policy: Policy, utility: dict[str, Any]) -> list[Verdi
 
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
+
+
+def _audit_verdict(audit: dict[str, Any]) -> Verdict:
+    """The strongest empirical lower bound (black-box and white-box audits) against its run's claimed epsilon;
+    the white-box audit's mechanism checks (noise, sampling rate, sampling law) must also accept the claim."""
+    named = [("black-box", audit if "epsilon_lower_bound" in audit else None), ("white-box", audit.get("whitebox"))]
+    audits = [(name, a) for name, a in named if a]
+    strongest = max((a for _, a in audits), key=lambda a: a["epsilon_lower_bound"] - a["claimed_epsilon"])
+    within = all(a["epsilon_lower_bound"] <= a["claimed_epsilon"] + 1e-12 for _, a in audits)
+    whitebox = audit.get("whitebox") or {}
+    conforming = not whitebox.get("mechanism_alarm", False)
+    parts = [
+        f"{name}: {a['canaries']} canaries, bound {a['epsilon_lower_bound']:.3f} vs claimed "
+        f"{a['claimed_epsilon']:.3f} ({a['confidence']:.0%} confidence)"
+        for name, a in audits
+    ]
+    if whitebox:
+        parts.append(f"white-box at most {whitebox['max_achievable_bound']:.2f} detectable")
+        parts.append("mechanism checks " + ("passed" if conforming else "REJECT the claim: " + whitebox["message"]))
+    return Verdict(
+        "empirical_epsilon_audit",
+        REQUIREMENTS["empirical_epsilon_audit"],
+        strongest["epsilon_lower_bound"],
+        strongest["claimed_epsilon"],
+        within and conforming,
+        "; ".join(parts),
+        {"audit": audit},
+    )
 
 
 def failing(verdicts: list[Verdict]) -> list[str]:

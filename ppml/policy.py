@@ -337,6 +337,12 @@ class TrainingSettings(Strict):
 class EvaluationSettings(Strict):
     reference_models: int = Field(default=2, ge=0, le=64, description="LiRA reference models (0 = skip LiRA).")
     audit_canaries: int = Field(default=0, ge=0, description="Canaries of the one-run epsilon audit (0 = skip).")
+    gradient_canaries: int = Field(
+        default=0,
+        ge=0,
+        le=100_000,
+        description="Gradient canaries of the white-box one-run audit (0 = skip; capped at the model's parameters).",
+    )
 
 
 class ReleaseAction(StrEnum):

@@ -19,11 +19,13 @@ from ppml.evaluation import (
     trivial_predictor,
     utility_report,
 )
+from ppml.evaluation.audit_whitebox import WhiteBoxSettings, run_whitebox_audit
 from ppml.evaluation.charged_reference import ChargedReferenceTraining
-from ppml.ledger import LifetimeBudget
+from ppml.ledger import DataScope, LifetimeBudget, PlannedRun, PrivacyLedger
 from ppml.preparation import prepare_like_training
-from ppml.training import TabularSplit, train_dp
+from ppml.training import TabularSplit, plan_dp_training, train_dp
 from ppml.training.accountable import train_within_budget
+from ppml.training.config import fingerprint
 from ppml_assets.common import (
     attack_row,
     data_scope,
@@ -242,11 +244,15 @@ def privacy_audit(
 ) -> dict:
     """One-run empirical epsilon audit (Steinke, Nasr & Jagielski 2023): canaries included with probability 1/2
     in a DP training run with the deployed configuration, a 95% lower bound on epsilon from how well they are
-    recognised. The audit run trains on real records, so it is charged to the lifetime ledger like any other."""
+    recognised. With ``evaluation.gradient_canaries`` also the white-box audit (gradient canaries in the DP-SGD
+    steps, every update observed, plus checks of the noise and sampling against the claim). Both audit runs train
+    on real records, so each is charged to the lifetime ledger like any other run."""
     loaded = policy.load()
     canaries = loaded.policy.evaluation.audit_canaries
-    if canaries == 0:
-        context.add_output_metadata({"skipped": True, "reason": "evaluation.audit_canaries is 0"})
+    gradient_canaries = loaded.policy.evaluation.gradient_canaries
+    if canaries == 0 and gradient_canaries == 0:
+        reason = "evaluation.audit_canaries and evaluation.gradient_canaries are 0"
+        context.add_output_metadata({"skipped": True, "reason": reason})
         return {"skipped": True}
     splits = feature_splits(training_features)
     training = selected_training_config(loaded, dp_model)
@@ -275,23 +281,96 @@ def privacy_audit(
     # Under fault injection the ledger would (rightly) refuse a run whose real epsilon is unbounded, so the
     # simulated bug trains outside it, as a buggy pipeline would; the evidence records that it was injected.
     train_fn = train_dp if config.noise_multiplier_override is not None else accountable_train
+    lifetime = LifetimeBudget(loaded.policy.privacy.lifetime_epsilon_budget, audited.target_delta)
+    audit: dict = {"fault_injection": config.noise_multiplier_override}
     try:
-        result = run_one_run_audit(
-            splits["train"],
-            training,
-            audited,
-            settings=AuditSettings(n_canaries=canaries, seed=loaded.policy.training.seed),
-            train_fn=train_fn,
-        )
+        if canaries:
+            result = run_one_run_audit(
+                splits["train"],
+                training,
+                audited,
+                settings=AuditSettings(n_canaries=canaries, seed=loaded.policy.training.seed),
+                train_fn=train_fn,
+            )
+            audit |= result.to_dict()
+        if gradient_canaries:
+            whitebox = run_whitebox_audit(
+                splits["train"],
+                training,
+                dp_config(loaded, splits["train"].n),
+                settings=WhiteBoxSettings(n_canaries=gradient_canaries, seed=loaded.policy.training.seed),
+                train_fn=_ledger_charged_train(store, scope, lifetime, context.run.run_id),
+            )
+            audit["whitebox"] = whitebox.to_dict()
     finally:
         store.close()
-    audit = result.to_dict() | {"fault_injection": config.noise_multiplier_override}
-    context.add_output_metadata(
-        {
+    context.add_output_metadata(_audit_metadata(audit))
+    return audit
+
+
+def _audit_metadata(audit: dict) -> dict:
+    metadata: dict = {}
+    if "epsilon_lower_bound" in audit:
+        metadata |= {
             "epsilon_lower_bound": round(audit["epsilon_lower_bound"], 4),
             "claimed_epsilon": round(audit["claimed_epsilon"], 4),
             "alarm": bool(audit["alarm"]),
-            "canaries": canaries,
+            "canaries": audit["canaries"],
         }
-    )
-    return audit
+    if "whitebox" in audit:
+        whitebox = audit["whitebox"]
+        metadata |= {
+            "whitebox_epsilon_lower_bound": round(whitebox["epsilon_lower_bound"], 4),
+            "whitebox_max_achievable_bound": round(whitebox["max_achievable_bound"], 4),
+            "whitebox_alarm": bool(whitebox["alarm"]),
+            "whitebox_mechanism_checks": MetadataValue.json(whitebox["mechanism_checks"]),
+        }
+    return metadata
+
+
+class _RunSpend:
+    """train_dp's spend reports into one ledger run (pre-charge before steps, progress after)."""
+
+    def __init__(self, ledger: PrivacyLedger, run_id: str) -> None:
+        self.ledger, self.run_id = ledger, run_id
+
+    def before_steps(self, *, steps: int, epsilon: float) -> None:
+        self.ledger.pre_charge(self.run_id, steps=steps, epsilon=epsilon)
+
+    def after_steps(self, *, steps: int, epsilon: float) -> None:
+        self.ledger.record_progress(self.run_id, steps=steps, epsilon=epsilon)
+
+
+def _ledger_charged_train(store: PrivacyLedger, scope: DataScope, lifetime: LifetimeBudget, dagster_run_id: str):  # type: ignore[no-untyped-def]
+    """The white-box audit run through the ledger's reservation path: reserve its planned spend (or be refused),
+    pre-charge before the steps, complete with the epsilon of the noise actually added."""
+
+    def train(split: TabularSplit, audit_config, dp, *, step_hook):  # type: ignore[no-untyped-def]
+        plan = plan_dp_training(split.n, audit_config, dp)
+        planned = PlannedRun(
+            candidate_index=0,
+            config_fingerprint=fingerprint("dp-run", split.record_set_hash(), audit_config, dp, 1),
+            config={**audit_config.to_params(), **dp.to_params(), "purpose": "white-box audit"},
+            accountant=dp.accountant,
+            target_epsilon=dp.target_epsilon,
+            target_delta=dp.target_delta,
+            noise_multiplier=plan.noise_multiplier,
+            noise_multiplier_applied=plan.noise_multiplier_applied,
+            sample_rate=plan.sample_rate,
+            planned_steps=plan.planned_steps,
+            epsilon_planned=plan.epsilon_charged_planned,
+        )
+        key = fingerprint("white-box audit", scope, split.record_set_hash(), audit_config, dp, dagster_run_id)
+        reservation = store.reserve(scope, [planned], lifetime, request_key=key, dagster_run_id=dagster_run_id)
+        run_id = reservation.run_ids[0]
+        try:
+            model = train_dp(split, audit_config, dp, spend_sink=_RunSpend(store, run_id), step_hook=step_hook)
+        except BaseException as error:
+            store.fail_run(run_id, f"{type(error).__name__}: {error}"[:2000])
+            store.finish_request(reservation.request_id, selected_run_id=None, status="failed")
+            raise
+        store.complete_run(run_id, steps=model.steps, epsilon=float(model.epsilon_charged or 0.0))
+        store.finish_request(reservation.request_id, selected_run_id=run_id)
+        return model
+
+    return train

@@ -1,9 +1,10 @@
 """Lifecycle step 6: evaluation and compliance evidence.
 
 Utility with bootstrap intervals and per-group gaps, membership-inference attacks (loss threshold, offline
-LiRA), the one-run empirical epsilon audit (Steinke, Nasr & Jagielski 2023) and the direct-identifier leakage
-scan. Every check returns a :class:`Verdict` (measured value, limit, passed) and every result a dataclass with
-a JSON-serialisable ``to_dict()`` for Dagster metadata and evidence.json. See docs/evaluation.md.
+LiRA), the one-run empirical epsilon audits (Steinke, Nasr & Jagielski 2023; black-box and white-box) and the
+direct-identifier leakage scan. Every check returns a :class:`Verdict` (measured value, limit, passed) and every
+result a dataclass with a JSON-serialisable ``to_dict()`` for Dagster metadata and evidence.json. See
+docs/evaluation.md.
 """
 
 from ppml.evaluation._common import ProbabilisticModel, Verdict
@@ -20,6 +21,7 @@ from ppml.evaluation.audit import (
     make_canaries,
     run_one_run_audit,
 )
+from ppml.evaluation.audit_whitebox import WhiteBoxResult, WhiteBoxSettings, run_whitebox_audit, whitebox_verdict
 from ppml.evaluation.error_rates import GroupErrorRates, group_error_rates
 from ppml.evaluation.leakage import Finding, LeakageReport, leakage_verdict, scan_for_identifiers
 from ppml.evaluation.membership_inference import (
@@ -62,6 +64,8 @@ __all__ = [
     "ProbabilisticModel",
     "UtilityReport",
     "Verdict",
+    "WhiteBoxResult",
+    "WhiteBoxSettings",
     "attack_metrics",
     "audit_from_scores",
     "audit_verdict",
@@ -80,11 +84,13 @@ __all__ = [
     "objective_warnings",
     "partition_holdout",
     "run_one_run_audit",
+    "run_whitebox_audit",
     "scan_for_identifiers",
     "strongest_attack",
     "trivial_margin_verdicts",
     "trivial_predictor",
     "utility_report",
     "utility_verdicts",
+    "whitebox_verdict",
     "write_roc_curves",
 ]

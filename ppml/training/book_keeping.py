@@ -44,6 +44,10 @@ class BookKeepingClipper:
         self._records: list[tuple[nn.Linear, torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self.last_norms: torch.Tensor | None = None
 
+    def clip_factors(self, norms: torch.Tensor) -> torch.Tensor:
+        """``min(1, C / (norm + 1e-6))`` per example: Opacus' formula, bit for bit (the audit's canaries use it too)."""
+        return (self.max_grad_norm / (norms + 1e-6)).clamp_(max=1.0)
+
     def forward(self, x: torch.Tensor, input_sq_norms: torch.Tensor | None = None) -> torch.Tensor:
         """``input_sq_norms``: optional per-row ``||x||^2`` of ``x`` (precomputed once per data set)."""
         records = self._records
@@ -91,7 +95,7 @@ class BookKeepingClipper:
         if squared is None:
             squared = torch.zeros(loss_per_example.shape[0], device=loss_per_example.device)
         norms = squared.sqrt_()
-        coefficient = (self.max_grad_norm / (norms + 1e-6)).clamp_(max=1.0)  # Opacus' formula, bit for bit
+        coefficient = self.clip_factors(norms)
         for (layer, activation, _, _), grad_output in zip(records, grads, strict=True):
             c = coefficient if coefficient.dtype == grad_output.dtype else coefficient.to(grad_output.dtype)
             scaled_t = grad_output.t() * c  # (out, batch): the clip factors folded into the smaller operand

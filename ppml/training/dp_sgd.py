@@ -133,6 +133,8 @@ class DPPlan:
     epsilon_charged_planned: float  # same with the applied noise: what the ledger reserves
     delta: float
     accountant: str
+    # The sample rate the claimed epsilon is accounted with; None = the real one (differs only under fault injection)
+    accounted_sample_rate: float | None = None
 
     def history(self, steps: int | None = None) -> list[tuple[float, float, int]]:
         """Accountant history (noise, sample rate, steps) of the applied noise."""
@@ -147,6 +149,39 @@ class PrivacySpendSink(Protocol):
     def before_steps(self, *, steps: int, epsilon: float) -> None: ...
 
     def after_steps(self, *, steps: int, epsilon: float) -> None: ...
+
+
+class StepHook:
+    """Instrumentation of the DP-SGD step: the white-box audit's gradient canaries and the planted-bug corpus
+    (:mod:`ppml.evaluation.audit_whitebox`, :mod:`ppml.evaluation.planted_bugs`).
+
+    Only a keyword argument of :func:`train_dp` -- no policy or config field reaches it. Every method's default
+    changes nothing. It runs on the single-process book-keeping path (stacks of Linear layers), in this order per
+    logical step: ``batch`` for each physical batch's indices, ``before_noise`` on the clipped sum (flat, all
+    parameters) with the clipper's own clip-factor function, ``noise_std``, then ``after_noise`` on the noisy sum
+    (before division by the expected batch size).
+    """
+
+    def plan(self, plan: DPPlan) -> DPPlan:
+        return plan
+
+    def draw(self, draw: Callable[[int, float, torch.Generator], torch.Tensor]) -> Callable[..., torch.Tensor]:
+        return draw
+
+    def clip_bound(self, bound: float) -> float:
+        return bound
+
+    def batch(self, indices: torch.Tensor) -> torch.Tensor:
+        return indices
+
+    def before_noise(self, grads: torch.Tensor, clip_factors: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        return None
+
+    def noise_std(self, std: float) -> float:
+        return std
+
+    def after_noise(self, grads: torch.Tensor) -> None:
+        return None
 
 
 # --------------------------------------------------------------------------------------------- planning and accounting
@@ -247,6 +282,7 @@ def train_dp(
     spend_sink: PrivacySpendSink | None = None,
     checkpoint_every_steps: int | None = None,
     on_step: Callable[[int], None] | None = None,
+    step_hook: StepHook | None = None,
 ) -> TrainedModel:
     """Train ``config.model`` with DP-SGD to ``dp.target_epsilon`` / ``dp.target_delta``.
 
@@ -255,6 +291,8 @@ def train_dp(
     model, optimizer, sampler position, noise generator and accountant history restored; a finished checkpoint is
     returned without training again. Under ``torch.distributed`` (torchrun) the model is wrapped in Opacus' DPDDP
     and every rank samples its shard of the data; rank 0 alone adds noise, writes checkpoints and reports spend.
+    ``step_hook`` (audit and fault injection only, see :class:`StepHook`) needs single-process book-keeping and
+    no checkpoints.
     """
     _check_inputs(train, validation, dp)
     if checkpoint_every_steps is not None and checkpoint_every_steps < 1:
@@ -262,6 +300,8 @@ def train_dp(
     rank, world_size = _rank_and_world()
     device = resolve_device(config.device)
     plan = plan_dp_training(train.n, config, dp)
+    if step_hook is not None:
+        plan = step_hook.plan(plan)
 
     torch.manual_seed(config.seed)
     base_model = make_private_compatible(
@@ -306,8 +346,9 @@ def train_dp(
         raise RuntimeError(f"Opacus sample rate {dp_loader.sample_rate} differs from the plan {plan.sample_rate}")
 
     charged = engine.accountant
-    if dp.noise_multiplier_override is not None:
-        # Fault injection: add the override noise, keep reporting the calibrated epsilon, charge the real one.
+    if plan.noise_multiplier_applied != plan.noise_multiplier or plan.accounted_sample_rate is not None:
+        # Fault injection: add the override noise (or account with a wrong sample rate), keep reporting the
+        # calibrated epsilon, charge the real one.
         charged = create_accountant(mechanism=dp.accountant)
         dp_optimizer.noise_multiplier = plan.noise_multiplier_applied
         dp_optimizer.attach_step_hook(_override_hook(engine, charged, plan))
@@ -323,9 +364,21 @@ def train_dp(
     noisy_step = None
     if clipping == "bk":
         dp_module.remove_hooks()  # the ghost hooks are replaced by book-keeping; noise and accounting stay Opacus'
-        bk = BookKeepingClipper(base_model, dp.max_grad_norm)
+        bound = dp.max_grad_norm if step_hook is None else step_hook.clip_bound(dp.max_grad_norm)
+        bk = BookKeepingClipper(base_model, bound)
         if world_size == 1 and not dp_optimizer.secure_mode:
-            noisy_step = _BookKeepingNoisyStep(dp_optimizer)
+            noisy_step = (
+                _BookKeepingNoisyStep(dp_optimizer)
+                if step_hook is None
+                else _BookKeepingNoisyStep(dp_optimizer, step_hook, bk.clip_factors)
+            )
+    if step_hook is not None and (noisy_step is None or checkpoint_dir is not None):
+        raise input_error(
+            "train_dp",
+            "step_hook",
+            f"needs single-process book-keeping clipping and no checkpoints (clipping {clipping!r})",
+            "audit a stack of Linear layers (logistic or MLP) without checkpoint_dir",
+        )
 
     state = _TrainingState()
     ckpt_file = checkpoint_path(checkpoint_dir) if checkpoint_dir is not None else None
@@ -370,6 +423,7 @@ def train_dp(
         on_epoch=on_epoch if rank == 0 else None,
         on_step=on_step,
         checkpoint_every_steps=checkpoint_every_steps,
+        step_hook=step_hook,
     )
     resumed_from = state.global_step if state.global_step or state.completed else None
     if not state.completed:
@@ -439,6 +493,7 @@ class _LoopContext:
     on_epoch: EpochCallback | None
     on_step: Callable[[int], None] | None
     checkpoint_every_steps: int | None
+    step_hook: StepHook | None = None
 
     def run(self, state: _TrainingState) -> None:
         with warnings.catch_warnings():
@@ -485,12 +540,16 @@ class _LoopContext:
             sampler.steps = logical_steps
         self.dp_module.train()
         loss_sum = torch.zeros((), device=self.device)
+        hook = self.step_hook
         with IndexBatchMemoryManager(
             data_loader=self.loader,
             max_physical_batch_size=self.config.max_physical_batch_size,
             optimizer=self.optimizer,
+            draw=poisson_indices if hook is None else hook.draw(poisson_indices),
         ) as physical_batches:
             for indices in physical_batches:
+                if hook is not None:
+                    indices = hook.batch(indices)
                 index = indices.to(self.device)
                 features, labels = X.index_select(0, index), y.index_select(0, index)
                 x_sq = self._x_sq_norms.index_select(0, index) if self._x_sq_norms is not None else None
@@ -721,8 +780,14 @@ class _BookKeepingNoisyStep:
     wrapped-optimizer step. A test checks the weights equal those of the Opacus optimizer path.
     """
 
-    def __init__(self, optimizer: Any) -> None:
+    def __init__(
+        self,
+        optimizer: Any,
+        hook: StepHook | None = None,
+        clip_factors: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
         self.optimizer = optimizer
+        self.hook, self.clip_factors = hook, clip_factors
         self.params: list[nn.Parameter] = list(optimizer.params)
         # One flat buffer for all clipped sums (p.grad are views of it) and one for the noise: the per-parameter
         # draws land in views of the noise buffer, and adding and dividing are one operation each.
@@ -745,12 +810,19 @@ class _BookKeepingNoisyStep:
             optimizer._is_last_step_skipped = True
             self.accumulating = True
             return False
+        hook = self.hook
+        if hook is not None:
+            hook.before_noise(self._grads, self.clip_factors)
         std = optimizer.noise_multiplier * optimizer.max_grad_norm
+        if hook is not None:
+            std = hook.noise_std(std)
         if std != 0:  # Opacus adds zeros without drawing when std == 0
             generator = optimizer.generator
             for noise in self._noise_views:  # Opacus' order and shapes: the same numbers from the same generator
                 noise.normal_(0.0, std, generator=generator)
             self._grads.add_(self._noise)
+        if hook is not None:
+            hook.after_noise(self._grads)
         if optimizer.loss_reduction == "mean":
             self._grads.div_(optimizer.expected_batch_size * optimizer.accumulated_iterations)
         if optimizer.step_hook:
@@ -764,7 +836,8 @@ class _BookKeepingNoisyStep:
 def _override_hook(engine: PrivacyEngine, charged: Any, plan: DPPlan) -> Callable[[Any], None]:
     def hook(optimizer: Any) -> None:
         rate = plan.sample_rate * optimizer.accumulated_iterations
-        engine.accountant.step(noise_multiplier=plan.noise_multiplier, sample_rate=rate)
+        claimed_rate = (plan.accounted_sample_rate or plan.sample_rate) * optimizer.accumulated_iterations
+        engine.accountant.step(noise_multiplier=plan.noise_multiplier, sample_rate=claimed_rate)
         charged.step(noise_multiplier=plan.noise_multiplier_applied, sample_rate=rate)
 
     return hook
