@@ -4,7 +4,12 @@ and the `delta: auto` rule."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -17,7 +22,7 @@ from ppml.collection import LandingZoneReader, collect_partition
 from ppml.errors import PPMLError
 from ppml.landing_zone import landing_file
 from ppml.policy import auto_delta, load_policy, parse_policy
-from tests.support import GDPR_POLICY
+from tests.support import GDPR_POLICY, REPO_ROOT
 
 runner = CliRunner()
 FIRST_DAY = dt.date(2020, 3, 1)
@@ -179,3 +184,73 @@ def test_bundled_policy_trains_at_ten_times_the_data() -> None:
     DPConfig(target_epsilon=privacy.epsilon, target_delta=privacy.delta_for(n)).check_delta_for(n, "train")
     with pytest.raises(PPMLError, match="is not below 1/n"):  # what the fixed 1e-5 did
         DPConfig(target_epsilon=privacy.epsilon, target_delta=1e-5).check_delta_for(n, "train")
+
+
+# ---------------------------------------------------------------------------------------------------- ppml run
+
+
+def _ppml(*args: str, home: Path, cwd: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "PPML_POLICY", "PPML_PARTITIONS_START")}
+    env.update(PPML_HOME=str(home), MLFLOW_TRACKING_URI=f"sqlite:///{home / 'mlflow' / 'mlflow.db'}", COLUMNS="200")
+    env.pop("PPML_PARTITIONS_END", None)
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "ppml"), *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=1500,
+    )
+
+
+def health_insurance_zone(tmp_path: Path, days: int, rows: int | None = None) -> tuple[Path, Path]:
+    """A landing zone of HealthInsurance split by a derived event date, and the policy `ppml init` drafts for it."""
+    frame = health_insurance(days)
+    if rows is not None:
+        frame = frame.iloc[:rows]
+    _, draft = _init(tmp_path, frame, "health_insurance")
+    zone = tmp_path / "landing"
+    for day, records in frame.groupby("event_date"):
+        path = landing_file(zone, day)
+        path.parent.mkdir(parents=True)
+        records.to_csv(path, index=False)
+    return zone, draft
+
+
+def test_run_refuses_bad_sources_before_the_first_step(tmp_path: Path) -> None:
+    zone, draft = health_insurance_zone(tmp_path, days=10, rows=400)
+    home = tmp_path / "home"
+    both = _ppml(
+        "run", "--policy", str(draft), "--landing-zone", str(zone), "--source-url", "sqlite://", home=home, cwd=tmp_path
+    )
+    assert both.returncode == 2 and "give exactly one data source" in both.stderr
+    absent = _ppml("run", "--policy", str(draft), "--landing-zone", str(tmp_path / "nowhere"), home=home, cwd=tmp_path)
+    assert absent.returncode == 2 and "field '--landing-zone': folder not found" in absent.stderr
+    no_day = _ppml(
+        "run", "--policy", str(draft), "--landing-zone", str(zone), "--as-of", "2021-01-01", home=home, cwd=tmp_path
+    )
+    assert no_day.returncode == 2 and "field 'as_of': no data on 2021-01-01 (data from 2020-03-01 to 2020-03-10)" in (
+        no_day.stderr
+    )
+    shutil.rmtree(landing_file(zone, "2020-03-05").parent)
+    gap = _ppml("run", "--policy", str(draft), "--landing-zone", str(zone), home=home, cwd=tmp_path)
+    assert gap.returncode == 2 and "1 day(s) of the training window have no data (first 2020-03-05)" in gap.stderr
+    assert not (home / "dagster" / "storage").exists() or not any((home / "dagster" / "storage").iterdir())
+
+
+@pytest.mark.slow
+def test_run_on_health_insurance_to_the_report(tmp_path: Path) -> None:
+    """`ppml init` then `ppml run` on a landing zone of the second data set: policy, backfill, training, report."""
+    zone, draft = health_insurance_zone(tmp_path, days=12)
+    home = tmp_path / "home"
+    completed = _ppml("run", "--policy", str(draft), "--landing-zone", str(zone), home=home, cwd=tmp_path)
+    assert "ppml run as of 2020-03-12" in completed.stdout, completed.stdout[-3000:] + completed.stderr[-3000:]
+    assert "over 12 daily partitions (2020-03-01 .. 2020-03-12)" in completed.stdout
+    report = home / "reports" / "2020-03-12" / "report.html"
+    assert report.is_file(), completed.stdout[-3000:]
+    evidence = json.loads((report.parent / "evidence.json").read_text())
+    assert evidence["policy"]["name"] == "health_insurance"
+    assert evidence["training"]["target_delta"] < 1 / evidence["features"]["rows"]["train"]
+    assert "Compliance report:" in completed.stdout
+    assert not list(zone.glob("*.tmp")) and sorted(p.name for p in zone.iterdir())[0] == "event_date=2020-03-01"
