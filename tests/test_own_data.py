@@ -254,3 +254,38 @@ def test_run_on_health_insurance_to_the_report(tmp_path: Path) -> None:
     assert evidence["training"]["target_delta"] < 1 / evidence["features"]["rows"]["train"]
     assert "Compliance report:" in completed.stdout
     assert not list(zone.glob("*.tmp")) and sorted(p.name for p in zone.iterdir())[0] == "event_date=2020-03-01"
+
+
+def test_sql_source_days_and_as_of_check(tmp_path: Path) -> None:
+    """The SQL source answers which days it holds; `ppml run` refuses an as-of day the table has no data for."""
+    from ppml.collection import load_records_into_table
+    from ppml.data_days import partition_bounds, sql_days
+
+    frame = health_insurance(days=5).iloc[:200]
+    _, draft = _init(tmp_path, frame, "health_insurance")
+    url = f"sqlite:///{tmp_path / 'records.db'}"
+    load_records_into_table(url, "events", frame)
+    days = sql_days(url, "events")
+    assert days == [f"2020-03-0{d}" for d in range(1, 6)]
+    assert partition_bounds(days) == ("2020-03-01", "2020-03-06")
+    with pytest.raises(PPMLError, match=r"field 'nope': the table has no event-date column"):
+        sql_days(url, "events", "nope")
+    with pytest.raises(PPMLError, match=r"table 'absent' does not exist"):
+        sql_days(url, "absent")
+    refused = _ppml(
+        "run",
+        "--policy",
+        str(draft),
+        "--source-url",
+        url,
+        "--source-table",
+        "events",
+        "--as-of",
+        "2020-04-01",
+        home=tmp_path / "home",
+        cwd=tmp_path,
+    )
+    assert refused.returncode == 2
+    assert "events (SQL source): field 'as_of': no data on 2020-04-01 (data from 2020-03-01 to 2020-03-05)" in (
+        refused.stderr.replace("\n", " ")
+    )
