@@ -164,7 +164,17 @@ def test_numeric_missing_must_name_a_numeric_column() -> None:
     with pytest.raises(PPMLError, match=r"numeric_missing names 'occupation', which is not numeric"):
         parse_policy(document, "p.yaml")
     document["schema"]["numeric_missing"] = {"age": "mean"}
-    with pytest.raises(PPMLError, match=r"field 'schema.numeric_missing.age"):
+    with pytest.raises(PPMLError, match=r"field 'schema.numeric_missing': numeric_missing for 'age' is 'mean'"):
+        parse_policy(document, "p.yaml")
+
+
+def test_delta_must_be_a_number_or_auto() -> None:
+    document = yaml.safe_load(GDPR_POLICY.read_text())
+    document["privacy"]["delta"] = "tiny"
+    with pytest.raises(PPMLError, match=r"field 'privacy.delta': 'tiny' is neither a number nor 'auto'; fix:"):
+        parse_policy(document, "p.yaml")
+    document["privacy"]["delta"] = 0.5
+    with pytest.raises(PPMLError, match=r"field 'privacy.delta': Input should be less than 0.01"):
         parse_policy(document, "p.yaml")
 
 
