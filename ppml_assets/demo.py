@@ -130,8 +130,9 @@ def run_user_data(as_of: str | None = None, console: Console | None = None) -> D
     days = source_days()
     if not days:
         raise PPMLError(f"{source_description()}: field '(days)': no day of data found; fix: deliver daily data first")
-    os.environ.setdefault("PPML_PARTITIONS_START", days[0])
-    os.environ.setdefault("PPML_PARTITIONS_END", partition_bounds(days)[1])  # type: ignore[index]
+    first, end = partition_bounds(days) or (days[0], days[-1])
+    os.environ.setdefault("PPML_PARTITIONS_START", first)
+    os.environ.setdefault("PPML_PARTITIONS_END", end)
     as_of = as_of or days[-1]
     if as_of not in days:
         raise PPMLError(

@@ -199,11 +199,12 @@ def test_bundled_policy_trains_at_ten_times_the_data() -> None:
 # ---------------------------------------------------------------------------------------------------- ppml run
 
 
-def _ppml(*args: str, home: Path, cwd: Path) -> subprocess.CompletedProcess:
+def _ppml(*args: str, home: Path, cwd: Path, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "PPML_POLICY", "PPML_PARTITIONS_START")}
     env.update(PPML_HOME=str(home), MLFLOW_TRACKING_URI=f"sqlite:///{home / 'mlflow' / 'mlflow.db'}", COLUMNS="200")
     env.pop("PPML_PARTITIONS_END", None)
     env["PYTHONPATH"] = str(REPO_ROOT)
+    env.update(extra_env or {})
     return subprocess.run(
         [str(Path(sys.executable).parent / "ppml"), *args],
         capture_output=True,
@@ -299,3 +300,53 @@ def test_sql_source_days_and_as_of_check(tmp_path: Path) -> None:
     assert "events (SQL source): field 'as_of': no data on 2020-04-01 (data from 2020-03-01 to 2020-03-05)" in (
         refused.stderr.replace("\n", " ")
     )
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_run_on_postgresql_from_an_sql_source(tmp_path: Path, postgres_databases) -> None:  # type: ignore[no-untyped-def]
+    """`ppml run --source-url` on PostgreSQL: source table, Dagster instance (deploy/dagster.yaml), ledger, MLflow."""
+    import sqlalchemy as sa
+
+    from ppml.collection import load_records_into_table
+
+    dagster_url, mlflow_url, source_url = postgres_databases(), postgres_databases(), postgres_databases()
+    frame = health_insurance(days=12)
+    _, draft = _init(tmp_path, frame, "health_insurance")
+    load_records_into_table(source_url, "events", frame.astype(str))
+    dagster_home = tmp_path / "dagster_home"
+    dagster_home.mkdir()
+    shutil.copy(REPO_ROOT / "deploy" / "dagster.yaml", dagster_home / "dagster.yaml")
+    pg = sa.engine.make_url(dagster_url)
+    env = {
+        "DAGSTER_HOME": str(dagster_home),
+        "PPML_PG_HOST": pg.host or "127.0.0.1",
+        "PPML_PG_PORT": str(pg.port or 5432),
+        "PPML_PG_DB": pg.database or "",
+        "PPML_PG_USER": pg.username or "postgres",
+        "PPML_PG_PASSWORD": pg.password or "",
+        "PPML_LEDGER_URL": dagster_url,
+        "MLFLOW_TRACKING_URI": mlflow_url,
+    }
+    home = tmp_path / "home"
+    completed = _ppml(
+        "run",
+        "--policy",
+        str(draft),
+        "--source-url",
+        source_url,
+        "--source-table",
+        "events",
+        home=home,
+        cwd=tmp_path,
+        extra_env=env,
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    assert "over 12 daily partitions (2020-03-01 .. 2020-03-12)" in completed.stdout
+    assert (home / "reports" / "2020-03-12" / "report.html").is_file()
+    engine = sa.create_engine(dagster_url)
+    with engine.connect() as connection:
+        runs = connection.execute(sa.text("SELECT count(*) FROM runs WHERE status = 'SUCCESS'")).scalar_one()
+        ledger = connection.execute(sa.text("SELECT count(*) FROM ppml_ledger_runs WHERE kind = 'dp'")).scalar_one()
+    engine.dispose()
+    assert runs == 3 and ledger >= 1
