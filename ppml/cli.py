@@ -1,29 +1,28 @@
 """The `ppml` command line (typer + rich): init, run, demo, ui, validate-policy, anonymize.
 
 typer gives typed options with generated help; rich renders the progress display and summary tables. Errors a
-user can cause are printed as one line on stderr with exit code 2, never as a traceback.
+user can cause are printed as one line on stderr with exit code 2, never as a traceback; anything unexpected is
+one line with exit code 1 and its full trace in an owner-only log file whose path that line names
+(:class:`OneLineErrors` wraps every command, including those registered later).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import signal
-import subprocess
 import sys
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
 
-from ppml.errors import PPMLError
+from ppml.errors import PPMLError, describe_unexpected, write_trace_log
+from ppml.processes import StopRequested, start_group, stop_groups, stop_signals_raise
 
-app = typer.Typer(
-    add_completion=False, no_args_is_help=True, help="Privacy-preserving model training for regulated data."
-)
 console = Console()
 errors = Console(stderr=True)
 
@@ -31,6 +30,48 @@ errors = Console(stderr=True)
 def fail(error: Exception) -> None:
     errors.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
+
+
+class OneLineErrors(TyperGroup):
+    """Every command's errors end as one line on stderr: PPMLError exit 2, anything else exit 1 plus a trace log."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, click.exceptions.Exit, click.ClickException, click.Abort, KeyboardInterrupt):
+            raise
+        except PPMLError as error:
+            fail(error)
+        except Exception as error:  # the point: no traceback ever reaches the operator
+            log = write_trace_log(error)
+            errors.print(f"[bold red]error:[/] {describe_unexpected(error, log)}", highlight=False, soft_wrap=True)
+            # a file the operator named that cannot be read or written is their error (2), anything else ours (1)
+            user_error = isinstance(error, OSError) and error.filename is not None
+            raise typer.Exit(code=2 if user_error else 1) from None
+        return None
+
+
+app = typer.Typer(
+    cls=OneLineErrors,
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Privacy-preserving model training for regulated data.",
+)
+
+
+def parse_day(value: str | None, option: str) -> str | None:
+    """A YYYY-MM-DD option value, checked before any work starts."""
+    from datetime import date
+
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value).isoformat()
+    except ValueError:
+        raise PPMLError(
+            f"command line: field '{option}': '{value}' is not a date; fix: write it as YYYY-MM-DD, e.g. 2026-04-30"
+        ) from None
 
 
 @app.command("validate-policy")
@@ -93,6 +134,7 @@ def demo(
     policy: Annotated[Path | None, typer.Option(help="Policy file (default: policies/adult_gdpr.yaml).")] = None,
 ) -> None:
     """Materialize the whole lifecycle on the bundled data, on the embedded default storage."""
+    as_of = parse_day(as_of, "--as-of")
     if policy is not None:
         os.environ["PPML_POLICY"] = str(policy.resolve())
     try:
@@ -152,56 +194,33 @@ def ui(
     """Start the Dagster UI (and the MLflow UI) on 127.0.0.1 over the embedded default workspace."""
     from ppml.workspace import prepare_workspace
 
-    workspace, notes = prepare_workspace()
+    workspace, notes = prepare_workspace(demo_key="reuse")
     for note in notes:
         console.print(f"[yellow]note:[/] {note}")
     bin_dir = Path(sys.executable).parent
-    processes: list[subprocess.Popen[bytes]] = []
     repo_root = Path(__file__).resolve().parent.parent
     dagster = shutil.which("dagster", path=str(bin_dir)) or "dagster"
-    processes.append(
-        subprocess.Popen(
-            [dagster, "dev", "-w", str(repo_root / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)],
-            cwd=repo_root,
-            start_new_session=True,
-        )
-    )
+    commands = [[dagster, "dev", "-w", str(repo_root / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)]]
     if mlflow_port:
         mlflow = shutil.which("mlflow", path=str(bin_dir)) or "mlflow"
-        processes.append(
-            subprocess.Popen(
-                [
-                    mlflow,
-                    "ui",
-                    "--backend-store-uri",
-                    workspace.mlflow_tracking_uri,
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    str(mlflow_port),
-                ],
-                start_new_session=True,
+        uri = workspace.mlflow_tracking_uri
+        commands.append([mlflow, "ui", "--backend-store-uri", uri, "-h", "127.0.0.1", "-p", str(mlflow_port)])
+    processes: list = []
+    with stop_signals_raise():
+        try:
+            for command in commands:
+                processes.append(start_group(command, cwd=repo_root))
+            console.print(
+                f"Dagster UI: http://127.0.0.1:{port}"
+                + (f"   MLflow UI: http://127.0.0.1:{mlflow_port}" if mlflow_port else "")
             )
-        )
-    console.print(
-        f"Dagster UI: http://127.0.0.1:{port}"
-        + (f"   MLflow UI: http://127.0.0.1:{mlflow_port}" if mlflow_port else "")
-    )
-    console.print("Press Ctrl+C to stop.")
-    try:
-        processes[0].wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        for process in processes:
-            # Each server runs in its own session: stop the whole process group, not just the launcher.
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-        for process in processes:
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
+            console.print("Press Ctrl+C to stop.")
+            processes[0].wait()
+        except (KeyboardInterrupt, StopRequested):
+            pass
+        finally:
+            # SIGINT, SIGTERM and SIGHUP all end here: every server's whole process group is stopped.
+            stop_groups(processes)
 
 
 def _register_optional_commands() -> None:

@@ -77,7 +77,15 @@ class SqlTableReader:
     schema: str | None = None
 
     def read_day(self, day: str) -> tuple[pd.DataFrame, str]:
-        engine = sa.create_engine(self.url)
+        try:
+            engine = sa.create_engine(self.url)
+        except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ValueError) as exc:
+            raise input_error(
+                f"SQL source#{self.table}",
+                "url",
+                f"not a usable SQLAlchemy URL ({type(exc).__name__})",
+                "write it as dialect+driver://user@host:port/database with an installed driver",
+            ) from None
         source = f"{engine.url.render_as_string(hide_password=True)}#{self.table}"
         try:
             with engine.connect() as connection:
@@ -124,6 +132,7 @@ class CollectedPartition:
     rows_read: int
     rows_excluded_by_erasure: int
     content_sha256: str
+    rows_dropped_as_duplicates: int = 0
     rows_dropped_missing: int = 0  # records whose numeric cell was empty and the policy said "drop"
 
 
@@ -232,15 +241,39 @@ def collect_partition(
 ) -> CollectedPartition:
     """Read, validate and filter one daily partition."""
     frame, source = reader.read_day(day)
-    typed = validate_and_type(frame, source, policy, day)
+    validated = validate_and_type(frame, source, policy, day)
+    typed, dropped = handle_duplicate_ids(validated, source, policy)
     erased = set(erased_subjects)
     keep = ~typed[policy.schema_.subject_id].isin(erased)
     kept = typed[keep].reset_index(drop=True)
     return CollectedPartition(
         records=kept,
         source=source,
-        rows_read=len(typed),
+        rows_read=len(frame),
         rows_excluded_by_erasure=int((~keep).sum()),
         content_sha256=frame_sha256(kept),
-        rows_dropped_missing=len(frame) - len(typed),
+        rows_dropped_as_duplicates=dropped,
+        rows_dropped_missing=len(frame) - len(validated),
+    )
+
+
+def handle_duplicate_ids(typed: pd.DataFrame, source: str, policy: Policy) -> tuple[pd.DataFrame, int]:
+    """Apply the policy's ``collection.duplicate_subject_ids``; return the records and how many were dropped.
+
+    A repeated id in a data set with one record per person is a delivery error (a file appended twice, a join
+    gone wrong); trained on, it would count one person twice in every privacy guarantee.
+    """
+    rule = policy.collection.duplicate_subject_ids
+    column = policy.schema_.subject_id
+    repeated = typed[column].duplicated(keep="first")
+    if rule == "allow" or not repeated.any():
+        return typed, 0
+    if rule == "keep_first":
+        return typed[~repeated].reset_index(drop=True), int(repeated.sum())
+    line = int(repeated.to_numpy().nonzero()[0][0]) + 2
+    raise input_error(
+        source,
+        column,
+        f"subject id at line {line} appears earlier in the partition ({int(repeated.sum())} repeated ids)",
+        "remove the duplicated records, or set collection.duplicate_subject_ids to keep_first or allow in the policy",
     )

@@ -32,7 +32,8 @@ class Verdict:
 
 #: The names of the gate's checks, in report order, with what each one proves.
 REQUIREMENTS: dict[str, str] = {
-    "k_anonymity": "every equivalence class of the released data holds at least k records",
+    "k_anonymity": "every equivalence class of the released data holds at least k records, over the quasi-identifiers "
+    "and every released column an attacker could know",
     "l_diversity": "every class holds well-represented values of each sensitive attribute",
     "t_closeness": "each class's sensitive distribution is within t of the overall one",
     "suppression_limit": "no more records suppressed than the policy allows",
@@ -44,7 +45,13 @@ REQUIREMENTS: dict[str, str] = {
     "empirical_epsilon_audit": "the canary audit's epsilon lower bound does not exceed the claimed epsilon",
     "utility_accuracy": "test accuracy meets the policy's objective",
     "utility_roc_auc": "test ROC AUC meets the policy's objective",
-    "utility_gap_vs_baseline": "accuracy lost to privacy versus the non-private baseline within the limit",
+    "utility_balanced_accuracy_above_trivial": "balanced accuracy beats the class prior with confidence: its 95% "
+    "CI lower bound reaches 0.5 plus the policy's margin, whatever the accuracy objective",
+    "utility_roc_auc_above_trivial": "ROC AUC beats a constant score with confidence: its 95% CI lower bound "
+    "reaches 0.5 plus the policy's margin",
+    "utility_gap_vs_baseline": "accuracy lost to privacy versus the tuned non-private baseline within the limit",
+    "group_error_rate_gap": "false-positive and false-negative rates of the protected groups differ by at most "
+    "the policy's limit",
     "no_identifier_leakage": "no direct identifier in features, model artifacts or MLflow params and tags",
 }
 
@@ -65,14 +72,22 @@ def _not_required(name: str) -> Verdict:
 
 def evaluate_requirements(policy: Policy, evidence: dict[str, Any]) -> list[Verdict]:
     """Judge every requirement on the collected evidence (the sections of evidence.json)."""
-    privacy, objectives = policy.privacy, policy.objectives
+    privacy = policy.privacy
     anonymization = evidence["anonymization"]
     training = evidence["training"]
     ledger = evidence["ledger"]
     utility = evidence["model_evaluation"]
     attacks = evidence["privacy_evaluation"]
+    covered = anonymization.get("k_attributes") or list(policy.schema_.quasi_identifiers)
     verdicts: list[Verdict] = [
-        _at_least("k_anonymity", anonymization["min_class_size"], privacy.k, classes=anonymization["classes"]),
+        _at_least(
+            "k_anonymity",
+            anonymization["min_class_size"],
+            privacy.k,
+            f"over {len(covered)} attributes an attacker could know: {', '.join(covered)}",
+            classes=anonymization["classes"],
+            attributes=covered,
+        ),
     ]
 
     l_results = anonymization.get("l_diversity", [])
@@ -175,16 +190,7 @@ def evaluate_requirements(policy: Policy, evidence: dict[str, Any]) -> list[Verd
         )
     else:
         verdicts.append(_not_required("empirical_epsilon_audit"))
-    verdicts.append(_at_least("utility_accuracy", utility["dp"]["accuracy"], objectives.min_accuracy))
-    verdicts.append(_at_least("utility_roc_auc", utility["dp"]["roc_auc"], objectives.min_roc_auc))
-    baseline = utility.get("baseline")
-    if baseline is not None:
-        gap = round(baseline["accuracy"] - utility["dp"]["accuracy"], 6)
-        verdicts.append(
-            _at_most("utility_gap_vs_baseline", gap, objectives.max_utility_gap, "baseline minus DP accuracy")
-        )
-    else:
-        verdicts.append(_not_required("utility_gap_vs_baseline"))
+    verdicts.extend(utility_gate_verdicts(policy, utility))
     leakage = evidence["leakage"]
     verdicts.append(
         Verdict(
@@ -198,6 +204,55 @@ def evaluate_requirements(policy: Policy, evidence: dict[str, Any]) -> list[Verd
         )
     )
     return verdicts
+
+
+def utility_gate_verdicts(policy: Policy, utility: dict[str, Any]) -> list[Verdict]:
+    """The utility gates, in REQUIREMENTS order. The two trivial-predictor verdicts are built in: a model that
+    predicts the majority class for everyone can beat a policy's ``min_accuracy`` (80% on an 80/20 label), but
+    its balanced accuracy and ROC AUC are 0.5 exactly, so it is refused whatever the objectives say."""
+    objectives = policy.objectives
+    dp = utility["dp"]
+    verdicts = [
+        _at_least("utility_accuracy", dp["accuracy"], objectives.min_accuracy),
+        _at_least("utility_roc_auc", dp["roc_auc"], objectives.min_roc_auc),
+    ]
+    trivial = utility.get("trivial") or {}
+    for metric in ("balanced_accuracy", "roc_auc"):
+        low, high = (utility.get("dp_ci") or {}).get(metric) or (None, None)
+        detail = (
+            f"{metric.replace('_', ' ')} {_fmt(dp.get(metric))} (95% CI {_fmt(low)}-{_fmt(high)}); "
+            f"the trivial predictor reaches 0.5"
+            + (f" (and accuracy {trivial['accuracy']:.4f}, the majority share)" if "accuracy" in trivial else "")
+        )
+        verdicts.append(
+            _at_least(f"utility_{metric}_above_trivial", low, 0.5 + objectives.min_margin_over_trivial, detail)
+        )
+    baseline = utility.get("baseline")
+    if baseline is not None:
+        gap = round(baseline["accuracy"] - dp["accuracy"], 6)
+        chosen = utility.get("baseline_model") or {}
+        detail = "tuned baseline minus DP accuracy" + (f" (baseline: {chosen['family']})" if chosen else "")
+        verdicts.append(_at_most("utility_gap_vs_baseline", gap, objectives.max_utility_gap, detail))
+    else:
+        verdicts.append(_not_required("utility_gap_vs_baseline"))
+    if policy.schema_.protected_attributes:
+        rates = utility.get("group_error_rates")
+        verdicts.append(
+            _at_most(
+                "group_error_rate_gap",
+                rates["largest_gap"] if rates else None,
+                objectives.max_group_error_rate_gap,
+                rates["detail"] if rates else "no disaggregated error rates in the evidence",
+                **({"attributes": rates["attributes"]} if rates else {}),
+            )
+        )
+    else:
+        verdicts.append(_not_required("group_error_rate_gap"))
+    return verdicts
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 def failing(verdicts: list[Verdict]) -> list[str]:

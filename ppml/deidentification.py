@@ -8,6 +8,11 @@ with it the controller can still honour erasure requests (GDPR Art. 11, 17).
 
 The stage also derives ``split_bucket`` (0–99) from the keyed hash of the subject id, so that the train /
 validation / test split is stable per data subject without any identifier travelling further.
+
+Pseudonyms are domain-separated per purpose: the HMAC key is not ``PPML_HMAC_KEY`` itself but a key derived from
+it with HKDF-SHA256 (RFC 5869) for the policy's data-set identity and purpose (:func:`purpose_key`). Two policies
+with different purposes produce unlinkable pseudonyms from one secret (GDPR Art. 5(1)(b), purpose limitation),
+while the same policy -- renamed, re-versioned or retrained -- keeps the same pseudonyms and the same split.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ppml.errors import PPMLError, input_error
 from ppml.policy import IdentifierAction, Policy, Regulation
@@ -105,6 +112,21 @@ def hmac_key_from_env(environ: dict[str, str] | None = None) -> bytes:
             "(e.g. `python -c 'import secrets; print(secrets.token_hex(32))'`)"
         )
     return value.encode()
+
+
+#: HKDF salt of the per-purpose pseudonym keys (a fixed, public domain label; the secret is PPML_HMAC_KEY).
+PURPOSE_KEY_SALT = b"ppml/pseudonym-key/v1"
+
+
+def purpose_key(master_key: bytes, policy: Policy) -> bytes:
+    """The pseudonymization key of one data-set identity and purpose, derived from the master key (HKDF-SHA256).
+
+    The purpose is compared with its whitespace collapsed, so re-wrapping the YAML text keeps the pseudonyms; the
+    policy's name and version are deliberately not part of it.
+    """
+    purpose = " ".join(policy.use_case.purpose.split())
+    info = b"\x1f".join([b"dataset", policy.dataset.id.encode(), b"purpose", purpose.encode()])
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=PURPOSE_KEY_SALT, info=info).derive(master_key)
 
 
 def pseudonymize(values: pd.Series, key: bytes, column: str) -> pd.Series:
@@ -195,7 +217,11 @@ def safe_harbor_checklist(
 def deidentify(
     frame: pd.DataFrame, policy: Policy, key: bytes, source: str
 ) -> tuple[pd.DataFrame, DeidentificationReport]:
-    """Apply the policy's action to every direct identifier; return the de-identified frame and a report."""
+    """Apply the policy's action to every direct identifier; return the de-identified frame and a report.
+
+    ``key`` is the master key (``PPML_HMAC_KEY``); pseudonyms and split buckets use its per-purpose derivation.
+    """
+    key = purpose_key(key, policy)
     roles = policy.schema_
     out = frame.copy()
     out[SPLIT_BUCKET_COLUMN] = split_buckets(out[roles.subject_id], key)

@@ -15,6 +15,11 @@ Epsilon split (basic sequential composition): with C categorical and N numeric c
 queries, each gets epsilon / (1 + C + N); the total is at most the policy's epsilon. Category sets and numeric
 bounds must be public (from the policy or the hierarchies): categories read from the data leak which values
 occur, and the result says so (``public_categories``).
+
+Lifetime accounting: the summary reads the same people as the DP training, so :func:`release_dp_summary` charges
+it to the lifetime ledger as a pure epsilon-DP release through the same reservation path as DP-SGD -- reserved
+(refused when the lifetime budget would be exceeded) and pre-charged at its full epsilon before any record is
+read, then settled. Every materialization is a fresh noisy release and is charged again.
 """
 
 from __future__ import annotations
@@ -28,8 +33,9 @@ import numpy as np
 import pandas as pd
 
 from ppml.errors import input_error
+from ppml.ledger import DataScope, LifetimeBudget, PlannedRun, PrivacyLedger
 
-__all__ = ["CategoryCounts", "DPSummary", "NumericMean", "dp_summary"]
+__all__ = ["CategoryCounts", "DPSummary", "NumericMean", "dp_summary", "release_dp_summary"]
 
 
 @dataclass(frozen=True)
@@ -162,3 +168,36 @@ def dp_summary(
         epsilon_per_query=share,
         queries=queries,
     )
+
+
+def release_dp_summary(
+    df: pd.DataFrame,
+    *,
+    epsilon: float,
+    ledger: PrivacyLedger,
+    scope: DataScope,
+    lifetime: LifetimeBudget,
+    request_key: str,
+    dagster_run_id: str | None = None,
+    categorical: Mapping[str, Sequence[str] | None] | Sequence[str] = (),
+    numeric: Mapping[str, tuple[float, float]] | None = None,
+    source: str = "anonymized_records",
+) -> tuple[DPSummary, str]:
+    """:func:`dp_summary`, charged to the lifetime ledger; returns the summary and its ledger run id.
+
+    Raises :class:`ppml.ledger.BudgetExceededError` (nothing read, nothing released) when the release would push
+    the lifetime budget of ``scope`` past ``lifetime``.
+    """
+    plan = PlannedRun.pure_dp(epsilon, config={"mechanism": "OpenDP Laplace summary", "source": source}, label=source)
+    reservation = ledger.reserve(scope, [plan], lifetime, request_key=request_key, dagster_run_id=dagster_run_id)
+    run_id = reservation.run_ids[0]
+    ledger.pre_charge(run_id, steps=1, epsilon=plan.epsilon_planned)
+    try:
+        summary = dp_summary(df, epsilon=epsilon, categorical=categorical, numeric=numeric, source=source)
+    except BaseException as error:
+        ledger.fail_run(run_id, f"{type(error).__name__}: {error}")  # keeps the pre-charged epsilon
+        ledger.finish_request(reservation.request_id, selected_run_id=None, status="failed")
+        raise
+    ledger.complete_run(run_id, steps=1, epsilon=max(summary.epsilon_spent, plan.epsilon_planned))
+    ledger.finish_request(reservation.request_id, selected_run_id=run_id)
+    return summary, run_id

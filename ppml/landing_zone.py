@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import os
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -20,6 +21,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from faker import Faker
+
+from ppml.errors import input_error
+from ppml.private_files import private_dir
 
 BUNDLED_ADULT_DIR = Path(__file__).resolve().parent / "data" / "adult"
 BUNDLED_HIERARCHIES_DIR = BUNDLED_ADULT_DIR / "hierarchies"
@@ -159,12 +163,39 @@ def write_landing_zone(
     )
 
 
+#: Written by the generator into a landing zone it created; lists the days it generated there.
+BUNDLED_MARKER = ".ppml-bundled.json"
+
+
 def ensure_bundled_landing_zone(
     root: Path, seed: int = 20260101, only_days: list[str] | None = None
 ) -> LandingZoneSummary | None:
-    """Create the bundled landing zone (or some of its days) under ``root`` unless those files exist."""
+    """Create the bundled landing zone (or some of its days) under ``root`` unless those files exist.
+
+    The generator only ever writes into a landing zone it created itself (recorded in a marker file): a user's
+    landing zone is never touched, and a generated day file that has since disappeared is an error rather than
+    silently regenerated, because a pipeline must never train on data nobody delivered.
+    """
+    root = Path(root)
     wanted = only_days or [day.isoformat() for day in landing_days()]
+    marker = root / BUNDLED_MARKER
+    generated: list[str] = json.loads(marker.read_text(encoding="utf-8")) if marker.is_file() else []
+    if not marker.is_file() and root.is_dir() and any(root.iterdir()):
+        return None  # someone else's landing zone: read it as it is, never add to it
     missing = [day for day in wanted if not landing_file(root, day).is_file()]
+    deleted = sorted(set(missing) & set(generated))
+    if deleted:
+        raise input_error(
+            str(landing_file(root, deleted[0])),
+            "(file)",
+            f"{len(deleted)} landing files of the bundled data are missing (first: {deleted[0]})",
+            f"restore them, or delete {root} (make clean) to regenerate the whole bundled landing zone",
+        )
     if not missing:
         return None
-    return write_landing_zone(root, synthesize_records(seed=seed, only_days=missing))
+    private_dir(root)
+    records = synthesize_records(seed=seed, only_days=missing)
+    summary = write_landing_zone(root, records)
+    written = set(records[EVENT_DATE_COLUMN].unique())
+    marker.write_text(json.dumps(sorted({*generated, *written})), encoding="utf-8")
+    return summary

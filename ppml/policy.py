@@ -18,10 +18,13 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ppml.errors import PPMLError
+from ppml.strict_yaml import load_strict_yaml
+
+#: The data shipped inside the ppml package (generic hierarchies, the bundled data set): always readable.
+BUNDLED_DATA_DIR = Path(__file__).resolve().parent / "data"
 
 POLICY_SCHEMA_VERSION = 1
 
@@ -56,9 +59,27 @@ class IdentifierAction(StrEnum):
 
 
 class Strict(BaseModel):
-    """Unknown keys are errors: a typo in a privacy setting must never be silently ignored."""
+    """Unknown keys are errors (a typo in a privacy setting must never be silently ignored); numbers are finite."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class DatasetIdentity(Strict):
+    """Who the people are: the identity the lifetime privacy ledger and the pseudonym keys are keyed by.
+
+    Two policies over the same people (e.g. a GDPR and a HIPAA variant, or a renamed policy) declare the same
+    ``id`` and so share one lifetime budget; only a new ``id`` starts a new account.
+    """
+
+    id: str = Field(
+        pattern=r"^[a-z0-9][a-z0-9._-]{2,127}$",
+        description="Stable identity of the people in the data, e.g. 'adult-census-1994' (lower case).",
+    )
+    subject_namespace: str = Field(
+        min_length=1,
+        max_length=200,
+        description="The namespace the subject ids live in, e.g. the source system that issues them.",
+    )
 
 
 class UseCase(Strict):
@@ -141,6 +162,14 @@ class SchemaRoles(Strict):
             "schema.features": list(self.features),
             "schema.label": [self.label.column],
         }
+
+    @field_validator("features", "numeric_columns", "sensitive_attributes", "protected_attributes", "label_values")
+    @classmethod
+    def _listed_once(cls, values: list[str]) -> list[str]:
+        repeated = sorted({value for value in values if values.count(value) > 1})
+        if repeated:
+            raise ValueError(f"{repeated} listed more than once; fix: list each column or value once")
+        return values
 
     @model_validator(mode="after")
     def _roles_are_consistent(self) -> SchemaRoles:
@@ -236,6 +265,9 @@ class PrivacyRequirements(Strict):
         return self
 
 
+#: The smallest margin over the trivial predictor the gate accepts (a policy can only ask for more).
+TRIVIAL_MARGIN_FLOOR = 0.02
+
 #: The largest delta ``delta: auto`` ever picks (the customary ceiling for data sets of up to ~10,000 records).
 AUTO_DELTA_CEILING = 1e-5
 
@@ -255,7 +287,21 @@ class PerformanceObjectives(Strict):
     min_accuracy: float = Field(ge=0, le=1)
     min_roc_auc: float = Field(ge=0.5, le=1)
     max_utility_gap: float = Field(
-        default=0.05, ge=0, le=1, description="Largest accuracy loss allowed versus the non-private baseline."
+        default=0.05, ge=0, le=1, description="Largest accuracy loss allowed versus the tuned non-private baseline."
+    )
+    min_margin_over_trivial: float = Field(
+        default=TRIVIAL_MARGIN_FLOOR,
+        ge=TRIVIAL_MARGIN_FLOOR,
+        lt=0.5,
+        description="The 95% CI lower bounds of balanced accuracy and ROC AUC must reach 0.5 plus this margin "
+        "(the trivial predictor reaches 0.5); built into the gate, a policy may raise it, never lower it.",
+    )
+    max_group_error_rate_gap: float = Field(
+        default=0.35,
+        ge=0,
+        le=1,
+        description="Largest gap in false-positive or false-negative rate between groups of a protected "
+        "attribute (equalized-odds difference; groups with at least 30 negatives / positives).",
     )
 
 
@@ -263,6 +309,11 @@ class Collection(Strict):
     training_window_days: int = Field(ge=1, le=3660, description="Daily partitions one training run uses.")
     erasure_list: Path | None = Field(
         default=None, description="CSV of subject ids that objected or asked for erasure (GDPR Art. 17, 21)."
+    )
+    duplicate_subject_ids: Literal["refuse", "keep_first", "allow"] = Field(
+        default="refuse",
+        description="A subject id seen twice in one partition: refuse it, keep its first record, or allow it "
+        "(data sets with several records per person).",
     )
 
 
@@ -284,6 +335,12 @@ class PreparationSettings(Strict):
 
 
 class TrainingSettings(Strict):
+    candidates: Literal["auto", "listed"] = Field(
+        default="auto",
+        description="auto: candidates derived from n, d and epsilon (docs/training.md); listed: one per "
+        "candidate_learning_rates entry with model, hidden_sizes, epochs and batch_size as given.",
+    )
+    selection_metric: Literal["accuracy", "auc", "balanced_accuracy"] = "accuracy"
     model: Literal["logistic", "mlp"] = "mlp"
     hidden_sizes: list[Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: [64])
     candidate_learning_rates: list[Annotated[float, Field(gt=0)]] = Field(default_factory=lambda: [0.05])
@@ -300,6 +357,47 @@ class EvaluationSettings(Strict):
     audit_canaries: int = Field(default=0, ge=0, description="Canaries of the one-run epsilon audit (0 = skip).")
 
 
+class ReleaseAction(StrEnum):
+    """What the release-safety step does with a released column that is not a quasi-identifier."""
+
+    GENERALIZE = "generalize"  # becomes a quasi-identifier with an automatic hierarchy
+    BIN = "bin"  # quantile bins (never the exact value), then a quasi-identifier
+    DROP = "drop"
+    KEEP = "keep"  # released unchanged: the policy states an attacker cannot know it
+    REFUSE = "refuse"  # stop the release if any handle test flags it
+
+
+class ReleaseSettings(Strict):
+    """Release safety: each released non-QI column is tested as a re-identification handle (docs/anonymization.md)."""
+
+    default_action: ReleaseAction = Field(
+        default=ReleaseAction.REFUSE, description="Action for released columns not listed in 'columns'."
+    )
+    max_uniqueness: float = Field(
+        default=0.01, ge=0, le=1, description="Largest share of records a column may hold a unique value for."
+    )
+    dependence_threshold: float = Field(
+        default=0.9, gt=0, le=1, description="A column restoring this share of a QI's generalized detail is a handle."
+    )
+    bins: int = Field(default=10, ge=2, le=1000, description="Quantile bins of the 'bin' action (finest level).")
+    columns: dict[str, ReleaseAction] = Field(default_factory=dict, description="Column -> action.")
+
+    @model_validator(mode="after")
+    def _keep_is_explicit(self) -> ReleaseSettings:
+        if self.default_action is ReleaseAction.KEEP:
+            raise ValueError(
+                "default_action keep would release every unlisted column unchecked; fix: use generalize, bin, drop "
+                "or refuse, and list the columns an attacker cannot know under release.columns as keep"
+            )
+        return self
+
+    def action_for(self, column: str, sensitive: bool = False) -> ReleaseAction:
+        """The action the release applies to ``column`` (sensitive attributes are kept unless listed)."""
+        if column in self.columns:
+            return self.columns[column]
+        return ReleaseAction.KEEP if sensitive else self.default_action
+
+
 class Monitoring(Strict):
     drift_psi_threshold: float = Field(default=0.2, gt=0)
     retrain_cron: str = Field(default="0 3 * * 1", min_length=9)
@@ -310,6 +408,7 @@ class Policy(Strict):
 
     policy_version: Literal[1] = POLICY_SCHEMA_VERSION
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{2,63}$")
+    dataset: DatasetIdentity
     use_case: UseCase
     schema_: SchemaRoles = Field(alias="schema")
     collection: Collection
@@ -319,8 +418,21 @@ class Policy(Strict):
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
     monitoring: Monitoring = Field(default_factory=Monitoring)
+    release: ReleaseSettings = Field(default_factory=ReleaseSettings)
+    files_root: Path = Field(
+        default=Path("."),
+        description="Folder (relative to the policy file) that every file the policy names must lie in.",
+    )
+    allow_absolute_paths: bool = Field(default=False, description="Allow absolute paths anywhere on the machine.")
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False)
+
+    @field_validator("files_root")
+    @classmethod
+    def _relative_root(cls, value: Path) -> Path:
+        if value.is_absolute():
+            raise ValueError("files_root must be relative to the policy file; fix: write e.g. '.' or '..'")
+        return value
 
     @field_validator("name")
     @classmethod
@@ -337,6 +449,13 @@ class Policy(Strict):
         for model in [*self.privacy.l_diversity, *self.privacy.t_closeness]:
             if model.attribute not in roles.sensitive_attributes:
                 raise ValueError(f"'{model.attribute}' is not sensitive; fix: list it in schema.sensitive_attributes")
+        roles_named = {*roles.quasi_identifiers, *roles.direct_identifiers, roles.subject_id, roles.event_date}
+        for column in self.release.columns:
+            if column in roles_named:
+                raise ValueError(
+                    f"release.columns names '{column}', a quasi-identifier, direct identifier, subject id or event "
+                    "date; fix: remove it (those are generalized or de-identified by their own stage)"
+                )
         if self.privacy.max_reidentification_risk + 1e-12 < 1 / self.privacy.k:
             # k-anonymity alone guarantees prosecutor risk <= 1/k; a stricter limit needs a larger k.
             raise ValueError(
@@ -360,6 +479,10 @@ class LoadedPolicy(BaseModel):
         """Resolve a path written in the policy relative to the policy file's folder."""
         return relative if relative.is_absolute() else (self.path.parent / relative).resolve()
 
+    def named_files(self) -> dict[str, Path]:
+        """Every file the policy names, by the field that names it (resolved, symlinks followed)."""
+        return {field: self.resolve(written) for field, written in _written_paths(self.policy).items()}
+
     def hierarchy_paths(self) -> dict[str, Path]:
         return {
             column: self.resolve(qi.hierarchy)
@@ -373,12 +496,18 @@ _FIXES = {
     "extra_forbidden": "remove it or fix its spelling (see docs/policy.md for the allowed fields)",
     "enum": "use one of the allowed values",
     "literal_error": "use one of the allowed values",
+    "finite_number": "write a finite number (.inf and .nan are not allowed)",
+    "int_from_float": "write a whole number",
 }
 
 
+#: Location parts pydantic adds for validators and union members (``delta: float | 'auto'``), not field names.
+_TAG_PREFIXES = ("function-", "constrained-", "literal[")
+_TAG_NAMES = {"float", "int", "str", "bool"}
+
+
 def _field_path(location: tuple[Any, ...]) -> str:
-    union_tags = ("function-after", "constrained-", "literal[")  # pydantic's names of union members, not fields
-    parts = [str(p) for p in location if not (isinstance(p, str) and p.startswith(union_tags))]
+    parts = [str(p) for p in location if not (isinstance(p, str) and (p.startswith(_TAG_PREFIXES) or p in _TAG_NAMES))]
     return ".".join("schema" if p == "schema_" else p for p in parts) or "(document)"
 
 
@@ -402,6 +531,24 @@ def policy_content_hash(document: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def named_files_hash(files: dict[str, Path]) -> str:
+    """SHA-256 over the bytes of every file a policy names (by field), so editing a hierarchy or the erasure list
+    changes the policy version. A file that does not exist (``check_files=False``) is hashed as absent."""
+    digest = hashlib.sha256()
+    for field_name, path in sorted(files.items()):
+        content = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "absent"
+        digest.update(f"{field_name}\x1f{content}\x1e".encode())
+    return digest.hexdigest()
+
+
+def versioned_content_hash(document: dict[str, Any], loaded: LoadedPolicy) -> str:
+    """The policy version: its canonical content plus the content of every file it names."""
+    files = loaded.named_files()
+    if not files:
+        return policy_content_hash(document)
+    return policy_content_hash({"policy": document, "files": named_files_hash(files)})
+
+
 def parse_policy(document: Any, source: str) -> Policy:
     """Validate a parsed policy document; raise one-line PPMLError on the first problem."""
     if not isinstance(document, dict):
@@ -423,28 +570,71 @@ def load_policy(path: str | Path, *, check_files: bool = True) -> LoadedPolicy:
     source = str(path)
     if not policy_path.is_file():
         raise PPMLError(f"{source}: field '(file)': policy file not found; fix: pass an existing YAML file")
-    try:
-        document = yaml.safe_load(policy_path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise PPMLError(f"{source}: field '(document)': not valid YAML{where}; fix: correct the syntax") from None
+    document = load_strict_yaml(policy_path, source)
     policy = parse_policy(document, source)
-    loaded = LoadedPolicy(policy=policy, path=policy_path, content_hash=policy_content_hash(document))
+    loaded = LoadedPolicy(policy=policy, path=policy_path, content_hash="")
+    check_paths_confined(loaded, source)  # before hashing: a file outside the allowed tree is never read
+    loaded = loaded.model_copy(update={"content_hash": versioned_content_hash(document, loaded)})
     if check_files:
-        for column, hierarchy in loaded.hierarchy_paths().items():
-            if not hierarchy.is_file():
-                raise PPMLError(
-                    f"{source}: field 'schema.quasi_identifiers.{column}.hierarchy': file {hierarchy} not found; "
-                    "fix: give a path relative to the policy file"
-                )
-        erasure = policy.collection.erasure_list
-        if erasure is not None and not loaded.resolve(erasure).is_file():
-            raise PPMLError(
-                f"{source}: field 'collection.erasure_list': file {loaded.resolve(erasure)} not found; "
-                "fix: give a path relative to the policy file or remove the field"
-            )
+        check_named_files(loaded, source)
     return loaded
+
+
+def check_paths_confined(loaded: LoadedPolicy, source: str) -> None:
+    """Files a policy names lie under its ``files_root`` (or the bundled data), unless absolute paths are allowed.
+
+    A policy is often written by someone other than the operator who runs it: without this, a policy could make
+    the pipeline read any file the operator can read (``erasure_list: /etc/shadow``).
+    """
+    policy = loaded.policy
+    root = (loaded.path.parent / policy.files_root).resolve()
+    for field, written in _written_paths(policy).items():
+        if written.is_absolute() and policy.allow_absolute_paths:
+            continue
+        resolved = loaded.resolve(written)
+        if resolved.is_relative_to(root) or resolved.is_relative_to(BUNDLED_DATA_DIR):
+            continue
+        if written.is_absolute():
+            problem, fix = f"absolute path {written} is not allowed", "give a path relative to the policy file"
+        else:
+            problem, fix = f"{written} resolves to {resolved}, outside {root}", f"move the file under {root}"
+        raise PPMLError(
+            f"{source}: field '{field}': {problem}; fix: {fix}, or set files_root (or allow_absolute_paths: true)"
+        )
+
+
+def _written_paths(policy: Policy) -> dict[str, Path]:
+    paths = {
+        f"schema.quasi_identifiers.{column}.hierarchy": qi.hierarchy
+        for column, qi in policy.schema_.quasi_identifiers.items()
+        if qi.hierarchy is not None
+    }
+    for index, model in enumerate(policy.privacy.t_closeness):
+        if model.hierarchy is not None:
+            paths[f"privacy.t_closeness.{index}.hierarchy"] = model.hierarchy
+    if policy.collection.erasure_list is not None:
+        paths["collection.erasure_list"] = policy.collection.erasure_list
+    return paths
+
+
+def check_named_files(loaded: LoadedPolicy, source: str) -> None:
+    """Every named file exists, every hierarchy (file or spec) is a valid tree — at validation, not mid-run."""
+    from ppml.anonymization.hierarchy import Hierarchy, HierarchySpec  # lazy: the package imports this module
+
+    for field, file in loaded.named_files().items():
+        if not file.is_file():
+            raise PPMLError(
+                f"{source}: field '{field}': file {file} not found; "
+                "fix: give an existing file's path relative to the policy file (or remove an optional field)"
+            )
+        if field.endswith(".hierarchy"):
+            try:
+                Hierarchy.from_csv(file)
+            except PPMLError as error:
+                raise PPMLError(f"{source}: field '{field}': {error}") from None
+    for column, qi in loaded.policy.schema_.quasi_identifiers.items():
+        if qi.hierarchy_spec is not None:
+            HierarchySpec(dict(qi.hierarchy_spec), f"{source}: schema.quasi_identifiers.{column}.hierarchy_spec")
 
 
 def check_columns_exist(policy: Policy, columns: set[str], source: str) -> None:

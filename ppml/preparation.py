@@ -162,6 +162,10 @@ def clean_records(
         if column in qis:
             report.decisions.append(FeatureDecision(column, "quasi-identifier", reason="generalized by anonymization"))
             continue
+        action = policy.release.action_for(column, column in roles.sensitive_attributes)
+        if column not in frame.columns and action == "drop":
+            report.decisions.append(FeatureDecision(column, "dropped", reason="dropped by release safety"))
+            continue
         if column not in frame.columns:
             raise PPMLError(
                 f"anonymized_records: field '{column}': feature listed in schema.features is missing; "
@@ -171,7 +175,9 @@ def clean_records(
             text[column] = frame[column].astype(str).replace({"?": MISSING_CATEGORY})
             report.decisions.append(FeatureDecision(column, "sensitive", reason="protected by l-diversity"))
             continue
-        decision = _admit(frame, text, column, admitted, k, max_share_below_k, bin_candidates, roles.numeric_columns)
+        # a column release safety generalized or binned holds labels, not numbers: it is categorical here
+        numeric = [c for c in roles.numeric_columns if c == column and _all_numbers(frame[c])]
+        decision = _admit(frame, text, column, admitted, k, max_share_below_k, bin_candidates, numeric)
         report.decisions.append(decision)
         if decision.decision != "dropped":
             admitted.append(column)
@@ -185,6 +191,10 @@ def clean_records(
     cleaned[LABEL_COLUMN] = label
     cleaned[SPLIT_COLUMN] = ratios.assign(frame[SPLIT_BUCKET_COLUMN].astype("int64"))
     return cleaned, report
+
+
+def _all_numbers(values: pd.Series) -> bool:
+    return bool(pd.to_numeric(values, errors="coerce").notna().all())
 
 
 def _admit(
@@ -291,7 +301,7 @@ def prepare_like_training(
     roles = policy.schema_
     text = pd.DataFrame(index=deidentified.index)
     for column, level in transformation.items():
-        if column not in deidentified.columns:
+        if column not in deidentified.columns or column not in hierarchies:
             continue
         rows = hierarchies[column]
         mapping = {row[0]: row[level] for row in rows}

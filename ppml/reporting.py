@@ -75,6 +75,15 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(temporary, path)
 
 
+def _environment() -> Environment:
+    return Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html", "j2"]))
+
+
+def release_safety_html(release_safety: dict[str, Any]) -> str:
+    """The report's release-safety section alone: every released column's figures, action and outcome."""
+    return _environment().get_template("release_safety.html.j2").render(rs=release_safety)
+
+
 def write_report(evidence: dict[str, Any], directory: Path, forbidden_values: Iterable[str] = ()) -> ReportFiles:
     """Write evidence.json and report.html into ``directory`` (atomically, both or neither is updated)."""
     evidence = {"ppml_version": __version__, "generated_at": datetime.now(UTC).isoformat(), **evidence}
@@ -84,8 +93,7 @@ def write_report(evidence: dict[str, Any], directory: Path, forbidden_values: It
             "compliance report: field '(content)': the evidence contains a value of a direct identifier; "
             "fix: report aggregates only (this is a bug in the stage that produced the value)"
         )
-    environment = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html", "j2"]))
-    html = environment.get_template("report.html.j2").render(e=evidence, roc_svg=roc_svg)
+    html = _environment().get_template("report.html.j2").render(e=evidence, roc_svg=roc_svg)
     directory.mkdir(parents=True, exist_ok=True)
     files = ReportFiles(html=directory / "report.html", evidence=directory / "evidence.json")
     _atomic_write_text(files.evidence, document)

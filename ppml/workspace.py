@@ -12,8 +12,10 @@ import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
-from ppml.deidentification import HMAC_KEY_ENV, MIN_KEY_LENGTH
+from ppml.deidentification import HMAC_KEY_ENV, hmac_key_from_env
+from ppml.private_files import private_dir, tighten_tree, use_private_umask
 
 EMBEDDED_DAGSTER_YAML = """# Embedded default: SQLite storage under this folder, written by ppml.
 # For PostgreSQL see deploy/dagster.yaml.
@@ -54,12 +56,28 @@ def default_home() -> Path:
     return Path(os.environ.get("PPML_HOME", Path.cwd() / ".ppml")).resolve()
 
 
-def prepare_workspace(home: Path | None = None) -> tuple[Workspace, list[str]]:
-    """Create the folders and environment the embedded default needs; return notes for the operator."""
+def prepare_workspace(
+    home: Path | None = None, *, demo_key: Literal["create", "reuse", "never"] = "create"
+) -> tuple[Workspace, list[str]]:
+    """Create the folders and environment the embedded default needs; return notes for the operator.
+
+    Only the demo may generate a pseudonymization key (``create``); ``ppml ui`` may reuse the key the demo made
+    (``reuse``); every other command needs PPML_HMAC_KEY (``never``). A key that is set but weak is always an
+    error, never replaced by the demo key.
+    """
     workspace = Workspace((home or default_home()).resolve())
+    key_file = workspace.home / "secrets" / "demo_hmac_key"
+    usable_demo_key = demo_key == "create" or (demo_key == "reuse" and key_file.is_file())
+    if os.environ.get(HMAC_KEY_ENV) or not usable_demo_key:
+        hmac_key_from_env()  # checked before anything is created
     notes: list[str] = []
+    use_private_umask()
+    private_dir(workspace.home)
+    loosened = tighten_tree(workspace.home)
+    if loosened:
+        notes.append(f"{loosened} files under {workspace.home} were readable by others: now owner-only (0600)")
     for folder in (workspace.dagster_home, workspace.reports, workspace.mlflow_dir / "artifacts"):
-        folder.mkdir(parents=True, exist_ok=True)
+        private_dir(folder)
     os.environ["PPML_HOME"] = str(workspace.home)
     if "DAGSTER_HOME" not in os.environ:
         os.environ["DAGSTER_HOME"] = str(workspace.dagster_home)
@@ -68,16 +86,16 @@ def prepare_workspace(home: Path | None = None) -> tuple[Workspace, list[str]]:
             config.write_text(EMBEDDED_DAGSTER_YAML.format(base_dir=workspace.dagster_home / "storage"))
     os.environ.setdefault("MLFLOW_TRACKING_URI", workspace.mlflow_tracking_uri)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    if len(os.environ.get(HMAC_KEY_ENV, "")) < MIN_KEY_LENGTH:
-        key_file = workspace.home / "secrets" / "demo_hmac_key"
+    if not os.environ.get(HMAC_KEY_ENV):
         if not key_file.exists():
-            key_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            private_dir(key_file.parent)
             descriptor = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(descriptor, "w") as handle:
                 handle.write(secrets.token_hex(32))
         os.environ[HMAC_KEY_ENV] = key_file.read_text().strip()
         notes.append(
-            f"{HMAC_KEY_ENV} is not set: using a demo key kept in {key_file} (mode 0600). "
-            f"In production export {HMAC_KEY_ENV} from your secret store."
+            f"DEMO KEY: {HMAC_KEY_ENV} is not set, so pseudonyms use a generated demo key kept in {key_file} "
+            f"(mode 0600) - for the bundled synthetic data only; for real data export {HMAC_KEY_ENV} from your "
+            "secret store."
         )
     return workspace, notes

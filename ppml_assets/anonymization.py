@@ -1,7 +1,5 @@
 """Step 2c: anonymization of the training window with the ARX-compatible engine, and the OpenDP summary."""
 
-from dataclasses import replace
-
 import pandas as pd
 from dagster import (
     AssetCheckExecutionContext,
@@ -13,32 +11,17 @@ from dagster import (
     asset_check,
 )
 
-from ppml.anonymization import AnonymizationConfig, Hierarchy, anonymize
-from ppml.anonymization.policy_config import config_from_policy
+from ppml.anonymization.policy_config import config_from_policy, rules_from_policy, with_missing_values
+from ppml.anonymization.release_safety import safe_release
 from ppml.anonymization.verify import class_statistics, verify_release
 from ppml.collection import frame_sha256
-from ppml.dp_statistics import dp_summary
+from ppml.dp_statistics import release_dp_summary
 from ppml.expectations import anonymized_records_suite
+from ppml.ledger import LifetimeBudget
 from ppml.policy import IdentifierAction, LoadedPolicy
-from ppml_assets.common import latest_metadata
+from ppml_assets.common import data_scope, latest_metadata, open_ledger
 from ppml_assets.settings import daily_partitions, training_window, window_partition_keys
-from resources import AssetStore, PolicyResource
-
-
-def with_missing_values(config: AnonymizationConfig, data: pd.DataFrame, marker: str) -> AnonymizationConfig:
-    """Let the source's missing-value marker through every hierarchy that lacks it.
-
-    A missing value is its own category ("unknown") and becomes ``*`` at the top level, like any other value;
-    the alternative — dropping records with a missing quasi-identifier — would bias the training data.
-    """
-    hierarchies = dict(config.quasi_identifiers)
-    for column, hierarchy in hierarchies.items():
-        if not isinstance(hierarchy, Hierarchy) or marker in hierarchy.values():
-            continue
-        if (data[column].astype(str) == marker).any():
-            row = (marker,) * (hierarchy.height - 1) + (hierarchy.rows[0][-1],)
-            hierarchies[column] = Hierarchy((*hierarchy.rows, row), hierarchy.source)
-    return replace(config, quasi_identifiers=hierarchies)
+from resources import AssetStore, LedgerResource, PolicyResource
 
 
 def released_columns(loaded: LoadedPolicy, deidentified_columns: list[str]) -> list[str]:
@@ -65,18 +48,21 @@ def released_columns(loaded: LoadedPolicy, deidentified_columns: list[str]) -> l
 def anonymized_records(
     context: AssetExecutionContext, deidentified_records: pd.DataFrame, policy: PolicyResource
 ) -> pd.DataFrame:
-    """The training window generalized over the policy's hierarchies until k, l and t hold (optimal search).
+    """The training window generalized over the policy's hierarchies until k, l and t hold (optimal search),
+    with every other released column tested as a re-identification handle and treated as the policy's
+    ``release`` section says (generalized or binned into the search, dropped, kept, or the release refused).
 
-    When no transformation satisfies the models within the suppression limit the engine raises and nothing
-    is written: the asset never releases an empty or weaker dataset.
+    When no transformation satisfies the models within the suppression limit, or a released column cannot be
+    made safe, the engine raises and nothing is written: the asset never releases an empty or weaker dataset.
     """
     loaded = policy.load()
     window = context.asset_partition_keys_for_input("deidentified_records")
     columns = released_columns(loaded, list(deidentified_records.columns))
     config = config_from_policy(loaded, source=f"anonymized_records[{context.partition_key}]")
     config = with_missing_values(config, deidentified_records, loaded.policy.schema_.missing_value_marker)
-    result = anonymize(deidentified_records[columns], config)
-    report = result.to_report()
+    safety = safe_release(deidentified_records[columns], config, rules_from_policy(loaded))
+    result = safety.anonymization
+    report = {**result.to_report(), "release_safety": safety.to_dict()}
     context.add_output_metadata(
         {
             "window_first_partition": window[0],
@@ -94,6 +80,8 @@ def anonymized_records(
             "risk_before": MetadataValue.json(report["risk_before"]),
             "risk_after": MetadataValue.json(report["risk_after"]),
             "anonymization_report": MetadataValue.json(report),
+            "release_safety": MetadataValue.json(report["release_safety"]),
+            "attacker_knowledge": MetadataValue.json(safety.attacker_knowledge),
             # the hierarchy's labels at the released levels: public, so the DP summary need not read them from data
             "public_categories": MetadataValue.json(result.public_categories),
             "content_sha256": frame_sha256(result.data),
@@ -120,14 +108,16 @@ def anonymized_records_expectations(
     policy: PolicyResource,
     asset_store: AssetStore,
 ) -> AssetCheckResult:
-    """GX suite: exactly the release schema (no direct identifier), every class >= k, distinct-l per class,
-    and suppression within the limit."""
+    """GX suite: exactly the release schema (no direct identifier, minus the columns release safety dropped),
+    every class >= k, distinct-l per class, and suppression within the limit."""
     loaded = policy.load()
     deidentified_records = training_window_input(context, asset_store)
+    safety = latest_metadata(context.instance, "anonymized_records", context.partition_key).get("release_safety")
+    dropped = set((safety or {}).get("dropped", []))
     outcome = anonymized_records_suite(
         loaded.policy,
         anonymized_records,
-        released_columns(loaded, list(deidentified_records.columns)),
+        [c for c in released_columns(loaded, list(deidentified_records.columns)) if c not in dropped],
         input_rows=len(deidentified_records),
     )
     return AssetCheckResult(
@@ -135,6 +125,12 @@ def anonymized_records_expectations(
         description=outcome.summary(),
         metadata={"expectations": MetadataValue.json(outcome.results), "failed": len(outcome.failures)},
     )
+
+
+def release_handles(instance, partition_key: str) -> list[str]:  # type: ignore[no-untyped-def]
+    """The released columns the release-safety step kept as possible handles (quasi-identifiers of its search)."""
+    safety = latest_metadata(instance, "anonymized_records", partition_key).get("release_safety") or {}
+    return list(safety.get("handles", []))
 
 
 @asset_check(asset=anonymized_records, blocking=True, partitions_def=daily_partitions)
@@ -150,18 +146,21 @@ def privacy_models_hold(
     deidentified_records = training_window_input(context, asset_store)
     config = config_from_policy(loaded, source="anonymized_records")
     config = with_missing_values(config, deidentified_records, loaded.policy.schema_.missing_value_marker)
+    handles = release_handles(context.instance, context.partition_key)
     violations = verify_release(
         anonymized_records,
         config,
         original=deidentified_records,
         forbidden_columns=[c for c in loaded.policy.schema_.direct_identifiers if c not in config.quasi_identifiers],
+        handles=handles,
     )
-    statistics = class_statistics(anonymized_records, list(config.quasi_identifiers))
+    statistics = class_statistics(anonymized_records, [*config.quasi_identifiers, *handles])
     return AssetCheckResult(
         passed=not violations,
         description="all privacy models hold" if not violations else "; ".join(v.detail for v in violations),
         metadata={
             "models": MetadataValue.json(config.describe_models()),
+            "k_covers": MetadataValue.json([*config.quasi_identifiers, *handles]),
             # counts only: example classes stay out of the metadata
             "violations": MetadataValue.json(
                 [
@@ -175,9 +174,12 @@ def privacy_models_hold(
 
 
 @asset(group_name="anonymization", partitions_def=daily_partitions, kinds={"opendp", "json"})
-def dp_statistics(context: AssetExecutionContext, anonymized_records: pd.DataFrame, policy: PolicyResource) -> dict:
+def dp_statistics(
+    context: AssetExecutionContext, anonymized_records: pd.DataFrame, policy: PolicyResource, ledger: LedgerResource
+) -> dict:
     """A differentially private summary of the release (OpenDP): counts per category and clamped means,
-    spending the policy's own ``dp_statistics_epsilon``."""
+    spending the policy's own ``dp_statistics_epsilon`` -- charged to the lifetime ledger (pure epsilon-DP) before
+    it reads a record, and refused when the lifetime budget would be exceeded."""
     loaded = policy.load()
     roles = loaded.policy.schema_
     public = latest_metadata(context.instance, "anonymized_records", context.partition_key).get("public_categories", {})
@@ -189,17 +191,33 @@ def dp_statistics(context: AssetExecutionContext, anonymized_records: pd.DataFra
     numeric = {
         column: (float(low), float(high))
         for column, (low, high) in roles.value_ranges.items()
-        if column in anonymized_records.columns and column not in roles.quasi_identifiers
+        if column in anonymized_records.columns
+        and column not in roles.quasi_identifiers
+        # a column release safety generalized or binned holds labels, not numbers: no clamped mean of it
+        and pd.api.types.is_numeric_dtype(anonymized_records[column])
     }
-    summary = dp_summary(
-        anonymized_records,
-        epsilon=loaded.policy.privacy.dp_statistics_epsilon,
-        categorical=categorical,
-        numeric=numeric,
-    )
-    released = summary.to_dict()
+    privacy = loaded.policy.privacy
+    scope = data_scope(loaded, context.partition_key)
+    store = open_ledger(ledger.url, loaded)
+    try:
+        summary, ledger_run_id = release_dp_summary(
+            anonymized_records,
+            epsilon=privacy.dp_statistics_epsilon,
+            ledger=store,
+            scope=scope,
+            # delta: auto resolves on every record here (<= the training split's delta: composition over-counts)
+            lifetime=LifetimeBudget(privacy.lifetime_epsilon_budget, privacy.delta_for(len(anonymized_records))),
+            request_key=f"dp_statistics:{context.partition_key}:{context.run.run_id}",
+            dagster_run_id=context.run.run_id,
+            categorical=categorical,
+            numeric=numeric,
+        )
+    finally:
+        store.close()
+    released = summary.to_dict() | {"ledger_run_id": ledger_run_id, "ledger_dataset": scope.dataset}
     context.add_output_metadata(
         {
+            "ledger_run_id": ledger_run_id,
             "epsilon_spent": summary.epsilon_spent,
             "epsilon_budget": summary.epsilon_budget,
             "queries": summary.queries,

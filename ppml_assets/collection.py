@@ -45,7 +45,7 @@ def raw_records(
     )
     reader = record_source.reader()
     per_day: dict[str, pd.DataFrame] = {}
-    rows_read = excluded = 0
+    rows_read = excluded = dropped = 0
     hashes = {}
     counts = {}
     for day in context.partition_keys:
@@ -53,15 +53,21 @@ def raw_records(
         per_day[day] = collected.records
         rows_read += collected.rows_read
         excluded += collected.rows_excluded_by_erasure
+        dropped += collected.rows_dropped_as_duplicates
         hashes[day] = collected.content_sha256
-        counts[day] = {"collected": collected.rows_read, "excluded_by_erasure": collected.rows_excluded_by_erasure}
+        counts[day] = {
+            "collected": collected.rows_read,
+            "excluded_by_erasure": collected.rows_excluded_by_erasure,
+            "dropped_as_duplicates": collected.rows_dropped_as_duplicates,
+        }
     context.add_output_metadata(
         {
             "source": record_source.describe(),
             "partitions": len(per_day),
             "rows_read": rows_read,
             "rows_excluded_by_erasure": excluded,
-            "row_count": rows_read - excluded,
+            "rows_dropped_as_duplicates": dropped,
+            "row_count": rows_read - excluded - dropped,
             # per day, so that a window's totals can be summed from any mix of single-day and range runs
             "rows_per_partition": MetadataValue.json(counts),
             "content_sha256": MetadataValue.json(hashes) if len(hashes) > 1 else next(iter(hashes.values())),

@@ -1,16 +1,18 @@
 """Thin shared helpers of the training and evaluation assets: policy settings to engine configs, and result
 shaping for metadata and evidence.json."""
 
+import dataclasses
 from typing import Any
 
 import pandas as pd
 from dagster import AssetKey, AssetRecordsFilter
 
 from ppml.evaluation import lira_offline_attack, loss_threshold_attack
-from ppml.ledger import DataScope
+from ppml.ledger import DataScope, PrivacyLedger
 from ppml.policy import LoadedPolicy
 from ppml.preparation import LABEL_COLUMN, SPLIT_COLUMN
 from ppml.training import DPConfig, ModelSpec, TabularSplit, TrainingConfig
+from ppml.training.planning import derive_candidates
 from ppml_assets.settings import window_partition_keys
 
 
@@ -28,9 +30,15 @@ def feature_splits(features: pd.DataFrame) -> dict[str, TabularSplit]:
     return splits
 
 
-def training_configs(loaded: LoadedPolicy) -> list[TrainingConfig]:
-    """One candidate per learning rate the policy lists (selection happens on the validation split)."""
+def training_configs(loaded: LoadedPolicy, train: TabularSplit | None = None) -> list[TrainingConfig]:
+    """The DP candidates (selection happens on the validation split).
+
+    ``training.candidates: auto`` with the training split: derived from its n and d and the policy's epsilon
+    (ppml.training.planning). Otherwise (``listed``, or no split given) one candidate per listed learning rate.
+    """
     settings = loaded.policy.training
+    if settings.candidates == "auto" and train is not None:
+        return derive_candidates(train.n, train.n_features, loaded.policy.privacy.epsilon, seed=settings.seed)
     spec = ModelSpec(kind=settings.model, hidden_sizes=tuple(settings.hidden_sizes) if settings.model == "mlp" else ())
     return [
         TrainingConfig(
@@ -46,6 +54,25 @@ def training_configs(loaded: LoadedPolicy) -> list[TrainingConfig]:
     ]
 
 
+def selected_training_config(loaded: LoadedPolicy, dp_model: dict[str, Any]) -> TrainingConfig:
+    """The configuration dp_model selected (model, batch, epochs, rate), for reference models and audits."""
+    params = dp_model.get("config")
+    if not params:  # a dp_model materialized before the selected config was recorded
+        return dataclasses.replace(training_configs(loaded)[0], learning_rate=dp_model["learning_rate"])
+    hidden = tuple(int(h) for h in str(params["hidden_sizes"]).split(",") if h)
+    return TrainingConfig(
+        model=ModelSpec(kind=params["model_kind"], hidden_sizes=hidden),
+        epochs=int(params["epochs"]),
+        batch_size=int(params["batch_size"]),
+        max_physical_batch_size=int(params["max_physical_batch_size"]),
+        learning_rate=float(params["lr"]),
+        optimizer=params["optimizer"],
+        seed=int(params["seed"]),
+        weight_decay=float(params["weight_decay"]),
+        momentum=float(params["momentum"]),
+    )
+
+
 def dp_config(loaded: LoadedPolicy, n_train: int) -> DPConfig:
     """The policy's DP settings for a run on ``n_train`` records (``delta: auto`` is resolved from n)."""
     privacy, settings = loaded.policy.privacy, loaded.policy.training
@@ -57,13 +84,26 @@ def dp_config(loaded: LoadedPolicy, n_train: int) -> DPConfig:
     )
 
 
-def data_scope(loaded: LoadedPolicy, as_of: str, train: TabularSplit) -> DataScope:
-    """Everything trained on this policy's data set composes: time partitions are not disjoint in people."""
+def data_scope(loaded: LoadedPolicy, as_of: str, train: TabularSplit | None = None) -> DataScope:
+    """The people a run touches: keyed by the policy's data-set identity (``dataset.id``), never by its name, so a
+    renamed or re-versioned policy keeps the account. Everything on one data set composes: time partitions are
+    not disjoint in people."""
     return DataScope(
-        dataset=loaded.policy.name,
+        dataset=loaded.policy.dataset.id,
         partitions=tuple(window_partition_keys(as_of)),
-        record_set_hash=train.record_set_hash(),
+        record_set_hash=train.record_set_hash() if train is not None else "",
     )
+
+
+def open_ledger(url: str, loaded: LoadedPolicy) -> PrivacyLedger:
+    """The ledger, with any pre-0002 account kept under this policy's name merged into its data-set identity."""
+    store = PrivacyLedger(url)
+    try:
+        store.adopt_policy_name_scope(loaded.policy.name, DataScope(dataset=loaded.policy.dataset.id))
+    except BaseException:
+        store.close()
+        raise
+    return store
 
 
 UTILITY_METRICS = ("accuracy", "balanced_accuracy", "roc_auc", "f1", "ece")

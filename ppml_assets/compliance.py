@@ -55,9 +55,12 @@ def anonymization_evidence(anonymized: pd.DataFrame, report: dict, loaded: Loade
     from ppml.anonymization.verify import verify_release
 
     config = config_from_policy(loaded, source="compliance_status")
+    safety = report.get("release_safety") or {}
+    handles = [c for c in safety.get("handles", []) if c in anonymized.columns]
     qis = [c for c in loaded.policy.schema_.quasi_identifiers if c in anonymized.columns]
-    sizes = anonymized.groupby(qis, dropna=False, sort=False).size()
-    violations = verify_release(anonymized, config, original_rows=report["records_in"])
+    # the k verdict covers every attribute an attacker could know: the QIs and the handles release safety kept
+    sizes = anonymized.groupby([*qis, *handles], dropna=False, sort=False).size()
+    violations = verify_release(anonymized, config, original_rows=report["records_in"], handles=handles)
     counts = {f"{v.rule}:{v.attribute}" if v.attribute else v.rule: v.classes or v.records for v in violations}
     return {
         **{
@@ -77,6 +80,8 @@ def anonymization_evidence(anonymized: pd.DataFrame, report: dict, loaded: Loade
         "input_records": report["records_in"],
         "records_out": len(anonymized),
         "min_class_size": int(sizes.min()),
+        "k_attributes": [*qis, *handles],
+        "release_safety": safety,
         "classes": len(sizes),
         "equivalence_classes": len(sizes),
         "suppressed_share": report["suppressed_records"] / max(report["records_in"], 1),

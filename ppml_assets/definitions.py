@@ -11,6 +11,7 @@ from dagster import (
     multiprocess_executor,
 )
 
+from ppml.errors import input_error
 from ppml_assets import (
     anonymization,
     collection,
@@ -56,14 +57,42 @@ STAGE_MODULES = [
 
 
 def record_source_from_env() -> RecordSource:
-    """PPML_SOURCE=landing_zone (default) or sql (PPML_SOURCE_URL, PPML_SOURCE_TABLE)."""
-    if os.environ.get("PPML_SOURCE", "landing_zone") == "sql":
+    """PPML_SOURCE=landing_zone (default) or sql (PPML_SOURCE_URL, PPML_SOURCE_TABLE); refused in one line."""
+    kind = os.environ.get("PPML_SOURCE") or "landing_zone"
+    if kind not in ("landing_zone", "sql"):
+        raise input_error(
+            "environment", "PPML_SOURCE", f"unknown source kind '{kind}'", "export PPML_SOURCE=landing_zone or sql"
+        )
+    if kind == "sql":
+        if not os.environ.get("PPML_SOURCE_URL", "").strip():
+            raise input_error(
+                "environment",
+                "PPML_SOURCE_URL",
+                "PPML_SOURCE=sql but no database URL is set",
+                "export PPML_SOURCE_URL, e.g. postgresql+psycopg2://user@host:5432/db",
+            )
+        _check_database_url(os.environ["PPML_SOURCE_URL"])
         return SqlTableSource(
             url=EnvVar("PPML_SOURCE_URL"),
             table=os.environ.get("PPML_SOURCE_TABLE", "raw_records"),
             event_date_column=os.environ.get("PPML_SOURCE_EVENT_DATE_COLUMN", "event_date"),
         )
     return LandingZoneSource(root=os.environ.get("PPML_LANDING_ZONE", str(PPML_HOME / "landing")))
+
+
+def _check_database_url(url: str) -> None:
+    """A malformed URL or a dialect without a driver fails here, before any run, and never echoes the URL."""
+    import sqlalchemy as sa
+
+    try:
+        sa.engine.make_url(url).get_dialect()
+    except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ValueError) as exc:
+        raise input_error(
+            "environment",
+            "PPML_SOURCE_URL",
+            f"not a usable SQLAlchemy URL ({type(exc).__name__})",
+            "export it as dialect+driver://user@host:port/database with an installed driver",
+        ) from None
 
 
 def build_resources(

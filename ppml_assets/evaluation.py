@@ -11,7 +11,14 @@ import pandas as pd
 from dagster import AssetExecutionContext, Config, MetadataValue, asset
 
 from ppml.deployment import ServedModel
-from ppml.evaluation import AuditSettings, run_one_run_audit, strongest_attack, utility_report
+from ppml.evaluation import (
+    AuditSettings,
+    group_error_rates,
+    run_one_run_audit,
+    strongest_attack,
+    trivial_predictor,
+    utility_report,
+)
 from ppml.ledger import PrivacyLedger
 from ppml.preparation import prepare_like_training
 from ppml.training import TabularSplit, train_dp
@@ -24,7 +31,7 @@ from ppml_assets.common import (
     latest_metadata,
     protected_groups,
     run_attacks,
-    training_configs,
+    selected_training_config,
     utility_summary,
 )
 from ppml_assets.settings import daily_partitions
@@ -49,14 +56,16 @@ def model_evaluation(
     splits = feature_splits(training_features)
     model = ServedModel(dp_model["model_uri"], mlflow.tracking_uri)
     test = splits["test"]
-    report = utility_report(
+    measured = utility_report(
         test.y,
         model.predict_proba(test.X),
         model="dp",
         groups=protected_groups(cleaned_records, loaded, "test"),
         seed=loaded.policy.training.seed,
-    ).to_dict()
+    )
+    report = measured.to_dict()
     dp = utility_summary(report)
+    error_rates = group_error_rates(measured).to_dict()
     baseline = None if non_private_baseline.get("skipped") else non_private_baseline["utility"]
     objectives = loaded.policy.objectives
     drifted = context.run.tags.get("ppml/drifted_partition")
@@ -69,8 +78,14 @@ def model_evaluation(
         "dp": dp["point"],
         "dp_ci": dp["ci"],
         "baseline": baseline["point"] if baseline else None,
+        "baseline_ci": baseline["ci"] if baseline else None,
+        "baseline_model": None if non_private_baseline.get("skipped") else non_private_baseline.get("tuning"),
+        "trivial": trivial_predictor(test.y),
+        "group_error_rates": error_rates,
         "objectives": {"accuracy": objectives.min_accuracy, "roc_auc": objectives.min_roc_auc},
         "max_utility_gap": objectives.max_utility_gap,
+        "min_margin_over_trivial": objectives.min_margin_over_trivial,
+        "max_group_error_rate_gap": objectives.max_group_error_rate_gap,
         "groups": [
             {
                 "attribute": g["attribute"],
@@ -101,6 +116,7 @@ def model_evaluation(
             "min_accuracy": objectives.min_accuracy,
             "min_roc_auc": objectives.min_roc_auc,
             "group_accuracy_gaps": MetadataValue.json(dp["group_gaps"]),
+            "largest_group_error_rate_gap": round(error_rates["largest_gap"], 4),
             "confidence_intervals": MetadataValue.json(dp["ci"]),
             **({"drifted_partition": MetadataValue.json(newest)} if newest else {}),
         }
@@ -149,8 +165,7 @@ def privacy_evaluation(
     loaded = policy.load()
     splits = feature_splits(training_features)
     model = ServedModel(dp_model["model_uri"], mlflow.tracking_uri)
-    config = training_configs(loaded)[0]
-    config = dataclasses.replace(config, learning_rate=dp_model["learning_rate"])
+    config = selected_training_config(loaded, dp_model)
     dp = dp_config(loaded, splits["train"].n)
 
     def train_reference(split: TabularSplit):  # type: ignore[no-untyped-def]
@@ -215,7 +230,7 @@ def privacy_audit(
         context.add_output_metadata({"skipped": True, "reason": "evaluation.audit_canaries is 0"})
         return {"skipped": True}
     splits = feature_splits(training_features)
-    training = dataclasses.replace(training_configs(loaded)[0], learning_rate=dp_model["learning_rate"])
+    training = selected_training_config(loaded, dp_model)
     audited = dp_config(loaded, splits["train"].n)
     if config.noise_multiplier_override is not None:
         context.log.warning(f"FAULT INJECTION: audit run uses noise multiplier {config.noise_multiplier_override}")

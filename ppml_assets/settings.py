@@ -12,12 +12,29 @@ from pathlib import Path
 from dagster import DailyPartitionsDefinition, TimeWindowPartitionMapping
 
 from ppml.data_days import landing_zone_days, partition_bounds
+from ppml.errors import input_error
 from ppml.landing_zone import DEFAULT_FIRST_DAY
 from ppml.policy import bundled_policy_path, load_policy
+from ppml.private_files import use_private_umask
 from ppml.workspace import default_home
 
+#: Every process that loads the code location handles personal data: what it creates is owner-only.
+use_private_umask()
 PPML_HOME = default_home()
 POLICY_PATH = Path(os.environ.get("PPML_POLICY", bundled_policy_path("adult_gdpr"))).resolve()
+
+
+def _env_day(name: str, default: str | None) -> str | None:
+    """A YYYY-MM-DD environment variable, refused in one line (not deep inside Dagster) when malformed."""
+    value = os.environ.get(name) or default
+    if value is None or value == "open":
+        return None
+    try:
+        return date.fromisoformat(value.strip()).isoformat()
+    except ValueError:
+        raise input_error(
+            "environment", name, f"'{value}' is not a date", f"export {name} as YYYY-MM-DD, e.g. 2026-01-01"
+        ) from None
 
 
 def _landing_zone_bounds() -> tuple[str, str] | None:
@@ -28,12 +45,23 @@ def _landing_zone_bounds() -> tuple[str, str] | None:
     return partition_bounds(landing_zone_days(root))
 
 
-_BOUNDS = _landing_zone_bounds()
-#: PPML_PARTITIONS_START/_END win; otherwise the landing zone's first and last day; PPML_PARTITIONS_END=open
-#: keeps the partitions open-ended for a source that grows every day.
-PARTITIONS_START = os.environ.get("PPML_PARTITIONS_START") or (_BOUNDS[0] if _BOUNDS else DEFAULT_FIRST_DAY.isoformat())
-_END = os.environ.get("PPML_PARTITIONS_END") or (_BOUNDS[1] if _BOUNDS else "open")
-PARTITIONS_END = None if _END == "open" else _END
+def partition_range_from_env() -> tuple[str, str | None]:
+    """PPML_PARTITIONS_START/_END win; otherwise the landing zone's first and last day (else the bundled data's
+    first day, open-ended); PPML_PARTITIONS_END=open keeps the partitions open for a source that grows daily."""
+    bounds = _landing_zone_bounds()
+    start = _env_day("PPML_PARTITIONS_START", bounds[0] if bounds else DEFAULT_FIRST_DAY.isoformat())
+    end = _env_day("PPML_PARTITIONS_END", bounds[1] if bounds else None)
+    if start is None or (end is not None and end <= start):
+        raise input_error(
+            "environment",
+            "PPML_PARTITIONS_END",
+            f"{end} is not after PPML_PARTITIONS_START {start}",
+            "export an end day after the start day, or unset PPML_PARTITIONS_END",
+        )
+    return start, end
+
+
+PARTITIONS_START, PARTITIONS_END = partition_range_from_env()
 
 #: Collection and de-identification are partitioned by event date.
 daily_partitions = DailyPartitionsDefinition(start_date=PARTITIONS_START, end_date=PARTITIONS_END)

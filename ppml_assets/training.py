@@ -5,16 +5,17 @@ from dagster import AssetCheckResult, AssetCheckSeverity, AssetExecutionContext,
 
 from ppml.deployment import register_version
 from ppml.evaluation import utility_report
-from ppml.ledger import LifetimeBudget, PrivacyLedger
+from ppml.ledger import LifetimeBudget
 from ppml.policy import LoadedPolicy
 from ppml.tracking import TAG_DAGSTER_RUN, TAG_DATA_HASH, TAG_PARTITIONS, TAG_POLICY_HASH, TrainingTracker
-from ppml.training import TabularSplit, train_non_private
-from ppml.training.accountable import train_baseline, train_within_budget
+from ppml.training.accountable import train_within_budget
+from ppml.training.baseline import train_tuned_baseline
 from ppml_assets.common import (
     attack_row,
     data_scope,
     dp_config,
     feature_splits,
+    open_ledger,
     protected_groups,
     run_attacks,
     training_configs,
@@ -60,9 +61,11 @@ def dp_model(
     mlflow: MlflowResource,
     paths: WorkspacePaths,
 ) -> dict:
-    """DP-SGD (Opacus) at the policy's epsilon/delta with model selection on the validation split. Every
-    candidate is charged to the lifetime ledger before it trains; the run is refused when the budget would be
-    exceeded, and a killed run resumes from its checkpoint without double- or under-counting."""
+    """DP-SGD (Opacus) at the policy's epsilon/delta *including model selection* on the validation split: the
+    candidates (derived from n and d unless the policy lists them) are calibrated jointly so that their
+    composition is the policy's epsilon, and every candidate is charged to the lifetime ledger before it trains;
+    the run is refused when the budget would be exceeded, and a killed run resumes from its checkpoint without
+    double- or under-counting."""
     loaded = policy.load()
     splits = feature_splits(training_features)
     mlflow.configure()
@@ -70,13 +73,13 @@ def dp_model(
     scope = data_scope(loaded, context.partition_key, splits["train"])
     tags = lineage_tags(context, loaded, _features_hash(context))
     dp = dp_config(loaded, splits["train"].n)
-    store = PrivacyLedger(ledger.url)
+    store = open_ledger(ledger.url, loaded)
     try:
         spent_before = store.spent(scope, dp.target_delta).epsilon
         result = train_within_budget(
             splits["train"],
             splits["validation"],
-            training_configs(loaded),
+            training_configs(loaded, splits["train"]),
             dp,
             ledger=store,
             scope=scope,
@@ -84,7 +87,8 @@ def dp_model(
             checkpoint_dir=paths.checkpoints_dir / loaded.policy.name,
             tracker=tracker,
             tags=tags,
-            candidate_budget="split",
+            candidate_budget="composed",
+            selection_metric=loaded.policy.training.selection_metric,
             dagster_run_id=context.run.run_id,
         )
     finally:
@@ -117,6 +121,9 @@ def dp_model(
         "epochs": selected.config.epochs,
         "batch_size": selected.config.batch_size,
         "learning_rate": selected.config.learning_rate,
+        "config": selected.config.to_params(),
+        "candidate_budget": "composed",
+        "candidate_epsilon": result.candidates[0].dp.target_epsilon,
         "max_grad_norm": loaded.policy.training.max_grad_norm,
         "accountant": loaded.policy.training.accountant,
         "clipping": selected.clipping,
@@ -159,7 +166,7 @@ def dp_model(
     return summary
 
 
-@asset(group_name="training", partitions_def=daily_partitions, kinds={"pytorch", "mlflow"})
+@asset(group_name="training", partitions_def=daily_partitions, kinds={"scikit-learn", "pytorch", "mlflow"})
 def non_private_baseline(
     context: AssetExecutionContext,
     training_features: pd.DataFrame,
@@ -168,9 +175,11 @@ def non_private_baseline(
     ledger: LedgerResource,
     mlflow: MlflowResource,
 ) -> dict:
-    """The same model trained without DP (when the policy allows it), tagged never-deploy: the reference for
-    the utility gap and for the membership-inference comparison. Its weights never leave this step, so its
-    utility and attack results are computed here and only those aggregates are stored."""
+    """The best non-private model a competent data scientist would build on the same features (when the policy
+    allows one), tagged never-deploy: a small grid over logistic regression, gradient boosting and the MLP,
+    chosen on the validation split, so that the utility gap measures what privacy costs rather than what the DP
+    model's settings cost. Its weights never leave this step, so its utility and attack results are computed
+    here and only those aggregates are stored."""
     loaded = policy.load()
     if not loaded.policy.training.train_non_private_baseline:
         context.add_output_metadata({"skipped": True})
@@ -178,13 +187,14 @@ def non_private_baseline(
     splits = feature_splits(training_features)
     mlflow.configure()
     tracker = TrainingTracker(mlflow.tracking_uri, experiment_name=mlflow.experiment_name)
-    config = training_configs(loaded)[0]
-    store = PrivacyLedger(ledger.url)
+    settings = loaded.policy.training
+    store = open_ledger(ledger.url, loaded)
     try:
-        baseline = train_baseline(
+        result = train_tuned_baseline(
             splits["train"],
-            config,
-            validation=splits["validation"],
+            splits["validation"],
+            hidden_sizes=settings.hidden_sizes,
+            seed=settings.seed,
             ledger=store,
             scope=data_scope(loaded, context.partition_key, splits["train"]),
             tracker=tracker,
@@ -193,37 +203,39 @@ def non_private_baseline(
         )
     finally:
         store.close()
+    tuned = result.baseline
     test = splits["test"]
-    seed = loaded.policy.training.seed
     utility = utility_summary(
         utility_report(
             test.y,
-            baseline.model.predict_proba(test.X),
+            tuned.model.predict_proba(test.X),
             model="baseline",
             groups=protected_groups(cleaned_records, loaded, "test"),
-            seed=seed,
+            seed=settings.seed,
         ).to_dict()
     )
-
-    def train_reference(split: TabularSplit):  # type: ignore[no-untyped-def]
-        return train_non_private(split, config)
-
+    # LiRA's reference models are trained like the target: the chosen family and settings, refitted.
     attacks = run_attacks(
-        baseline.model, splits, train_reference, loaded.policy.evaluation.reference_models, "baseline", seed
+        tuned.model, splits, tuned.refit, loaded.policy.evaluation.reference_models, "baseline", settings.seed
     )
     summary = {
         "skipped": False,
-        "mlflow_run_id": baseline.mlflow_run_id,
-        "ledger_run_id": baseline.ledger_run_id,
-        "config": config.to_params(),
+        "mlflow_run_id": result.mlflow_run_id,
+        "ledger_run_id": result.ledger_run_id,
+        "tuning": tuned.to_dict(),
         "utility": utility,
         "attacks": [attack_row(a.to_dict(), "non-private baseline") for a in attacks],
         "roc_curves": {a.attack: {"fpr": a.roc_fpr, "tpr": a.roc_tpr} for a in attacks},
     }
     context.add_output_metadata(
         {
-            "mlflow_run_id": baseline.mlflow_run_id,
+            "mlflow_run_id": result.mlflow_run_id,
+            "family": tuned.chosen.family,
+            "settings": MetadataValue.json(tuned.chosen.settings),
+            "validation_accuracy": round(tuned.chosen.validation_accuracy, 4),
             "test_accuracy": round(utility["point"]["accuracy"], 4),
+            "candidates": MetadataValue.json([c.to_dict() for c in tuned.candidates]),
+            "tuning_seconds": round(tuned.seconds, 2),
             "attacks": MetadataValue.json(summary["attacks"]),
         }
     )
@@ -239,12 +251,15 @@ def privacy_budget(
     privacy = loaded.policy.privacy
     delta = privacy.delta
     if delta == "auto":  # resolved from n by dp_model; the budget is stated at the same delta
-        delta = float(asset_store.read_stored("dp_model", context.partition_key)["target_delta"])
-    store = PrivacyLedger(ledger.url)
+        trained = asset_store.read_stored("dp_model", context.partition_key)
+        delta = float(trained.get("target_delta", trained["delta"]))
+    store = open_ledger(ledger.url, loaded)
     try:
         statuses = [
             s.to_dict()
-            for s in store.budget_status(loaded.policy.name, LifetimeBudget(privacy.lifetime_epsilon_budget, delta))
+            for s in store.budget_status(
+                loaded.policy.dataset.id, LifetimeBudget(privacy.lifetime_epsilon_budget, delta)
+            )
         ]
     finally:
         store.close()
@@ -252,7 +267,7 @@ def privacy_budget(
     near_exhaustion = remaining < 0.2 * privacy.lifetime_epsilon_budget
     if near_exhaustion:
         context.log.warning(
-            f"privacy budget of {loaded.policy.name} nearly exhausted: {remaining:.3f} of "
+            f"privacy budget of data set {loaded.policy.dataset.id} nearly exhausted: {remaining:.3f} of "
             f"{privacy.lifetime_epsilon_budget} epsilon left"
         )
     context.add_output_metadata(
@@ -265,7 +280,7 @@ def privacy_budget(
         }
     )
     return {
-        "dataset": loaded.policy.name,
+        "dataset": loaded.policy.dataset.id,
         "scopes": statuses,
         "remaining_epsilon": remaining,
         "near_exhaustion": near_exhaustion,

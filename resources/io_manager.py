@@ -14,12 +14,17 @@ import pandas as pd
 from dagster import ConfigurableIOManager, ConfigurableResource, InputContext, MetadataValue, OutputContext
 
 from ppml.errors import PPMLError
+from ppml.private_files import PRIVATE_FILE_MODE, private_dir
 
 
 def _atomic_write(path: Path, write: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write beside the target, then rename; owner-only (0600 in 0700 folders) because assets hold personal data."""
+    private_dir(path.parent)
     temporary = path.with_name(f".{path.name}.tmp")
+    os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE_MODE))
+    os.chmod(temporary, PRIVATE_FILE_MODE)
     write(temporary)
+    os.chmod(temporary, PRIVATE_FILE_MODE)
     os.replace(temporary, path)
 
 

@@ -45,6 +45,7 @@ def write_policy(directory: Path, base: Path = GDPR_POLICY, **changes: Any) -> P
         if "hierarchy" in qi:
             qi["hierarchy"] = str((base.parent / qi["hierarchy"]).resolve())
     document["collection"]["erasure_list"] = str((base.parent / document["collection"]["erasure_list"]).resolve())
+    document["allow_absolute_paths"] = True  # the test's policy lies in a temporary folder, its files do not
     for dotted, value in changes.items():
         section, field = dotted.split("__")
         document.setdefault(section, {})[field] = value

@@ -26,7 +26,13 @@ PASSING_EVIDENCE = {
     },
     "training": {"epsilon": 0.99, "delta": 1e-5, "accountant": "prv"},
     "ledger": {"spent_before": 1.0, "charged": 0.99, "spent_after": 1.99},
-    "model_evaluation": {"dp": {"accuracy": 0.83, "roc_auc": 0.88}, "baseline": {"accuracy": 0.80}},
+    "model_evaluation": {
+        "dp": {"accuracy": 0.83, "roc_auc": 0.88, "balanced_accuracy": 0.74},
+        "dp_ci": {"balanced_accuracy": [0.72, 0.76], "roc_auc": [0.87, 0.89]},
+        "baseline": {"accuracy": 0.80},
+        "trivial": {"accuracy": 0.76, "balanced_accuracy": 0.5, "roc_auc": 0.5, "positive_rate": 0.24},
+        "group_error_rates": {"largest_gap": 0.2, "detail": "largest gap: FNR of 'sex'", "attributes": {}},
+    },
     "privacy_evaluation": {
         "strongest_attack_on_dp_model": {"name": "lira", "auc": 0.51, "tpr_at_low_fpr": 0.01},
         "summary": [],
@@ -67,6 +73,11 @@ def test_every_requirement_is_judged_and_passes_on_good_evidence(policy) -> None
         (("model_evaluation", "dp", "accuracy"), 0.775, "utility_accuracy"),
         (("model_evaluation", "dp", "roc_auc"), 0.7, "utility_roc_auc"),
         (("model_evaluation", "baseline", "accuracy"), 0.95, "utility_gap_vs_baseline"),
+        (("model_evaluation", "dp_ci", "balanced_accuracy"), [0.5, 0.5], "utility_balanced_accuracy_above_trivial"),
+        (("model_evaluation", "dp_ci", "balanced_accuracy"), [0.515, 0.6], "utility_balanced_accuracy_above_trivial"),
+        (("model_evaluation", "dp_ci", "roc_auc"), [0.49, 0.9], "utility_roc_auc_above_trivial"),
+        (("model_evaluation", "group_error_rates", "largest_gap"), 0.5, "group_error_rate_gap"),
+        (("model_evaluation", "group_error_rates"), None, "group_error_rate_gap"),
         (("leakage", "findings"), [{"identifier": "ssn", "location": "params"}], "no_identifier_leakage"),
     ],
 )
@@ -77,6 +88,24 @@ def test_each_requirement_fails_on_its_own(policy, path, value, check) -> None: 
         target = target[key]
     target[path[-1]] = value
     assert failing(evaluate_requirements(policy, evidence)) == [check]
+
+
+def test_the_trivial_margin_is_the_policys_to_raise_never_to_lower(policy, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A policy that asks for more margin refuses a model the default accepts; one that asks for less is refused
+    at load time with one line naming the field."""
+    import yaml
+
+    stricter = policy.model_copy(
+        update={"objectives": policy.objectives.model_copy(update={"min_margin_over_trivial": 0.25})}
+    )
+    assert failing(evaluate_requirements(policy, PASSING_EVIDENCE)) == []
+    assert failing(evaluate_requirements(stricter, PASSING_EVIDENCE)) == ["utility_balanced_accuracy_above_trivial"]
+    document = yaml.safe_load(GDPR_POLICY.read_text())
+    document["objectives"]["min_margin_over_trivial"] = 0.0
+    lowered = tmp_path / "lowered.yaml"
+    lowered.write_text(yaml.safe_dump(document))
+    with pytest.raises(PPMLError, match=r"objectives.min_margin_over_trivial.*greater than or equal to 0.02.*fix:"):
+        load_policy(lowered, check_files=False)
 
 
 def test_report_is_written_atomically_and_refuses_personal_values(tmp_path: Path) -> None:

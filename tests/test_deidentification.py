@@ -10,6 +10,7 @@ from ppml.deidentification import (
     SPLIT_BUCKET_COLUMN,
     deidentify,
     hmac_key_from_env,
+    pseudonymize,
     raw_identifier_leaks,
     zip3,
 )
@@ -44,6 +45,41 @@ def test_pseudonyms_are_stable_per_key_and_differ_across_keys(raw: pd.DataFrame)
     other, _ = deidentify(raw, policy, b"x" * 32, "test")
     assert first["record_id"].equals(again["record_id"])
     assert not first["record_id"].isin(other["record_id"]).any()
+
+
+def _variant(change):  # type: ignore[no-untyped-def]
+    policy = load_policy(GDPR_POLICY).policy
+    return policy.model_validate(change(policy.model_dump(by_alias=True)))
+
+
+def test_pseudonyms_are_separated_per_purpose_and_stable_per_policy(raw: pd.DataFrame) -> None:
+    policy = load_policy(GDPR_POLICY).policy
+    first, _ = deidentify(raw, policy, KEY, "test")
+
+    def other_purpose(document):  # type: ignore[no-untyped-def]
+        document["use_case"]["purpose"] = "Fraud screening of card applications, a purpose of its own."
+        return document
+
+    def renamed(document):  # type: ignore[no-untyped-def]
+        document["name"] = "income-credit-offers-v2"
+        document["training"]["epochs"] = 9
+        document["use_case"]["purpose"] = "  " + document["use_case"]["purpose"].replace(" ", "\n ", 3)
+        return document
+
+    def other_people(document):  # type: ignore[no-untyped-def]
+        document["dataset"]["id"] = "adult-census-resurvey"
+        return document
+
+    purpose, _ = deidentify(raw, _variant(other_purpose), KEY, "test")
+    assert not first["record_id"].isin(purpose["record_id"]).any()  # one key, two purposes: nothing joins
+    people, _ = deidentify(raw, _variant(other_people), KEY, "test")
+    assert not first["record_id"].isin(people["record_id"]).any()
+    again, _ = deidentify(raw, _variant(renamed), KEY, "test")  # renamed, re-versioned, re-wrapped purpose
+    assert first["record_id"].equals(again["record_id"])
+    assert first[SPLIT_BUCKET_COLUMN].equals(again[SPLIT_BUCKET_COLUMN])
+    master, _ = deidentify(raw.head(5), policy, KEY, "test")
+    plain = pseudonymize(raw["record_id"].head(5), KEY, "record_id")
+    assert not master["record_id"].isin(plain).any()  # the master key itself is never the HMAC key
 
 
 def test_hipaa_safe_harbor(raw: pd.DataFrame) -> None:

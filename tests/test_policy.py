@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -20,14 +21,68 @@ def test_shipped_policies_validate(path: Path) -> None:
     assert all(p.is_file() for p in loaded.hierarchy_paths().values())
 
 
+def _policy_tree(tmp_path: Path) -> Path:
+    """A copy of the shipped GDPR policy with every file it names, at the same relative paths."""
+    repo = GDPR_POLICY.parent.parent
+    shutil.copytree(repo / "ppml/data/adult/hierarchies", tmp_path / "ppml/data/adult/hierarchies")
+    (tmp_path / "data").mkdir()
+    shutil.copy(repo / "data/erasure_requests.csv", tmp_path / "data/erasure_requests.csv")
+    (tmp_path / "policies").mkdir()
+    return Path(shutil.copy(GDPR_POLICY, tmp_path / "policies/policy.yaml"))
+
+
 def test_hash_ignores_formatting_but_not_content(tmp_path: Path) -> None:
     document = yaml.safe_load(GDPR_POLICY.read_text())
-    reformatted = tmp_path / "policy.yaml"
+    reformatted = _policy_tree(tmp_path)
     reformatted.write_text("# a comment\n" + yaml.safe_dump(document, sort_keys=False))
     assert load_policy(reformatted, check_files=False).content_hash == load_policy(GDPR_POLICY).content_hash
     document["privacy"]["k"] = 10
     reformatted.write_text(yaml.safe_dump(document))
     assert load_policy(reformatted, check_files=False).content_hash != load_policy(GDPR_POLICY).content_hash
+
+
+@pytest.mark.parametrize(
+    "named_file",
+    ["ppml/data/adult/hierarchies/education.csv", "data/erasure_requests.csv"],
+)
+def test_editing_a_named_file_changes_the_policy_version(tmp_path: Path, named_file: str) -> None:
+    path = _policy_tree(tmp_path)
+    before = load_policy(path).content_hash
+    assert before == load_policy(GDPR_POLICY).content_hash  # same text, same files: same version
+    edited = tmp_path / named_file
+    lines = edited.read_text().splitlines()  # same rows in another order: still valid, other bytes
+    edited.write_text("\n".join([lines[0], lines[-1], *lines[1:-1]]) + "\n")
+    assert load_policy(path).content_hash != before
+
+
+def test_t_closeness_hierarchy_is_part_of_the_version(tmp_path: Path) -> None:
+    path = _policy_tree(tmp_path)
+    document = yaml.safe_load(path.read_text())
+    occupation = tmp_path / "occupation.csv"
+    occupation.write_text("Sales;Office;*\nTech-support;Office;*\n")
+    document["privacy"]["t_closeness"] = [
+        {"attribute": "occupation", "t": 0.5, "variant": "hierarchical", "hierarchy": "../occupation.csv"}
+    ]
+    path.write_text(yaml.safe_dump(document))
+    before = load_policy(path).content_hash
+    occupation.write_text("Sales;Office;*\nTech-support;Tech;*\n")
+    assert load_policy(path).content_hash != before
+
+
+def test_rename_keeps_the_dataset_identity_and_a_missing_identity_is_one_line(tmp_path: Path) -> None:
+    renamed = _write_variant(tmp_path, lambda d: d.__setitem__("name", "income-credit-offers"))
+    assert load_policy(renamed, check_files=False).policy.dataset == load_policy(GDPR_POLICY).policy.dataset
+    assert load_policy(HIPAA_POLICY).policy.dataset == load_policy(GDPR_POLICY).policy.dataset  # same people
+    missing = _write_variant(tmp_path, lambda d: d.pop("dataset"))
+    with pytest.raises(PPMLError) as error:
+        load_policy(missing, check_files=False)
+    assert "field 'dataset'" in str(error.value) and "fix:" in str(error.value) and "\n" not in str(error.value)
+    bad_id = _write_variant(tmp_path, lambda d: d["dataset"].__setitem__("id", "Adult Census"))
+    with pytest.raises(PPMLError, match=r"field 'dataset\.id'"):
+        load_policy(bad_id, check_files=False)
+    no_namespace = _write_variant(tmp_path, lambda d: d["dataset"].pop("subject_namespace"))
+    with pytest.raises(PPMLError, match=r"field 'dataset\.subject_namespace'"):
+        load_policy(no_namespace, check_files=False)
 
 
 def _write_variant(tmp_path: Path, change) -> Path:  # type: ignore[no-untyped-def]

@@ -16,6 +16,7 @@ from typing import Annotated
 import pandas as pd
 import typer
 
+from ppml.anonymization.deidentify import deidentify_for_release
 from ppml.anonymization.engine import AnonymizationConfig, anonymize
 from ppml.anonymization.hierarchy import Hierarchy
 from ppml.anonymization.metrics import METRICS
@@ -133,6 +134,20 @@ def build_cli_config(
     )
 
 
+def _policy_release(data: pd.DataFrame, policy: Path, metric: str, source: str):  # type: ignore[no-untyped-def]
+    """De-identify with the policy's actions, then anonymize with release safety (what the asset does)."""
+    from ppml.anonymization.policy_config import config_from_policy, rules_from_policy, with_missing_values
+    from ppml.anonymization.release_safety import safe_release
+    from ppml.policy import load_policy
+
+    loaded = load_policy(policy)
+    data, actions = deidentify_for_release(data, loaded.policy, source)
+    config = config_from_policy(loaded, metric=metric, source=source)
+    config = with_missing_values(config, data, loaded.policy.schema_.missing_value_marker)
+    safety = safe_release(data, config, rules_from_policy(loaded))
+    return data, config, safety, actions
+
+
 def anonymize_command(
     input: Annotated[Path, typer.Option("--input", help="CSV file to anonymize (read as text).")],
     out: Annotated[Path, typer.Option("--out", help="Anonymized CSV (suppressed records removed).")],
@@ -161,11 +176,9 @@ def anonymize_command(
     """Anonymize a CSV with optimal full-domain generalization and record suppression (ARX-compatible)."""
     try:
         data = read_table(input, sep)
+        safety = None
         if policy is not None:
-            from ppml.anonymization.policy_config import config_from_policy
-            from ppml.policy import load_policy
-
-            config = config_from_policy(load_policy(policy), metric=metric, source=str(input))
+            data, config, safety, identifier_actions = _policy_release(data, policy, metric, str(input))
         else:
             config = build_cli_config(
                 qi=qi,
@@ -182,7 +195,9 @@ def anonymize_command(
                 metric=metric,
                 source=str(input),
             )
-        result = anonymize(data, config)
+        result = safety.anonymization if safety is not None else anonymize(data, config)
+        if safety is not None:
+            config = safety.config
         violations = verify_release(result.data, config, original=data)
         if violations:  # pragma: no cover - would be an engine bug; never release then
             raise PPMLError(f"{input}: field 'privacy': release failed verification: {violations[0].detail}")
@@ -190,6 +205,9 @@ def anonymize_command(
         document["input"] = str(input)
         document["output"] = str(out)
         document["verification"] = {"passed": True, "violations": []}
+        if safety is not None:
+            document["release_safety"] = safety.to_dict()
+            document["direct_identifiers"] = identifier_actions
         out_sep = sep if len(sep) == 1 else sep.strip()[:1] or ","
         _atomic_write(out, lambda p: result.data.to_csv(p, sep=out_sep, index=False))
         try:

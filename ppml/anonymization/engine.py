@@ -88,6 +88,8 @@ class AnonymizationResult:
     class_sizes: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, dtype=np.int64))
     #: per QI with a hierarchy file, every label of its released level: a public category set for dp_summary
     public_categories: dict[str, list[str]] = field(repr=False, default_factory=dict)
+    #: per input record, whether it is released (False = suppressed); the release keeps the input's row order
+    kept_rows: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, dtype=bool))
 
     @property
     def transformation_levels(self) -> list[int]:
@@ -336,6 +338,7 @@ def anonymize(df: pd.DataFrame, config: AnonymizationConfig) -> AnonymizationRes
             for a, level in zip(problem.attributes, levels, strict=True)
             if isinstance(config.quasi_identifiers[a.name], Hierarchy)
         },
+        kept_rows=keep_rows,
     )
 
 

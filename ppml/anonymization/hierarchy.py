@@ -120,6 +120,42 @@ def _validate(rows: tuple[tuple[str, ...], ...], source: str) -> None:
                         f"'{label}' at level {level} maps to two parents: '{known}' and '{up}'",
                         "make every label generalize to exactly one label on the next level",
                     )
+    _check_across_levels(rows, source)
+
+
+def _check_across_levels(rows: tuple[tuple[str, ...], ...], source: str) -> None:
+    """A label reused on several levels must keep one parent, and no label may generalize back to itself.
+
+    Without this, ``a;b;*`` with ``b;a;*`` (a cycle) or ``a;x;*`` with ``x;y;*`` (``x`` means two different
+    things) pass the per-level checks, yet a released label no longer says which values it stands for.
+    """
+    parent: dict[str, tuple[str, int]] = {}
+    for number, row in enumerate(rows, start=1):
+        for label, up in itertools.pairwise(row):
+            if label == up:
+                continue  # a value kept unchanged on the next level
+            known = parent.setdefault(label, (up, number))
+            if known[0] != up:
+                raise input_error(
+                    source,
+                    f"row {number}",
+                    f"label '{label}' generalizes to '{known[0]}' in row {known[1]} but to '{up}' here "
+                    "(inconsistent hierarchy)",
+                    "use distinct labels on different levels, so every label has exactly one parent",
+                )
+    for start in parent:
+        seen = {start}
+        label = start
+        while label in parent:
+            label = parent[label][0]
+            if label in seen:
+                raise input_error(
+                    source,
+                    f"row {parent[start][1]}",
+                    f"labels generalize in a cycle through '{start}'",
+                    "make every chain of generalizations end in one root label such as '*'",
+                )
+            seen.add(label)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import pandas as pd
+
 from ppml.anonymization.engine import AnonymizationConfig
 from ppml.anonymization.hierarchy import Hierarchy, HierarchySpec
 from ppml.anonymization.models import LDiversity, TCloseness
+from ppml.anonymization.release_safety import ReleaseRules
 from ppml.errors import input_error
 from ppml.policy import LoadedPolicy
 
-__all__ = ["config_from_policy"]
+__all__ = ["config_from_policy", "rules_from_policy", "with_missing_values"]
+
+#: columns the de-identification stage derives from a keyed hash: nobody without the key can compute them
+_KEYED_COLUMNS = {"split_bucket": "keyed-hash split bucket (0-99): not computable without the HMAC key"}
 
 
 def config_from_policy(
@@ -64,3 +72,37 @@ def config_from_policy(
         risk_threshold=privacy.max_reidentification_risk,
         source=source or where,
     )
+
+
+def rules_from_policy(loaded: LoadedPolicy, *, source: str | None = None) -> ReleaseRules:
+    """The policy's ``release`` section as engine rules; sensitive attributes are not attacker knowledge."""
+    release = loaded.policy.release
+    not_known = {
+        column: "sensitive attribute (schema.sensitive_attributes): protected by l-diversity/t-closeness"
+        for column in loaded.policy.schema_.sensitive_attributes
+    }
+    return ReleaseRules(
+        default_action=release.default_action.value,
+        columns={column: action.value for column, action in release.columns.items()},
+        max_uniqueness=release.max_uniqueness,
+        dependence_threshold=release.dependence_threshold,
+        bins=release.bins,
+        not_attacker_knowledge={**_KEYED_COLUMNS, **not_known},
+        source=source or str(loaded.path),
+    )
+
+
+def with_missing_values(config: AnonymizationConfig, data: pd.DataFrame, marker: str) -> AnonymizationConfig:
+    """Let the source's missing-value marker through every hierarchy that lacks it.
+
+    A missing value is its own category ("unknown") and becomes ``*`` at the top level, like any other value;
+    the alternative — dropping records with a missing quasi-identifier — would bias the training data.
+    """
+    hierarchies = dict(config.quasi_identifiers)
+    for column, hierarchy in hierarchies.items():
+        if not isinstance(hierarchy, Hierarchy) or marker in hierarchy.values():
+            continue
+        if (data[column].astype(str) == marker).any():
+            row = (marker,) * (hierarchy.height - 1) + (hierarchy.rows[0][-1],)
+            hierarchies[column] = Hierarchy((*hierarchy.rows, row), hierarchy.source)
+    return replace(config, quasi_identifiers=hierarchies)

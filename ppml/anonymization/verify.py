@@ -72,13 +72,15 @@ def verify_release(
     original: pd.DataFrame | None = None,
     original_rows: int | None = None,
     forbidden_columns: Iterable[str] = (),
+    handles: Iterable[str] = (),
 ) -> list[Violation]:
     """Every way ``df`` (a released table) breaks ``config``; an empty list means it passes.
 
     ``original`` (or just ``original_rows``) is the input before anonymization: it gives the number of records
     for the suppression limit and the reference distribution for t-closeness (ARX uses the input's); without it
     the released table's own distribution is the reference. ``forbidden_columns`` are direct identifiers that
-    must not be released.
+    must not be released. ``handles`` are released columns an attacker could know (the release-safety step's
+    extra quasi-identifiers): k, l and t are checked over the QIs plus them.
     """
     violations: list[Violation] = []
     present = [c for c in forbidden_columns if c in df.columns]
@@ -86,7 +88,7 @@ def verify_release(
         violations.append(
             Violation("direct_identifier", ", ".join(present), f"direct identifier column(s) {present} released")
         )
-    qis = list(config.quasi_identifiers)
+    qis = list(dict.fromkeys([*config.quasi_identifiers, *handles]))
     missing = [q for q in qis if q not in df.columns]
     for name in missing:
         violations.append(Violation("missing_quasi_identifier", name, f"quasi-identifier '{name}' not in release"))

@@ -20,6 +20,7 @@ from ppml.evaluation.audit import (
     make_canaries,
     run_one_run_audit,
 )
+from ppml.evaluation.error_rates import GroupErrorRates, group_error_rates
 from ppml.evaluation.leakage import Finding, LeakageReport, leakage_verdict, scan_for_identifiers
 from ppml.evaluation.membership_inference import (
     MIAResult,
@@ -39,6 +40,8 @@ from ppml.evaluation.utility import (
     UtilityReport,
     compare_models,
     evaluate_utility,
+    trivial_margin_verdicts,
+    trivial_predictor,
     utility_report,
     utility_verdicts,
 )
@@ -49,6 +52,7 @@ __all__ = [
     "Canaries",
     "Finding",
     "GroupBreakdown",
+    "GroupErrorRates",
     "GuessOutcome",
     "LeakageReport",
     "MIAResult",
@@ -66,6 +70,7 @@ __all__ = [
     "epsilon_lower_bound",
     "epsilon_p_value",
     "evaluate_utility",
+    "group_error_rates",
     "leakage_verdict",
     "lira_offline_attack",
     "loss_threshold_attack",
@@ -75,6 +80,8 @@ __all__ = [
     "run_one_run_audit",
     "scan_for_identifiers",
     "strongest_attack",
+    "trivial_margin_verdicts",
+    "trivial_predictor",
     "utility_report",
     "utility_verdicts",
     "write_roc_curves",

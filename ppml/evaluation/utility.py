@@ -30,9 +30,19 @@ from ppml.evaluation._common import (
     predict_positive,
 )
 
-METRICS = ("accuracy", "balanced_accuracy", "roc_auc", "f1", "ece")
-# Direction of each metric: for ECE lower is better, for the others higher is better.
-HIGHER_IS_BETTER = {"accuracy": True, "balanced_accuracy": True, "roc_auc": True, "f1": True, "ece": False}
+METRICS = ("accuracy", "balanced_accuracy", "roc_auc", "f1", "ece", "fpr", "fnr")
+# Direction of each metric: for ECE and the error rates lower is better, for the others higher is better.
+HIGHER_IS_BETTER = {
+    "accuracy": True,
+    "balanced_accuracy": True,
+    "roc_auc": True,
+    "f1": True,
+    "ece": False,
+    "fpr": False,
+    "fnr": False,
+}
+#: Balanced accuracy and ROC AUC of every trivial predictor (a constant, or a score independent of the record).
+TRIVIAL_LEVEL = 0.5
 
 # Objective key -> (metric, comparison). "max_utility_gap" and "max_group_gap" need more than one report.
 OBJECTIVE_KEYS: dict[str, tuple[str, str]] = {
@@ -42,7 +52,7 @@ OBJECTIVE_KEYS: dict[str, tuple[str, str]] = {
     "min_f1": ("f1", ">="),
     "max_ece": ("ece", "<="),
 }
-GAP_KEYS = ("max_utility_gap", "max_group_gap")
+GAP_KEYS = ("max_utility_gap", "max_group_gap", "min_margin_over_trivial", "max_group_error_rate_gap")
 
 
 @dataclass(frozen=True)
@@ -64,10 +74,12 @@ class GroupMetrics:
     n: int
     metrics: dict[str, MetricEstimate]
     reported: bool
+    n_positive: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "n": self.n,
+            "n_positive": self.n_positive if self.reported else None,
             "reported": self.reported,
             "metrics": {name: m.to_dict() for name, m in self.metrics.items()},
         }
@@ -162,6 +174,8 @@ def _metric_matrix(
         accuracy = (tp + tn) / total
         balanced = 0.5 * (tp / (tp + fn) + tn / (tn + fp))
         f1 = np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), np.nan)
+        fpr = fp / (fp + tn)
+        fnr = fn / (fn + tp)
 
     # Expected calibration error (Guo et al. 2017): top-label confidence in equal-width bins.
     confidence = np.where(predicted, p, 1 - p)
@@ -182,7 +196,15 @@ def _metric_matrix(
     neg_below = np.cumsum(w_neg, axis=1) - w_neg
     with np.errstate(divide="ignore", invalid="ignore"):
         auc = (w_pos * (neg_below + 0.5 * w_neg)).sum(axis=1) / (w_pos.sum(axis=1) * w_neg.sum(axis=1))
-    return {"accuracy": accuracy, "balanced_accuracy": balanced, "roc_auc": auc, "f1": f1, "ece": ece}
+    return {
+        "accuracy": accuracy,
+        "balanced_accuracy": balanced,
+        "roc_auc": auc,
+        "f1": f1,
+        "ece": ece,
+        "fpr": fpr,
+        "fnr": fnr,
+    }
 
 
 def _bootstrap_weights(n: int, n_resamples: int, rng: np.random.Generator) -> np.ndarray:
@@ -276,7 +298,8 @@ def utility_report(
             if size < min_group_size:
                 per_group[name] = GroupMetrics(size, {}, reported=False)
                 continue
-            per_group[name] = GroupMetrics(size, _estimates(y[mask], p[mask], rng=rng, **kwargs), reported=True)
+            estimates = _estimates(y[mask], p[mask], rng=rng, **kwargs)
+            per_group[name] = GroupMetrics(size, estimates, reported=True, n_positive=int(y[mask].sum()))
         reported = {k: g for k, g in per_group.items() if g.reported}
         gaps: dict[str, float | None] = {}
         for metric in METRICS:
@@ -404,10 +427,60 @@ def utility_verdicts(
                     f"largest accuracy gap between groups of '{worst_attr}' (worst group: {breakdown.worst_group})",
                 )
             )
+        elif key == "min_margin_over_trivial":
+            margin = check_fraction(limit, source, key, low=0, high=TRIVIAL_LEVEL, closed="low")
+            verdicts.extend(trivial_margin_verdicts(report, margin))
+        elif key == "max_group_error_rate_gap":
+            from ppml.evaluation.error_rates import group_error_rates
+
+            limit = check_fraction(limit, source, key, low=0, high=1, closed="both")
+            rates = group_error_rates(report)
+            verdicts.append(
+                Verdict.check(
+                    key,
+                    rates.largest_gap if report.groups else None,
+                    limit,
+                    "<=",
+                    rates.describe() if report.groups else "no protected attributes were evaluated",
+                )
+            )
         else:
             raise input_error(
                 source, key, "unknown utility objective", f"use one of {sorted([*OBJECTIVE_KEYS, *GAP_KEYS])}"
             )
+    return verdicts
+
+
+def trivial_predictor(y_true: np.ndarray) -> dict[str, float]:
+    """What a model that ignores the record reaches on these labels: the majority share as accuracy, and 0.5
+    balanced accuracy and ROC AUC (a constant or record-independent score ranks no positive above a negative)."""
+    y = check_labels(y_true, "trivial predictor")
+    share = float(y.mean()) if len(y) else float("nan")
+    return {
+        "accuracy": max(share, 1 - share),
+        "balanced_accuracy": TRIVIAL_LEVEL,
+        "roc_auc": TRIVIAL_LEVEL,
+        "positive_rate": share,
+    }
+
+
+def trivial_margin_verdicts(report: UtilityReport, margin: float) -> list[Verdict]:
+    """The model beats the class prior with confidence: the lower bounds of the bootstrap intervals of balanced
+    accuracy and ROC AUC are at least 0.5 + ``margin``. Accuracy cannot show this (a majority-class predictor is
+    80% accurate on an 80/20 label); with no interval (``n_resamples=0``) the verdict fails."""
+    verdicts = []
+    for metric in ("balanced_accuracy", "roc_auc"):
+        estimate = report.metrics[metric]
+        verdicts.append(
+            Verdict.check(
+                f"min_margin_over_trivial:{metric}",
+                estimate.ci_low,
+                TRIVIAL_LEVEL + margin,
+                ">=",
+                f"{report.model} {metric} {_fmt(estimate.value)}, {report.confidence:.0%} CI lower bound "
+                f"{_fmt(estimate.ci_low)}; the trivial predictor reaches {TRIVIAL_LEVEL}",
+            )
+        )
     return verdicts
 
 

@@ -15,6 +15,12 @@ policy's lifetime delta, and the smallest is used -- the minimum of valid bounds
    2021), Opacus' default accountant; the tightest, used when the runs have few distinct (noise, rate) pairs
    (identical runs merge into one segment) because its cost grows with each distinct pair.
 
+**Pure epsilon-DP releases** (the OpenDP summary: Laplace mechanisms, delta 0) are charges too. An epsilon-DP
+mechanism is (alpha, min(epsilon, alpha * epsilon**2 / 2))-RDP at every order alpha (Bun & Steinke 2016: it is
+epsilon**2/2-zCDP; Mironov 2017, Prop. 3), so its RDP curve adds to the Gaussian runs' before the one conversion.
+PRV composition has no pure-DP mechanism here, so the PRV bound of the Gaussian runs is combined with the pure
+releases by basic composition (epsilons add at the same delta) -- still a valid bound; the minimum is taken.
+
 Runs a person is not in cannot reveal anything about them, so composing every run that touches a scope over-
 approximates each person's loss: sound, never an under-count.
 """
@@ -26,23 +32,38 @@ import warnings
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
-from opacus.accountants import PRVAccountant, RDPAccountant
+import numpy as np
+from opacus.accountants import PRVAccountant
+from opacus.accountants.analysis import rdp as rdp_analysis
 
 #: PRV composition is skipped above this many distinct (noise, sample rate) segments (its cost grows with each).
 PRV_MAX_SEGMENTS = 3
 #: RDP orders: Opacus' defaults plus large orders, which matter when many runs have composed.
 RDP_ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)) + [80, 128, 256, 512, 1024]
+#: The mechanism of a DP-SGD run (Poisson-subsampled Gaussian, described by its accountant history).
+SUBSAMPLED_GAUSSIAN = "subsampled_gaussian"
+#: A pure epsilon-DP release (delta 0), e.g. Laplace counts: described by its epsilon alone.
+PURE_DP = "pure_dp"
 
 
 @dataclass(frozen=True)
 class Charge:
-    """What one run may have spent: its accountant history and its own (epsilon, delta)."""
+    """What one run may have spent: its accountant history and its own (epsilon, delta).
+
+    A pure-DP charge (``mechanism=PURE_DP``) is described by ``epsilon`` alone (delta 0, one step, no noise
+    multiplier or sample rate).
+    """
 
     noise_multiplier: float
     sample_rate: float
     steps: int
     epsilon: float
     delta: float
+    mechanism: str = SUBSAMPLED_GAUSSIAN
+
+    @classmethod
+    def pure(cls, epsilon: float) -> Charge:
+        return cls(0.0, 0.0, 1, float(epsilon), 0.0, PURE_DP)
 
 
 @dataclass(frozen=True)
@@ -69,9 +90,13 @@ def compose(charges: Iterable[Charge], delta: float) -> Composition:
         return Composition(0.0, delta, "none", 0, 0.0, 0.0, 0.0, 0.0)
     basic_epsilon = math.fsum(c.epsilon for c in charged)
     basic_delta = math.fsum(c.delta for c in charged)
-    segments = _segments(charged)
-    rdp_epsilon = _rdp(segments, delta)
-    prv_epsilon = _prv(segments, delta) if len(segments) <= PRV_MAX_SEGMENTS else None
+    pure = [c.epsilon for c in charged if c.mechanism == PURE_DP]
+    segments = _segments([c for c in charged if c.mechanism != PURE_DP])
+    rdp_epsilon = _rdp(segments, pure, delta)
+    prv_epsilon = None
+    if len(segments) <= PRV_MAX_SEGMENTS:
+        gaussian = _prv(segments, delta) if segments else 0.0
+        prv_epsilon = None if gaussian is None else gaussian + math.fsum(pure)
     bounds = {"rdp": rdp_epsilon}
     if basic_delta <= delta * (1 + 1e-9):
         bounds["basic"] = basic_epsilon
@@ -84,20 +109,28 @@ def compose(charges: Iterable[Charge], delta: float) -> Composition:
 def _segments(charges: list[Charge]) -> list[tuple[float, float, int]]:
     """Runs with the same (noise, rate) merge into one segment: composition is order-free."""
     merged: dict[tuple[float, float], int] = {}
-    for charge in charges:
+    for charge in charges:  # subsampled-Gaussian charges only
         key = (float(charge.noise_multiplier), float(charge.sample_rate))
         merged[key] = merged.get(key, 0) + int(charge.steps)
     return [(sigma, rate, steps) for (sigma, rate), steps in sorted(merged.items())]
 
 
-def _rdp(segments: list[tuple[float, float, int]], delta: float) -> float:
-    if any(sigma <= 0 for sigma, _, _ in segments):
+def _rdp(segments: list[tuple[float, float, int]], pure: list[float], delta: float) -> float:
+    """RDP of the Gaussian segments plus the pure releases, summed per order, converted once at ``delta``."""
+    if any(sigma <= 0 for sigma, _, _ in segments) or any(not math.isfinite(e) for e in pure):
         return math.inf
-    accountant = RDPAccountant()
-    accountant.history = list(segments)
+    orders = np.asarray(RDP_ORDERS, dtype=float)
+    total = np.zeros_like(orders)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return float(accountant.get_epsilon(delta=delta, alphas=RDP_ORDERS))
+        for sigma, rate, steps in segments:
+            total += np.asarray(
+                rdp_analysis.compute_rdp(q=rate, noise_multiplier=sigma, steps=steps, orders=RDP_ORDERS), dtype=float
+            )
+        for epsilon in pure:
+            total += np.minimum(epsilon, orders * epsilon**2 / 2)
+        epsilon, _ = rdp_analysis.get_privacy_spent(orders=RDP_ORDERS, rdp=total.tolist(), delta=delta)
+    return float(epsilon)
 
 
 def _prv(segments: list[tuple[float, float, int]], delta: float) -> float | None:

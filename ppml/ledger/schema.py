@@ -12,12 +12,17 @@ VERSION_TABLE = f"{PREFIX}alembic_version"
 metadata = sa.MetaData()
 
 #: One row per data set: the row every budget decision locks, so decisions on one data set are serialised.
+#: ``scope_kind`` says what ``dataset`` is: a policy's data-set identity (``dataset_id``), or -- rows written
+#: before revision 0002 -- a policy name (``policy_name``), which the first use of that policy merges into its
+#: data-set identity (``merged_into``).
 datasets = sa.Table(
     f"{PREFIX}datasets",
     metadata,
     sa.Column("dataset", sa.String(200), primary_key=True),
     sa.Column("partitions_disjoint", sa.Boolean, nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("scope_kind", sa.String(24)),
+    sa.Column("merged_into", sa.String(200)),
 )
 
 #: A training request: the candidates trained for one model selection (each candidate is a run).

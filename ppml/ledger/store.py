@@ -19,6 +19,7 @@ delta and step counts -- never records.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -37,7 +38,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from ppml.errors import PPMLError, input_error
-from ppml.ledger.composition import Charge, Composition, compose
+from ppml.ledger.composition import PURE_DP, SUBSAMPLED_GAUSSIAN, Charge, Composition, compose
 from ppml.ledger.schema import VERSION_TABLE, datasets, events, requests, runs
 
 #: Status of a run while it may still spend: it is charged at its full planned spend.
@@ -48,6 +49,11 @@ ABANDONED = "abandoned"
 REFUSED = "refused"
 #: A different host's run with no heartbeat for this long is presumed dead and may be taken over.
 DEFAULT_STALE_AFTER_S = 1800.0
+#: Run kinds that spend privacy: DP-SGD runs and pure epsilon-DP releases (e.g. the OpenDP summary).
+CHARGED_KINDS = {"dp": SUBSAMPLED_GAUSSIAN, PURE_DP: PURE_DP}
+#: ``ppml_ledger_datasets.scope_kind``: keyed by a policy's data-set identity, or (before 0002) by a policy name.
+SCOPE_DATASET_ID = "dataset_id"
+SCOPE_POLICY_NAME = "policy_name"
 _MIGRATION_LOCK_ID = 0x7070_6D6C_6C65_6467 & 0x7FFF_FFFF_FFFF_FFFF  # pg_advisory_xact_lock key ("ppmlledg")
 
 
@@ -117,8 +123,36 @@ class PlannedRun:
     sample_rate: float
     planned_steps: int
     epsilon_planned: float  # epsilon of the applied noise over planned_steps, at target_delta
+    mechanism: str = SUBSAMPLED_GAUSSIAN
+
+    @classmethod
+    def pure_dp(cls, epsilon: float, *, config: Mapping[str, Any], label: str) -> PlannedRun:
+        """A pure epsilon-DP release (delta 0, one 'step'), reserved and settled like a DP-SGD run."""
+        if not (isinstance(epsilon, int | float) and math.isfinite(epsilon) and epsilon > 0):
+            raise input_error(label, "epsilon", f"must be a finite number > 0, got {epsilon!r}", "set e.g. 0.5")
+        canonical = json.dumps({"release": label, **dict(config)}, sort_keys=True, default=str)
+        return cls(
+            candidate_index=0,
+            config_fingerprint=hashlib.sha256(canonical.encode()).hexdigest(),
+            config={"release": label, **dict(config)},
+            accountant="pure",
+            target_epsilon=float(epsilon),
+            target_delta=0.0,
+            noise_multiplier=0.0,
+            noise_multiplier_applied=0.0,
+            sample_rate=0.0,
+            planned_steps=1,
+            epsilon_planned=float(epsilon),
+            mechanism=PURE_DP,
+        )
+
+    @property
+    def kind(self) -> str:
+        return PURE_DP if self.mechanism == PURE_DP else "dp"
 
     def charge(self) -> Charge:
+        if self.mechanism == PURE_DP:
+            return Charge.pure(self.epsilon_planned)
         return Charge(
             self.noise_multiplier_applied, self.sample_rate, self.planned_steps, self.epsilon_planned, self.target_delta
         )
@@ -161,7 +195,7 @@ class LedgerRun:
 
     def charge(self) -> Charge | None:
         """What this run counts against the budget: its full plan while it may still run, else what was charged."""
-        if self.kind != "dp" or self.status == REFUSED:
+        if self.kind not in CHARGED_KINDS or self.status == REFUSED:
             return None
         if self.status == RUNNING:
             steps, epsilon = self.planned_steps, self.epsilon_planned
@@ -169,6 +203,8 @@ class LedgerRun:
             steps, epsilon = self.steps_charged, self.epsilon_charged
         if not steps:
             return None
+        if self.kind == PURE_DP:
+            return Charge.pure(float(epsilon if epsilon is not None else math.inf))
         return Charge(
             float(self.noise_multiplier_applied or 0.0),
             float(self.sample_rate or 0.0),
@@ -614,6 +650,50 @@ class PrivacyLedger:
                 .values(status=status, selected_run_id=selected_run_id, message=message, updated_at=_now())
             )
 
+    def adopt_policy_name_scope(self, policy_name: str, scope: DataScope) -> int:
+        """Move a pre-0002 scope keyed by ``policy_name`` into ``scope.dataset`` (the data-set identity).
+
+        Only scopes the 0002 migration marked as policy names are moved, once, inside the data-set identity's
+        lock; moved rows keep counting, now against the people's identity. Returns the number of runs moved.
+        """
+        if policy_name == scope.dataset:
+            return 0
+        with self.engine.connect() as connection:
+            legacy = connection.execute(
+                sa.select(datasets.c.scope_kind).where(datasets.c.dataset == policy_name)
+            ).scalar_one_or_none()
+        if legacy != SCOPE_POLICY_NAME:
+            return 0
+        with self._locked(scope) as connection:
+            legacy_row = (
+                connection.execute(sa.select(datasets).where(datasets.c.dataset == policy_name).with_for_update())
+                .mappings()
+                .first()
+            )
+            if legacy_row is None or legacy_row["scope_kind"] != SCOPE_POLICY_NAME:
+                return 0  # another process merged it meanwhile
+            moved = connection.execute(
+                runs.update().where(runs.c.dataset == policy_name).values(dataset=scope.dataset)
+            ).rowcount
+            connection.execute(requests.update().where(requests.c.dataset == policy_name).values(dataset=scope.dataset))
+            connection.execute(events.update().where(events.c.dataset == policy_name).values(dataset=scope.dataset))
+            connection.execute(
+                datasets.update()
+                .where(datasets.c.dataset == policy_name)
+                .values(scope_kind="merged", merged_into=scope.dataset)
+            )
+            self._event(
+                connection,
+                scope.dataset,
+                None,
+                "scope_merged",
+                None,
+                None,
+                None,
+                f"{moved} run(s) of the policy-name scope {policy_name!r} moved into data set {scope.dataset!r}",
+            )
+        return int(moved)
+
     def record_non_private(
         self,
         scope: DataScope,
@@ -713,7 +793,7 @@ class PrivacyLedger:
                     fraction_used=fraction,
                     warning=fraction >= lifetime.warn_fraction,
                     exhausted=fraction >= 1.0,
-                    runs=sum(1 for r in touching if r.kind == "dp" and r.status != REFUSED),
+                    runs=sum(1 for r in touching if r.kind in CHARGED_KINDS and r.status != REFUSED),
                     running=sum(1 for r in touching if r.status == RUNNING),
                 )
             )
@@ -728,7 +808,12 @@ class PrivacyLedger:
             dialect = postgresql if self._postgres else sqlite
             connection.execute(
                 dialect.insert(datasets)
-                .values(dataset=scope.dataset, partitions_disjoint=scope.partitions_disjoint, created_at=_now())
+                .values(
+                    dataset=scope.dataset,
+                    partitions_disjoint=scope.partitions_disjoint,
+                    created_at=_now(),
+                    scope_kind=SCOPE_DATASET_ID,
+                )
                 .on_conflict_do_nothing(index_elements=["dataset"])
             )
             row = (
@@ -736,6 +821,11 @@ class PrivacyLedger:
                 .mappings()
                 .one()
             )
+            if row["scope_kind"] == SCOPE_POLICY_NAME:
+                # a pre-0002 scope whose policy name is also this data-set identity: it is one from now on
+                connection.execute(
+                    datasets.update().where(datasets.c.dataset == scope.dataset).values(scope_kind=SCOPE_DATASET_ID)
+                )
             if bool(row["partitions_disjoint"]) != scope.partitions_disjoint:
                 raise input_error(
                     f"ledger data set {scope.dataset!r}",
@@ -797,7 +887,7 @@ class PrivacyLedger:
                 candidate_index=plan.candidate_index,
                 config_fingerprint=plan.config_fingerprint,
                 config=json.dumps(dict(plan.config), sort_keys=True, default=str),
-                kind="dp",
+                kind=plan.kind,
                 status=status,
                 accountant=plan.accountant,
                 target_epsilon=plan.target_epsilon,

@@ -18,13 +18,15 @@ scope should cover the validation partition as well and why few candidates are p
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
+import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from ppml.errors import PPMLError, input_error
 from ppml.ledger import (
@@ -40,47 +42,21 @@ from ppml.ledger import (
 from ppml.training.checkpoint import checkpoint_path, load_checkpoint
 from ppml.training.config import DPConfig, TrainingConfig, fingerprint
 from ppml.training.data import TabularSplit
-from ppml.training.dp_sgd import DPPlan, TrainedModel, plan_dp_training, train_dp, train_non_private
+from ppml.training.dp_sgd import TrainedModel, train_dp, train_non_private
+from ppml.training.planning import (
+    CandidateBudget,
+    SelectionMetric,
+    SelectionPlan,
+    mean_prediction_noise,
+    plan_selection,
+)
+from ppml.training.selection import CandidateResult, balanced_at_mean_prediction, select_best, validation_scores
+from ppml.training.selection_tracking import close_candidate_runs, close_selection_run, open_selection_run
 
 if TYPE_CHECKING:
     from ppml.tracking import TrainingTracker
 
 log = logging.getLogger(__name__)
-
-CandidateBudget = Literal["each", "split"]
-SelectionMetric = Literal["accuracy", "auc"]
-
-
-@dataclass
-class CandidateResult:
-    """One trained candidate configuration."""
-
-    index: int
-    config: TrainingConfig
-    dp: DPConfig
-    ledger_run_id: str
-    mlflow_run_id: str | None
-    model: TrainedModel
-    validation_accuracy: float | None
-    validation_auc: float | None
-    resumed_from_step: int | None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "index": self.index,
-            "model": self.config.model.describe(),
-            "ledger_run_id": self.ledger_run_id,
-            "mlflow_run_id": self.mlflow_run_id,
-            "epsilon": self.model.epsilon,
-            "delta": self.model.delta,
-            "noise_multiplier": self.model.noise_multiplier,
-            "sample_rate": self.model.sample_rate,
-            "steps": self.model.steps,
-            "validation_accuracy": self.validation_accuracy,
-            "validation_auc": self.validation_auc,
-            "resumed_from_step": self.resumed_from_step,
-            "config": self.config.to_params(),
-        }
 
 
 @dataclass
@@ -174,186 +150,34 @@ def train_within_budget(
 ) -> AccountableTrainingResult:
     """Select and train a DP model among ``candidates`` without ever overspending the lifetime budget.
 
-    ``dp`` is the policy's per-model target. ``candidate_budget="each"`` trains every candidate at that target
-    (the ledger charges all of them; the selected model's epsilon *including selection* is reported separately);
-    ``"split"`` divides (epsilon, delta) evenly among the candidates so that the released model's total, selection
-    included, stays within the target by basic composition. ``lifetime_delta`` defaults to ``dp.target_delta``.
-    A ``tracker`` (:class:`ppml.tracking.TrainingTracker`) is optional; with it each candidate is an MLflow run
-    nested under one selection run and the selected model is logged (URI in the result).
+    ``dp`` is the policy's per-model target. ``candidate_budget`` (see :func:`ppml.training.planning.
+    candidate_dp_configs`): ``"each"`` trains every candidate at that target (the selection's composition is
+    reported separately); ``"split"`` gives each of k candidates (eps/k, delta/k); ``"composed"`` calibrates all
+    candidates jointly so that the ledger's composition of the whole selection is at most the target. Either way
+    every candidate is reserved and charged. ``lifetime_delta`` defaults to ``dp.target_delta``. With a
+    ``tracker`` each candidate is an MLflow run nested under one selection run and the selected model is logged.
     """
     candidate_list = _validate(train, validation, candidates, dp, candidate_budget, selection_metric, checkpoint_dir)
-    lifetime = LifetimeBudget(float(lifetime_epsilon), float(lifetime_delta or dp.target_delta))
-    if lifetime.delta < dp.target_delta:
-        raise input_error(
-            "policy",
-            "lifetime_delta",
-            f"{lifetime.delta:g} is below the per-run delta {dp.target_delta:g}",
-            "set lifetime_delta >= target_delta",
-        )
+    lifetime = _lifetime_budget(lifetime_epsilon, lifetime_delta, dp)
+    plan = plan_selection(train, validation, candidate_list, dp, candidate_budget, selection_metric, scope)
     dagster_run_id = dagster_run_id or (tags or {}).get("dagster.run_id")
-    candidate_dp = _candidate_dp(dp, len(candidate_list), candidate_budget)
-    plans = [plan_dp_training(train.n, config, candidate_dp) for config in candidate_list]
-    planned = [
-        _planned_run(i, train, config, candidate_dp, plan)
-        for i, (config, plan) in enumerate(zip(candidate_list, plans, strict=True))
-    ]
-    request_key = fingerprint(
-        "request",
-        scope,
-        train.record_set_hash(),
-        validation.record_set_hash(),
-        candidate_list,
-        candidate_dp,
-        candidate_budget,
-        selection_metric,
-    )
     checkpoint_dir = Path(checkpoint_dir)
-
-    resumed = False
-    notes: list[str] = []
-    open_request = ledger.open_request(scope.dataset, request_key)
-    if open_request is not None:
-        request_id, existing = open_request
-        current = _current_runs(existing)
-        resume, replace = [], {}
-        for index, plan in enumerate(planned):
-            run = current.get(index)
-            if run is None:
-                raise PPMLError(
-                    f"ledger: field 'candidate_index': request {request_id} has no run for candidate "
-                    f"{index}; fix: start a new request (change the configuration)"
-                )
-            if run.status == "completed":
-                if not _finished_checkpoint(checkpoint_dir, run.id):
-                    replace[run.id] = plan  # its checkpoint is gone: retrain (its charge stays in the ledger)
-            elif checkpoint_path(checkpoint_dir / run.id).exists():
-                resume.append(run.id)
-            else:
-                replace[run.id] = plan
-        reservation = ledger.take_over(
-            request_id,
-            scope,
-            lifetime,
-            resume=resume,
-            replace=replace,
-            dagster_run_id=dagster_run_id,
-            stale_after_s=stale_after_s,
-        )
-        resumed = True
-        notes.append(
-            f"resumed request {request_id}: {len(resume)} run(s) from checkpoints, {len(replace)} "
-            "restarted (their earlier charges stay in the ledger)"
-        )
-        run_ids = {
-            r.candidate_index: r.id
-            for r in _current_runs([r for r in ledger.runs(scope.dataset) if r.request_id == request_id]).values()
-        }
-    else:
-        reservation = ledger.reserve(scope, planned, lifetime, request_key=request_key, dagster_run_id=dagster_run_id)
-        request_id = reservation.request_id
-        run_ids = dict(enumerate(reservation.run_ids))
-    log.info(
-        "ledger %s: spent %.4g, requested %.4g, projected %.4g of %.4g",
-        request_id,
-        reservation.spent_before.epsilon,
-        reservation.requested.epsilon,
-        reservation.projected.epsilon,
-        lifetime.epsilon,
-    )
-
+    booking = _book(ledger, scope, lifetime, plan, checkpoint_dir, dagster_run_id, stale_after_s)
     run_tags = {k: str(v) for k, v in (tags or {}).items()}
-    parent_run_id = None
-    if tracker is not None:
-        parent_run_id = tracker.start_run(
-            f"dp-selection-{scope.dataset}",
-            run_id=ledger.request_mlflow_run(request_id),
-            tags={
-                **run_tags,
-                "ppml.role": "selection",
-                "ppml.ledger_request_id": request_id,
-                "ppml.private": "true",
-                "ppml.partitions": ",".join(scope.partitions),
-            },
-        )
-        ledger.set_request_mlflow_run(request_id, parent_run_id)
-        tracker.log_params(
-            parent_run_id,
-            {
-                "candidates": len(candidate_list),
-                "candidate_budget": candidate_budget,
-                "selection_metric": selection_metric,
-                "lifetime_epsilon": lifetime.epsilon,
-                "lifetime_delta": lifetime.delta,
-            },
-        )
-
-    results: list[CandidateResult] = []
-    try:
-        for index, config in enumerate(candidate_list):
-            results.append(
-                _train_candidate(
-                    index,
-                    config,
-                    candidate_dp,
-                    train,
-                    validation,
-                    ledger,
-                    run_ids[index],
-                    checkpoint_dir,
-                    tracker,
-                    parent_run_id,
-                    run_tags,
-                    scope,
-                )
-            )
-    except BaseException as error:
-        ledger.finish_request(
-            request_id, selected_run_id=None, status="failed", message=f"{type(error).__name__}: {error}"[:2000]
-        )
-        if tracker is not None and parent_run_id:
-            tracker.end_run(parent_run_id, "FAILED")
-        raise
-
-    selected = _select(results, selection_metric)
-    charges = [c for r in ledger.runs(scope.dataset) if r.request_id == request_id and (c := r.charge())]
-    including = compose(charges, delta=math.fsum(c.delta for c in charges))
-    model_uri = None
-    if tracker is not None:
-        for result in results:
-            tracker.set_tags(result.mlflow_run_id, {"ppml.selected": str(result is selected).lower()})
-        if log_model:
-            model_uri = tracker.log_model(selected.mlflow_run_id, selected.model)
-        tracker.log_metrics(
-            selected.mlflow_run_id,
-            {"epsilon_including_selection": including.epsilon, "delta_including_selection": including.delta},
-        )
-        for result in results:
-            tracker.end_run(result.mlflow_run_id)
-    ledger.finish_request(request_id, selected_run_id=selected.ledger_run_id)
+    parent_run_id = open_selection_run(tracker, ledger, booking.request_id, scope, plan, lifetime, run_tags)
+    session = _Session(train, validation, ledger, scope, checkpoint_dir, tracker, parent_run_id, run_tags)
+    results = _train_all(session, plan, booking)
+    selected = select_best(results, plan.metric)
+    including = _selection_spend(ledger, scope, booking.request_id, plan)
+    model_uri = close_candidate_runs(tracker, results, selected, including, log_model)
+    ledger.finish_request(booking.request_id, selected_run_id=selected.ledger_run_id)
     spent = ledger.spent(scope, lifetime.delta)
-    if tracker is not None:
-        tracker.log_metrics(
-            parent_run_id,
-            {
-                "selected_index": selected.index,
-                "epsilon": selected.model.epsilon,
-                "epsilon_including_selection": including.epsilon,
-                "lifetime_spent_epsilon": spent.epsilon,
-                "lifetime_remaining_epsilon": max(lifetime.epsilon - spent.epsilon, 0.0),
-            },
-        )
-        tracker.set_tags(parent_run_id, {"ppml.selected_mlflow_run_id": selected.mlflow_run_id})
-        tracker.end_run(parent_run_id)
-    if len(results) > 1 and candidate_budget == "each":
-        notes.append(
-            f"{len(results)} candidates were trained at epsilon {dp.target_epsilon:g} each; the released "
-            f"model's epsilon including selection is {including.epsilon:.4g} at delta {including.delta:g}"
-        )
+    close_selection_run(tracker, parent_run_id, selected, including, spent, lifetime)
     return AccountableTrainingResult(
         model=selected.model,
         selected_index=selected.index,
         candidates=results,
-        request_id=request_id,
+        request_id=booking.request_id,
         ledger_run_id=selected.ledger_run_id,
         mlflow_run_id=selected.mlflow_run_id,
         mlflow_parent_run_id=parent_run_id,
@@ -364,9 +188,240 @@ def train_within_budget(
         delta_including_selection=including.delta,
         lifetime_spent=spent,
         lifetime_limit=lifetime,
-        resumed=resumed,
-        notes=notes,
+        resumed=booking.resumed,
+        notes=[*booking.notes, *_selection_notes(plan, dp, including)],
     )
+
+
+# --------------------------------------------------------------------------------------------------- planning
+
+
+def _lifetime_budget(lifetime_epsilon: float, lifetime_delta: float | None, dp: DPConfig) -> LifetimeBudget:
+    lifetime = LifetimeBudget(float(lifetime_epsilon), float(lifetime_delta or dp.target_delta))
+    if lifetime.delta < dp.target_delta:
+        raise input_error(
+            "policy",
+            "lifetime_delta",
+            f"{lifetime.delta:g} is below the per-run delta {dp.target_delta:g}",
+            "set lifetime_delta >= target_delta",
+        )
+    return lifetime
+
+
+# ----------------------------------------------------------------------------------------------------- budget
+
+
+@dataclass
+class _Booking:
+    """The ledger's side of a request: its id, one ledger run per candidate, and whether it was taken over."""
+
+    request_id: str
+    run_ids: dict[int, str]
+    resumed: bool
+    notes: list[str]
+
+
+def _book(
+    ledger: PrivacyLedger,
+    scope: DataScope,
+    lifetime: LifetimeBudget,
+    plan: SelectionPlan,
+    checkpoint_dir: Path,
+    dagster_run_id: str | None,
+    stale_after_s: float,
+) -> _Booking:
+    """Reserve every candidate's full plan in one transaction, or take over an unfinished identical request."""
+    open_request = ledger.open_request(scope.dataset, plan.request_key)
+    if open_request is None:
+        reservation = ledger.reserve(
+            scope, plan.planned, lifetime, request_key=plan.request_key, dagster_run_id=dagster_run_id
+        )
+        booking = _Booking(reservation.request_id, dict(enumerate(reservation.run_ids)), False, [])
+    else:
+        request_id, existing = open_request
+        resume, replace = _resume_or_replace(request_id, existing, plan.planned, checkpoint_dir)
+        reservation = ledger.take_over(
+            request_id,
+            scope,
+            lifetime,
+            resume=resume,
+            replace=replace,
+            dagster_run_id=dagster_run_id,
+            stale_after_s=stale_after_s,
+        )
+        current = _current_runs([r for r in ledger.runs(scope.dataset) if r.request_id == request_id])
+        note = (
+            f"resumed request {request_id}: {len(resume)} run(s) from checkpoints, {len(replace)} "
+            "restarted (their earlier charges stay in the ledger)"
+        )
+        booking = _Booking(request_id, {r.candidate_index: r.id for r in current.values()}, True, [note])
+    log.info(
+        "ledger %s: spent %.4g, requested %.4g, projected %.4g of %.4g",
+        booking.request_id,
+        reservation.spent_before.epsilon,
+        reservation.requested.epsilon,
+        reservation.projected.epsilon,
+        lifetime.epsilon,
+    )
+    return booking
+
+
+def _resume_or_replace(
+    request_id: str, existing: Sequence[LedgerRun], planned: Sequence[PlannedRun], checkpoint_dir: Path
+) -> tuple[list[str], dict[str, PlannedRun]]:
+    """Runs with a checkpoint resume in their own row; runs without one are replaced (their charge stays)."""
+    current = _current_runs(existing)
+    resume: list[str] = []
+    replace: dict[str, PlannedRun] = {}
+    for index, planned_run in enumerate(planned):
+        run = current.get(index)
+        if run is None:
+            raise PPMLError(
+                f"ledger: field 'candidate_index': request {request_id} has no run for candidate "
+                f"{index}; fix: start a new request (change the configuration)"
+            )
+        if run.status == "completed":
+            if not _finished_checkpoint(checkpoint_dir, run.id):
+                replace[run.id] = planned_run  # its checkpoint is gone: retrain (its charge stays in the ledger)
+        elif checkpoint_path(checkpoint_dir / run.id).exists():
+            resume.append(run.id)
+        else:
+            replace[run.id] = planned_run
+    return resume, replace
+
+
+def _selection_spend(ledger: PrivacyLedger, scope: DataScope, request_id: str, plan: SelectionPlan) -> Composition:
+    """The composition of everything the request charged (abandoned rows included): the selection's epsilon.
+
+    Composed at the target delta when the candidates were calibrated jointly for it, else at the sum of the
+    runs' deltas (``each``: k delta; ``split``: delta).
+    """
+    charges = [c for r in ledger.runs(scope.dataset) if r.request_id == request_id and (c := r.charge())]
+    delta = plan.target_delta if plan.budget == "composed" else math.fsum(c.delta for c in charges)
+    return compose(charges, delta=delta)
+
+
+def _selection_notes(plan: SelectionPlan, dp: DPConfig, including: Composition) -> list[str]:
+    count = len(plan.candidates)
+    if count < 2:
+        return []
+    if plan.budget == "each":
+        return [
+            f"{count} candidates were trained at epsilon {dp.target_epsilon:g} each; the released model's epsilon "
+            f"including selection is {including.epsilon:.4g} at delta {including.delta:g}"
+        ]
+    return [
+        f"{count} candidates were trained at epsilon {plan.dps[0].target_epsilon:.4g} each ({plan.budget}); the "
+        f"released model's epsilon including selection is {including.epsilon:.4g} at delta {including.delta:g} "
+        f"(target {dp.target_epsilon:g})"
+    ]
+
+
+# --------------------------------------------------------------------------------------------------- training
+
+
+@dataclass(frozen=True)
+class _Session:
+    """What every candidate's training shares: the data, the ledger scope, checkpoints and tracking."""
+
+    train: TabularSplit
+    validation: TabularSplit
+    ledger: PrivacyLedger
+    scope: DataScope
+    checkpoint_dir: Path
+    tracker: TrainingTracker | None
+    parent_run_id: str | None
+    tags: Mapping[str, str]
+
+
+def _train_all(session: _Session, plan: SelectionPlan, booking: _Booking) -> list[CandidateResult]:
+    """Train the candidates in order; a failure marks the request failed (every charge stays) and re-raises."""
+    results: list[CandidateResult] = []
+    try:
+        for index, (config, c_dp) in enumerate(zip(plan.candidates, plan.dps, strict=True)):
+            results.append(_train_candidate(session, index, config, c_dp, booking.run_ids[index]))
+        if plan.mean_prediction is not None:
+            run_id = booking.run_ids[len(plan.candidates)]
+            means = _noisy_mean_predictions(session, results, run_id, plan.dps[0].dp_seed)
+            pairs = zip(results, means, strict=True)
+            results = [balanced_at_mean_prediction(r, mean, session.validation) for r, mean in pairs]
+    except BaseException as error:
+        session.ledger.finish_request(
+            booking.request_id,
+            selected_run_id=None,
+            status="failed",
+            message=f"{type(error).__name__}: {error}"[:2000],
+        )
+        if session.tracker is not None and session.parent_run_id:
+            session.tracker.end_run(session.parent_run_id, "FAILED")
+        raise
+    return results
+
+
+def _train_candidate(
+    session: _Session, index: int, config: TrainingConfig, dp: DPConfig, run_id: str
+) -> CandidateResult:
+    """One candidate in its own ledger row and MLflow run: pre-charged per epoch, completed or failed."""
+    ledger, tracker = session.ledger, session.tracker
+    ledger_run = ledger.run(run_id)
+    mlflow_run_id = _open_candidate_run(session, index, config, run_id, ledger_run.mlflow_run_id)
+    on_epoch = None
+    if tracker is not None and mlflow_run_id:
+        run_for_epochs = mlflow_run_id
+
+        def on_epoch(report: Any) -> None:
+            tracker.log_epoch(run_for_epochs, report)
+
+    checkpoints = session.checkpoint_dir / run_id
+    if ledger_run.status == "completed":
+        model = train_dp(session.train, config, dp, validation=session.validation, checkpoint_dir=checkpoints)
+    else:
+        try:
+            model = train_dp(
+                session.train,
+                config,
+                dp,
+                validation=session.validation,
+                checkpoint_dir=checkpoints,
+                on_epoch=on_epoch,
+                spend_sink=_LedgerSpendSink(ledger, run_id),
+            )
+        except BaseException as error:
+            ledger.fail_run(run_id, f"{type(error).__name__}: {error}")
+            if tracker is not None and mlflow_run_id:
+                tracker.end_run(mlflow_run_id, "FAILED")
+            raise
+        ledger.complete_run(
+            run_id, steps=model.steps, epsilon=float(model.epsilon_charged or 0.0), mlflow_run_id=mlflow_run_id
+        )
+    if tracker is not None and mlflow_run_id:
+        tracker.log_training(mlflow_run_id, model, {"ledger_run_id": run_id})
+    scores = validation_scores(model, session.validation)
+    return CandidateResult(
+        index,
+        config,
+        dp,
+        run_id,
+        mlflow_run_id,
+        model,
+        scores["accuracy"],
+        scores["auc"],
+        model.resumed_from_step,
+        scores["balanced_accuracy"],
+    )
+
+
+def _noisy_mean_predictions(
+    session: _Session, results: list[CandidateResult], run_id: str, seed: int | None
+) -> list[float]:
+    """The Gaussian mechanism on each candidate's sum of training predictions (reserved before training)."""
+    rng = np.random.default_rng(seed if seed is not None else secrets.randbits(63))
+    noise_std = mean_prediction_noise(session.train.n)
+    sums = [float(r.model.predict_proba(session.train.X).sum()) for r in results]
+    noisy = [total + float(rng.normal(0.0, noise_std)) for total in sums]
+    charge = session.ledger.run(run_id)
+    session.ledger.complete_run(run_id, steps=1, epsilon=float(charge.epsilon_planned or math.inf))
+    return [min(max(value / session.train.n, 0.01), 0.99) for value in noisy]
 
 
 def train_baseline(
@@ -412,78 +467,26 @@ def train_baseline(
 # --------------------------------------------------------------------------------------------------- internals
 
 
-def _train_candidate(
-    index: int,
-    config: TrainingConfig,
-    dp: DPConfig,
-    train: TabularSplit,
-    validation: TabularSplit,
-    ledger: PrivacyLedger,
-    run_id: str,
-    checkpoint_dir: Path,
-    tracker: TrainingTracker | None,
-    parent_run_id: str | None,
-    tags: Mapping[str, str],
-    scope: DataScope,
-) -> CandidateResult:
-    ledger_run = ledger.run(run_id)
-    mlflow_run_id = None
-    on_epoch = None
-    if tracker is not None:
-        mlflow_run_id = tracker.start_run(
-            f"dp-candidate-{index}-{config.model.describe()}",
-            parent_run_id=parent_run_id,
-            run_id=ledger_run.mlflow_run_id,
-            tags={
-                **tags,
-                "ppml.role": "candidate",
-                "ppml.candidate_index": str(index),
-                "ppml.private": "true",
-                "ppml.ledger_run_id": run_id,
-                "ppml.partitions": ",".join(scope.partitions),
-            },
-        )
-        ledger.set_mlflow_run(run_id, mlflow_run_id)
-        run_for_epochs = mlflow_run_id
-
-        def on_epoch(report: Any) -> None:
-            tracker.log_epoch(run_for_epochs, report)
-
-    if ledger_run.status == "completed":
-        model = train_dp(train, config, dp, validation=validation, checkpoint_dir=checkpoint_dir / run_id)
-    else:
-        try:
-            model = train_dp(
-                train,
-                config,
-                dp,
-                validation=validation,
-                checkpoint_dir=checkpoint_dir / run_id,
-                on_epoch=on_epoch,
-                spend_sink=_LedgerSpendSink(ledger, run_id),
-            )
-        except BaseException as error:
-            ledger.fail_run(run_id, f"{type(error).__name__}: {error}")
-            if tracker is not None and mlflow_run_id:
-                tracker.end_run(mlflow_run_id, "FAILED")
-            raise
-        ledger.complete_run(
-            run_id, steps=model.steps, epsilon=float(model.epsilon_charged or 0.0), mlflow_run_id=mlflow_run_id
-        )
-    if tracker is not None and mlflow_run_id:
-        tracker.log_training(mlflow_run_id, model, {"ledger_run_id": run_id})
-    last = model.history[-1] if model.history else None
-    return CandidateResult(
-        index,
-        config,
-        dp,
-        run_id,
-        mlflow_run_id,
-        model,
-        last.validation_accuracy if last else None,
-        last.validation_auc if last else None,
-        model.resumed_from_step,
+def _open_candidate_run(
+    session: _Session, index: int, config: TrainingConfig, run_id: str, existing_mlflow_run: str | None
+) -> str | None:
+    if session.tracker is None:
+        return None
+    mlflow_run_id = session.tracker.start_run(
+        f"dp-candidate-{index}-{config.model.describe()}",
+        parent_run_id=session.parent_run_id,
+        run_id=existing_mlflow_run,
+        tags={
+            **session.tags,
+            "ppml.role": "candidate",
+            "ppml.candidate_index": str(index),
+            "ppml.private": "true",
+            "ppml.ledger_run_id": run_id,
+            "ppml.partitions": ",".join(session.scope.partitions),
+        },
     )
+    session.ledger.set_mlflow_run(run_id, mlflow_run_id)
+    return mlflow_run_id
 
 
 def _validate(
@@ -526,39 +529,23 @@ def _validate(
             "no candidate configuration",
             "give at least one TrainingConfig (policy: training.candidates)",
         )
-    if candidate_budget not in ("each", "split"):
+    if candidate_budget not in ("each", "split", "composed"):
         raise input_error(
-            "training request", "candidate_budget", f"unknown mode {candidate_budget!r}", "use 'each' or 'split'"
+            "training request",
+            "candidate_budget",
+            f"unknown mode {candidate_budget!r}",
+            "use 'each', 'split' or 'composed'",
         )
-    if selection_metric not in ("accuracy", "auc"):
+    if selection_metric not in ("accuracy", "auc", "balanced_accuracy"):
         raise input_error(
-            "training request", "selection_metric", f"unknown metric {selection_metric!r}", "use 'accuracy' or 'auc'"
+            "training request",
+            "selection_metric",
+            f"unknown metric {selection_metric!r}",
+            "use 'accuracy', 'auc' or 'balanced_accuracy'",
         )
     if checkpoint_dir is None:
         raise input_error("training request", "checkpoint_dir", "missing", "pass a folder for checkpoints")
     return candidate_list
-
-
-def _candidate_dp(dp: DPConfig, count: int, mode: str) -> DPConfig:
-    if mode == "each" or count == 1:
-        return dp
-    return dataclasses.replace(dp, target_epsilon=dp.target_epsilon / count, target_delta=dp.target_delta / count)
-
-
-def _planned_run(index: int, train: TabularSplit, config: TrainingConfig, dp: DPConfig, plan: DPPlan) -> PlannedRun:
-    return PlannedRun(
-        candidate_index=index,
-        config_fingerprint=fingerprint("dp-run", train.record_set_hash(), config, dp, 1),
-        config={**config.to_params(), **dp.to_params()},
-        accountant=dp.accountant,
-        target_epsilon=dp.target_epsilon,
-        target_delta=dp.target_delta,
-        noise_multiplier=plan.noise_multiplier,
-        noise_multiplier_applied=plan.noise_multiplier_applied,
-        sample_rate=plan.sample_rate,
-        planned_steps=plan.planned_steps,
-        epsilon_planned=plan.epsilon_charged_planned,
-    )
 
 
 def _current_runs(runs: Sequence[LedgerRun]) -> dict[int, LedgerRun]:
@@ -573,16 +560,3 @@ def _current_runs(runs: Sequence[LedgerRun]) -> dict[int, LedgerRun]:
 def _finished_checkpoint(checkpoint_dir: Path, run_id: str) -> bool:
     stored = load_checkpoint(checkpoint_path(checkpoint_dir / run_id))
     return bool(stored and stored.get("completed"))
-
-
-def _select(results: list[CandidateResult], metric: str) -> CandidateResult:
-    def score(result: CandidateResult) -> tuple[float, float, float]:
-        primary = result.validation_accuracy if metric == "accuracy" else result.validation_auc
-        secondary = result.validation_auc if metric == "accuracy" else result.validation_accuracy
-        return (
-            primary if primary is not None else -1.0,
-            secondary if secondary is not None else -1.0,
-            -(result.model.epsilon or 0.0),
-        )
-
-    return max(results, key=score)

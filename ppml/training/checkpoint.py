@@ -10,11 +10,15 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from ppml.errors import PPMLError
+from ppml.private_files import private_dir
 
 CHECKPOINT_FORMAT = 1
 CHECKPOINT_NAME = "dp_checkpoint.pt"
@@ -33,7 +37,7 @@ def atomic_torch_save(payload: dict[str, Any], path: Path) -> None:
 
 def atomic_write_bytes(data: bytes, path: Path) -> None:
     """Write to a temp file in the same directory, fsync, then rename over ``path`` (atomic on POSIX)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)  # mkstemp below creates the file 0600
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -53,7 +57,17 @@ def atomic_write_bytes(data: bytes, path: Path) -> None:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any] | None:
-    """The checkpoint at ``path``, or None when there is none. Our own files only (weights_only=False)."""
+    """The checkpoint at ``path``, or None when there is none.
+
+    ``weights_only=True``: a checkpoint holds tensors, numbers, strings and containers only, so loading one can
+    never run code, even if someone else could write to the folder.
+    """
     if not path.exists():
         return None
-    return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise PPMLError(
+            f"{path}: field '(file)': not a plain checkpoint, refused without loading it "
+            f"({str(error).splitlines()[0][:160]}); fix: delete the file so that training starts afresh"
+        ) from None

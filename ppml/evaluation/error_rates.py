@@ -1,0 +1,114 @@
+"""Disaggregated error rates: false-positive and false-negative rates per protected group, and their gaps.
+
+Accuracy per group hides *which* error a group bears: on Adult a model can be as accurate for women as for men
+while missing far more of the high-income women (a higher false-negative rate). The largest between-group gap in
+FPR or in FNR is the equalized-odds difference (Hardt, Price & Srebro 2016; fairlearn's
+``equalized_odds_difference``), the quantity the gate limits with ``objectives.max_group_error_rate_gap``.
+
+A rate is only compared when its denominator is large enough: FNR over a group's positives, FPR over its
+negatives, each at least ``min_class_count`` (30). A group of 40 people with 4 positives has an FNR of 0, 0.25,
+0.5 ... -- noise that would fail or pass the gate by chance. Such groups keep their rates and intervals in the
+evidence, marked not compared.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ppml.evaluation.utility import UtilityReport
+
+ERROR_RATES = ("fpr", "fnr")
+#: Smallest number of negatives (for FPR) or positives (for FNR) a group needs for its rate to be compared.
+MIN_CLASS_COUNT = 30
+
+
+@dataclass(frozen=True)
+class AttributeErrorRates:
+    """One protected attribute: each group's FPR and FNR with intervals, and the largest gap of each rate."""
+
+    attribute: str
+    groups: dict[str, dict[str, Any]]
+    gaps: dict[str, float | None]  # rate -> highest minus lowest compared group
+    extremes: dict[str, tuple[str, str] | None]  # rate -> (lowest group, highest group)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "attribute": self.attribute,
+            "groups": self.groups,
+            "gaps": self.gaps,
+            "extremes": {rate: list(pair) if pair else None for rate, pair in self.extremes.items()},
+        }
+
+
+@dataclass(frozen=True)
+class GroupErrorRates:
+    """Every protected attribute's error rates and the largest gap over attributes and both rates."""
+
+    attributes: dict[str, AttributeErrorRates] = field(default_factory=dict)
+    min_class_count: int = MIN_CLASS_COUNT
+    confidence: float = 0.95
+
+    @property
+    def largest(self) -> tuple[float, str, str] | None:
+        """(gap, attribute, rate) of the largest gap, None when no attribute has two comparable groups."""
+        found = [
+            (gap, attribute, rate)
+            for attribute, rates in self.attributes.items()
+            for rate, gap in rates.gaps.items()
+            if gap is not None
+        ]
+        return max(found) if found else None
+
+    @property
+    def largest_gap(self) -> float:
+        """0 when no two groups can be compared (one group only, or all too small): there is no measured gap."""
+        return self.largest[0] if self.largest else 0.0
+
+    def describe(self) -> str:
+        if self.largest is None:
+            return f"no attribute has two groups with at least {self.min_class_count} positives or negatives"
+        gap, attribute, rate = self.largest
+        low, high = self.attributes[attribute].extremes[rate] or ("?", "?")
+        return f"largest gap: {rate.upper()} of '{attribute}', {high} minus {low} = {gap:.4f}"
+
+    def to_dict(self) -> dict[str, Any]:
+        largest = self.largest
+        return {
+            "largest_gap": self.largest_gap,
+            "largest_gap_at": f"{largest[1]}: {largest[2]}" if largest else None,
+            "detail": self.describe(),
+            "min_class_count": self.min_class_count,
+            "confidence": self.confidence,
+            "attributes": {name: rates.to_dict() for name, rates in self.attributes.items()},
+        }
+
+
+def group_error_rates(report: UtilityReport, *, min_class_count: int = MIN_CLASS_COUNT) -> GroupErrorRates:
+    """FPR and FNR with bootstrap intervals per reported group of each protected attribute of ``report``."""
+    attributes: dict[str, AttributeErrorRates] = {}
+    for attribute, breakdown in report.groups.items():
+        groups: dict[str, dict[str, Any]] = {}
+        compared: dict[str, dict[str, float]] = {rate: {} for rate in ERROR_RATES}
+        for name, group in breakdown.groups.items():
+            if not group.reported:
+                continue
+            counts = {"fpr": group.n - group.n_positive, "fnr": group.n_positive}
+            entry: dict[str, Any] = {"n": group.n, "n_positive": group.n_positive}
+            for rate in ERROR_RATES:
+                estimate = group.metrics[rate]
+                usable = counts[rate] >= min_class_count and estimate.value is not None
+                entry[rate] = {**estimate.to_dict(), "denominator": counts[rate], "compared": usable}
+                if usable:
+                    compared[rate][name] = float(estimate.value)  # type: ignore[arg-type]
+            groups[name] = entry
+        gaps: dict[str, float | None] = {}
+        extremes: dict[str, tuple[str, str] | None] = {}
+        for rate, values in compared.items():
+            if len(values) < 2:
+                gaps[rate], extremes[rate] = None, None
+                continue
+            low, high = min(values, key=values.__getitem__), max(values, key=values.__getitem__)
+            gaps[rate], extremes[rate] = values[high] - values[low], (low, high)
+        attributes[attribute] = AttributeErrorRates(attribute, groups, gaps, extremes)
+    return GroupErrorRates(attributes, min_class_count, report.confidence)
