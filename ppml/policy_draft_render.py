@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -100,6 +101,11 @@ def render_policy(roles: DraftRoles, name: str, data: Path, frame: pd.DataFrame)
         "# Paths are relative to this file. Every field: docs/policy.md.",
         "policy_version: 1",
         f"name: {quote(name)}",
+        "# CONFIRM: who the people are; the lifetime privacy ledger and the pseudonym keys are keyed by this identity",
+        "# (policies over the same people must share it).",
+        "dataset:",
+        f"  id: {quote(re.sub(r'[^a-z0-9.-]+', '-', name).strip('-.') or 'my-dataset')}",
+        f"  subject_namespace: {quote(f'{data.name}/{roles.subject_id}')}",
         "use_case:",
         "  # CONFIRM: the purpose, regulation, lawful basis and retention are yours to state.",
         f"  purpose: {quote(f'CONFIRM: state why records of {data.name} are processed')}",
