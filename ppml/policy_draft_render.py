@@ -78,6 +78,22 @@ def _schema_lines(roles: DraftRoles) -> list[str]:
     return lines
 
 
+def _release_lines(roles: DraftRoles) -> list[str]:
+    """Release safety: every released non-QI column is tested as a re-identification handle."""
+    lines = [
+        "release:",
+        "  # CONFIRM: released columns that are not quasi-identifiers are tested as re-identification handles;",
+        "  # unlisted ones an attacker could know join the anonymization with an automatic hierarchy.",
+        "  default_action: generalize",
+        "  columns:",
+        f"    {quote(roles.label)}: keep  # CONFIRM: the label is treated as unknown to an attacker (it is predicted)",
+    ]
+    for column in roles.numeric:
+        if column not in roles.quasi and roles.profiles[column].distinct > 20:
+            lines.append(f"    {quote(column)}: bin  # CONFIRM: many values: quantile bins, never the exact value")
+    return lines
+
+
 def _majority_share(roles: DraftRoles, frame: pd.DataFrame) -> float:
     labels = frame[roles.label].astype(str).str.strip()
     return float(labels.eq(roles.positive_value).mean())
@@ -136,6 +152,7 @@ def render_policy(roles: DraftRoles, name: str, data: Path, frame: pd.DataFrame)
         f"  min_accuracy: {max(round(baseline - 0.02, 2), 0.0)}",
         "  min_roc_auc: 0.6",
         "  max_utility_gap: 0.05",
+        *_release_lines(roles),
         "evaluation:",
         "  reference_models: 1",
         "  audit_canaries: 0  # CONFIRM: the one-run epsilon audit (e.g. 1000 canaries) costs a second training run",

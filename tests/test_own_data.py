@@ -244,6 +244,13 @@ def test_run_refuses_bad_sources_before_the_first_step(tmp_path: Path) -> None:
     assert no_day.returncode == 2 and "field 'as_of': no data on 2021-01-01 (data from 2020-03-01 to 2020-03-10)" in (
         no_day.stderr
     )
+    newest = landing_file(zone, "2020-03-10")
+    pd.read_csv(newest, dtype=str).rename(columns={"education": "schooling"}).to_csv(newest, index=False)
+    renamed = _ppml("run", "--policy", str(draft), "--landing-zone", str(zone), home=home, cwd=tmp_path)
+    assert renamed.returncode == 2 and f"(against {newest}): field 'schema.quasi_identifiers': unknown column " in (
+        renamed.stderr.replace("\n", "")
+    )
+    shutil.rmtree(newest.parent)
     shutil.rmtree(landing_file(zone, "2020-03-05").parent)
     gap = _ppml("run", "--policy", str(draft), "--landing-zone", str(zone), home=home, cwd=tmp_path)
     assert gap.returncode == 2 and "1 day(s) of the training window have no data (first 2020-03-05)" in gap.stderr
