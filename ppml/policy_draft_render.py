@@ -13,6 +13,14 @@ if TYPE_CHECKING:
     from ppml.policy_draft import DraftRoles
 
 MISSING_EVENT_DATE = "event_date"
+#: A label whose majority class holds this share is imbalanced: models are selected on balanced accuracy.
+IMBALANCED_MAJORITY = 0.7
+_IMBALANCED_TRAINING = [
+    "training:",
+    "  # CONFIRM: the label is imbalanced: candidates are compared on balanced accuracy (docs/training.md), the",
+    "  # minority class is not traded away for the majority rate.",
+    "  selection_metric: balanced_accuracy",
+]
 
 
 def quote(value: object) -> str:
@@ -110,6 +118,10 @@ def render_policy(roles: DraftRoles, name: str, data: Path, frame: pd.DataFrame)
     """The whole draft policy as YAML text."""
     positive = _majority_share(roles, frame)
     baseline = max(positive, 1 - positive)
+    imbalanced = baseline >= IMBALANCED_MAJORITY
+    # balanced selection trades accuracy for the minority class: an accuracy objective near the majority rate
+    # would refuse every useful model, and the gate's balanced-accuracy check already refuses the trivial one
+    min_accuracy = 0.5 if imbalanced else max(round(baseline - 0.02, 2), 0.0)
     lines = [
         f"# ppml policy DRAFT for {data.name} ({len(frame)} records), written by `ppml init`.",
         "# Every '# CONFIRM:' line is a guess: review it with your data protection officer, then run",
@@ -149,10 +161,11 @@ def render_policy(roles: DraftRoles, name: str, data: Path, frame: pd.DataFrame)
         "objectives:",
         f"  # CONFIRM: always predicting the majority class scores accuracy {baseline:.3f}; set what the use case"
         " needs.",
-        f"  min_accuracy: {max(round(baseline - 0.02, 2), 0.0)}",
+        f"  min_accuracy: {min_accuracy}",
         "  min_roc_auc: 0.6",
         "  max_utility_gap: 0.05",
         *_release_lines(roles),
+        *(_IMBALANCED_TRAINING if imbalanced else []),
         "evaluation:",
         "  reference_models: 1",
         "  audit_canaries: 0  # CONFIRM: the one-run epsilon audit (e.g. 1000 canaries) costs a second training run",
