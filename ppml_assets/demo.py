@@ -28,8 +28,9 @@ from ppml.errors import PPMLError
 from ppml.landing_zone import ensure_bundled_landing_zone, landing_days, landing_file
 from ppml.workspace import prepare_workspace
 
-#: The event log keeps every event; the console shows warnings and errors only (the progress bar shows steps).
-QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+#: The event log keeps every event; the console stays quiet (the progress bar shows steps, and a failure is one
+#: line under the summary table, never a Dagster stack trace).
+QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
 
 @dataclass
