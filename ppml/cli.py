@@ -186,6 +186,7 @@ def run_lifecycle_command(
                 "ppml run: field '--landing-zone/--source-url': give exactly one data source; "
                 "fix: pass --landing-zone DIR or --source-url URL"
             )
+        as_of = parse_day(as_of, "--as-of")
         loaded = load_policy(policy)
         os.environ["PPML_POLICY"] = str(loaded.path)
         if landing_zone is not None:

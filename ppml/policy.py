@@ -140,6 +140,17 @@ class SchemaRoles(Strict):
         description="Per numeric column, what an empty cell means: 'drop' the record, or a public imputation value.",
     )
 
+    @field_validator("numeric_missing", mode="before")
+    @classmethod
+    def _drop_or_whole_number(cls, value: Any) -> Any:
+        for column, rule in (value or {}).items() if isinstance(value, dict) else []:
+            if rule != "drop" and (isinstance(rule, bool) or not isinstance(rule, int)):
+                raise ValueError(
+                    f"numeric_missing for '{column}' is {rule!r}; fix: write drop, or a whole number to impute "
+                    "(a public value, never one computed from the data)"
+                )
+        return value
+
     def columns_by_role(self) -> dict[str, list[str]]:
         """Every column the policy names, by the policy field that names it (in collection order)."""
         return {
@@ -232,6 +243,13 @@ class PrivacyRequirements(Strict):
     max_membership_inference_tpr_at_low_fpr: float = Field(default=0.05, gt=0, lt=1)
     low_fpr: float = Field(default=0.01, gt=0, lt=1, description="FPR at which the attack TPR is limited.")
     dp_statistics_epsilon: float = Field(default=0.5, gt=0, description="Epsilon of the OpenDP summary release.")
+
+    @field_validator("delta", mode="before")
+    @classmethod
+    def _number_or_auto(cls, value: Any) -> Any:
+        if isinstance(value, str) and value != "auto":
+            raise ValueError(f"{value!r} is neither a number nor 'auto'; fix: write e.g. 1.0e-6, or auto")
+        return value
 
     def delta_for(self, n_records: int) -> float:
         """The delta of a training run on ``n_records`` records: the policy's value, or the auto rule."""

@@ -25,7 +25,7 @@ from rich.table import Table
 
 from ppml.data_days import landing_zone_days, partition_bounds, sql_days
 from ppml.errors import PPMLError
-from ppml.landing_zone import ensure_bundled_landing_zone, landing_days
+from ppml.landing_zone import ensure_bundled_landing_zone, landing_days, landing_file
 from ppml.workspace import prepare_workspace
 
 #: The event log keeps every event; the console shows warnings and errors only (the progress bar shows steps).
@@ -143,14 +143,16 @@ def run_user_data(as_of: str | None = None, console: Console | None = None) -> D
     days = source_days()
     if not days:
         raise PPMLError(f"{source_description()}: field '(days)': no day of data found; fix: deliver daily data first")
-    os.environ.setdefault("PPML_PARTITIONS_START", days[0])
-    os.environ.setdefault("PPML_PARTITIONS_END", partition_bounds(days)[1])  # type: ignore[index]
+    first, end = partition_bounds(days) or (days[0], days[-1])
+    os.environ.setdefault("PPML_PARTITIONS_START", first)
+    os.environ.setdefault("PPML_PARTITIONS_END", end)
     as_of = as_of or days[-1]
     if as_of not in days:
         raise PPMLError(
             f"{source_description()}: field 'as_of': no data on {as_of} (data from {days[0]} to {days[-1]}); "
             "fix: choose a day that has data, or leave --as-of out for the newest"
         )
+    _check_columns(as_of)
     from ppml_assets.settings import window_partition_keys
 
     absent = sorted(set(window_partition_keys(as_of)) - set(days))
@@ -160,6 +162,23 @@ def run_user_data(as_of: str | None = None, console: Console | None = None) -> D
             f"(first {absent[0]}); fix: deliver them, or shorten collection.training_window_days in the policy"
         )
     return run_lifecycle(as_of, console, workspace, title="ppml run")
+
+
+def _check_columns(day: str) -> None:
+    """The policy names only columns the as-of day's landing file has (an SQL table is checked at collection)."""
+    if os.environ.get("PPML_SOURCE", "landing_zone") == "sql":
+        return
+    import pandas as pd
+
+    from ppml.policy import check_columns_exist, load_policy
+
+    path = landing_file(Path(os.environ["PPML_LANDING_ZONE"]), day)
+    try:
+        columns = set(pd.read_csv(path, nrows=0).columns)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+        return  # collection reports an unreadable file in its own one line
+    policy_path = os.environ["PPML_POLICY"]
+    check_columns_exist(load_policy(policy_path).policy, columns, f"{policy_path} (against {path})")
 
 
 def source_days() -> list[str]:

@@ -47,6 +47,8 @@ def _deploy_environment(tmp_path: Path, dagster_url: str, mlflow_url: str, sourc
         "PPML_SOURCE": "sql",
         "PPML_SOURCE_URL": source_url,
         "PPML_SOURCE_TABLE": "patient_events",
+        "PPML_PARTITIONS_START": "2026-01-01",
+        "PPML_PARTITIONS_END": "open",
         "PPML_POLICY": str(REPO_ROOT / "policies" / "adult_gdpr.yaml"),
         "DAGSTER_HOME": str(tmp_path / "dagster_home"),
     }

@@ -45,6 +45,9 @@ def test_make_demo_path_promotes_the_dp_model(tmp_path: Path) -> None:
     """`ppml demo` on a fresh workspace: the 90-day window, every requirement passes, the model is promoted."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PPML_", "DAGSTER_", "MLFLOW_"))}
     env["PPML_HOME"] = str(tmp_path / "ppml-home")
+    user_zone = tmp_path / "my-landing-zone"  # a user's own landing zone: the demo must never write into it
+    user_zone.mkdir()
+    env["PPML_LANDING_ZONE"] = str(user_zone)
     completed = subprocess.run(
         [str(Path(sys.executable).parent / "ppml"), "demo"],
         cwd=REPO_ROOT,
@@ -63,6 +66,8 @@ def test_make_demo_path_promotes_the_dp_model(tmp_path: Path) -> None:
     assert all(check["passed"] for check in evidence["checks"])
     assert evidence["decision"]["promoted"] is True
     assert evidence["training"]["epsilon"] <= 1.0
+    assert not any(user_zone.iterdir())
+    assert evidence["training"]["target_delta"] == 1e-6  # delta: auto for ~24k training records
     assert evidence["audit"]["epsilon_lower_bound"] <= evidence["audit"]["claimed_epsilon"]
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'ppml-home' / 'mlflow' / 'mlflow.db'}")
     version = client.get_model_version_by_alias("ppml-adult-income-gdpr", "production")
