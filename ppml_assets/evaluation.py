@@ -21,11 +21,13 @@ from ppml.evaluation import (
 )
 from ppml.evaluation.audit_whitebox import WhiteBoxSettings, run_whitebox_audit
 from ppml.evaluation.charged_reference import ChargedReferenceTraining
-from ppml.ledger import DataScope, LifetimeBudget, PlannedRun, PrivacyLedger
+from ppml.ledger import DataScope, LifetimeBudget, PrivacyLedger
+from ppml.ledger.spend import LedgerSpendSink
 from ppml.preparation import prepare_like_training
 from ppml.training import TabularSplit, plan_dp_training, train_dp
 from ppml.training.accountable import train_within_budget
 from ppml.training.config import fingerprint
+from ppml.training.planning import planned_run
 from ppml_assets.common import (
     attack_row,
     data_scope,
@@ -328,43 +330,18 @@ def _audit_metadata(audit: dict) -> dict:
     return metadata
 
 
-class _RunSpend:
-    """train_dp's spend reports into one ledger run (pre-charge before steps, progress after)."""
-
-    def __init__(self, ledger: PrivacyLedger, run_id: str) -> None:
-        self.ledger, self.run_id = ledger, run_id
-
-    def before_steps(self, *, steps: int, epsilon: float) -> None:
-        self.ledger.pre_charge(self.run_id, steps=steps, epsilon=epsilon)
-
-    def after_steps(self, *, steps: int, epsilon: float) -> None:
-        self.ledger.record_progress(self.run_id, steps=steps, epsilon=epsilon)
-
-
 def _ledger_charged_train(store: PrivacyLedger, scope: DataScope, lifetime: LifetimeBudget, dagster_run_id: str):  # type: ignore[no-untyped-def]
     """The white-box audit run through the ledger's reservation path: reserve its planned spend (or be refused),
     pre-charge before the steps, complete with the epsilon of the noise actually added."""
 
     def train(split: TabularSplit, audit_config, dp, *, step_hook):  # type: ignore[no-untyped-def]
         plan = plan_dp_training(split.n, audit_config, dp)
-        planned = PlannedRun(
-            candidate_index=0,
-            config_fingerprint=fingerprint("dp-run", split.record_set_hash(), audit_config, dp, 1),
-            config={**audit_config.to_params(), **dp.to_params(), "purpose": "white-box audit"},
-            accountant=dp.accountant,
-            target_epsilon=dp.target_epsilon,
-            target_delta=dp.target_delta,
-            noise_multiplier=plan.noise_multiplier,
-            noise_multiplier_applied=plan.noise_multiplier_applied,
-            sample_rate=plan.sample_rate,
-            planned_steps=plan.planned_steps,
-            epsilon_planned=plan.epsilon_charged_planned,
-        )
+        planned = planned_run(0, split, audit_config, dp, plan, described={"purpose": "white-box audit"})
         key = fingerprint("white-box audit", scope, split.record_set_hash(), audit_config, dp, dagster_run_id)
         reservation = store.reserve(scope, [planned], lifetime, request_key=key, dagster_run_id=dagster_run_id)
         run_id = reservation.run_ids[0]
         try:
-            model = train_dp(split, audit_config, dp, spend_sink=_RunSpend(store, run_id), step_hook=step_hook)
+            model = train_dp(split, audit_config, dp, spend_sink=LedgerSpendSink(store, run_id), step_hook=step_hook)
         except BaseException as error:
             store.fail_run(run_id, f"{type(error).__name__}: {error}"[:2000])
             store.finish_request(reservation.request_id, selected_run_id=None, status="failed")

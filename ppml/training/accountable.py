@@ -39,6 +39,7 @@ from ppml.ledger import (
     PrivacyLedger,
     compose,
 )
+from ppml.ledger.spend import LedgerSpendSink
 from ppml.training.checkpoint import checkpoint_path, load_checkpoint
 from ppml.training.config import DPConfig, TrainingConfig, fingerprint
 from ppml.training.data import TabularSplit
@@ -114,19 +115,6 @@ class BaselineResult:
     model: TrainedModel
     ledger_run_id: str | None
     mlflow_run_id: str | None
-
-
-class _LedgerSpendSink:
-    """Connects train_dp's spend reports to the ledger (pre-charge before steps, progress after)."""
-
-    def __init__(self, ledger: PrivacyLedger, run_id: str) -> None:
-        self.ledger, self.run_id = ledger, run_id
-
-    def before_steps(self, *, steps: int, epsilon: float) -> None:
-        self.ledger.pre_charge(self.run_id, steps=steps, epsilon=epsilon)
-
-    def after_steps(self, *, steps: int, epsilon: float) -> None:
-        self.ledger.record_progress(self.run_id, steps=steps, epsilon=epsilon)
 
 
 def train_within_budget(
@@ -384,7 +372,7 @@ def _train_candidate(
                 validation=session.validation,
                 checkpoint_dir=checkpoints,
                 on_epoch=on_epoch,
-                spend_sink=_LedgerSpendSink(ledger, run_id),
+                spend_sink=LedgerSpendSink(ledger, run_id),
             )
         except BaseException as error:
             ledger.fail_run(run_id, f"{type(error).__name__}: {error}")

@@ -34,10 +34,12 @@ import numpy as np
 import torch
 
 from ppml.errors import PPMLError
-from ppml.ledger import DataScope, LifetimeBudget, PlannedRun, PrivacyLedger
+from ppml.ledger import DataScope, LifetimeBudget, PrivacyLedger
+from ppml.ledger.spend import LedgerSpendSink
 from ppml.training.config import DPConfig, ModelSpec, TrainingConfig, fingerprint
 from ppml.training.data import TabularSplit
 from ppml.training.dp_sgd import plan_dp_training, train_dp
+from ppml.training.planning import planned_run
 
 
 def load_run_config(path: Path) -> tuple[TrainingConfig, DPConfig]:
@@ -87,20 +89,9 @@ def _reserve(
         args.dataset, tuple(p for p in args.partitions.split(",") if p), record_set_hash=train.record_set_hash()
     )
     lifetime = LifetimeBudget(args.lifetime_epsilon, args.lifetime_delta or dp.target_delta)
-    run_fingerprint = fingerprint("dp-run", train.record_set_hash(), config, dp, world_size)
-    planned = PlannedRun(
-        candidate_index=0,
-        config_fingerprint=run_fingerprint,
-        config={**config.to_params(), **dp.to_params(), "world_size": world_size, "launcher": "torchrun"},
-        accountant=dp.accountant,
-        target_epsilon=dp.target_epsilon,
-        target_delta=dp.target_delta,
-        noise_multiplier=plan.noise_multiplier,
-        noise_multiplier_applied=plan.noise_multiplier_applied,
-        sample_rate=plan.sample_rate,
-        planned_steps=plan.planned_steps,
-        epsilon_planned=plan.epsilon_charged_planned,
-    )
+    described = {"world_size": world_size, "launcher": "torchrun"}
+    planned = planned_run(0, train, config, dp, plan, world_size=world_size, described=described)
+    run_fingerprint = planned.config_fingerprint
     ledger = PrivacyLedger(args.ledger_url)
     try:
         reservation = ledger.reserve(scope, [planned], lifetime, request_key=fingerprint("torchrun", run_fingerprint))
@@ -108,19 +99,6 @@ def _reserve(
         ledger.close()
         raise
     return ledger, reservation.request_id, reservation.run_ids[0]
-
-
-class _LedgerSink:
-    """Pre-charge before each segment of steps, record progress after (rank 0 only; train_dp calls it there)."""
-
-    def __init__(self, ledger: PrivacyLedger, run_id: str) -> None:
-        self.ledger, self.run_id = ledger, run_id
-
-    def before_steps(self, *, steps: int, epsilon: float) -> None:
-        self.ledger.pre_charge(self.run_id, steps=steps, epsilon=epsilon)
-
-    def after_steps(self, *, steps: int, epsilon: float) -> None:
-        self.ledger.record_progress(self.run_id, steps=steps, epsilon=epsilon)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             if rank == 0:
                 print(refusal[0], file=sys.stderr)
             return 3
-        sink = _LedgerSink(ledger, run_id) if ledger is not None and run_id is not None else None
+        sink = LedgerSpendSink(ledger, run_id) if ledger is not None and run_id is not None else None
         try:
             model = train_dp(
                 train, config, dp, validation=validation, checkpoint_dir=args.checkpoint_dir, spend_sink=sink

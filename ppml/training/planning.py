@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 from ppml.errors import input_error
 from ppml.ledger import Charge, DataScope, PlannedRun, compose
@@ -251,11 +251,21 @@ def plan_selection(
     )
 
 
-def planned_run(index: int, train: TabularSplit, config: TrainingConfig, dp: DPConfig, plan: DPPlan) -> PlannedRun:
+def planned_run(
+    index: int,
+    train: TabularSplit,
+    config: TrainingConfig,
+    dp: DPConfig,
+    plan: DPPlan,
+    *,
+    world_size: int = 1,
+    described: dict[str, Any] | None = None,
+) -> PlannedRun:
+    """The ledger reservation of one DP-SGD run (its planned charge), whoever launches it."""
     return PlannedRun(
         candidate_index=index,
-        config_fingerprint=fingerprint("dp-run", train.record_set_hash(), config, dp, 1),
-        config={**config.to_params(), **dp.to_params()},
+        config_fingerprint=fingerprint("dp-run", train.record_set_hash(), config, dp, world_size),
+        config={**config.to_params(), **dp.to_params(), **(described or {})},
         accountant=dp.accountant,
         target_epsilon=dp.target_epsilon,
         target_delta=dp.target_delta,
