@@ -51,8 +51,8 @@ REQUIREMENTS: dict[str, str] = {
     "utility_roc_auc_above_trivial": "ROC AUC beats a constant score with confidence: its 95% CI lower bound "
     "reaches 0.5 plus the policy's margin",
     "utility_gap_vs_baseline": "accuracy lost to privacy versus the tuned non-private baseline within the limit",
-    "group_error_rate_gap": "false-positive and false-negative rates of the protected groups differ by at most "
-    "the policy's limit",
+    "group_error_rate_gap": "false-positive and false-negative rates of the protected groups differ, beyond their "
+    "95% intervals, by at most the policy's limit",
     "no_identifier_leakage": "no direct identifier in features, model artifacts or MLflow params and tags",
 }
 
@@ -230,7 +230,7 @@ def utility_gate_verdicts(policy: Policy, utility: dict[str, Any]) -> list[Verdi
         verdicts.append(
             _at_most(
                 "group_error_rate_gap",
-                rates["largest_gap"] if rates else None,
+                rates["largest_evidenced_gap"] if rates else None,
                 objectives.max_group_error_rate_gap,
                 rates["detail"] if rates else "no disaggregated error rates in the evidence",
                 **({"attributes": rates["attributes"]} if rates else {}),

@@ -31,7 +31,12 @@ PASSING_EVIDENCE = {
         "dp_ci": {"balanced_accuracy": [0.72, 0.76], "roc_auc": [0.87, 0.89]},
         "baseline": {"accuracy": 0.80},
         "trivial": {"accuracy": 0.76, "balanced_accuracy": 0.5, "roc_auc": 0.5, "positive_rate": 0.24},
-        "group_error_rates": {"largest_gap": 0.2, "detail": "largest gap: FNR of 'sex'", "attributes": {}},
+        "group_error_rates": {
+            "largest_gap": 0.2,
+            "largest_evidenced_gap": 0.1,
+            "detail": "largest gap: FNR of 'sex'",
+            "attributes": {},
+        },
     },
     "privacy_evaluation": {
         "strongest_attack_on_dp_model": {"name": "lira", "auc": 0.51, "tpr_at_low_fpr": 0.01},
@@ -76,7 +81,7 @@ def test_every_requirement_is_judged_and_passes_on_good_evidence(policy) -> None
         (("model_evaluation", "dp_ci", "balanced_accuracy"), [0.5, 0.5], "utility_balanced_accuracy_above_trivial"),
         (("model_evaluation", "dp_ci", "balanced_accuracy"), [0.515, 0.6], "utility_balanced_accuracy_above_trivial"),
         (("model_evaluation", "dp_ci", "roc_auc"), [0.49, 0.9], "utility_roc_auc_above_trivial"),
-        (("model_evaluation", "group_error_rates", "largest_gap"), 0.5, "group_error_rate_gap"),
+        (("model_evaluation", "group_error_rates", "largest_evidenced_gap"), 0.5, "group_error_rate_gap"),
         (("model_evaluation", "group_error_rates"), None, "group_error_rate_gap"),
         (("leakage", "findings"), [{"identifier": "ssn", "location": "params"}], "no_identifier_leakage"),
     ],

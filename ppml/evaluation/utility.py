@@ -437,7 +437,7 @@ def utility_verdicts(
             verdicts.append(
                 Verdict.check(
                     key,
-                    rates.largest_gap if report.groups else None,
+                    rates.largest_evidenced_gap if report.groups else None,
                     limit,
                     "<=",
                     rates.describe() if report.groups else "no protected attributes were evaluated",

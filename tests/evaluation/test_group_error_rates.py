@@ -55,6 +55,10 @@ def test_per_group_rates_match_the_confusion_matrix_and_carry_intervals(unequal)
     assert attribute.groups["C"]["fnr"]["value"] is None and attribute.groups["C"]["n_positive"] is None  # suppressed
     assert attribute.groups["A"]["n_positive"] == 400
     assert rates.largest_gap == pytest.approx(0.30) and "FNR of 'g'" in rates.describe()
+    # what the intervals establish: B's lower FNR bound minus A's upper one, positive but below the point gap
+    a, b = attribute.groups["A"]["fnr"], attribute.groups["B"]["fnr"]
+    assert attribute.evidenced_gaps["fnr"] == pytest.approx(b["ci_low"] - a["ci_high"])
+    assert 0.1 < rates.largest_evidenced_gap < 0.30
 
 
 def test_the_gate_passes_and_fails_on_the_policy_limit(unequal) -> None:  # type: ignore[no-untyped-def]
@@ -72,12 +76,13 @@ def test_the_gate_passes_and_fails_on_the_policy_limit(unequal) -> None:  # type
         checks = utility_gate_verdicts(policy.model_copy(update={"objectives": objectives}), evidence)
         return next(v for v in checks if v.name == "group_error_rate_gap")
 
-    assert not verdict(0.25).passed
-    assert verdict(0.35).passed
-    assert verdict(0.35).measured == pytest.approx(0.30)
+    evidenced = group_error_rates(report).largest_evidenced_gap
+    assert not verdict(evidenced - 0.01).passed
+    assert verdict(evidenced + 0.01).passed
+    assert verdict(0.35).measured == pytest.approx(evidenced)
     # The engine-level verdict reads the same objective key.
-    (engine,) = utility_verdicts(report, {"max_group_error_rate_gap": 0.25})
-    assert not engine.passed and engine.measured == pytest.approx(0.30)
+    (engine,) = utility_verdicts(report, {"max_group_error_rate_gap": evidenced - 0.01})
+    assert not engine.passed and engine.measured == pytest.approx(evidenced)
     with pytest.raises(PPMLError, match="max_group_error_rate_gap"):
         utility_verdicts(report, {"max_group_error_rate_gap": 1.5})
 
