@@ -243,6 +243,22 @@ class PrivacyRequirements(Strict):
     max_membership_inference_tpr_at_low_fpr: float = Field(default=0.05, gt=0, lt=1)
     low_fpr: float = Field(default=0.01, gt=0, lt=1, description="FPR at which the attack TPR is limited.")
     dp_statistics_epsilon: float = Field(default=0.5, gt=0, description="Epsilon of the OpenDP summary release.")
+    privacy_unit: Literal["record", "subject"] = Field(
+        default="record",
+        description="Whom epsilon protects: one record, or one data subject with all their records (user-level "
+        "DP-SGD, contribution bounding and per-subject accounting; docs/training.md).",
+    )
+    max_records_per_subject: int = Field(
+        default=1, ge=1, description="privacy_unit subject: at most this many records per subject per window (c)."
+    )
+    min_eligible_subjects: int = Field(
+        default=100,
+        ge=1,
+        description="privacy_unit subject: a run is refused when fewer subjects than this still have budget.",
+    )
+    contribution_seed: int = Field(
+        default=0, ge=0, description="Seeds which records a subject keeps when it has more than c (reproducible)."
+    )
 
     @field_validator("delta", mode="before")
     @classmethod

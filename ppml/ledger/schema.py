@@ -23,6 +23,7 @@ datasets = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("scope_kind", sa.String(24)),
     sa.Column("merged_into", sa.String(200)),
+    sa.Column("filter_order", sa.Float),  # 0003: the Renyi order of the per-subject privacy filter, fixed once
 )
 
 #: A training request: the candidates trained for one model selection (each candidate is a run).
@@ -76,6 +77,7 @@ runs = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("finished_at", sa.DateTime(timezone=True)),
+    sa.Column("privacy_unit", sa.String(16)),  # 0003: "subject" for user-level runs; NULL = record
 )
 
 #: Append-only audit trail: reservations, pre-charges, progress, completion, refusals, take-overs.
@@ -91,4 +93,30 @@ events = sa.Table(
     sa.Column("dagster_run_id", sa.String(64)),
     sa.Column("detail", sa.Text),
     sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+)
+
+#: 0003. A cohort: the subjects that share one history of subject-unit runs (every run that could have included
+#: them). ``cohort`` is the hash of that history, ``runs`` the JSON list of its run ids; storage grows with the
+#: number of distinct histories, not with runs x subjects.
+subject_cohorts = sa.Table(
+    f"{PREFIX}subject_cohorts",
+    metadata,
+    sa.Column("dataset", sa.String(200), sa.ForeignKey(f"{PREFIX}datasets.dataset"), primary_key=True),
+    sa.Column("cohort", sa.String(64), primary_key=True),
+    sa.Column("runs", sa.Text, nullable=False),
+    sa.Column("subjects", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+#: 0003. One row per data subject ever considered by a subject-unit run: the SHA-256 of (data set, pseudonym) --
+#: never the subject id or the pseudonym itself -- and the cohort it is in now.
+subjects = sa.Table(
+    f"{PREFIX}subjects",
+    metadata,
+    sa.Column("dataset", sa.String(200), sa.ForeignKey(f"{PREFIX}datasets.dataset"), primary_key=True),
+    sa.Column("subject", sa.String(64), primary_key=True),
+    sa.Column("cohort", sa.String(64), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index(f"ix_{PREFIX}subjects_cohort", "dataset", "cohort"),
 )

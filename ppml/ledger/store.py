@@ -192,6 +192,7 @@ class LedgerRun:
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None
+    privacy_unit: str | None = None  # "subject" for user-level runs (0003); None = record
 
     def charge(self) -> Charge | None:
         """What this run counts against the budget: its full plan while it may still run, else what was charged."""

@@ -1,0 +1,459 @@
+"""Per-subject privacy accounting with an individual privacy filter (``privacy.privacy_unit: subject``).
+
+The data-set ledger (:mod:`ppml.ledger.store`) composes every run on a data set, as if every person were in every
+run. Here each subject's account holds only the subject-unit runs that could have included them: a run includes
+exactly the *eligible* subjects of its training window, and the others' data never reach it. Subjects with the
+same history form a **cohort** keyed by the hash of that history, so storage grows with distinct histories, not
+with runs x subjects.
+
+**The filter** (soundness in docs/training.md). Every run is charged by its Renyi-DP at one order ``alpha``
+fixed per data set when its first subject-unit reservation is made (from the lifetime budget alone, never from
+data). A subject is eligible for a run only if its composed RDP plus the run's RDP stays within
+``B = lifetime_epsilon - log(1/lifetime_delta) / (alpha - 1)``; otherwise it is excluded from the run's training
+set and counted. By Feldman & Zrnic (2021, Thm. 3.1, individual Renyi filter) the whole adaptive sequence is then
+``(alpha, B)``-RDP for every subject, i.e. ``(lifetime_epsilon, lifetime_delta)``-DP (the RDP conversion of
+Balle et al. 2020, Thm. 21, at that one order).
+
+**Crash safety** is the data-set ledger's: the cohort moves happen in the reservation's transaction, under the
+data set's lock row (concurrent reservations serialise and see each other), at the run's full planned charge; a
+run that dies keeps counting what it was pre-charged (a cohort refers to run ids, whose charges only grow until
+settled at least at what ran). Nothing is ever un-charged.
+
+Record-unit runs on the same data set (made before the policy switched, or releases that are not per subject)
+may have included anyone, so they count for every subject, converted to a group of ``record_unit_group_size``
+records: a record-level Gaussian run is charged as the Gaussian mechanism of sensitivity ``g`` (noise multiplier
+``sigma / g``, no subsampling amplification), a pure ``epsilon`` release as ``g * epsilon``.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import math
+import uuid
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+from opacus.accountants.analysis import rdp as rdp_analysis
+from sqlalchemy.engine import Connection
+
+from ppml.errors import PPMLError, input_error
+from ppml.ledger.composition import PURE_DP, RDP_ORDERS, Charge
+from ppml.ledger.store import (
+    REFUSED,
+    RUNNING,
+    DataScope,
+    LedgerRun,
+    LifetimeBudget,
+    PlannedRun,
+    PrivacyLedger,
+    _now,
+)
+from ppml.ledger.schema import datasets, requests, runs, subject_cohorts, subjects
+
+#: ``ppml_ledger_runs.privacy_unit`` of a user-level run.
+SUBJECT_UNIT = "subject"
+#: The cohort of subjects no subject-unit run has included yet.
+EMPTY_COHORT = hashlib.sha256(b"ppml-cohort:").hexdigest()
+_CHUNK = 5000
+
+
+class SubjectsExhaustedError(PPMLError):
+    """Too few subjects still have budget for this run: it is refused (and recorded as refused)."""
+
+    def __init__(self, message: str, *, eligible: int, excluded: int, required: int) -> None:
+        super().__init__(message)
+        self.eligible, self.excluded, self.required = eligible, excluded, required
+
+
+@dataclass(frozen=True)
+class SubjectReservation:
+    """A reserved subject-unit request: train on ``eligible`` only (the others were excluded and counted)."""
+
+    request_id: str
+    run_ids: tuple[str, ...]
+    eligible: tuple[str, ...]  # the pseudonyms passed in, in their order, that the run may include
+    excluded: int
+    filter_order: float
+    max_epsilon_before: float
+    max_epsilon_after: float
+    run_epsilon: float  # the run's own per-person epsilon at the filter order
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "request_id": self.request_id,
+            "eligible_subjects": len(self.eligible),
+            "excluded_subjects": self.excluded,
+            "filter_order": self.filter_order,
+            "max_subject_epsilon_before": self.max_epsilon_before,
+            "max_subject_epsilon_after": self.max_epsilon_after,
+            "run_epsilon_at_filter_order": self.run_epsilon,
+        }
+
+
+def filter_order(lifetime: LifetimeBudget) -> float:
+    """The Renyi order that admits the most Gaussian runs for this budget (a function of the budget alone).
+
+    For Gaussian-like RDP (linear in the order), the runs that fit are proportional to ``B(alpha) / alpha``.
+    """
+    candidates = [a for a in RDP_ORDERS if rdp_budget(lifetime, a) > 0]
+    if not candidates:
+        raise input_error(
+            "policy",
+            "privacy.lifetime_epsilon_budget",
+            f"{lifetime.epsilon:g} at delta {lifetime.delta:g} leaves no Renyi budget at any order",
+            "raise the lifetime budget or the lifetime delta",
+        )
+    return float(max(candidates, key=lambda a: rdp_budget(lifetime, a) / a))
+
+
+def _conversion(order: float, delta: float) -> float:
+    """What converting ``(order, rho)``-RDP to (epsilon, delta) adds to rho (Balle et al. 2020, Thm. 21; the
+    conversion Opacus' RDP accountant uses, valid at any single order > 1)."""
+    return math.log((order - 1) / order) - (math.log(delta) + math.log(order)) / (order - 1)
+
+
+def rdp_budget(lifetime: LifetimeBudget, order: float) -> float:
+    """The RDP every subject may reach at ``order``: converts to exactly the lifetime (epsilon, delta)."""
+    return lifetime.epsilon - _conversion(order, lifetime.delta)
+
+
+def epsilon_at_order(rdp: float, order: float, delta: float) -> float:
+    """(epsilon, delta) of an ``(order, rdp)``-RDP guarantee; 0 when nothing was charged at all."""
+    return 0.0 if rdp <= 0 else max(rdp + _conversion(order, delta), 0.0)
+
+
+def charge_rdp(charge: Charge, order: float, group_size: int = 1) -> float:
+    """RDP at ``order`` of one run's charge for one subject; ``group_size > 1`` for record-unit runs."""
+    if charge.steps <= 0:
+        return 0.0
+    if charge.mechanism == PURE_DP:
+        epsilon = group_size * charge.epsilon
+        return float(min(epsilon, order * epsilon**2 / 2)) if math.isfinite(epsilon) else math.inf
+    if charge.noise_multiplier <= 0:
+        return math.inf
+    sigma, rate = charge.noise_multiplier, charge.sample_rate
+    if group_size > 1:
+        sigma, rate = sigma / group_size, 1.0  # sensitivity g, no amplification: a valid upper bound
+    return charge.steps * _step_rdp(float(rate), float(sigma), float(order))
+
+
+@functools.lru_cache(maxsize=4096)
+def _step_rdp(rate: float, sigma: float, order: float) -> float:
+    """RDP of one subsampled-Gaussian step (steps compose additively; cached: runs share few (q, sigma))."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        value = rdp_analysis.compute_rdp(q=rate, noise_multiplier=sigma, steps=1, orders=[order])
+    return float(np.asarray(value, dtype=float).reshape(-1)[0])
+
+
+def subject_key(dataset: str, pseudonym: str) -> str:
+    """What the ledger stores for a subject: a hash of the data set and the pseudonym (never the id)."""
+    return hashlib.sha256(f"ppml-subject:{dataset}\x1f{pseudonym}".encode()).hexdigest()
+
+
+class SubjectAccounts:
+    """The per-subject side of a :class:`PrivacyLedger` (same database, same lock, same runs table)."""
+
+    def __init__(self, ledger: PrivacyLedger) -> None:
+        self.ledger = ledger
+
+    # ------------------------------------------------------------------------------------------- reserve
+
+    def reserve(
+        self,
+        scope: DataScope,
+        planned: Sequence[PlannedRun],
+        lifetime: LifetimeBudget,
+        pseudonyms: Sequence[str],
+        *,
+        min_eligible: int,
+        request_key: str,
+        record_unit_group_size: int,
+        dagster_run_id: str | None = None,
+    ) -> SubjectReservation:
+        """Exclude exhausted subjects, then reserve the runs' full spend for the eligible ones -- or refuse.
+
+        Refused when fewer than ``min_eligible`` subjects remain; the refusal is recorded (zero charge).
+        """
+        _check_reserve(planned, pseudonyms, min_eligible, record_unit_group_size)
+        wanted = list(dict.fromkeys(str(p) for p in pseudonyms))
+        keys = [subject_key(scope.dataset, p) for p in wanted]
+        with self.ledger._locked(scope) as connection:
+            order = self._fixed_order(connection, scope.dataset, lifetime)
+            existing = self.ledger._runs(connection, scope.dataset)
+            cohort_rdp = self._cohort_rdp(connection, scope.dataset, existing, order, record_unit_group_size)
+            current = self._cohorts_of(connection, scope.dataset, keys)
+            run_rdp = math.fsum(charge_rdp(p.charge(), order) for p in planned)
+            limit = rdp_budget(lifetime, order) * (1 + 1e-12)
+            before = {k: cohort_rdp.get(current.get(k, EMPTY_COHORT), cohort_rdp[EMPTY_COHORT]) for k in keys}
+            ok = [before[k] + run_rdp <= limit for k in keys]
+            eligible = [p for p, fits in zip(wanted, ok, strict=True) if fits]
+            excluded = len(wanted) - len(eligible)
+            refused = len(eligible) < min_eligible
+            request_id = self._insert_request(connection, scope, request_key, planned, refused, dagster_run_id)
+            run_ids = tuple(
+                self.ledger._insert_planned(
+                    connection, scope, request_id, p, REFUSED if refused else RUNNING, dagster_run_id, _now()
+                )
+                for p in planned
+            )
+            connection.execute(runs.update().where(runs.c.id.in_(run_ids)).values(privacy_unit=SUBJECT_UNIT))
+            worst_before = max(before.values(), default=cohort_rdp[EMPTY_COHORT])
+            detail = {"eligible": len(eligible), "excluded": excluded, "required": min_eligible, "order": order}
+            if refused:
+                message = _refusal(scope, detail, lifetime, epsilon_at_order(worst_before, order, lifetime.delta))
+                connection.execute(requests.update().where(requests.c.id == request_id).values(message=message))
+                self.ledger._event(connection, scope.dataset, None, REFUSED, None, None, dagster_run_id, message)
+            else:
+                moved = [k for k, fits in zip(keys, ok, strict=True) if fits]
+                self._move(connection, scope.dataset, moved, current, run_ids)
+                self.ledger._event(
+                    connection, scope.dataset, None, "subject_filter", None, None, dagster_run_id, json.dumps(detail)
+                )
+        if refused:
+            raise SubjectsExhaustedError(message, eligible=len(eligible), excluded=excluded, required=min_eligible)
+        after = max((before[k] + run_rdp for k, fits in zip(keys, ok, strict=True) if fits), default=0.0)
+        return SubjectReservation(
+            request_id=request_id,
+            run_ids=run_ids,
+            eligible=tuple(eligible),
+            excluded=excluded,
+            filter_order=order,
+            max_epsilon_before=epsilon_at_order(worst_before, order, lifetime.delta),
+            max_epsilon_after=epsilon_at_order(after, order, lifetime.delta),
+            run_epsilon=epsilon_at_order(run_rdp, order, lifetime.delta),
+        )
+
+    # ------------------------------------------------------------------------------------------- reading
+
+    def subject_epsilons(
+        self, dataset: str, lifetime: LifetimeBudget, pseudonyms: Iterable[str], *, record_unit_group_size: int
+    ) -> dict[str, float]:
+        """Each subject's composed epsilon at the lifetime delta (the filter's bound), by pseudonym."""
+        wanted = list(dict.fromkeys(str(p) for p in pseudonyms))
+        keys = {subject_key(dataset, p): p for p in wanted}
+        with self.ledger.engine.connect() as connection:
+            order = connection.execute(
+                sa.select(datasets.c.filter_order).where(datasets.c.dataset == dataset)
+            ).scalar_one_or_none() or filter_order(lifetime)
+            existing = self.ledger._runs(connection, dataset)
+            cohort_rdp = self._cohort_rdp(connection, dataset, existing, order, record_unit_group_size)
+            current = self._cohorts_of(connection, dataset, list(keys))
+        return {
+            keys[k]: epsilon_at_order(
+                cohort_rdp.get(current.get(k, EMPTY_COHORT), cohort_rdp[EMPTY_COHORT]), order, lifetime.delta
+            )
+            for k in keys
+        }
+
+    def cohorts(self, dataset: str) -> list[dict[str, Any]]:
+        """Cohorts with their run histories and subject counts (aggregates only)."""
+        with self.ledger.engine.connect() as connection:
+            rows = connection.execute(sa.select(subject_cohorts).where(subject_cohorts.c.dataset == dataset)).mappings()
+            return [{"cohort": r["cohort"], "runs": json.loads(r["runs"]), "subjects": r["subjects"]} for r in rows]
+
+    def summary(self, dataset: str, lifetime: LifetimeBudget, *, record_unit_group_size: int) -> dict[str, Any]:
+        """Subjects, cohorts and the highest per-subject epsilon against the budget (for the report)."""
+        with self.ledger.engine.connect() as connection:
+            order = connection.execute(
+                sa.select(datasets.c.filter_order).where(datasets.c.dataset == dataset)
+            ).scalar_one_or_none() or filter_order(lifetime)
+            existing = self.ledger._runs(connection, dataset)
+            cohort_rdp = self._cohort_rdp(connection, dataset, existing, order, record_unit_group_size)
+            counts = dict(
+                connection.execute(
+                    sa.select(subject_cohorts.c.cohort, subject_cohorts.c.subjects).where(
+                        subject_cohorts.c.dataset == dataset, subject_cohorts.c.subjects > 0
+                    )
+                ).all()
+            )
+        worst = max((cohort_rdp[c] for c in counts if c in cohort_rdp), default=cohort_rdp[EMPTY_COHORT])
+        return {
+            "subjects": int(sum(counts.values())),
+            "cohorts": len(counts),
+            "filter_order": order,
+            "max_subject_epsilon": epsilon_at_order(worst, order, lifetime.delta),
+            "lifetime_epsilon": lifetime.epsilon,
+            "lifetime_delta": lifetime.delta,
+        }
+
+    # ------------------------------------------------------------------------------------------- internals
+
+    def _fixed_order(self, connection: Connection, dataset: str, lifetime: LifetimeBudget) -> float:
+        """The data set's filter order: fixed at its first subject-unit reservation, from the budget alone."""
+        stored = connection.execute(
+            sa.select(datasets.c.filter_order).where(datasets.c.dataset == dataset)
+        ).scalar_one_or_none()
+        if stored is not None:
+            return float(stored)
+        order = filter_order(lifetime)
+        connection.execute(datasets.update().where(datasets.c.dataset == dataset).values(filter_order=order))
+        return order
+
+    def _cohort_rdp(
+        self, connection: Connection, dataset: str, existing: list[LedgerRun], order: float, group: int
+    ) -> dict[str, float]:
+        """Each cohort's RDP at ``order``: every record-unit run (as a group of ``group``) plus its own runs."""
+        per_run: dict[str, float] = {}
+        base = 0.0
+        for run in existing:
+            charge = run.charge()
+            if charge is None:
+                continue
+            if run.privacy_unit == SUBJECT_UNIT:
+                per_run[run.id] = charge_rdp(charge, order)
+            else:
+                base += charge_rdp(charge, order, group)
+        result = {EMPTY_COHORT: base}
+        rows = connection.execute(
+            sa.select(subject_cohorts.c.cohort, subject_cohorts.c.runs).where(subject_cohorts.c.dataset == dataset)
+        )
+        for cohort, run_list in rows:
+            result[cohort] = base + math.fsum(per_run.get(run_id, 0.0) for run_id in json.loads(run_list))
+        return result
+
+    @staticmethod
+    def _cohorts_of(connection: Connection, dataset: str, keys: list[str]) -> dict[str, str]:
+        found: dict[str, str] = {}
+        for start in range(0, len(keys), _CHUNK):
+            chunk = keys[start : start + _CHUNK]
+            query = sa.select(subjects.c.subject, subjects.c.cohort).where(
+                subjects.c.dataset == dataset, subjects.c.subject.in_(chunk)
+            )
+            found.update(dict(connection.execute(query).all()))
+        return found
+
+    def _insert_request(
+        self,
+        connection: Connection,
+        scope: DataScope,
+        request_key: str,
+        planned: Sequence[PlannedRun],
+        refused: bool,
+        dagster_run_id: str | None,
+    ) -> str:
+        request_id, now = str(uuid.uuid4()), _now()
+        connection.execute(
+            requests.insert().values(
+                id=request_id,
+                dataset=scope.dataset,
+                request_key=request_key,
+                status=REFUSED if refused else RUNNING,
+                candidates=len(planned),
+                dagster_run_id=dagster_run_id,
+                created_at=now,
+                updated_at=now,
+                message=None,
+            )
+        )
+        return request_id
+
+    @staticmethod
+    def _move(
+        connection: Connection, dataset: str, keys: list[str], current: dict[str, str], run_ids: tuple[str, ...]
+    ) -> None:
+        """Eligible subjects move from their cohort ``h`` to ``hash(h, runs)``; new subjects from the empty one."""
+        now = _now()
+        by_cohort: dict[str, list[str]] = {}
+        for key in keys:
+            by_cohort.setdefault(current.get(key, EMPTY_COHORT), []).append(key)
+        histories = dict(
+            connection.execute(
+                sa.select(subject_cohorts.c.cohort, subject_cohorts.c.runs).where(
+                    subject_cohorts.c.dataset == dataset, subject_cohorts.c.cohort.in_(list(by_cohort))
+                )
+            ).all()
+        )
+        for old, members in by_cohort.items():
+            history = [*json.loads(histories.get(old, "[]")), *run_ids]
+            new = hashlib.sha256(f"{old}:{','.join(run_ids)}".encode()).hexdigest()
+            _add_to_cohort(connection, dataset, new, history, len(members), now)
+            known = [k for k in members if k in current]
+            fresh = [k for k in members if k not in current]
+            if old in histories and known:
+                connection.execute(
+                    subject_cohorts.update()
+                    .where(subject_cohorts.c.dataset == dataset, subject_cohorts.c.cohort == old)
+                    .values(subjects=subject_cohorts.c.subjects - len(known), updated_at=now)
+                )
+                connection.execute(
+                    subject_cohorts.delete().where(
+                        subject_cohorts.c.dataset == dataset,
+                        subject_cohorts.c.cohort == old,
+                        subject_cohorts.c.subjects <= 0,
+                    )
+                )  # nobody has this history any more: storage follows the cohorts that exist
+            for start in range(0, len(known), _CHUNK):
+                connection.execute(
+                    subjects.update()
+                    .where(subjects.c.dataset == dataset, subjects.c.subject.in_(known[start : start + _CHUNK]))
+                    .values(cohort=new, updated_at=now)
+                )
+            for start in range(0, len(fresh), _CHUNK):
+                connection.execute(
+                    subjects.insert(),
+                    [
+                        {"dataset": dataset, "subject": k, "cohort": new, "updated_at": now}
+                        for k in fresh[start : start + _CHUNK]
+                    ],
+                )
+
+
+def _add_to_cohort(connection: Connection, dataset: str, cohort: str, history: list[str], count: int, now: Any) -> None:
+    updated = connection.execute(
+        subject_cohorts.update()
+        .where(subject_cohorts.c.dataset == dataset, subject_cohorts.c.cohort == cohort)
+        .values(subjects=subject_cohorts.c.subjects + count, updated_at=now)
+    ).rowcount
+    if not updated:
+        connection.execute(
+            subject_cohorts.insert().values(
+                dataset=dataset,
+                cohort=cohort,
+                runs=json.dumps(history),
+                subjects=count,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+
+
+def _check_reserve(
+    planned: Sequence[PlannedRun], pseudonyms: Sequence[str], min_eligible: int, group_size: int
+) -> None:
+    if not planned:
+        raise input_error("ledger", "candidates", "nothing to reserve", "pass at least one planned run")
+    if isinstance(min_eligible, bool) or not isinstance(min_eligible, int) or min_eligible < 1:
+        raise input_error(
+            "policy", "privacy.min_eligible_subjects", f"must be >= 1, got {min_eligible!r}", "set e.g. 100"
+        )
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
+        raise input_error(
+            "ledger",
+            "record_unit_group_size",
+            f"must be an integer >= 1, got {group_size!r}",
+            "pass the most records one subject had in a record-unit run (the policy's max_records_per_subject)",
+        )
+    if any(p is None or str(p).strip() == "" for p in pseudonyms):
+        raise input_error(
+            "training window",
+            "schema.subject_id",
+            "a record without a subject pseudonym reached per-subject accounting",
+            "fill the subject id of every record (it is pseudonymized before training)",
+        )
+
+
+def _refusal(scope: DataScope, detail: dict[str, Any], lifetime: LifetimeBudget, worst: float) -> str:
+    return (
+        f"privacy ledger: field 'privacy.min_eligible_subjects': training refused for data set {scope.dataset!r}: "
+        f"only {detail['eligible']} subject(s) have budget left for this run ({detail['excluded']} excluded, "
+        f"{detail['required']} required; highest per-subject epsilon {worst:.4g} of {lifetime.epsilon:.4g} at "
+        f"delta {lifetime.delta:g}); fix: wait for new subjects, lower the per-run epsilon or the number of "
+        "candidates, or lower min_eligible_subjects if the objectives allow"
+    )
