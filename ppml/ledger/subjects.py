@@ -44,6 +44,7 @@ from sqlalchemy.engine import Connection
 
 from ppml.errors import PPMLError, input_error
 from ppml.ledger.composition import PURE_DP, RDP_ORDERS, Charge
+from ppml.ledger.schema import datasets, requests, runs, subject_cohorts, subjects
 from ppml.ledger.store import (
     REFUSED,
     RUNNING,
@@ -54,7 +55,6 @@ from ppml.ledger.store import (
     PrivacyLedger,
     _now,
 )
-from ppml.ledger.schema import datasets, requests, runs, subject_cohorts, subjects
 
 #: ``ppml_ledger_runs.privacy_unit`` of a user-level run.
 SUBJECT_UNIT = "subject"

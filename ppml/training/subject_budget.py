@@ -128,7 +128,7 @@ def train_subjects_within_budget(
         reservation=reservation,
         ledger_run_id=reservation.run_ids[best],
         subjects_trained=len(reservation.eligible),
-        records_trained=int(len(rows)),
+        records_trained=len(rows),
         accounts=summary,
         notes=notes if reservation.excluded else [],
     )

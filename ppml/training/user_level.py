@@ -191,7 +191,7 @@ class _StepKernel:
         noise = torch.normal(0.0, self.sigma * self.clip, size=(size,), generator=generator)
         noisy = (total + noise) / max(expected, 1e-12)
         offset = 0
-        for name, parameter in self.model.named_parameters():
+        for parameter in self.model.parameters():
             count = parameter.numel()
             parameter.grad = noisy[offset : offset + count].view_as(parameter).clone()
             offset += count

@@ -34,13 +34,13 @@ def _planned(index: int = 0, sigma: float = SIGMA, steps: int = STEPS) -> Planne
     return PlannedRun(index, f"fp{index}", {"test": True}, "rdp", 1.0, 1e-5, sigma, sigma, RATE, steps, 1.0)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _own_rdp(order: float, runs: int, sigma: float = SIGMA, steps: int = STEPS) -> float:
     """Independent of the ledger: Opacus' RDP of the subsampled Gaussian over all steps, ``runs`` times."""
     return runs * float(rdp_analysis.compute_rdp(q=RATE, noise_multiplier=sigma, steps=steps, orders=[order])[0])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _tight_epsilon(runs: int) -> float:
     """Opacus' RDP accountant over all its orders (the tightest RDP bound of the same history)."""
     accountant = RDPAccountant()
