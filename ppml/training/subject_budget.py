@@ -87,6 +87,7 @@ def train_subjects_within_budget(
     if not candidates or validation.n == 0:
         raise input_error("training request", "candidates", "nothing to train or validate", "pass both")
     unique = sorted(set(names.tolist()))
+    dp.check_delta_for(len(unique), train.name)  # per person: delta below 1 / (number of subjects)
     plans = [plan_user_level(len(unique), config, dp) for config in candidates]
     planned = [
         planned_run(i, train, config, dp, plan, described=describe(plan))
