@@ -9,10 +9,10 @@ with runs x subjects.
 **The filter** (soundness in docs/training.md). Every run is charged by its Renyi-DP at one order ``alpha``
 fixed per data set when its first subject-unit reservation is made (from the lifetime budget alone, never from
 data). A subject is eligible for a run only if its composed RDP plus the run's RDP stays within
-``B = lifetime_epsilon - log(1/lifetime_delta) / (alpha - 1)``; otherwise it is excluded from the run's training
-set and counted. By Feldman & Zrnic (2021, Thm. 3.1, individual Renyi filter) the whole adaptive sequence is then
-``(alpha, B)``-RDP for every subject, i.e. ``(lifetime_epsilon, lifetime_delta)``-DP (the RDP conversion of
-Balle et al. 2020, Thm. 21, at that one order).
+``B = lifetime_epsilon - conv(alpha, lifetime_delta)`` (``conv``: the RDP-to-(epsilon, delta) conversion at one
+order, Balle et al. 2020, Thm. 21); otherwise it is excluded from the run's training set and counted. By the
+individual Renyi filter of Feldman & Zrnic (2021, "Individual privacy accounting via a Renyi filter") the whole
+adaptive sequence is then ``(alpha, B)``-RDP for every subject, i.e. ``(lifetime_epsilon, lifetime_delta)``-DP.
 
 **Crash safety** is the data-set ledger's: the cohort moves happen in the reservation's transaction, under the
 data set's lock row (concurrent reservations serialise and see each other), at the run's full planned charge; a
