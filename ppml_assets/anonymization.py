@@ -1,15 +1,7 @@
 """Step 2c: anonymization of the training window with the ARX-compatible engine, and the OpenDP summary."""
 
 import pandas as pd
-from dagster import (
-    AssetCheckExecutionContext,
-    AssetCheckResult,
-    AssetExecutionContext,
-    AssetIn,
-    MetadataValue,
-    asset,
-    asset_check,
-)
+from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetExecutionContext, MetadataValue
 
 from ppml.anonymization.policy_config import config_from_policy, rules_from_policy, with_missing_values
 from ppml.anonymization.release_safety import safe_release
@@ -20,7 +12,8 @@ from ppml.expectations import anonymized_records_suite
 from ppml.ledger import LifetimeBudget
 from ppml.policy import IdentifierAction, LoadedPolicy
 from ppml_assets.common import data_scope, latest_metadata, open_ledger
-from ppml_assets.settings import daily_partitions, training_window, window_partition_keys
+from ppml_assets.graph import policy_asset, policy_asset_check
+from ppml_assets.settings import window_partition_keys
 from resources import AssetStore, LedgerResource, PolicyResource
 
 
@@ -39,12 +32,7 @@ def released_columns(loaded: LoadedPolicy, deidentified_columns: list[str]) -> l
     return [column for column in deidentified_columns if column not in dropped]
 
 
-@asset(
-    group_name="anonymization",
-    partitions_def=daily_partitions,
-    ins={"deidentified_records": AssetIn(partition_mapping=training_window)},
-    kinds={"pandas", "parquet"},
-)
+@policy_asset(group_name="anonymization", window_inputs=["deidentified_records"], kinds={"pandas", "parquet"})
 def anonymized_records(
     context: AssetExecutionContext, deidentified_records: pd.DataFrame, policy: PolicyResource
 ) -> pd.DataFrame:
@@ -91,17 +79,19 @@ def anonymized_records(
     return result.data
 
 
-def training_window_input(context: AssetCheckExecutionContext, asset_store: AssetStore) -> pd.DataFrame:
+def training_window_input(
+    context: AssetCheckExecutionContext, asset_store: AssetStore, loaded: LoadedPolicy
+) -> pd.DataFrame:
     """The de-identified window an as-of partition was anonymized from, read independently of the asset.
 
     (Asset-check inputs do not honour partition mappings, so the window is resolved explicitly here.)
     """
     as_of = context.partition_key
-    days = window_partition_keys(as_of)
+    days = window_partition_keys(as_of, loaded.policy.collection.training_window_days)
     return pd.concat([asset_store.read_stored("deidentified_records", day) for day in days], ignore_index=True)
 
 
-@asset_check(asset=anonymized_records, blocking=True, partitions_def=daily_partitions)
+@policy_asset_check(asset="anonymized_records", blocking=True)
 def anonymized_records_expectations(
     context: AssetCheckExecutionContext,
     anonymized_records: pd.DataFrame,
@@ -111,8 +101,9 @@ def anonymized_records_expectations(
     """GX suite: exactly the release schema (no direct identifier, minus the columns release safety dropped),
     every class >= k, distinct-l per class, and suppression within the limit."""
     loaded = policy.load()
-    deidentified_records = training_window_input(context, asset_store)
-    safety = latest_metadata(context.instance, "anonymized_records", context.partition_key).get("release_safety")
+    deidentified_records = training_window_input(context, asset_store, loaded)
+    anonymized = asset_store.asset_key("anonymized_records")
+    safety = latest_metadata(context.instance, anonymized, context.partition_key).get("release_safety")
     dropped = set((safety or {}).get("dropped", []))
     outcome = anonymized_records_suite(
         loaded.policy,
@@ -127,13 +118,14 @@ def anonymized_records_expectations(
     )
 
 
-def release_handles(instance, partition_key: str) -> list[str]:  # type: ignore[no-untyped-def]
+def release_handles(instance, partition_key: str, asset_store: AssetStore) -> list[str]:  # type: ignore[no-untyped-def]
     """The released columns the release-safety step kept as possible handles (quasi-identifiers of its search)."""
-    safety = latest_metadata(instance, "anonymized_records", partition_key).get("release_safety") or {}
+    anonymized = asset_store.asset_key("anonymized_records")
+    safety = latest_metadata(instance, anonymized, partition_key).get("release_safety") or {}
     return list(safety.get("handles", []))
 
 
-@asset_check(asset=anonymized_records, blocking=True, partitions_def=daily_partitions)
+@policy_asset_check(asset="anonymized_records", blocking=True)
 def privacy_models_hold(
     context: AssetCheckExecutionContext,
     anonymized_records: pd.DataFrame,
@@ -143,10 +135,10 @@ def privacy_models_hold(
     """Independent re-verification of every model (k, each l-diversity variant, each t-closeness variant,
     suppression) on the stored release, against the de-identified window as the reference distribution."""
     loaded = policy.load()
-    deidentified_records = training_window_input(context, asset_store)
+    deidentified_records = training_window_input(context, asset_store, loaded)
     config = config_from_policy(loaded, source="anonymized_records")
     config = with_missing_values(config, deidentified_records, loaded.policy.schema_.missing_value_marker)
-    handles = release_handles(context.instance, context.partition_key)
+    handles = release_handles(context.instance, context.partition_key, asset_store)
     violations = verify_release(
         anonymized_records,
         config,
@@ -173,16 +165,21 @@ def privacy_models_hold(
     )
 
 
-@asset(group_name="anonymization", partitions_def=daily_partitions, kinds={"opendp", "json"})
+@policy_asset(group_name="anonymization", kinds={"opendp", "json"})
 def dp_statistics(
-    context: AssetExecutionContext, anonymized_records: pd.DataFrame, policy: PolicyResource, ledger: LedgerResource
+    context: AssetExecutionContext,
+    anonymized_records: pd.DataFrame,
+    policy: PolicyResource,
+    ledger: LedgerResource,
+    asset_store: AssetStore,
 ) -> dict:
     """A differentially private summary of the release (OpenDP): counts per category and clamped means,
     spending the policy's own ``dp_statistics_epsilon`` -- charged to the lifetime ledger (pure epsilon-DP) before
     it reads a record, and refused when the lifetime budget would be exceeded."""
     loaded = policy.load()
     roles = loaded.policy.schema_
-    public = latest_metadata(context.instance, "anonymized_records", context.partition_key).get("public_categories", {})
+    anonymized = asset_store.asset_key("anonymized_records")
+    public = latest_metadata(context.instance, anonymized, context.partition_key).get("public_categories", {})
     categorical = {
         column: public.get(column, loaded.policy.schema_.label_values if column == roles.label.column else None) or None
         for column in [*roles.quasi_identifiers, roles.label.column]

@@ -9,20 +9,17 @@ from dagster import (
     AssetExecutionContext,
     BackfillPolicy,
     MetadataValue,
-    asset,
-    asset_check,
 )
 
 from ppml.collection import collect_partition, read_erasure_list
 from ppml.expectations import raw_records_suite
+from ppml_assets.graph import policy_asset, policy_asset_check
 from ppml_assets.requirements import require_current_policy
-from ppml_assets.settings import daily_partitions
 from resources import PolicyResource, RecordSource
 
 
-@asset(
+@policy_asset(
     group_name="collection",
-    partitions_def=daily_partitions,
     backfill_policy=BackfillPolicy.single_run(),
     kinds={"pandas", "parquet"},
 )
@@ -78,7 +75,7 @@ def raw_records(
     return per_day if len(per_day) > 1 else next(iter(per_day.values()))
 
 
-@asset_check(asset=raw_records, blocking=True, partitions_def=daily_partitions)
+@policy_asset_check(asset="raw_records", blocking=True)
 def raw_records_expectations(raw_records: pd.DataFrame, policy: PolicyResource) -> AssetCheckResult:
     """GX suite: schema, types, not-null and plausible ranges of the collected records."""
     outcome = raw_records_suite(policy.load().policy, raw_records)

@@ -90,7 +90,7 @@ def data_scope(loaded: LoadedPolicy, as_of: str, train: TabularSplit | None = No
     not disjoint in people."""
     return DataScope(
         dataset=loaded.policy.dataset.id,
-        partitions=tuple(window_partition_keys(as_of)),
+        partitions=tuple(window_partition_keys(as_of, loaded.policy.collection.training_window_days)),
         record_set_hash=train.record_set_hash() if train is not None else "",
     )
 
@@ -180,10 +180,14 @@ def run_attacks(
     return results
 
 
-def latest_metadata(instance: Any, asset_name: str, partition: str) -> dict[str, Any]:
-    """The metadata of an asset partition's latest materialization, as plain values ({} when never materialized)."""
+def latest_metadata(instance: Any, asset: str | AssetKey, partition: str) -> dict[str, Any]:
+    """The metadata of an asset partition's latest materialization, as plain values ({} when never materialized).
+
+    A name is an asset of the single-policy default graph; a policy graph's assets are passed by key
+    (``asset_store.asset_key(name)``)."""
+    key = asset if isinstance(asset, AssetKey) else AssetKey(asset)
     records = instance.fetch_materializations(
-        AssetRecordsFilter(asset_key=AssetKey(asset_name), asset_partitions=[partition]), limit=1
+        AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=1
     ).records
     if not records:
         return {}

@@ -17,8 +17,6 @@ from dagster import (
     AssetCheckResult,
     AssetExecutionContext,
     MetadataValue,
-    asset,
-    asset_check,
 )
 
 from ppml.anonymization.policy_config import config_from_policy
@@ -28,7 +26,8 @@ from ppml.evaluation import scan_for_identifiers
 from ppml.policy import IdentifierAction, LoadedPolicy
 from ppml.reporting import write_report
 from ppml_assets.common import latest_metadata
-from ppml_assets.settings import daily_partitions, window_partition_keys
+from ppml_assets.graph import policy_asset, policy_asset_check
+from ppml_assets.settings import window_partition_keys
 from resources import AssetStore, MlflowResource, PolicyResource, WorkspacePaths
 
 
@@ -152,19 +151,18 @@ def data_quality_results(instance: Any, run_id: str) -> list[dict[str, Any]]:
     return results
 
 
-def window_summary(instance: Any, as_of: str) -> dict[str, Any]:
-    days = window_partition_keys(as_of)
+def window_summary(instance: Any, as_of: str, days: list[str], asset_store: AssetStore) -> dict[str, Any]:
     excluded = 0
     collected = 0
     for day in days:
-        metadata = latest_metadata(instance, "raw_records", day)
+        metadata = latest_metadata(instance, asset_store.asset_key("raw_records"), day)
         per_day = metadata.get("rows_per_partition") or {}
         collected += int(per_day.get(day, {}).get("collected", 0))
         excluded += int(per_day.get(day, {}).get("excluded_by_erasure", 0))
     return {"first": days[0], "last": days[-1], "partitions": len(days), "collected": collected, "excluded": excluded}
 
 
-@asset(group_name="compliance", partitions_def=daily_partitions, kinds={"json"})
+@policy_asset(group_name="compliance", kinds={"json"})
 def compliance_status(
     context: AssetExecutionContext,
     privacy_requirements: dict,
@@ -184,11 +182,11 @@ def compliance_status(
     loaded = policy.load()
     as_of = context.partition_key
     instance = context.instance
-    window = window_summary(instance, as_of)
-    raw_window = pd.concat(
-        [asset_store.read_stored("raw_records", d) for d in window_partition_keys(as_of)], ignore_index=True
-    )
-    anonymization_report = latest_metadata(instance, "anonymized_records", as_of)["anonymization_report"]
+    days = window_partition_keys(as_of, loaded.policy.collection.training_window_days)
+    key = asset_store.asset_key
+    window = window_summary(instance, as_of, days, asset_store)
+    raw_window = pd.concat([asset_store.read_stored("raw_records", d) for d in days], ignore_index=True)
+    anonymization_report = latest_metadata(instance, key("anonymized_records"), as_of)["anonymization_report"]
     feature_names = [c for c in training_features.columns if c not in ("label", "split")]
     evidence: dict[str, Any] = {
         "as_of": as_of,
@@ -210,13 +208,17 @@ def compliance_status(
             "rows_deidentified": anonymization_report["records_in"],
             "identifier_actions": {k: v.value for k, v in loaded.policy.schema_.direct_identifiers.items()},
             "hashes": {
-                "anonymized_records": latest_metadata(instance, "anonymized_records", as_of).get("content_sha256", ""),
-                "training_features": latest_metadata(instance, "training_features", as_of).get("content_sha256", ""),
+                "anonymized_records": latest_metadata(instance, key("anonymized_records"), as_of).get(
+                    "content_sha256", ""
+                ),
+                "training_features": latest_metadata(instance, key("training_features"), as_of).get(
+                    "content_sha256", ""
+                ),
             },
         },
         "anonymization": anonymization_evidence(anonymized_records, anonymization_report, loaded),
         "preparation": {
-            **latest_metadata(instance, "cleaned_records", as_of).get("preparation_report", {}),
+            **latest_metadata(instance, key("cleaned_records"), as_of).get("preparation_report", {}),
             "max_share_below_k": loaded.policy.preparation.max_share_below_k,
         },
         "features": {
@@ -305,13 +307,7 @@ def _verdict_table(checks: list[dict]) -> str:
 
 
 def _gate_check(requirement: str, description: str):  # type: ignore[no-untyped-def]
-    @asset_check(
-        asset="compliance_status",
-        name=requirement,
-        description=description,
-        blocking=True,
-        partitions_def=daily_partitions,
-    )
+    @policy_asset_check(asset="compliance_status", name=requirement, description=description, blocking=True)
     def gate(context: AssetCheckExecutionContext, compliance_status: dict) -> AssetCheckResult:
         verdict = next(c for c in compliance_status["checks"] if c["name"] == requirement)
         return AssetCheckResult(

@@ -1,15 +1,15 @@
-"""The ppml code location: every lifecycle stage, its checks, resources, schedules and sensors."""
+"""The ppml code location: every lifecycle stage, its checks, resources, schedules and sensors.
+
+One graph per policy (ppml_assets/graph.py): the single PPML_POLICY (or the bundled policy) unprefixed, or every
+policy in PPML_POLICY_DIR side by side, each under its own key prefix, groups, jobs, schedules, sensor and
+policy, asset-store and report resources.
+"""
 
 import os
 from pathlib import Path
+from typing import Any
 
-from dagster import (
-    Definitions,
-    EnvVar,
-    load_asset_checks_from_modules,
-    load_assets_from_modules,
-    multiprocess_executor,
-)
+from dagster import Definitions, EnvVar, multiprocess_executor
 
 from ppml.errors import input_error
 from ppml_assets import (
@@ -25,7 +25,8 @@ from ppml_assets import (
     requirements,
     training,
 )
-from ppml_assets.jobs import collection_job, reevaluation_job, requirements_job, training_job
+from ppml_assets.graph import DEFAULT_GRAPH, PolicyGraph, graph_assets, policy_graphs_from_env
+from ppml_assets.jobs import collection_job, jobs_for, reevaluation_job, requirements_job, training_job
 from ppml_assets.settings import POLICY_PATH, PPML_HOME, default_ledger_url, default_mlflow_tracking_uri
 from resources import (
     AssetStore,
@@ -40,6 +41,7 @@ from resources import (
     WorkspacePaths,
 )
 from sensors import daily_collection_schedule, drift_sensor, weekly_retraining_schedule
+from sensors.automation import automation_for
 
 STAGE_MODULES = [
     requirements,
@@ -95,6 +97,35 @@ def _check_database_url(url: str) -> None:
         ) from None
 
 
+def shared_resources(
+    home: Path,
+    record_source: RecordSource,
+    hmac_key: str | EnvVar,
+    mlflow_tracking_uri: str,
+    mlflow_artifacts: str,
+    ledger_url: str,
+) -> dict[str, object]:
+    """The resources every policy graph shares: source, key, MLflow, the ledger (scoped by dataset.id) and the IO
+    manager (which stores by asset key, so prefixed graphs write under ``assets/<prefix>/``)."""
+    return {
+        "io_manager": LocalFileIOManager(base_dir=str(home / "assets")),
+        "record_source": record_source,
+        "pseudonym_key": PseudonymizationKey(hmac_key=hmac_key),
+        "mlflow": MlflowResource(tracking_uri=mlflow_tracking_uri, artifact_location=mlflow_artifacts),
+        "ledger": LedgerResource(url=ledger_url),
+    }
+
+
+def graph_resources(graph: PolicyGraph, home: Path, policy_path: Path | None = None) -> dict[str, object]:
+    """One graph's own resources, under its resource keys: its policy, its asset store and its report and
+    checkpoint folders (``reports/<prefix>/<as-of>/``)."""
+    return {
+        graph.name("policy"): PolicyResource(path=str(policy_path or graph.policy_path)),
+        graph.name("asset_store"): AssetStore(base_dir=str(home / "assets"), key_prefix=graph.prefix),
+        graph.name("paths"): WorkspacePaths(home=str(home), scope=graph.prefix),
+    }
+
+
 def build_resources(
     home: Path,
     policy_path: Path,
@@ -104,38 +135,57 @@ def build_resources(
     mlflow_artifacts: str,
     ledger_url: str,
 ) -> dict[str, object]:
-    """Every resource the stages need, for one workspace (the code location's, or a test's private one)."""
-    return {
-        "io_manager": LocalFileIOManager(base_dir=str(home / "assets")),
-        "asset_store": AssetStore(base_dir=str(home / "assets")),
-        "policy": PolicyResource(path=str(policy_path)),
-        "record_source": record_source,
-        "pseudonym_key": PseudonymizationKey(hmac_key=hmac_key),
-        "mlflow": MlflowResource(tracking_uri=mlflow_tracking_uri, artifact_location=mlflow_artifacts),
-        "ledger": LedgerResource(url=ledger_url),
-        "paths": WorkspacePaths(home=str(home)),
-    }
+    """Every resource the default graph needs, for one workspace (the code location's, or a test's private one)."""
+    shared = shared_resources(home, record_source, hmac_key, mlflow_tracking_uri, mlflow_artifacts, ledger_url)
+    return shared | graph_resources(DEFAULT_GRAPH, home, policy_path)
 
 
-def resources_from_env() -> dict[str, object]:
+def resources_from_env(graphs: list[PolicyGraph]) -> dict[str, object]:
     """The code location's resources: embedded defaults under PPML_HOME, overridden by environment variables."""
-    return build_resources(
+    resources = shared_resources(
         PPML_HOME,
-        POLICY_PATH,
         record_source_from_env(),
         EnvVar("PPML_HMAC_KEY"),
         default_mlflow_tracking_uri(),
         os.environ.get("PPML_MLFLOW_ARTIFACTS") or (PPML_HOME / "mlflow" / "artifacts").as_uri(),
         default_ledger_url(),
     )
+    for graph in graphs:
+        resources |= graph_resources(graph, PPML_HOME, POLICY_PATH if graph == DEFAULT_GRAPH else None)
+    return resources
 
 
-defs = Definitions(
-    assets=load_assets_from_modules(STAGE_MODULES),
-    asset_checks=load_asset_checks_from_modules(STAGE_MODULES),
-    jobs=[requirements_job, collection_job, training_job, reevaluation_job],
-    schedules=[daily_collection_schedule, weekly_retraining_schedule],
-    sensors=[drift_sensor],
-    resources=resources_from_env(),
-    executor=multiprocess_executor,
-)
+def graph_definitions(graph: PolicyGraph) -> tuple[list[Any], list[Any], list[Any], list[Any]]:
+    """One graph's assets, checks, jobs and automation (the default graph's are the module-level objects)."""
+    assets, checks = graph_assets(graph)
+    if graph == DEFAULT_GRAPH:
+        jobs = [requirements_job, collection_job, training_job, reevaluation_job]
+        return assets, checks, jobs, [daily_collection_schedule, weekly_retraining_schedule, drift_sensor]
+    jobs = jobs_for(graph)
+    unprefixed = {job.name.removeprefix(graph.name("")): job for job in jobs}
+    return assets, checks, jobs, automation_for(graph, unprefixed)
+
+
+def build_definitions(graphs: list[PolicyGraph], resources: dict[str, object]) -> Definitions:
+    """The code location for the given policy graphs, side by side in one Definitions."""
+    assets: list[Any] = []
+    checks: list[Any] = []
+    jobs: list[Any] = []
+    automation: list[Any] = []
+    for graph in graphs:
+        graph_parts = graph_definitions(graph)
+        for collected, part in zip((assets, checks, jobs, automation), graph_parts, strict=True):
+            collected.extend(part)
+    return Definitions(
+        assets=assets,
+        asset_checks=checks,
+        jobs=jobs,
+        schedules=[item for item in automation if not hasattr(item, "sensor_type")],
+        sensors=[item for item in automation if hasattr(item, "sensor_type")],
+        resources=resources,
+        executor=multiprocess_executor,
+    )
+
+
+POLICY_GRAPHS = policy_graphs_from_env()
+defs = build_definitions(POLICY_GRAPHS, resources_from_env(POLICY_GRAPHS))

@@ -7,22 +7,18 @@ import pandas as pd
 from dagster import (
     AssetCheckResult,
     AssetExecutionContext,
-    AssetIn,
     BackfillPolicy,
     MetadataValue,
-    asset,
-    asset_check,
 )
 
 from ppml.collection import frame_sha256
 from ppml.deidentification import deidentify, raw_identifier_leaks
-from ppml_assets.settings import daily_partitions
+from ppml_assets.graph import policy_asset, policy_asset_check
 from resources import PolicyResource, PseudonymizationKey
 
 
-@asset(
+@policy_asset(
     group_name="collection",
-    partitions_def=daily_partitions,
     backfill_policy=BackfillPolicy.single_run(),
     kinds={"pandas", "parquet"},
 )
@@ -64,12 +60,7 @@ def _checklist_markdown(rows: list[dict[str, str]]) -> str:
     return "\n".join(lines)
 
 
-@asset_check(
-    asset=deidentified_records,
-    blocking=True,
-    partitions_def=daily_partitions,
-    additional_ins={"raw_records": AssetIn()},
-)
+@policy_asset_check(asset="deidentified_records", blocking=True)
 def no_raw_direct_identifiers(
     deidentified_records: pd.DataFrame, raw_records: pd.DataFrame, policy: PolicyResource
 ) -> AssetCheckResult:

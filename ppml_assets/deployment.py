@@ -1,13 +1,13 @@
 """Step 7a: promotion to production. Downstream of every blocking gate check, so it runs only when all passed."""
 
-from dagster import AssetExecutionContext, asset
+from dagster import AssetExecutionContext
 
 from ppml.deployment import decide_promotion
-from ppml_assets.settings import daily_partitions
+from ppml_assets.graph import policy_asset
 from resources import MlflowResource, PolicyResource
 
 
-@asset(group_name="deployment", partitions_def=daily_partitions, kinds={"mlflow"})
+@policy_asset(group_name="deployment", kinds={"mlflow"})
 def registered_model(
     context: AssetExecutionContext,
     compliance_status: dict,

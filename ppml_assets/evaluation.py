@@ -8,7 +8,7 @@ weights never leave the process that trained it, so its aggregates (utility, att
 import dataclasses
 
 import pandas as pd
-from dagster import AssetExecutionContext, Config, MetadataValue, asset
+from dagster import AssetExecutionContext, Config, MetadataValue
 
 from ppml.deployment import ServedModel
 from ppml.evaluation import (
@@ -40,11 +40,11 @@ from ppml_assets.common import (
     selected_training_config,
     utility_summary,
 )
-from ppml_assets.settings import daily_partitions
+from ppml_assets.graph import policy_asset
 from resources import AssetStore, LedgerResource, MlflowResource, PolicyResource, WorkspacePaths
 
 
-@asset(group_name="evaluation", partitions_def=daily_partitions, kinds={"json"})
+@policy_asset(group_name="evaluation", kinds={"json"})
 def model_evaluation(
     context: AssetExecutionContext,
     dp_model: dict,
@@ -139,8 +139,9 @@ def _evaluate_on_partition(context, partition: str, model, loaded, asset_store, 
     as_of = context.partition_key
     fresh = asset_store.read_stored("deidentified_records", partition)
     config = with_missing_values(config_from_policy(loaded), fresh, loaded.policy.schema_.missing_value_marker)
-    anonymization = latest_metadata(context.instance, "anonymized_records", as_of)["anonymization_report"]
-    preparation = latest_metadata(context.instance, "cleaned_records", as_of)["preparation_report"]
+    key = asset_store.asset_key
+    anonymization = latest_metadata(context.instance, key("anonymized_records"), as_of)["anonymization_report"]
+    preparation = latest_metadata(context.instance, key("cleaned_records"), as_of)["preparation_report"]
     X, y = prepare_like_training(
         fresh,
         loaded.policy,
@@ -157,7 +158,7 @@ def _evaluate_on_partition(context, partition: str, model, loaded, asset_store, 
     return {"partition": partition, "records": len(y), **point, "meets_objectives": bool(meets)}
 
 
-@asset(group_name="evaluation", partitions_def=daily_partitions, kinds={"pytorch", "json"})
+@policy_asset(group_name="evaluation", kinds={"pytorch", "json"})
 def privacy_evaluation(
     context: AssetExecutionContext,
     dp_model: dict,
@@ -234,7 +235,7 @@ class AuditFaultInjection(Config):
     noise_multiplier_override: float | None = None
 
 
-@asset(group_name="evaluation", partitions_def=daily_partitions, pool="gpu", kinds={"pytorch", "json"})
+@policy_asset(group_name="evaluation", pool="gpu", kinds={"pytorch", "json"})
 def privacy_audit(
     context: AssetExecutionContext,
     config: AuditFaultInjection,

@@ -1,7 +1,14 @@
-"""Asset jobs: collection per day, the training lifecycle per as-of day, and re-evaluation after drift."""
+"""Asset jobs: collection per day, the training lifecycle per as-of day, and re-evaluation after drift.
+
+``jobs_for`` builds them for one policy graph (its asset keys, its job names); the module-level jobs are the
+single-policy default graph's, under the names they have always had.
+"""
+
+from typing import Any
 
 from dagster import AssetSelection, define_asset_job
 
+from ppml_assets.graph import DEFAULT_GRAPH, PolicyGraph
 from ppml_assets.settings import daily_partitions
 
 COLLECTION_ASSETS = ["raw_records", "deidentified_records"]
@@ -29,24 +36,38 @@ REEVALUATION_ASSETS = [
     "compliance_report",
 ]
 
-requirements_job = define_asset_job(
-    "requirements_job", selection=AssetSelection.assets("privacy_requirements"), description="Validate the policy."
-)
-collection_job = define_asset_job(
-    "collection_job",
-    selection=AssetSelection.assets(*COLLECTION_ASSETS),
-    partitions_def=daily_partitions,
-    description="Collect and de-identify one day (or a range of days in one run).",
-)
-training_job = define_asset_job(
-    "training_job",
-    selection=AssetSelection.assets(*TRAINING_ASSETS),
-    partitions_def=daily_partitions,
-    description="The lifecycle from anonymization to the compliance report, as of one day.",
-)
-reevaluation_job = define_asset_job(
-    "reevaluation_job",
-    selection=AssetSelection.assets(*REEVALUATION_ASSETS),
-    partitions_def=daily_partitions,
-    description="Re-run evaluation and the compliance gate for an as-of day (requested by the drift sensor).",
-)
+
+def jobs_for(graph: PolicyGraph) -> list[Any]:
+    """The requirements, collection, training and re-evaluation jobs of one policy graph, in that order."""
+
+    def select(names: list[str]) -> AssetSelection:
+        return AssetSelection.assets(*[graph.key(name) for name in names])
+
+    return [
+        define_asset_job(
+            graph.name("requirements_job"),
+            selection=select(["privacy_requirements"]),
+            description="Validate the policy.",
+        ),
+        define_asset_job(
+            graph.name("collection_job"),
+            selection=select(COLLECTION_ASSETS),
+            partitions_def=daily_partitions,
+            description="Collect and de-identify one day (or a range of days in one run).",
+        ),
+        define_asset_job(
+            graph.name("training_job"),
+            selection=select(TRAINING_ASSETS),
+            partitions_def=daily_partitions,
+            description="The lifecycle from anonymization to the compliance report, as of one day.",
+        ),
+        define_asset_job(
+            graph.name("reevaluation_job"),
+            selection=select(REEVALUATION_ASSETS),
+            partitions_def=daily_partitions,
+            description="Re-run evaluation and the compliance gate for an as-of day (requested by the drift sensor).",
+        ),
+    ]
+
+
+requirements_job, collection_job, training_job, reevaluation_job = jobs_for(DEFAULT_GRAPH)

@@ -1,19 +1,14 @@
 """Step 7b: the training window's reference profile that the drift sensor compares new partitions with."""
 
 import pandas as pd
-from dagster import AssetExecutionContext, AssetIn, MetadataValue, asset
+from dagster import AssetExecutionContext, MetadataValue
 
 from ppml.monitoring import build_profile
-from ppml_assets.settings import daily_partitions, training_window
+from ppml_assets.graph import policy_asset
 from resources import PolicyResource
 
 
-@asset(
-    group_name="monitoring",
-    partitions_def=daily_partitions,
-    ins={"deidentified_records": AssetIn(partition_mapping=training_window)},
-    kinds={"pandas", "json"},
-)
+@policy_asset(group_name="monitoring", window_inputs=["deidentified_records"], kinds={"pandas", "json"})
 def drift_reference(context: AssetExecutionContext, deidentified_records: pd.DataFrame, policy: PolicyResource) -> dict:
     """Per-feature category and decile counts of the training window (aggregates only, no records)."""
     roles = policy.load().policy.schema_

@@ -3,16 +3,16 @@
 import time
 
 import pandas as pd
-from dagster import AssetCheckResult, AssetExecutionContext, MetadataValue, asset, asset_check
+from dagster import AssetCheckResult, AssetExecutionContext, MetadataValue
 
 from ppml.collection import frame_sha256
 from ppml.expectations import cleaned_records_suite
 from ppml.preparation import LABEL_COLUMN, SPLIT_COLUMN, SPLITS, SplitRatios, clean_records, encode_features
-from ppml_assets.settings import daily_partitions
+from ppml_assets.graph import policy_asset, policy_asset_check
 from resources import PolicyResource
 
 
-@asset(group_name="preparation", partitions_def=daily_partitions, kinds={"pandas", "parquet"})
+@policy_asset(group_name="preparation", kinds={"pandas", "parquet"})
 def cleaned_records(
     context: AssetExecutionContext, anonymized_records: pd.DataFrame, policy: PolicyResource
 ) -> pd.DataFrame:
@@ -43,7 +43,7 @@ def cleaned_records(
     return cleaned
 
 
-@asset_check(asset=cleaned_records, blocking=True, partitions_def=daily_partitions)
+@policy_asset_check(asset="cleaned_records", blocking=True)
 def cleaned_records_expectations(cleaned_records: pd.DataFrame, policy: PolicyResource) -> AssetCheckResult:
     """GX suite: exactly the selected features plus label and split, no nulls, binary label, known splits."""
     roles = policy.load().policy.schema_
@@ -58,7 +58,7 @@ def cleaned_records_expectations(cleaned_records: pd.DataFrame, policy: PolicyRe
     )
 
 
-@asset(group_name="preparation", partitions_def=daily_partitions, kinds={"pandas", "parquet"})
+@policy_asset(group_name="preparation", kinds={"pandas", "parquet"})
 def training_features(context: AssetExecutionContext, cleaned_records: pd.DataFrame) -> pd.DataFrame:
     """One-hot encoded features (readable names such as ``age=20-39``), label and split."""
     categorical = [c for c in cleaned_records.columns if c not in (LABEL_COLUMN, SPLIT_COLUMN)]

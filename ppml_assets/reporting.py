@@ -1,13 +1,13 @@
 """Step 8: the compliance report (HTML) and evidence.json, with the final promotion decision."""
 
-from dagster import AssetExecutionContext, MetadataValue, asset
+from dagster import AssetExecutionContext, MetadataValue
 
 from ppml.reporting import write_report
-from ppml_assets.settings import daily_partitions
+from ppml_assets.graph import policy_asset
 from resources import WorkspacePaths
 
 
-@asset(group_name="reporting", partitions_def=daily_partitions, kinds={"html", "json"})
+@policy_asset(group_name="reporting", kinds={"html", "json"})
 def compliance_report(
     context: AssetExecutionContext, compliance_status: dict, registered_model: dict, paths: WorkspacePaths
 ) -> dict:

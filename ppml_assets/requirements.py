@@ -1,11 +1,12 @@
 """Step 1: the validated, versioned policy as an asset every other stage depends on."""
 
-from dagster import AssetExecutionContext, MetadataValue, asset
+from dagster import AssetExecutionContext, MetadataValue
 
+from ppml_assets.graph import policy_asset
 from resources import PolicyResource
 
 
-@asset(group_name="requirements", kinds={"yaml"})
+@policy_asset(group_name="requirements", partitioned=False, kinds={"yaml"})
 def privacy_requirements(context: AssetExecutionContext, policy: PolicyResource) -> dict:
     """The policy file, validated; its content hash versions every artefact downstream."""
     loaded = policy.load()

@@ -79,10 +79,12 @@ training_window = TimeWindowPartitionMapping(
 )
 
 
-def window_partition_keys(as_of: str) -> list[str]:
-    """The daily partitions of the training window ending ``as_of`` (clipped at the first partition)."""
+def window_partition_keys(as_of: str, days: int | None = None) -> list[str]:
+    """The daily partitions of the ``days``-day training window ending ``as_of`` (clipped at the first
+    partition); ``days`` defaults to the single-policy default's window."""
     last = date.fromisoformat(as_of)
-    first = max(last - timedelta(days=training_window_days() - 1), date.fromisoformat(PARTITIONS_START))
+    days = days or training_window_days()
+    first = max(last - timedelta(days=days - 1), date.fromisoformat(PARTITIONS_START))
     return [(first + timedelta(days=offset)).isoformat() for offset in range((last - first).days + 1)]
 
 

@@ -5,7 +5,7 @@ import json
 from typing import Any
 
 import pandas as pd
-from dagster import AssetCheckResult, AssetCheckSeverity, AssetExecutionContext, MetadataValue, asset, asset_check
+from dagster import AssetCheckResult, AssetCheckSeverity, AssetExecutionContext, MetadataValue
 
 from ppml.deployment import register_version
 from ppml.errors import PPMLError
@@ -26,7 +26,8 @@ from ppml_assets.common import (
     training_configs,
     utility_summary,
 )
-from ppml_assets.settings import daily_partitions, window_partition_keys
+from ppml_assets.graph import policy_asset, policy_asset_check
+from ppml_assets.settings import window_partition_keys
 from resources import AssetStore, LedgerResource, MlflowResource, PolicyResource, WorkspacePaths
 
 #: DP training asks the deployment for a GPU: runs carry the tag the QueuedRunCoordinator rations
@@ -40,7 +41,10 @@ GPU_OP_TAGS = {
 def lineage_tags(context: AssetExecutionContext, loaded: LoadedPolicy, features_hash: str) -> dict[str, str]:
     return {
         TAG_DAGSTER_RUN: context.run.run_id,
-        TAG_PARTITIONS: f"as-of {context.partition_key} ({len(window_partition_keys(context.partition_key))} days)",
+        TAG_PARTITIONS: (
+            f"as-of {context.partition_key} "
+            f"({len(window_partition_keys(context.partition_key, loaded.policy.collection.training_window_days))} days)"
+        ),
         TAG_POLICY_HASH: loaded.content_hash,
         TAG_DATA_HASH: features_hash,
     }
@@ -51,9 +55,8 @@ def _features_hash(context: AssetExecutionContext) -> str:
     return str(event.asset_materialization.metadata["content_sha256"].value) if event else ""
 
 
-@asset(
+@policy_asset(
     group_name="training",
-    partitions_def=daily_partitions,
     pool="gpu",
     op_tags=GPU_OP_TAGS,
     kinds={"pytorch", "opacus", "mlflow"},
@@ -230,7 +233,7 @@ def completed_training(asset_store: AssetStore, partition: str, identity: str, c
     return stored
 
 
-@asset(group_name="training", partitions_def=daily_partitions, kinds={"scikit-learn", "pytorch", "mlflow"})
+@policy_asset(group_name="training", kinds={"scikit-learn", "pytorch", "mlflow"})
 def non_private_baseline(
     context: AssetExecutionContext,
     training_features: pd.DataFrame,
@@ -306,9 +309,8 @@ def non_private_baseline(
     return summary
 
 
-@asset(
+@policy_asset(
     group_name="training",
-    partitions_def=daily_partitions,
     # after everything that charges the ledger in a run, so the figure includes all of it
     deps=["dp_model", "privacy_audit", "privacy_evaluation", "dp_statistics"],
     kinds={"json"},
@@ -359,7 +361,7 @@ def privacy_budget(
     }
 
 
-@asset_check(asset=privacy_budget, partitions_def=daily_partitions)
+@policy_asset_check(asset="privacy_budget")
 def budget_not_near_exhaustion(privacy_budget: dict) -> AssetCheckResult:
     """A warning (not a gate) when less than a fifth of the lifetime budget is left: the next retrainings will be
     refused, so the data protection officer should plan (new data, a lower per-run epsilon, or a budget review)."""

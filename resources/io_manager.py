@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from dagster import ConfigurableIOManager, ConfigurableResource, InputContext, MetadataValue, OutputContext
+from dagster import AssetKey, ConfigurableIOManager, ConfigurableResource, InputContext, MetadataValue, OutputContext
 
 from ppml.errors import PPMLError
 from ppml.private_files import PRIVATE_FILE_MODE, private_dir
@@ -83,12 +83,21 @@ class LocalFileIOManager(ConfigurableIOManager):
 
 
 class AssetStore(ConfigurableResource):
-    """Read access to what LocalFileIOManager stored, for checks and sensors that resolve partitions themselves."""
+    """Read access to what LocalFileIOManager stored, for checks and sensors that resolve partitions themselves.
+
+    ``key_prefix`` is the policy graph's asset key prefix (empty for the single-policy default): names given to
+    ``read_stored`` and ``asset_key`` are that graph's assets, stored under ``<base_dir>/<prefix>/<asset>/``.
+    """
 
     base_dir: str
+    key_prefix: str = ""
+
+    def asset_key(self, asset: str) -> AssetKey:
+        """The key of one of this graph's assets, named as in the stage modules."""
+        return AssetKey([*filter(None, [self.key_prefix]), *asset.split("/")])
 
     def read_stored(self, asset: str, partition: str | None = None) -> Any:
-        stem = Path(self.base_dir, *asset.split("/")) / (partition or "latest")
+        stem = Path(self.base_dir, *self.asset_key(asset).path) / (partition or "latest")
         parquet, document = stem.with_suffix(".parquet"), stem.with_suffix(".json")
         if parquet.is_file():
             return pd.read_parquet(parquet)

@@ -72,17 +72,19 @@ class PseudonymizationKey(ConfigurableResource):
 
 
 class WorkspacePaths(ConfigurableResource):
-    """Folders under PPML_HOME for reports and training checkpoints."""
+    """Folders under PPML_HOME for reports and training checkpoints; ``scope`` (a policy graph's key prefix)
+    gives each policy of a multi-policy code location its own folders, so as-of days never collide."""
 
     home: str
+    scope: str = ""
 
     @property
     def reports_dir(self) -> Path:
-        return Path(self.home) / "reports"
+        return Path(self.home, "reports", *filter(None, [self.scope]))
 
     @property
     def checkpoints_dir(self) -> Path:
-        return Path(self.home) / "checkpoints"
+        return Path(self.home, "checkpoints", *filter(None, [self.scope]))
 
 
 class MlflowResource(ConfigurableResource):

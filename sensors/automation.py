@@ -5,16 +5,21 @@
   the privacy-budget ledger refuses the run when the lifetime budget would be exceeded.
 - ``drift_sensor`` compares the newest collected partition with the training reference (PSI per feature) and
   requests a re-evaluation run when the largest PSI passes the policy's threshold.
+
+``automation_for`` builds the three for one policy graph (its jobs, its policy's cron, its resources); the
+module-level ones are the single-policy default graph's.
 """
 
 from datetime import timedelta
+from typing import Any
 
 from dagster import (
-    AssetKey,
     DefaultScheduleStatus,
     DefaultSensorStatus,
     RunRequest,
+    ScheduleDefinition,
     ScheduleEvaluationContext,
+    SensorDefinition,
     SensorEvaluationContext,
     SkipReason,
     build_schedule_from_partitioned_job,
@@ -24,22 +29,12 @@ from dagster import (
 
 from ppml.monitoring import drift_against
 from ppml.policy import load_policy
+from ppml_assets.graph import DEFAULT_GRAPH, PolicyGraph, rename_resources
 from ppml_assets.jobs import collection_job, reevaluation_job, training_job
-from ppml_assets.settings import POLICY_PATH
 from resources import AssetStore, PolicyResource
 
-daily_collection_schedule = build_schedule_from_partitioned_job(
-    collection_job, hour_of_day=1, name="daily_collection_schedule", default_status=DefaultScheduleStatus.STOPPED
-)
 
-
-@schedule(
-    job=training_job,
-    cron_schedule=load_policy(POLICY_PATH, check_files=False).policy.monitoring.retrain_cron,
-    name="weekly_retraining_schedule",
-    default_status=DefaultScheduleStatus.STOPPED,
-)
-def weekly_retraining_schedule(context: ScheduleEvaluationContext) -> RunRequest:
+def weekly_retraining(context: ScheduleEvaluationContext) -> RunRequest:
     """Retrain as of the day before the scheduled time (that day's collection has finished by then)."""
     as_of = (context.scheduled_execution_time - timedelta(days=1)).date().isoformat()
     return RunRequest(
@@ -47,23 +42,17 @@ def weekly_retraining_schedule(context: ScheduleEvaluationContext) -> RunRequest
     )
 
 
-def _latest_partition(context: SensorEvaluationContext, asset: str) -> str | None:
-    event = context.instance.get_latest_materialization_event(AssetKey(asset))
+def _latest_partition(context: SensorEvaluationContext, asset_store: AssetStore, asset: str) -> str | None:
+    event = context.instance.get_latest_materialization_event(asset_store.asset_key(asset))
     if event is None or event.asset_materialization is None:
         return None
     return event.asset_materialization.partition
 
 
-@sensor(
-    job=reevaluation_job,
-    minimum_interval_seconds=3600,
-    name="drift_sensor",
-    default_status=DefaultSensorStatus.STOPPED,
-)
-def drift_sensor(context: SensorEvaluationContext, asset_store: AssetStore, policy: PolicyResource):  # type: ignore[no-untyped-def]
+def drift(context: SensorEvaluationContext, asset_store: AssetStore, policy: PolicyResource):  # type: ignore[no-untyped-def]
     """Request re-evaluation of the latest trained model when the newest partition has drifted."""
-    newest = _latest_partition(context, "raw_records")
-    trained_as_of = _latest_partition(context, "drift_reference")
+    newest = _latest_partition(context, asset_store, "raw_records")
+    trained_as_of = _latest_partition(context, asset_store, "drift_reference")
     if newest is None or trained_as_of is None:
         return SkipReason("nothing to compare yet: collect data and train a model first")
     if context.cursor == newest:
@@ -86,3 +75,34 @@ def drift_sensor(context: SensorEvaluationContext, asset_store: AssetStore, poli
             "ppml/drifted_features": ",".join(report.drifted_features)[:200],
         },
     )
+
+
+def automation_for(graph: PolicyGraph, jobs: dict[str, Any]) -> list[Any]:
+    """Daily collection, weekly retraining on the graph's policy cron, and the drift sensor, for one graph
+    (``jobs`` by their unprefixed names); all start stopped, as an operator turns them on."""
+    cron = load_policy(graph.policy_path, check_files=False).policy.monitoring.retrain_cron
+    collection: ScheduleDefinition = build_schedule_from_partitioned_job(
+        jobs["collection_job"],
+        hour_of_day=1,
+        name=graph.name("daily_collection_schedule"),
+        default_status=DefaultScheduleStatus.STOPPED,
+    )
+    retraining = schedule(
+        job=jobs["training_job"],
+        cron_schedule=cron,
+        name=graph.name("weekly_retraining_schedule"),
+        default_status=DefaultScheduleStatus.STOPPED,
+    )(weekly_retraining)
+    drift_sensor_def: SensorDefinition = sensor(
+        job=jobs["reevaluation_job"],
+        minimum_interval_seconds=3600,
+        name=graph.name("drift_sensor"),
+        default_status=DefaultSensorStatus.STOPPED,
+    )(rename_resources(drift, graph))
+    return [collection, retraining, drift_sensor_def]
+
+
+daily_collection_schedule, weekly_retraining_schedule, drift_sensor = automation_for(
+    DEFAULT_GRAPH,
+    {"collection_job": collection_job, "training_job": training_job, "reevaluation_job": reevaluation_job},
+)
