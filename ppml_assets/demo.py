@@ -24,7 +24,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.table import Table
 
 from ppml.data_days import landing_zone_days, partition_bounds, sql_days
-from ppml.errors import PPMLError
+from ppml.errors import PPMLError, input_error
 from ppml.landing_zone import ensure_bundled_landing_zone, landing_days, landing_file
 from ppml.workspace import prepare_workspace
 
@@ -107,6 +107,13 @@ def _failure_messages(result: Any) -> list[str]:
 
 
 def _prepared_workspace(console: Console, demo_key: str = "never") -> Any:
+    if os.environ.get("PPML_POLICY_DIR", "").strip():  # the code location would serve the folder, not one policy
+        raise input_error(
+            "environment",
+            "PPML_POLICY_DIR",
+            "ppml run and ppml demo run one policy, but a policy folder is set",
+            "unset PPML_POLICY_DIR for this command (the folder's graphs run through their prefixed jobs)",
+        )
     warnings.filterwarnings("ignore", message=r".*(currently in (beta|preview)|is deprecated).*")
     warnings.filterwarnings("ignore", category=UserWarning)
     logging.getLogger("mlflow").setLevel(logging.ERROR)

@@ -119,6 +119,23 @@ def test_policy_and_policy_folder_together_are_refused(tmp_path: Path, monkeypat
     _one_line(error.value, "environment", "field 'PPML_POLICY_DIR'", "unset one")
 
 
+@pytest.mark.parametrize("command", [["demo"], ["run", "--policy", str(GDPR_POLICY), "--landing-zone", "."]])
+def test_run_and_demo_refuse_a_policy_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list) -> None:
+    from typer.testing import CliRunner
+
+    from ppml.cli import app
+
+    for name in ("PPML_POLICY", "PPML_SOURCE", "PPML_LANDING_ZONE", "PPML_SOURCE_URL", "PPML_SOURCE_TABLE"):
+        monkeypatch.delenv(name, raising=False)  # the CLI sets them; restored after the test
+    monkeypatch.setenv("PPML_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("PPML_POLICY_DIR", str(two_policies(tmp_path)))
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "field 'PPML_POLICY_DIR'" in lines[0] and "fix:" in lines[0], result.output
+    assert not (tmp_path / "home").exists()  # refused before anything is written
+
+
 def _definitions(folder: Path, home: Path, landing: Path) -> tuple[list, Any]:
     from ppml_assets.definitions import build_definitions, graph_resources, shared_resources
     from ppml_assets.graph import discover_policy_graphs
