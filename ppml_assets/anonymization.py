@@ -8,6 +8,7 @@ from ppml.anonymization.release_safety import safe_release
 from ppml.anonymization.verify import class_statistics, verify_release
 from ppml.collection import frame_sha256
 from ppml.dp_statistics import release_dp_summary
+from ppml.errors import input_error
 from ppml.expectations import anonymized_records_suite
 from ppml.ledger import LifetimeBudget
 from ppml.policy import IdentifierAction, LoadedPolicy
@@ -45,6 +46,13 @@ def anonymized_records(
     """
     loaded = policy.load()
     window = context.asset_partition_keys_for_input("deidentified_records")
+    if list(window) != window_partition_keys(context.partition_key, loaded.policy.collection.training_window_days):
+        raise input_error(  # the partition mapping is static: it holds the window of the policy as loaded
+            str(loaded.path),
+            "collection.training_window_days",
+            f"changed since the code location loaded (it maps {len(window)} days)",
+            "reload the code location (dagster dev / the code server) so the graph reads the new window",
+        )
     columns = released_columns(loaded, list(deidentified_records.columns))
     config = config_from_policy(loaded, source=f"anonymized_records[{context.partition_key}]")
     config = with_missing_values(config, deidentified_records, loaded.policy.schema_.missing_value_marker)

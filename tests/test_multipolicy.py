@@ -126,7 +126,8 @@ def test_run_and_demo_refuse_a_policy_folder(tmp_path: Path, monkeypatch: pytest
     from ppml.cli import app
 
     for name in ("PPML_POLICY", "PPML_SOURCE", "PPML_LANDING_ZONE", "PPML_SOURCE_URL", "PPML_SOURCE_TABLE"):
-        monkeypatch.delenv(name, raising=False)  # the CLI sets them; restored after the test
+        monkeypatch.setenv(name, "")  # records the value before the test: the CLI sets these, teardown restores
+        monkeypatch.delenv(name)
     monkeypatch.setenv("PPML_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("PPML_POLICY_DIR", str(two_policies(tmp_path)))
     result = CliRunner().invoke(app, command)
@@ -179,7 +180,8 @@ def test_two_policies_materialize_side_by_side(tmp_path: Path, landing_zone: Pat
     as_of = three[-1]
     home = tmp_path / "home"
     # the HIPAA policy's window is 2 days: the partition mapping is the graph's own, not the default's
-    graphs, defs = _definitions(two_policies(tmp_path, collection__training_window_days=2), home, landing_zone)
+    folder = two_policies(tmp_path, collection__training_window_days=2)
+    graphs, defs = _definitions(folder, home, landing_zone)
     assert [graph.prefix for graph in graphs] == [GDPR, HIPAA]
     with instance_for_test() as instance:
         for prefix in (GDPR, HIPAA):
@@ -195,12 +197,13 @@ def test_two_policies_materialize_side_by_side(tmp_path: Path, landing_zone: Pat
                 AssetKey([prefix, "raw_records"]),
                 AssetKey([prefix, "deidentified_records"]),
             }
+        gdpr_selection = [AssetKey([GDPR, "anonymized_records"]), AssetKey([GDPR, "dp_statistics"])]
         gdpr = _run(
             defs,
             f"{GDPR}__training_job",
             instance,
             partition_key=as_of,
-            asset_selection=[AssetKey([GDPR, "anonymized_records"]), AssetKey([GDPR, "dp_statistics"])],
+            asset_selection=gdpr_selection,
         )
         assert gdpr.success
         hipaa = _run(defs, f"{HIPAA}__training_job", instance, partition_key=as_of)
@@ -212,6 +215,13 @@ def test_two_policies_materialize_side_by_side(tmp_path: Path, landing_zone: Pat
         assert _window_partitions(instance, GDPR, as_of) == 3
         assert _window_partitions(instance, HIPAA, as_of) == 2
         assert instance.get_materialized_partitions(AssetKey("raw_records")) == set()
+
+        # a window edited after the code location loaded is refused, not read with the loaded mapping
+        _set(folder / "adult_gdpr.yaml", "collection.training_window_days", 2)
+        assert _run(defs, f"{GDPR}__requirements_job", instance).success
+        stale = _run(defs, f"{GDPR}__training_job", instance, partition_key=as_of, asset_selection=gdpr_selection)
+        failure = next(e for e in stale.all_events if e.is_step_failure).event_specific_data.error.cause.message
+        assert "field 'collection.training_window_days': changed since the code location loaded" in failure
 
     for prefix in (GDPR, HIPAA):
         stored = sorted(p.name for p in (home / "assets" / prefix / "deidentified_records").iterdir())
