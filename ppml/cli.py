@@ -1,4 +1,4 @@
-"""The `ppml` command line (typer + rich): init, run, demo, ui, validate-policy, anonymize.
+"""The `ppml` command line (typer + rich): init, run, demo, ui, validate-policy, anonymize, erasure-status.
 
 typer gives typed options with generated help; rich renders the progress display and summary tables. Errors a
 user can cause are printed as one line on stderr with exit code 2, never as a traceback; anything unexpected is
@@ -242,6 +242,49 @@ def ui(
         finally:
             # SIGINT, SIGTERM and SIGHUP all end here: every server's whole process group is stopped.
             stop_groups(processes)
+
+
+@app.command("erasure-status")
+def erasure_status_command(
+    subject_id: Annotated[str, typer.Argument(help="The data subject's id, as the source and erasure list hold it.")],
+    policy: Annotated[Path, typer.Option(help="The policy the subject's records were collected under.")],
+) -> None:
+    """Where a subject's erasure reached: the request, the partitions, runs and model versions that included them."""
+    from mlflow import MlflowClient
+
+    from ppml.deidentification import hmac_key_from_env
+    from ppml.erasure import erasure_status, index_root
+    from ppml.policy import load_policy
+    from ppml.workspace import prepare_workspace
+
+    loaded = load_policy(policy)
+    workspace, _ = prepare_workspace(demo_key="reuse")  # the key of the workspace's pseudonyms (demo or exported)
+    root = index_root(workspace.home / "assets", loaded.policy)
+    client = MlflowClient(tracking_uri=workspace.mlflow_tracking_uri)
+    status = erasure_status(subject_id, loaded, hmac_key_from_env(), root, client)
+    if not status.known:
+        console.print("unknown subject")  # an answer, not an error: nothing here holds or held the id
+        return
+    request = status.requested
+    lines = [
+        "request: "
+        + (", ".join(f"{k} {v}" for k, v in request.items()) if request else "not on the erasure list")
+        + f"; policy action for affected versions: {status.action}",
+        "de-identified partitions still holding records: " + (", ".join(status.partitions) or "none"),
+        f"runs and model versions that included the subject: {len(status.runs) or 'none'}",
+    ]
+    for run in status.runs:
+        erasure = run["erasure"] or ("pending: the next training run applies it" if request else "not requested")
+        aliases = f" [{', '.join(run['aliases'])}]" if run["aliases"] else ""
+        lines.append(
+            f"  {run['model_name']} v{run['version']} as of {run['as_of']}: {run['records']} record(s) in "
+            f"{len(run['partitions'])} partition(s) {', '.join(run['partitions'])}; Dagster run "
+            f"{run['dagster_run_id']}, MLflow run {run['mlflow_run_id']}; registry: {run['registry']}{aliases}; "
+            f"erasure: {erasure}; per-person bound epsilon {run['person_epsilon_bound']:.4g}, "
+            f"delta {run['person_delta_bound']:.3g}"
+        )
+    for line in lines:
+        console.print(line, highlight=False, soft_wrap=True, markup=False)
 
 
 def _register_optional_commands() -> None:

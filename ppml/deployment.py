@@ -9,7 +9,7 @@ auditor why a version is or is not in production.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -132,3 +132,49 @@ class ServedModel:
         with torch.no_grad():
             probabilities = self.module(features)
         return probabilities[:, 1].numpy().astype(np.float64)
+
+
+def _is_promoted_and_clean(version: Any, excluded: set[str]) -> bool:
+    tags = version.tags or {}
+    return (
+        str(version.version) not in excluded
+        and tags.get("ppml.promotion") == "promoted"
+        and tags.get("ppml.erasure") != "affected"
+        and not tags.get("ppml.retired")
+    )
+
+
+def retire_versions(client: MlflowClient, model_name: str, versions: list[str]) -> dict[str, str | None]:
+    """Take the production alias away from retired versions: it moves to the newest promoted version that is
+    neither affected nor retired, or is removed when there is none (nothing is served until a retraining passes
+    the gate). Returns the production version before and after."""
+    before = current_production_version(client, model_name)
+    retired = set(versions)
+    for version in versions:
+        client.set_model_version_tag(model_name, version, "ppml.retired", "erasure")
+    if before is None or before not in retired:
+        return {"before": before, "after": before}
+    candidates = client.search_model_versions(f"name = '{model_name}'")
+    clean = sorted(
+        (v for v in candidates if _is_promoted_and_clean(v, retired)), key=lambda v: int(v.version), reverse=True
+    )
+    if clean:
+        after: str | None = str(clean[0].version)
+        client.set_registered_model_alias(model_name, PRODUCTION_ALIAS, after)
+    else:
+        after = None
+        client.delete_registered_model_alias(model_name, PRODUCTION_ALIAS)
+    return {"before": before, "after": after}
+
+
+def tag_erasure(client: MlflowClient, model_name: str, version: str, run_id: str | None, tags: dict[str, str]) -> None:
+    """Record on the registry version (and its training run) that an erasure request reached it."""
+    try:
+        client.get_model_version(model_name, version)
+    except MlflowException:
+        return  # the version was deleted from the registry: nothing left to tag
+    for key, value in tags.items():
+        client.set_model_version_tag(model_name, version, key, value)
+        if run_id:
+            with suppress(MlflowException):  # a deleted run: the version's tags are the record
+                client.set_tag(run_id, key, value)

@@ -331,6 +331,12 @@ class Collection(Strict):
         description="A subject id seen twice in one partition: refuse it, keep its first record, or allow it "
         "(data sets with several records per person).",
     )
+    erasure_action: Literal["retire", "keep"] = Field(
+        default="retire",
+        description="What happens to registered model versions trained on a subject who later asked for erasure: "
+        "retire (tagged retired, production alias moved away, the next run retrains without them) or keep (tagged, "
+        "with the per-person epsilon bound stated in the report).",
+    )
 
 
 class PreparationSettings(Strict):

@@ -8,6 +8,7 @@ from ppml.anonymization.release_safety import safe_release
 from ppml.anonymization.verify import class_statistics, verify_release
 from ppml.collection import frame_sha256
 from ppml.dp_statistics import release_dp_summary
+from ppml.erasure import exclude_erased, index_root, kept_rows
 from ppml.errors import input_error
 from ppml.expectations import anonymized_records_suite
 from ppml.ledger import LifetimeBudget
@@ -15,7 +16,7 @@ from ppml.policy import IdentifierAction, LoadedPolicy
 from ppml_assets.common import data_scope, latest_metadata, open_ledger
 from ppml_assets.graph import policy_asset, policy_asset_check
 from ppml_assets.settings import window_partition_keys
-from resources import AssetStore, LedgerResource, PolicyResource
+from resources import AssetStore, LedgerResource, PolicyResource, PseudonymizationKey
 
 
 def released_columns(loaded: LoadedPolicy, deidentified_columns: list[str]) -> list[str]:
@@ -35,7 +36,11 @@ def released_columns(loaded: LoadedPolicy, deidentified_columns: list[str]) -> l
 
 @policy_asset(group_name="anonymization", window_inputs=["deidentified_records"], kinds={"pandas", "parquet"})
 def anonymized_records(
-    context: AssetExecutionContext, deidentified_records: pd.DataFrame, policy: PolicyResource
+    context: AssetExecutionContext,
+    deidentified_records: pd.DataFrame,
+    policy: PolicyResource,
+    pseudonym_key: PseudonymizationKey,
+    asset_store: AssetStore,
 ) -> pd.DataFrame:
     """The training window generalized over the policy's hierarchies until k, l and t hold (optimal search),
     with every other released column tested as a re-identification handle and treated as the policy's
@@ -53,6 +58,11 @@ def anonymized_records(
             f"changed since the code location loaded (it maps {len(window)} days)",
             "reload the code location (dagster dev / the code server) so the graph reads the new window",
         )
+    # subjects who asked for erasure after their days were collected are left out here (ppml/erasure.py)
+    erasure_root = index_root(asset_store.base_dir, loaded.policy)
+    source = f"anonymized_records[{context.partition_key}]"
+    erasure = exclude_erased(deidentified_records, window, loaded, pseudonym_key.key(), erasure_root, source)
+    deidentified_records = erasure.records
     columns = released_columns(loaded, list(deidentified_records.columns))
     config = config_from_policy(loaded, source=f"anonymized_records[{context.partition_key}]")
     config = with_missing_values(config, deidentified_records, loaded.policy.schema_.missing_value_marker)
@@ -82,8 +92,10 @@ def anonymized_records(
             "public_categories": MetadataValue.json(result.public_categories),
             "content_sha256": frame_sha256(result.data),
             "seconds": round(result.seconds, 3),
+            **erasure.metadata(),
         }
     )
+    erasure.save(erasure_root, context.partition_key)
     return result.data
 
 
@@ -92,11 +104,13 @@ def training_window_input(
 ) -> pd.DataFrame:
     """The de-identified window an as-of partition was anonymized from, read independently of the asset.
 
-    (Asset-check inputs do not honour partition mappings, so the window is resolved explicitly here.)
+    (Asset-check inputs do not honour partition mappings, so the window is resolved explicitly here.) The
+    subjects the asset left out on erasure requests are left out here too.
     """
     as_of = context.partition_key
     days = window_partition_keys(as_of, loaded.policy.collection.training_window_days)
-    return pd.concat([asset_store.read_stored("deidentified_records", day) for day in days], ignore_index=True)
+    window = pd.concat([asset_store.read_stored("deidentified_records", day) for day in days], ignore_index=True)
+    return kept_rows(window, days, index_root(asset_store.base_dir, loaded.policy), as_of)
 
 
 @policy_asset_check(asset="anonymized_records", blocking=True)

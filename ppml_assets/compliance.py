@@ -226,7 +226,7 @@ def compliance_status(
             "rows": {s: int((training_features["split"] == s).sum()) for s in ("train", "validation", "test")},
         },
         "training": {
-            **{k: v for k, v in dp_model.items() if k not in ("feature_names", "candidates", "ledger")},
+            **{k: v for k, v in dp_model.items() if k not in ("feature_names", "candidates", "ledger", "erasure")},
             "baseline_run_id": None,
         },
         "ledger": dp_model["ledger"]
@@ -234,6 +234,7 @@ def compliance_status(
             "spent_all_runs": loaded.policy.privacy.lifetime_epsilon_budget - privacy_budget["remaining_epsilon"],
             "remaining_all_runs": privacy_budget["remaining_epsilon"],
         },
+        "erasure": dp_model.get("erasure"),  # versions an erasure request reached, and what was done (ppml/erasure.py)
         "model_evaluation": model_evaluation | {"report": None},
         "privacy_evaluation": privacy_evaluation,
         "audit": None if privacy_audit.get("skipped") else privacy_audit,

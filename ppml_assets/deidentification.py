@@ -13,8 +13,9 @@ from dagster import (
 
 from ppml.collection import frame_sha256
 from ppml.deidentification import deidentify, raw_identifier_leaks
+from ppml.erasure import index_root, record_day_tokens
 from ppml_assets.graph import policy_asset, policy_asset_check
-from resources import PolicyResource, PseudonymizationKey
+from resources import AssetStore, PolicyResource, PseudonymizationKey
 
 
 @policy_asset(
@@ -27,13 +28,17 @@ def deidentified_records(
     raw_records: pd.DataFrame,
     policy: PolicyResource,
     pseudonym_key: PseudonymizationKey,
+    asset_store: AssetStore,
 ) -> Any:
     """Direct identifiers dropped, HMAC-pseudonymized or generalized (HIPAA Safe Harbor) as the policy says."""
     started = time.perf_counter()
+    keys = context.partition_keys
     loaded = policy.load()
     key = pseudonym_key.key()
     event_date = loaded.policy.schema_.event_date
     out, report = deidentify(raw_records, loaded.policy, key, source="raw_records")
+    # erasure tokens beside each day, row-aligned (ppml/erasure.py): erasure requests reach later runs without raw ids
+    record_day_tokens(index_root(asset_store.base_dir, loaded.policy), raw_records, out, keys, loaded.policy, key)
     metadata = {
         "row_count": len(out),
         "columns": MetadataValue.json(list(out.columns)),
@@ -46,7 +51,6 @@ def deidentified_records(
         metadata["ages_top_coded"] = report.ages_top_coded
         metadata["zip3_restricted_to_000"] = report.zip3_restricted
     context.add_output_metadata(metadata)
-    keys = context.partition_keys
     if len(keys) == 1:
         return out
     # Rows keep their order, so the raw event date (read before de-identification) splits them per day.

@@ -8,6 +8,7 @@ import pandas as pd
 from dagster import AssetCheckResult, AssetCheckSeverity, AssetExecutionContext, MetadataValue
 
 from ppml.deployment import register_version
+from ppml.erasure import bind_run, index_root, propagate, snapshot_erased
 from ppml.errors import PPMLError
 from ppml.evaluation import utility_report
 from ppml.ledger import LifetimeBudget
@@ -87,11 +88,15 @@ def dp_model(
     dp = dp_config(loaded, splits["train"].n)
     configs = training_configs(loaded, splits["train"])
     identity = training_identity(loaded, context.partition_key, features_hash, scope.record_set_hash, configs, dp)
+    # Erasure requests reach the versions trained earlier on those subjects before anything can refuse this run
+    erasure_root = index_root(asset_store.base_dir, loaded.policy)
+    erased = snapshot_erased(erasure_root, context.partition_key)
+    erasure = propagate(erasure_root, erased, loaded.policy.collection.erasure_action, mlflow.client())
     completed = completed_training(asset_store, context.partition_key, identity, mlflow.client())
     if completed is not None:
         # The same logical training already finished (e.g. a later step crashed): reuse it, charge nothing.
         context.log.info(f"dp_model: reusing the completed training {completed['mlflow_run_id']}; no new charge")
-        summary = {**completed, "reused": True}
+        summary = {**completed, "reused": True, "erasure": erasure}
         context.add_output_metadata({**_dp_metadata(summary), "reused": True})
         return summary
     store = open_ledger(ledger.url, loaded)
@@ -121,6 +126,19 @@ def dp_model(
         result.model_uri,
         result.mlflow_run_id,
         {**tags, "ppml.epsilon": f"{result.epsilon:.6f}"},
+    )
+    bind_run(
+        erasure_root,
+        context.partition_key,
+        {
+            "model_name": model_name,
+            "version": version,
+            "mlflow_run_id": result.mlflow_run_id,
+            "dagster_run_id": context.run.run_id,
+            "epsilon": result.epsilon_including_selection,
+            "delta": result.delta,
+            "privacy_unit": loaded.policy.privacy.privacy_unit,
+        },
     )
     selected = result.model
     spent = result.lifetime_spent.epsilon
@@ -156,6 +174,7 @@ def dp_model(
         "candidates": [candidate.to_dict() for candidate in result.candidates],
         "feature_names": list(splits["train"].feature_names),
         "resumed": result.resumed,
+        "erasure": erasure,
         "ledger": {
             "scope": {
                 "dataset": scope.dataset,
