@@ -47,13 +47,10 @@ class SubsampledGaussian:
     def with_noise(self, noise_multiplier: float) -> SubsampledGaussian:
         return SubsampledGaussian(self.sample_rate, float(noise_multiplier), self.steps)
 
-    def epsilon(self, delta: float) -> float:
-        """Tight (PRV) epsilon at ``delta``."""
-        from opacus.accountants import PRVAccountant
-
-        accountant = PRVAccountant()
-        accountant.history = [(self.noise_multiplier, self.sample_rate, self.steps)]
-        return float(accountant.get_epsilon(delta))
+    def epsilon(self, delta: float, least_noise: float | None = None) -> float:
+        """Upper bound on epsilon at ``delta`` (PRV, the discretisation errors added)."""
+        composed = _composed(self, least_noise)
+        return float(composed.compute_epsilon(delta, DELTA_ERROR, EPSILON_ERROR)[2])
 
 
 @lru_cache(maxsize=64)
@@ -71,11 +68,8 @@ def _domain(sample_rate: float, steps: int, least_noise: float):  # type: ignore
 
 
 @lru_cache(maxsize=256)
-def privacy_profile(mechanism: SubsampledGaussian, least_noise: float | None = None) -> np.ndarray:
-    """Upper bounds on delta(epsilon) over ``EPSILON_GRID`` (numerical composition of the PRVs, Gopi et al. 2021).
-
-    ``least_noise``: the smallest noise multiplier the caller will ask about for this rate and T (one shared
-    domain); defaults to the mechanism's own."""
+def _composed(mechanism: SubsampledGaussian, least_noise: float | None = None):  # type: ignore[no-untyped-def]
+    """The T-fold composition of the mechanism's privacy random variable (Opacus' PRV discretisation)."""
     from opacus.accountants.analysis.prv import (
         PoissonSubsampledGaussianPRV,
         TruncatedPrivacyRandomVariable,
@@ -87,7 +81,16 @@ def privacy_profile(mechanism: SubsampledGaussian, least_noise: float | None = N
     domain = _domain(mechanism.sample_rate, mechanism.steps, least)
     prv = PoissonSubsampledGaussianPRV(mechanism.sample_rate, mechanism.noise_multiplier)
     truncated = TruncatedPrivacyRandomVariable(prv, domain.t_min, domain.t_max)
-    composed = compose_heterogeneous(dprvs=[discretize(truncated, domain)], num_self_compositions=[mechanism.steps])
+    return compose_heterogeneous(dprvs=[discretize(truncated, domain)], num_self_compositions=[mechanism.steps])
+
+
+@lru_cache(maxsize=256)
+def privacy_profile(mechanism: SubsampledGaussian, least_noise: float | None = None) -> np.ndarray:
+    """Upper bounds on delta(epsilon) over ``EPSILON_GRID`` (numerical composition of the PRVs, Gopi et al. 2021).
+
+    ``least_noise``: the smallest noise multiplier the caller will ask about for this rate and T (one shared
+    domain); defaults to the mechanism's own."""
+    composed = _composed(mechanism, least_noise)
     t, pmf = composed.domain.ts, composed.pmf
     tail = np.flip(np.flip(pmf).cumsum())  # P[L >= t_j]
     tail_scaled = np.flip(np.flip(pmf * np.exp(-t)).cumsum())  # E[e^-L; L >= t_j]
@@ -191,7 +194,7 @@ def fdp_lower_bound(
         middle = math.sqrt(low * high)
         low, high = (low, middle) if refuted_by(middle) is not None else (middle, high)
     g, c = refuted_by(high) or outcomes[0]
-    bound = claimed.with_noise(high).epsilon(delta)
+    bound = claimed.with_noise(high).epsilon(delta, least_noise)
     # the claim's own epsilon may come from another accountant (RDP) or another discretisation: the verdict is
     # whether the claimed curve is refuted, and the reported bound is kept on the same side of the claim
     if claimed_epsilon is not None:
