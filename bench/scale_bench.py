@@ -80,7 +80,14 @@ def run_ppml(home: Path, landing: Path, as_of: str | None) -> tuple[float, float
     env = {**os.environ, "PPML_HOME": str(home), "PPML_HMAC_KEY": BENCH_KEY}
     for name in ("PPML_POLICY_DIR", "DAGSTER_HOME", "PPML_LANDING_ZONE"):
         env.pop(name, None)
-    command = [sys.executable, "-m", "ppml.cli", "run", "--policy", str(POLICY), "--landing-zone", str(landing)]
+    command = [
+        str(Path(sys.executable).parent / "ppml"),
+        "run",
+        "--policy",
+        str(POLICY),
+        "--landing-zone",
+        str(landing),
+    ]
     if as_of:
         command += ["--as-of", as_of]
     started = time.perf_counter()
