@@ -254,6 +254,7 @@ def _audit_verdict(audit: dict[str, Any]) -> Verdict:
     within = all(a["epsilon_lower_bound"] <= a["claimed_epsilon"] + 1e-12 for _, a in audits)
     whitebox = audit.get("whitebox") or {}
     conforming = not whitebox.get("mechanism_alarm", False)
+    within = within and not whitebox.get("bound_alarm", False)  # the claimed curve itself refuted
     parts = [
         f"{name}: {a['canaries']} canaries, bound {a['epsilon_lower_bound']:.3f} vs claimed "
         f"{a['claimed_epsilon']:.3f} ({a['confidence']:.0%} confidence)"

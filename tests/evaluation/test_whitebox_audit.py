@@ -15,11 +15,11 @@ from ppml.errors import PPMLError
 from ppml.evaluation.audit_whitebox import (
     GradientCanaries,
     WhiteBoxSettings,
-    max_achievable_bound,
     mechanism_checks,
     run_whitebox_audit,
     whitebox_verdict,
 )
+from ppml.evaluation.fdp_audit import SubsampledGaussian, max_certifiable
 from ppml.evaluation.planted_bugs import PlantedBug, planted_bug
 from ppml.policy import load_policy
 from ppml.training import DPConfig, ModelSpec, TrainingConfig, plan_dp_training, train_dp
@@ -107,9 +107,10 @@ def test_bound_statistics_on_a_synthetic_gaussian_mechanism() -> None:
     assert mechanism_checks(clean, 4 * 500)["noise"]["p_value"] < 1e-6
 
 
-def test_max_achievable_bound_grows_with_canaries() -> None:
-    small = max_achievable_bound(200, (0.01, 0.05), 1e-5, 0.95)
-    large = max_achievable_bound(5000, (0.01, 0.05), 1e-5, 0.95)
+def test_max_certifiable_grows_with_canaries() -> None:
+    mechanism = SubsampledGaussian(0.5, 2.0, 10)
+    small = max_certifiable(200, (0.01, 0.05), mechanism, delta=1e-5)
+    large = max_certifiable(5000, (0.01, 0.05), mechanism, delta=1e-5)
     assert 0 < small < large
 
 
