@@ -218,6 +218,9 @@ def ui(
     workspace, notes = prepare_workspace(demo_key="reuse")
     for note in notes:
         console.print(f"[yellow]note:[/] {note}")
+    from ppml_assets.storage import prepare_storage
+
+    prepare_storage(workspace.home)  # the webserver and the daemon start together: storage exists before either
     bin_dir = Path(sys.executable).parent
     repo_root = Path(__file__).resolve().parent.parent
     dagster = shutil.which("dagster", path=str(bin_dir)) or "dagster"
@@ -294,6 +297,9 @@ def _register_optional_commands() -> None:
     app.command("anonymize", help="Anonymize a CSV file with the same engine the anonymized_records asset uses.")(
         anonymize_command
     )
+    from ppml.deploy_cli import deploy_app
+
+    app.add_typer(deploy_app, name="deploy")
 
 
 _register_optional_commands()

@@ -51,6 +51,23 @@ class Workspace:
     def mlflow_tracking_uri(self) -> str:
         return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{self.mlflow_dir / 'mlflow.db'}"
 
+    @property
+    def ledger_url(self) -> str:
+        """The ledger lives in the Dagster instance's database: PostgreSQL when configured, else SQLite beside it."""
+        return os.environ.get("PPML_LEDGER_URL") or f"sqlite:///{self.dagster_home / 'privacy_ledger.db'}"
+
+    def use_dagster_home(self) -> Path:
+        """DAGSTER_HOME as exported (production), else the embedded SQLite instance here; returns the folder."""
+        if "DAGSTER_HOME" not in os.environ:
+            os.environ["DAGSTER_HOME"] = str(self.dagster_home)
+            private_dir(self.dagster_home)
+            config = self.dagster_home / "dagster.yaml"
+            if not config.exists():  # written beside and renamed: a racing reader never sees half a file
+                partial = config.with_name(f".dagster.yaml.{os.getpid()}.tmp")
+                partial.write_text(EMBEDDED_DAGSTER_YAML.format(base_dir=self.dagster_home / "storage"))
+                os.replace(partial, config)
+        return Path(os.environ["DAGSTER_HOME"])
+
 
 def default_home() -> Path:
     return Path(os.environ.get("PPML_HOME", Path.cwd() / ".ppml")).resolve()
@@ -79,11 +96,7 @@ def prepare_workspace(
     for folder in (workspace.dagster_home, workspace.reports, workspace.mlflow_dir / "artifacts"):
         private_dir(folder)
     os.environ["PPML_HOME"] = str(workspace.home)
-    if "DAGSTER_HOME" not in os.environ:
-        os.environ["DAGSTER_HOME"] = str(workspace.dagster_home)
-        config = workspace.dagster_home / "dagster.yaml"
-        if not config.exists():
-            config.write_text(EMBEDDED_DAGSTER_YAML.format(base_dir=workspace.dagster_home / "storage"))
+    workspace.use_dagster_home()
     os.environ.setdefault("MLFLOW_TRACKING_URI", workspace.mlflow_tracking_uri)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if not os.environ.get(HMAC_KEY_ENV):

@@ -212,8 +212,10 @@ def run_lifecycle(as_of: str, console: Console, workspace: Any, title: str) -> D
 
     from ppml_assets.definitions import defs
     from ppml_assets.settings import POLICY_PATH, window_partition_keys
+    from ppml_assets.storage import prepare_storage
 
     window = window_partition_keys(as_of)
+    prepare_storage(workspace.home)  # the stores exist before the multiprocess executor's parallel steps
     instance = DagsterInstance.get()
     console.print(
         f"Policy: {POLICY_PATH}\n"

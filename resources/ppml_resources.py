@@ -112,6 +112,9 @@ class MlflowResource(ConfigurableResource):
     def client(self):  # type: ignore[no-untyped-def]  # mlflow is imported lazily: it is slow to import
         from mlflow import MlflowClient
 
+        from ppml.storage import prepare_mlflow
+
+        prepare_mlflow(self.tracking_uri)  # parallel steps on a fresh store: tables created once, under a lock
         return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.registry_uri or self.tracking_uri)
 
 
