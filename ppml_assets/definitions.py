@@ -26,7 +26,7 @@ from ppml_assets import (
     training,
 )
 from ppml_assets.graph import DEFAULT_GRAPH, PolicyGraph, graph_assets, policy_graphs_from_env
-from ppml_assets.jobs import collection_job, jobs_for, reevaluation_job, requirements_job, training_job
+from ppml_assets.jobs import celery_jobs, collection_job, jobs_for, reevaluation_job, requirements_job, training_job
 from ppml_assets.settings import POLICY_PATH, PPML_HOME, default_ledger_url, default_mlflow_tracking_uri
 from resources import (
     AssetStore,
@@ -160,10 +160,11 @@ def graph_definitions(graph: PolicyGraph) -> tuple[list[Any], list[Any], list[An
     assets, checks = graph_assets(graph)
     if graph == DEFAULT_GRAPH:
         jobs = [requirements_job, collection_job, training_job, reevaluation_job]
-        return assets, checks, jobs, [daily_collection_schedule, weekly_retraining_schedule, drift_sensor]
+        automation = [daily_collection_schedule, weekly_retraining_schedule, drift_sensor]
+        return assets, checks, [*jobs, *celery_jobs(graph)], automation
     jobs = jobs_for(graph)
     unprefixed = {job.name.removeprefix(graph.name("")): job for job in jobs}
-    return assets, checks, jobs, automation_for(graph, unprefixed)
+    return assets, checks, [*jobs, *celery_jobs(graph)], automation_for(graph, unprefixed)
 
 
 def build_definitions(graphs: list[PolicyGraph], resources: dict[str, object]) -> Definitions:

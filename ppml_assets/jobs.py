@@ -1,9 +1,12 @@
 """Asset jobs: collection per day, the training lifecycle per as-of day, and re-evaluation after drift.
 
 ``jobs_for`` builds them for one policy graph (its asset keys, its job names); the module-level jobs are the
-single-policy default graph's, under the names they have always had.
+single-policy default graph's, under the names they have always had. With the ``celery`` extra installed,
+``celery_jobs`` adds each graph's ``celery_collection_job``: the launch sequence's first part — the policy and the
+training window's collection backfill — with every step executed by Celery workers.
 """
 
+from importlib.util import find_spec
 from typing import Any
 
 from dagster import AssetSelection, define_asset_job
@@ -71,3 +74,24 @@ def jobs_for(graph: PolicyGraph) -> list[Any]:
 
 
 requirements_job, collection_job, training_job, reevaluation_job = jobs_for(DEFAULT_GRAPH)
+
+
+def celery_jobs(graph: PolicyGraph) -> list[Any]:
+    """One graph's celery-executor jobs, when dagster-celery is installed (``pip install 'ppml[celery]'``)."""
+    if find_spec("dagster_celery") is None:
+        return []
+    from dagster_celery import celery_executor
+
+    from ppml_assets.celery_app import celery_executor_config
+
+    return [
+        define_asset_job(
+            graph.name("celery_collection_job"),
+            selection=AssetSelection.assets(
+                *[graph.key(name) for name in ["privacy_requirements", *COLLECTION_ASSETS]]
+            ),
+            partitions_def=daily_partitions,
+            executor_def=celery_executor.configured(celery_executor_config(), name="ppml_celery"),
+            description="The policy and a range of days' collection in one run, each step on a Celery worker.",
+        )
+    ]
