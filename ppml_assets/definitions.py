@@ -104,11 +104,13 @@ def shared_resources(
     mlflow_tracking_uri: str,
     mlflow_artifacts: str,
     ledger_url: str,
+    asset_base: str | None = None,
 ) -> dict[str, object]:
     """The resources every policy graph shares: source, key, MLflow, the ledger (scoped by dataset.id) and the IO
-    manager (which stores by asset key, so prefixed graphs write under ``assets/<prefix>/``)."""
+    manager (which stores by asset key, so prefixed graphs write under ``assets/<prefix>/``). ``asset_base``
+    (default ``home/assets``) may be a shared path or an fsspec URL that workers on several hosts see."""
     return {
-        "io_manager": LocalFileIOManager(base_dir=str(home / "assets")),
+        "io_manager": LocalFileIOManager(base_dir=asset_base or str(home / "assets")),
         "record_source": record_source,
         "pseudonym_key": PseudonymizationKey(hmac_key=hmac_key),
         "mlflow": MlflowResource(tracking_uri=mlflow_tracking_uri, artifact_location=mlflow_artifacts),
@@ -116,13 +118,19 @@ def shared_resources(
     }
 
 
-def graph_resources(graph: PolicyGraph, home: Path, policy_path: Path | None = None) -> dict[str, object]:
+def graph_resources(
+    graph: PolicyGraph,
+    home: Path,
+    policy_path: Path | None = None,
+    asset_base: str | None = None,
+    checkpoint_base: str | None = None,
+) -> dict[str, object]:
     """One graph's own resources, under its resource keys: its policy, its asset store and its report and
     checkpoint folders (``reports/<prefix>/<as-of>/``)."""
     return {
         graph.name("policy"): PolicyResource(path=str(policy_path or graph.policy_path)),
-        graph.name("asset_store"): AssetStore(base_dir=str(home / "assets"), key_prefix=graph.prefix),
-        graph.name("paths"): WorkspacePaths(home=str(home), scope=graph.prefix),
+        graph.name("asset_store"): AssetStore(base_dir=asset_base or str(home / "assets"), key_prefix=graph.prefix),
+        graph.name("paths"): WorkspacePaths(home=str(home), scope=graph.prefix, checkpoint_base=checkpoint_base),
     }
 
 
@@ -134,14 +142,19 @@ def build_resources(
     mlflow_tracking_uri: str,
     mlflow_artifacts: str,
     ledger_url: str,
+    asset_base: str | None = None,
+    checkpoint_base: str | None = None,
 ) -> dict[str, object]:
     """Every resource the default graph needs, for one workspace (the code location's, or a test's private one)."""
-    shared = shared_resources(home, record_source, hmac_key, mlflow_tracking_uri, mlflow_artifacts, ledger_url)
-    return shared | graph_resources(DEFAULT_GRAPH, home, policy_path)
+    shared = shared_resources(
+        home, record_source, hmac_key, mlflow_tracking_uri, mlflow_artifacts, ledger_url, asset_base
+    )
+    return shared | graph_resources(DEFAULT_GRAPH, home, policy_path, asset_base, checkpoint_base)
 
 
 def resources_from_env(graphs: list[PolicyGraph]) -> dict[str, object]:
     """The code location's resources: embedded defaults under PPML_HOME, overridden by environment variables."""
+    asset_base, checkpoint_base = shared_locations_from_env()
     resources = shared_resources(
         PPML_HOME,
         record_source_from_env(),
@@ -149,10 +162,25 @@ def resources_from_env(graphs: list[PolicyGraph]) -> dict[str, object]:
         default_mlflow_tracking_uri(),
         os.environ.get("PPML_MLFLOW_ARTIFACTS") or (PPML_HOME / "mlflow" / "artifacts").as_uri(),
         default_ledger_url(),
+        asset_base,
     )
     for graph in graphs:
-        resources |= graph_resources(graph, PPML_HOME, POLICY_PATH if graph == DEFAULT_GRAPH else None)
+        policy_path = POLICY_PATH if graph == DEFAULT_GRAPH else None
+        resources |= graph_resources(graph, PPML_HOME, policy_path, asset_base, checkpoint_base)
     return resources
+
+
+def shared_locations_from_env() -> tuple[str | None, str | None]:
+    """PPML_ASSET_BASE (a path or an fsspec URL) and PPML_CHECKPOINT_BASE (a path), refused at load when unusable."""
+    from ppml.locations import local_directory, resolve_location
+
+    asset_base = os.environ.get("PPML_ASSET_BASE", "").strip() or None
+    checkpoint_base = os.environ.get("PPML_CHECKPOINT_BASE", "").strip() or None
+    if asset_base:
+        resolve_location(asset_base, "PPML_ASSET_BASE")
+    if checkpoint_base:
+        local_directory(checkpoint_base, "PPML_CHECKPOINT_BASE")
+    return asset_base, checkpoint_base
 
 
 def graph_definitions(graph: PolicyGraph) -> tuple[list[Any], list[Any], list[Any], list[Any]]:

@@ -1,41 +1,33 @@
-"""Stores asset outputs as Parquet (tables) and JSON (records of decisions and metrics) under PPML_HOME.
+"""Stores asset outputs as Parquet (tables) and JSON (records of decisions and metrics) under a base location.
 
 Plain files rather than pickles so that an auditor can open every intermediate data set with standard tools,
-and so that outputs never depend on the Python version that wrote them. Writes are atomic (temporary file,
-then rename): a failed step never leaves a partial file behind for a downstream step to read.
+and so that outputs never depend on the Python version that wrote them. The base is ``PPML_HOME/assets`` by
+default, or ``PPML_ASSET_BASE``: a shared path or an fsspec URL, so that workers on several hosts read what the
+others wrote (:mod:`ppml.locations`). Writes are atomic (temporary file, then rename): a failed step never leaves
+a partial file behind for a downstream step to read; local files are owner-only (0600 in 0700 folders) because
+assets hold personal data.
 """
 
 import json
-import os
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from dagster import AssetKey, ConfigurableIOManager, ConfigurableResource, InputContext, MetadataValue, OutputContext
 
 from ppml.errors import PPMLError
-from ppml.private_files import PRIVATE_FILE_MODE, private_dir
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    """Write beside the target, then rename; owner-only (0600 in 0700 folders) because assets hold personal data."""
-    private_dir(path.parent)
-    temporary = path.with_name(f".{path.name}.tmp")
-    os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE_MODE))
-    os.chmod(temporary, PRIVATE_FILE_MODE)
-    write(temporary)
-    os.chmod(temporary, PRIVATE_FILE_MODE)
-    os.replace(temporary, path)
+from ppml.locations import resolve_location, write_atomically
 
 
 class LocalFileIOManager(ConfigurableIOManager):
-    """DataFrames to ``<base_dir>/<asset>/<partition>.parquet``; dicts to ``.json`` beside them."""
+    """DataFrames to ``<base_dir>/<asset>/<partition>.parquet``; dicts to ``.json`` beside them.
+
+    ``base_dir`` is a path or an fsspec URL (``file://``, ``s3://``, ``memory://`` ...).
+    """
 
     base_dir: str
 
-    def _stem(self, asset_path: list[str], partition: str | None) -> Path:
-        folder = Path(self.base_dir, *asset_path)
-        return folder / (partition or "latest")
+    def _stem(self, asset_path: list[str], partition: str | None) -> Any:
+        return resolve_location(self.base_dir).joinpath(*asset_path, partition or "latest")
 
     def handle_output(self, context: OutputContext, obj: Any) -> None:
         if obj is None:
@@ -56,14 +48,14 @@ class LocalFileIOManager(ConfigurableIOManager):
             written.append(self._write(self._stem(asset_path, partition), value))
         context.add_output_metadata({"path": MetadataValue.path(str(written[0].parent)), "files": len(written)})
 
-    def _write(self, stem: Path, value: Any) -> Path:
+    def _write(self, stem: Any, value: Any) -> Any:
         if isinstance(value, pd.DataFrame):
-            path = stem.with_suffix(".parquet")
-            _atomic_write(path, lambda p: value.to_parquet(p, index=False))
+            path = stem.with_name(stem.name + ".parquet")
+            write_atomically(path, lambda handle: value.to_parquet(handle, index=False))
         else:
-            path = stem.with_suffix(".json")
-            text = json.dumps(value, indent=2, sort_keys=True, default=str)
-            _atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
+            path = stem.with_name(stem.name + ".json")
+            data = json.dumps(value, indent=2, sort_keys=True, default=str).encode("utf-8")
+            write_atomically(path, lambda handle: handle.write(data))
         return path
 
     def load_input(self, context: InputContext) -> Any:
@@ -78,7 +70,7 @@ class LocalFileIOManager(ConfigurableIOManager):
             return dict(zip(keys, values, strict=True))
         return self._read(self._stem(asset_path, None), context, None)
 
-    def _read(self, stem: Path, context: InputContext, partition: str | None) -> Any:
+    def _read(self, stem: Any, context: InputContext, partition: str | None) -> Any:
         return AssetStore(base_dir=self.base_dir).read_stored(context.asset_key.to_user_string(), partition)
 
 
@@ -97,10 +89,11 @@ class AssetStore(ConfigurableResource):
         return AssetKey([*filter(None, [self.key_prefix]), *asset.split("/")])
 
     def read_stored(self, asset: str, partition: str | None = None) -> Any:
-        stem = Path(self.base_dir, *self.asset_key(asset).path) / (partition or "latest")
-        parquet, document = stem.with_suffix(".parquet"), stem.with_suffix(".json")
+        stem = resolve_location(self.base_dir).joinpath(*self.asset_key(asset).path, partition or "latest")
+        parquet, document = stem.with_name(stem.name + ".parquet"), stem.with_name(stem.name + ".json")
         if parquet.is_file():
-            return pd.read_parquet(parquet)
+            with parquet.open("rb") as handle:
+                return pd.read_parquet(handle)
         if document.is_file():
             return json.loads(document.read_text(encoding="utf-8"))
         where = f" partition {partition}" if partition else ""

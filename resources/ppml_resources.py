@@ -73,10 +73,12 @@ class PseudonymizationKey(ConfigurableResource):
 
 class WorkspacePaths(ConfigurableResource):
     """Folders under PPML_HOME for reports and training checkpoints; ``scope`` (a policy graph's key prefix)
-    gives each policy of a multi-policy code location its own folders, so as-of days never collide."""
+    gives each policy of a multi-policy code location its own folders, so as-of days never collide;
+    ``checkpoint_base`` puts checkpoints on a shared path, so a training resumed on another host finds them."""
 
     home: str
     scope: str = ""
+    checkpoint_base: str | None = None
 
     @property
     def reports_dir(self) -> Path:
@@ -84,6 +86,10 @@ class WorkspacePaths(ConfigurableResource):
 
     @property
     def checkpoints_dir(self) -> Path:
+        if self.checkpoint_base:
+            from ppml.locations import local_directory
+
+            return local_directory(self.checkpoint_base, "PPML_CHECKPOINT_BASE").joinpath(*filter(None, [self.scope]))
         return Path(self.home, "checkpoints", *filter(None, [self.scope]))
 
 
