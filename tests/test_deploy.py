@@ -2,7 +2,8 @@
 
 The instance is loaded from the very file an operator copies into $DAGSTER_HOME, with the variables of
 deploy/ppml.env.example, and a job of the project's code location (workspace.yaml) is submitted to the
-QueuedRunCoordinator and executed by a real `dagster-daemon run`.
+QueuedRunCoordinator — by `ppml deploy bootstrap`, after it prepared the storage — and executed by a real
+`dagster-daemon run`.
 """
 
 from __future__ import annotations
@@ -91,50 +92,64 @@ def test_deploy_dagster_yaml_runs_a_queued_run_on_postgresql(
         assert isinstance(instance.run_coordinator, QueuedRunCoordinator)
         assert instance.get_concurrency_config().run_queue_config.max_concurrent_runs == 4
 
+    # The documented launch command: storage prepared under its locks, then the policy run submitted to the
+    # queue and awaited; it stays QUEUED until the daemon starts.
     bin_dir = Path(sys.executable).parent
     env = {**os.environ}
     common = ["-w", str(REPO_ROOT / "workspace.yaml")]
-    launch = subprocess.run(
-        [str(bin_dir / "dagster"), "job", "launch", *common, "-j", "requirements_job"],
+    command = [str(bin_dir / "ppml"), "deploy", "bootstrap", "--policy", environment["PPML_POLICY"]]
+    bootstrap = subprocess.Popen(
+        [*command, "--through", "policy", "--wait", str(DAEMON_WAIT_S)],
         cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
+        env={**env, "PYTHONPATH": str(REPO_ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=300,
-    )
-    assert launch.returncode == 0, launch.stderr[-2000:]
-    with DagsterInstance.get() as instance:
-        runs = instance.get_runs()
-        assert len(runs) == 1 and runs[0].status == DagsterRunStatus.QUEUED, [r.status for r in runs]
-        run_id = runs[0].run_id
-
-    daemon = subprocess.Popen(
-        [str(bin_dir / "dagster-daemon"), "run", *common],
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
+    daemon = None
     try:
-        deadline = time.monotonic() + DAEMON_WAIT_S
+        run_id = _queued_run(bootstrap)
+        daemon = subprocess.Popen(
+            [str(bin_dir / "dagster-daemon"), "run", *common],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        output, errors = bootstrap.communicate(timeout=DAEMON_WAIT_S + 60)
+        assert bootstrap.returncode == 0, (output + errors)[-2000:]
+        assert f"policy: requirements_job run {run_id} SUCCESS" in " ".join(output.split()), output
         with DagsterInstance.get() as instance:
-            while time.monotonic() < deadline:
-                status = instance.get_run_by_id(run_id).status
-                if status in (DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED):
-                    break
-                assert daemon.poll() is None, f"dagster-daemon exited with {daemon.returncode}"
-                time.sleep(2)
-            assert status == DagsterRunStatus.SUCCESS, status
+            assert instance.get_run_by_id(run_id).status == DagsterRunStatus.SUCCESS
             materialized = instance.get_latest_materialization_event(_asset_key("privacy_requirements"))
             assert materialized is not None and materialized.run_id == run_id
     finally:
-        _stop_group(daemon)
+        for process in (bootstrap, daemon):
+            if process is not None:
+                _stop_group(process)
     engine = sa.create_engine(dagster_url)
     with engine.connect() as connection:
         stored = connection.execute(sa.text("SELECT status FROM runs WHERE run_id = :r"), {"r": run_id}).scalar_one()
     engine.dispose()
     assert stored == "SUCCESS"
+
+
+def _queued_run(bootstrap: subprocess.Popen[str]) -> str:
+    """The run bootstrap submitted, once it is QUEUED (no daemon yet, so it stays there)."""
+    from dagster import DagsterInstance, DagsterRunStatus
+
+    deadline = time.monotonic() + 300
+    with DagsterInstance.get() as instance:
+        while time.monotonic() < deadline:
+            runs = instance.get_runs()
+            if runs:
+                assert len(runs) == 1 and runs[0].status == DagsterRunStatus.QUEUED, [r.status for r in runs]
+                return runs[0].run_id
+            assert bootstrap.poll() is None, bootstrap.communicate()
+            time.sleep(1)
+    raise AssertionError("ppml deploy bootstrap submitted no run within 300 s")
 
 
 def _asset_key(name: str):  # type: ignore[no-untyped-def]
