@@ -24,6 +24,7 @@ from ppml.errors import PPMLError, input_error
 
 STEPS = ("policy", "collection", "training")
 TERMINAL = ("SUCCESS", "FAILURE", "CANCELED")
+DAEMON_HEARTBEAT_S = 120
 
 
 @dataclass(frozen=True)
@@ -69,8 +70,8 @@ def _await(run_id: str, job: str, wait_s: float) -> str:
             time.sleep(2)
 
 
-def require_queued_instance() -> None:
-    """Bootstrap submits to a run queue that a daemon serves: the production instance, not the embedded one."""
+def require_queued_instance() -> str | None:
+    """Bootstrap submits to a run queue that a daemon serves; returns a note when no daemon is serving it yet."""
     from dagster import DagsterInstance
     from dagster._core.run_coordinator import QueuedRunCoordinator
 
@@ -80,8 +81,15 @@ def require_queued_instance() -> None:
                 f"{os.environ['DAGSTER_HOME']}/dagster.yaml",
                 "run_coordinator",
                 "this instance does not queue runs for a daemon",
-                "copy deploy/dagster.yaml into DAGSTER_HOME (or use `ppml run` for the embedded workspace)",
+                "configure the QueuedRunCoordinator as deploy/dagster.yaml does (or use `ppml run` instead)",
             )
+        heartbeat = instance.get_daemon_heartbeats().get("QUEUED_RUN_COORDINATOR")
+    if heartbeat is None or time.time() - heartbeat.timestamp > DAEMON_HEARTBEAT_S:
+        return (
+            f"no dagster-daemon has served this instance's run queue in the last {DAEMON_HEARTBEAT_S} s: the runs "
+            "wait until `dagster-daemon run -w workspace.yaml` runs with the same environment"
+        )
+    return None
 
 
 def launch_plan(through: str, as_of: str | None) -> list[tuple[str, str, dict[str, str]]]:
@@ -124,7 +132,9 @@ def bootstrap(
     plan = launch_plan(through, as_of)  # the step, the source's days and the window checked before any work
     prepared = prepare_storage()
     report(f"storage ready: {', '.join(prepared) or 'already prepared'}")
-    require_queued_instance()
+    note = require_queued_instance()
+    if note:
+        report(f"note: {note}")
     submitted: list[SubmittedRun] = []
     for label, job, tags in plan:
         run_id = _launch(workspace_file, job, tags)
