@@ -5,6 +5,7 @@ Each bad input ends in one line naming the file, the field and the fix, before a
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,8 @@ from typer.testing import CliRunner
 
 from ppml.cli import app
 from tests.support import GDPR_POLICY, HIPAA_POLICY
+
+MLFLOW = os.environ["MLFLOW_TRACKING_URI"]
 
 
 def _one_line(output: str, field: str) -> str:
@@ -32,7 +35,7 @@ def embedded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (dagster_home / "dagster.yaml").write_text(EMBEDDED_DAGSTER_YAML.format(base_dir=dagster_home / "storage"))
     monkeypatch.setenv("PPML_HOME", str(tmp_path))
     monkeypatch.setenv("DAGSTER_HOME", str(dagster_home))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}")
+    # MLFLOW_TRACKING_URI stays the session's store: its migrations (the slow part) run once per session.
     monkeypatch.setenv("PPML_LEDGER_URL", f"sqlite:///{tmp_path / 'ledger.db'}")
     monkeypatch.delenv("PPML_POLICY", raising=False)
     return tmp_path
@@ -44,8 +47,8 @@ def test_prepare_storage_creates_every_store_of_the_workspace(embedded: Path) ->
     assert "Storage ready: Dagster instance storage, MLflow tracking store, privacy-budget ledger" in " ".join(
         prepared.output.split()
     )
-    for database, table in [("ledger.db", "ppml_ledger_runs"), ("mlflow/mlflow.db", "alembic_version")]:
-        engine = sa.create_engine(f"sqlite:///{embedded / database}")
+    for url, table in [(f"sqlite:///{embedded / 'ledger.db'}", "ppml_ledger_runs"), (MLFLOW, "alembic_version")]:
+        engine = sa.create_engine(url)
         assert table in sa.inspect(engine).get_table_names()
         engine.dispose()
     assert (embedded / "dagster" / "storage" / "history" / "runs.db").is_file()
