@@ -44,6 +44,10 @@ def _deploy_environment(tmp_path: Path, dagster_url: str, mlflow_url: str, sourc
         "PPML_LEDGER_URL": dagster_url,
         "MLFLOW_TRACKING_URI": mlflow_url,
         "PPML_MLFLOW_ARTIFACTS": (tmp_path / "artifacts").as_uri(),
+        "PPML_ASSET_BASE": (tmp_path / "shared" / "assets").as_uri(),
+        "PPML_CHECKPOINT_BASE": str(tmp_path / "shared" / "checkpoints"),
+        "PPML_CELERY_BROKER": "amqp://guest:guest@127.0.0.1:5672//",
+        "PPML_CELERY_BACKEND": "rpc://",
         "PPML_HMAC_KEY": "k" * 40,
         "PPML_SOURCE": "sql",
         "PPML_SOURCE_URL": source_url,
@@ -125,6 +129,9 @@ def test_deploy_dagster_yaml_runs_a_queued_run_on_postgresql(
             assert instance.get_run_by_id(run_id).status == DagsterRunStatus.SUCCESS
             materialized = instance.get_latest_materialization_event(_asset_key("privacy_requirements"))
             assert materialized is not None and materialized.run_id == run_id
+        # The asset file lies on the shared base (a file:// URL), owner-only.
+        stored = tmp_path / "shared" / "assets" / "privacy_requirements" / "latest.json"
+        assert stored.is_file() and stored.stat().st_mode & 0o077 == 0
     finally:
         for process in (bootstrap, daemon):
             if process is not None:
