@@ -42,11 +42,21 @@ class DemoOutcome:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-def _execute_with_progress(job: Any, instance: Any, progress: Progress, label: str, **kwargs: Any) -> Any:
-    """Run a job in a thread and advance a progress bar on each finished step."""
+def _execute_with_progress(
+    job: Any, instance: Any, progress: Progress, label: str, current: dict[str, str], **kwargs: Any
+) -> Any:
+    """Run a job in a thread and advance a progress bar on each finished step.
+
+    The run carries the ``ppml/owner`` tag (this process), so that a later start can tell a run this process
+    left behind when killed; ``current`` names the run for the stop-signal handler.
+    """
     from dagster import DagsterEventType
 
+    from ppml_assets.run_safety import OWNER_TAG, this_owner
+
     run_id = str(uuid.uuid4())
+    current.update(run_id=run_id, label=label)
+    kwargs["tags"] = {**kwargs.get("tags", {}), OWNER_TAG: this_owner()}
     task = progress.add_task(label, total=None)
     outcome: dict[str, Any] = {}
 
@@ -126,17 +136,21 @@ def _prepared_workspace(console: Console, demo_key: str = "never") -> Any:
 
 def run_demo(as_of: str | None = None, console: Console | None = None) -> DemoOutcome:
     """`ppml run` on the bundled data, in the workspace's own landing zone (never a user's)."""
+    from ppml_assets.run_safety import one_writer
+
     console = console or Console()
     workspace = _prepared_workspace(console, demo_key="create")  # only the demo may generate a key
-    os.environ["PPML_SOURCE"] = "landing_zone"
-    os.environ["PPML_LANDING_ZONE"] = str(workspace.landing_zone)
-    with console.status("Preparing the bundled landing zone (UCI Adult with synthetic identifiers)..."):
-        created = ensure_bundled_landing_zone(workspace.landing_zone)
-    if created is not None:
-        console.print(
-            f"Landing zone: {created.records} records in {created.days} daily files under {workspace.landing_zone}"
-        )
-    return run_lifecycle(as_of or landing_days()[-1].isoformat(), console, workspace, title="ppml demo")
+    with one_writer(workspace.home, console, "ppml demo") as lock:
+        os.environ["PPML_SOURCE"] = "landing_zone"
+        os.environ["PPML_LANDING_ZONE"] = str(workspace.landing_zone)
+        with console.status("Preparing the bundled landing zone (UCI Adult with synthetic identifiers)..."):
+            created = ensure_bundled_landing_zone(workspace.landing_zone)
+        if created is not None:
+            console.print(
+                f"Landing zone: {created.records} records in {created.days} daily files under {workspace.landing_zone}"
+            )
+        as_of = as_of or landing_days()[-1].isoformat()
+        return run_lifecycle(as_of, console, workspace, title="ppml demo", lock=lock)
 
 
 def run_user_data(as_of: str | None = None, console: Console | None = None) -> DemoOutcome:
@@ -145,8 +159,15 @@ def run_user_data(as_of: str | None = None, console: Console | None = None) -> D
     Before the first step it checks the policy against the source's newest day and that every day of the
     training window has data, so that a run does not fail halfway on a gap.
     """
+    from ppml_assets.run_safety import one_writer
+
     console = console or Console()
     workspace = _prepared_workspace(console)
+    with one_writer(workspace.home, console, "ppml run") as lock:
+        return _run_user_data(as_of, console, workspace, lock)
+
+
+def _run_user_data(as_of: str | None, console: Console, workspace: Any, lock: Any) -> DemoOutcome:
     days = source_days()
     if not days:
         raise PPMLError(f"{source_description()}: field '(days)': no day of data found; fix: deliver daily data first")
@@ -168,7 +189,7 @@ def run_user_data(as_of: str | None = None, console: Console | None = None) -> D
             f"{source_description()}: field '(days)': {len(absent)} day(s) of the training window have no data "
             f"(first {absent[0]}); fix: deliver them, or shorten collection.training_window_days in the policy"
         )
-    return run_lifecycle(as_of, console, workspace, title="ppml run")
+    return run_lifecycle(as_of, console, workspace, title="ppml run", lock=lock)
 
 
 def _check_columns(day: str) -> None:
@@ -205,23 +226,46 @@ def source_description() -> str:
     return os.environ["PPML_LANDING_ZONE"]
 
 
-def run_lifecycle(as_of: str, console: Console, workspace: Any, title: str) -> DemoOutcome:
-    """The policy, the training window's single-run backfill and the training job, with progress and summary."""
+def run_lifecycle(as_of: str, console: Console, workspace: Any, title: str, lock: Any = None) -> DemoOutcome:
+    """The policy, the training window's single-run backfill and the training job, with progress and summary.
+
+    What a killed earlier run left behind is reconciled first; a stop signal during the runs stops the children,
+    closes this run's state and exits (`ppml_assets.run_safety`).
+    """
     # Imported only now: the code location reads PPML_HOME, the policy and the source when it loads.
     from dagster import DagsterInstance
 
-    from ppml_assets.definitions import defs
-    from ppml_assets.settings import POLICY_PATH, window_partition_keys
+    from ppml.processes import StopRequested, stop_signals_raise
+    from ppml_assets.run_safety import reconcile_at_start, stop_and_exit
+    from ppml_assets.settings import POLICY_PATH, default_ledger_url, window_partition_keys
     from ppml_assets.storage import prepare_storage
 
     window = window_partition_keys(as_of)
     prepare_storage(workspace.home)  # the stores exist before the multiprocess executor's parallel steps
     instance = DagsterInstance.get()
+    ledger_url, tracking_uri = default_ledger_url(), workspace.mlflow_tracking_uri
+    reconcile_at_start(instance, ledger_url, tracking_uri, console)
     console.print(
         f"Policy: {POLICY_PATH}\n"
         f"Training as of {as_of} over {len(window)} daily partitions ({window[0]} .. {window[-1]})"
     )
     started = time.perf_counter()
+    current: dict[str, str] = {}
+    with stop_signals_raise():
+        try:
+            outcome = _run_the_three(as_of, window, console, instance, current)
+        except StopRequested as stop:
+            stop_and_exit(stop.signum, current, instance, ledger_url, tracking_uri, lock)
+            raise  # not reached: stop_and_exit ends the process
+    outcome.summary["seconds"] = round(time.perf_counter() - started, 1)
+    _print_summary(console, instance, outcome, workspace.reports / as_of, title)
+    return outcome
+
+
+def _run_the_three(as_of: str, window: list[str], console: Console, instance: Any, current: dict[str, str]) -> Any:
+    """The three runs in order; the first that fails ends the sequence."""
+    from ppml_assets.definitions import defs
+
     with Progress(
         SpinnerColumn(),
         TextColumn("{task.description}"),
@@ -245,19 +289,14 @@ def run_lifecycle(as_of: str, console: Console, workspace: Any, title: str) -> D
             ("3/3 anonymization .. compliance report", defs.resolve_job_def("training_job"), {"partition_key": as_of}),
         ]
         for label, job, kwargs in runs:
-            result = _execute_with_progress(job, instance, progress, label, **kwargs)
+            result = _execute_with_progress(job, instance, progress, label, current, **kwargs)
             if not result.success:
                 failures = _failure_messages(result)
                 log = _write_step_traces(result)
                 if log is not None:
                     failures.append(f"full step traces: {log}")
-                outcome = DemoOutcome(False, as_of, failures=failures)
-                break
-        else:
-            outcome = DemoOutcome(True, as_of)
-    outcome.summary["seconds"] = round(time.perf_counter() - started, 1)
-    _print_summary(console, instance, outcome, workspace.reports / as_of, title)
-    return outcome
+                return DemoOutcome(False, as_of, failures=failures)
+    return DemoOutcome(True, as_of)
 
 
 def _print_summary(console: Console, instance: Any, outcome: DemoOutcome, report_dir: Path, title: str) -> None:
