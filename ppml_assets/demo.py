@@ -236,14 +236,16 @@ def run_lifecycle(as_of: str, console: Console, workspace: Any, title: str, lock
     from dagster import DagsterInstance
 
     from ppml.processes import StopRequested, stop_signals_raise
-    from ppml_assets.run_safety import reconcile_at_start, stop_and_exit
+    from ppml_assets.definitions import defs
+    from ppml_assets.run_safety import check_stores, reconcile_at_start, stop_and_exit
     from ppml_assets.settings import POLICY_PATH, default_ledger_url, window_partition_keys
     from ppml_assets.storage import prepare_storage
 
     window = window_partition_keys(as_of)
+    ledger_url, tracking_uri = default_ledger_url(), workspace.mlflow_tracking_uri
+    check_stores(tracking_uri, lambda: _artifact_location(defs, tracking_uri))
     prepare_storage(workspace.home)  # the stores exist before the multiprocess executor's parallel steps
     instance = DagsterInstance.get()
-    ledger_url, tracking_uri = default_ledger_url(), workspace.mlflow_tracking_uri
     reconcile_at_start(instance, ledger_url, tracking_uri, console)
     console.print(
         f"Policy: {POLICY_PATH}\n"
@@ -260,6 +262,20 @@ def run_lifecycle(as_of: str, console: Console, workspace: Any, title: str, lock
     outcome.summary["seconds"] = round(time.perf_counter() - started, 1)
     _print_summary(console, instance, outcome, workspace.reports / as_of, title)
     return outcome
+
+
+def _artifact_location(defs: Any, tracking_uri: str) -> str:
+    """Where MLflow will write artifacts: the existing experiment's location, else the configured one."""
+    configured = (defs.resources or {}).get("mlflow")
+    if configured is None:  # resources built per policy: the environment says the same
+        return os.environ.get("PPML_MLFLOW_ARTIFACTS") or str(Path(os.environ["PPML_HOME"]) / "mlflow" / "artifacts")
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).is_file():
+        return str(configured.artifact_location or "")
+    try:
+        experiment = configured.client().get_experiment_by_name(configured.experiment_name)
+    except Exception:  # an unreachable store is reported by check_stores
+        experiment = None
+    return experiment.artifact_location if experiment is not None else str(configured.artifact_location or "")
 
 
 def _run_the_three(as_of: str, window: list[str], console: Console, instance: Any, current: dict[str, str]) -> Any:

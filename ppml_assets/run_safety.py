@@ -170,3 +170,71 @@ def stop_and_exit(
     print(line, file=sys.stderr, flush=True)
     sys.stdout.flush()
     os._exit(128 + signum)  # the run's worker thread cannot be joined; the process ends here
+
+
+def check_stores(tracking_uri: str, artifact_location: Callable[[], str]) -> None:
+    """Before the first step: the MLflow tracking store answers and a local artifact store is writable.
+
+    Otherwise the run would fail only at `dp_model`, after the expensive steps (and, over HTTP, after minutes of
+    retries); here it is one line and nothing has been charged.
+    """
+    _check_tracking(tracking_uri)
+    _check_artifacts(artifact_location())  # asked only once the tracking store answered
+
+
+def _check_tracking(tracking_uri: str) -> None:
+    from urllib.parse import urlparse
+
+    scheme = urlparse(tracking_uri).scheme
+    try:
+        if scheme in ("http", "https"):
+            import urllib.request
+
+            with urllib.request.urlopen(tracking_uri.rstrip("/") + "/health", timeout=5) as response:
+                response.read(64)
+        elif scheme and scheme != "file" and not scheme.startswith("sqlite"):
+            import sqlalchemy as sa
+
+            engine = sa.create_engine(tracking_uri, pool_pre_ping=True)
+            try:
+                with engine.connect():
+                    pass
+            finally:
+                engine.dispose()
+    except Exception as error:
+        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        raise PPMLError(
+            f"{_redact(tracking_uri)}: field 'MLFLOW_TRACKING_URI': the MLflow tracking store does not answer "
+            f"({reason}); fix: start the tracking server or database, or correct MLFLOW_TRACKING_URI"
+        ) from None
+
+
+def _check_artifacts(artifact_location: str) -> None:
+    from urllib.parse import unquote, urlparse
+
+    parsed = urlparse(artifact_location)
+    if parsed.scheme not in ("", "file"):
+        return  # a remote store (s3://, ...) answers for itself
+    folder = Path(unquote(parsed.path) if parsed.scheme == "file" else artifact_location)
+    probe_at = folder
+    while not probe_at.exists() and probe_at != probe_at.parent:
+        probe_at = probe_at.parent
+    try:
+        probe = probe_at / f".ppml-write-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise PPMLError(
+            f"{folder}: field 'PPML_MLFLOW_ARTIFACTS': the MLflow artifact store is not writable "
+            f"({error.strerror or type(error).__name__} on {probe_at}); fix: make it writable by this user, "
+            "or point PPML_MLFLOW_ARTIFACTS at a folder that is"
+        ) from None
+
+
+def _redact(uri: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(uri).render_as_string(hide_password=True)
+    except Exception:
+        return uri.split("@")[-1]
