@@ -272,3 +272,11 @@ def raw_identifier_leaks(raw: pd.DataFrame, released: pd.DataFrame, policy: Poli
         if raw_values & released_values:
             leaks.append(column)
     return leaks
+
+
+def identifier_reference_columns(policy: Policy) -> list[str]:
+    """The identifier columns whose raw values must never reappear (dropped, pseudonymized, masked): what the
+    compliance stage's leakage scan needs to know once the raw copies are gone (ZIP3/year values legitimately
+    reappear generalized)."""
+    generalized = {IdentifierAction.ZIP3, IdentifierAction.YEAR}
+    return [c for c, action in policy.schema_.direct_identifiers.items() if action not in generalized]

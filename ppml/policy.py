@@ -337,6 +337,11 @@ class Collection(Strict):
         "retire (tagged retired, production alias moved away, the next run retrains without them) or keep (tagged, "
         "with the per-person epsilon bound stated in the report).",
     )
+    raw_copy: Literal["delete", "encrypt"] = Field(
+        default="delete",
+        description="What happens to a partition's raw copy once its de-identification passed its check: deleted, "
+        "or kept encrypted under a key derived from PPML_HMAC_KEY; either way purged after use_case.retention_days.",
+    )
 
 
 class PreparationSettings(Strict):

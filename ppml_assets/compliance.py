@@ -28,7 +28,7 @@ from ppml.reporting import write_report
 from ppml_assets.common import latest_metadata
 from ppml_assets.graph import policy_asset, policy_asset_check
 from ppml_assets.settings import window_partition_keys
-from resources import AssetStore, MlflowResource, PolicyResource, WorkspacePaths
+from resources import AssetStore, MlflowResource, PolicyResource, PseudonymizationKey, WorkspacePaths
 
 
 def _l_diversity_evidence(anonymized: pd.DataFrame, loaded: LoadedPolicy, violations: dict[str, int]) -> list[dict]:
@@ -177,6 +177,7 @@ def compliance_status(
     mlflow: MlflowResource,
     asset_store: AssetStore,
     paths: WorkspacePaths,
+    pseudonym_key: PseudonymizationKey,
 ) -> dict:
     """Every requirement of the policy judged on the run's evidence; the table the gate's checks enforce."""
     loaded = policy.load()
@@ -185,7 +186,7 @@ def compliance_status(
     days = window_partition_keys(as_of, loaded.policy.collection.training_window_days)
     key = asset_store.asset_key
     window = window_summary(instance, as_of, days, asset_store)
-    raw_window = pd.concat([asset_store.read_stored("raw_records", d) for d in days], ignore_index=True)
+    raw_window = _identifier_window(asset_store, paths, pseudonym_key, days)
     anonymization_report = latest_metadata(instance, key("anonymized_records"), as_of)["anonymization_report"]
     feature_names = [c for c in training_features.columns if c not in ("label", "split")]
     evidence: dict[str, Any] = {
@@ -276,6 +277,22 @@ def compliance_status(
         }
     )
     return {"checks": evidence["checks"], "failing": failed, "evidence": evidence}
+
+
+def _identifier_window(
+    asset_store: AssetStore, paths: WorkspacePaths, pseudonym_key: PseudonymizationKey, days: list[str]
+) -> pd.DataFrame:
+    """The window's raw identifier values: the encrypted reference de-identification kept when it disposed of
+    the raw copy (`ppml.raw_copies`), else the raw copy itself (a partition collected before raw copies went)."""
+    from ppml.raw_copies import RawCopies
+
+    folder = Path(asset_store.base_dir, *asset_store.asset_key("raw_records").path[:-1])  # this policy graph's
+    copies = RawCopies(folder, Path(paths.home), pseudonym_key.key())
+    frames = []
+    for day in days:
+        reference = copies.read_identifier_reference(day)
+        frames.append(reference if reference is not None else asset_store.read_stored("raw_records", day))
+    return pd.concat(frames, ignore_index=True)
 
 
 def _identifier_values(raw_window: pd.DataFrame, loaded: LoadedPolicy) -> set[str]:

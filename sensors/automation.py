@@ -58,7 +58,8 @@ def drift(context: SensorEvaluationContext, asset_store: AssetStore, policy: Pol
     if context.cursor == newest:
         return SkipReason(f"partition {newest} was already compared")
     reference = asset_store.read_stored("drift_reference", trained_as_of)
-    current = asset_store.read_stored("raw_records", newest)
+    # the de-identified partition: its raw copy is gone once de-identification passed (ppml.raw_copies)
+    current = asset_store.read_stored("deidentified_records", newest)
     threshold = policy.load().policy.monitoring.drift_psi_threshold
     report = drift_against(reference, current, threshold)
     context.update_cursor(newest)
