@@ -753,5 +753,6 @@ def test_duplicated_ids_through_the_collection_asset(tmp_path: Path, landing_zon
             assert result.success
             metadata = result.asset_materializations_for_node("raw_records")[0].metadata
             assert metadata["rows_dropped_as_duplicates"].value == 2
-            stored = pd.read_parquet(workspace.home / "assets" / "raw_records" / f"{DAY}.parquet")
-            assert stored["record_id"].is_unique
+            # the raw copy is gone once de-identification passed; pseudonyms are one-to-one
+            stored = pd.read_parquet(workspace.home / "assets" / "deidentified_records" / f"{DAY}.parquet")
+            assert stored["record_id"].is_unique and len(stored) == metadata["row_count"].value
