@@ -236,14 +236,15 @@ def run_lifecycle(as_of: str, console: Console, workspace: Any, title: str, lock
     from dagster import DagsterInstance
 
     from ppml.processes import StopRequested, stop_signals_raise
-    from ppml_assets.definitions import defs
     from ppml_assets.run_safety import check_stores, reconcile_at_start, stop_and_exit
+
+    tracking_uri = workspace.mlflow_tracking_uri
+    check_stores(tracking_uri, lambda: _artifact_location(tracking_uri))  # before the code location loads
     from ppml_assets.settings import POLICY_PATH, default_ledger_url, window_partition_keys
     from ppml_assets.storage import prepare_storage
 
     window = window_partition_keys(as_of)
-    ledger_url, tracking_uri = default_ledger_url(), workspace.mlflow_tracking_uri
-    check_stores(tracking_uri, lambda: _artifact_location(defs, tracking_uri))
+    ledger_url = default_ledger_url()
     prepare_storage(workspace.home)  # the stores exist before the multiprocess executor's parallel steps
     instance = DagsterInstance.get()
     reconcile_at_start(instance, ledger_url, tracking_uri, console)
@@ -264,8 +265,10 @@ def run_lifecycle(as_of: str, console: Console, workspace: Any, title: str, lock
     return outcome
 
 
-def _artifact_location(defs: Any, tracking_uri: str) -> str:
+def _artifact_location(tracking_uri: str) -> str:
     """Where MLflow will write artifacts: the existing experiment's location, else the configured one."""
+    from ppml_assets.definitions import defs
+
     configured = (defs.resources or {}).get("mlflow")
     if configured is None:  # resources built per policy: the environment says the same
         return os.environ.get("PPML_MLFLOW_ARTIFACTS") or str(Path(os.environ["PPML_HOME"]) / "mlflow" / "artifacts")
