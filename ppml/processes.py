@@ -21,8 +21,9 @@ from pathlib import Path
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-class StopRequested(Exception):
-    """Raised in the main thread when a stop signal arrives."""
+class StopRequested(BaseException):
+    """Raised in the main thread when a stop signal arrives (a BaseException, like KeyboardInterrupt, so that
+    no ``except Exception`` on the way swallows it)."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)

@@ -167,8 +167,9 @@ def stop_and_exit(
         + "; ".join(parts)
         + "; fix: run the same command again (it resumes from what was completed)"
     )
-    print(line, file=sys.stderr, flush=True)
-    sys.stdout.flush()
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+    os.write(2, (line + "\n").encode("utf-8", "replace"))  # past any redirection of sys.stderr
     os._exit(128 + signum)  # the run's worker thread cannot be joined; the process ends here
 
 
