@@ -71,6 +71,45 @@ def test_every_stop_signal_stops_the_grandchildren(tmp_path: Path, signum: signa
     assert not any(_alive(pid) for pid in grandchildren)
 
 
+# What `ppml run` does on a stop signal: every descendant (children started in the same group, their children
+# too, as torch or a library may start them) is stopped before the process exits with 128 + the signal.
+RUNNER = textwrap.dedent(
+    """
+    import os, subprocess, sys
+    from ppml.processes import StopRequested, stop_descendants, stop_signals_raise
+
+    with stop_signals_raise():
+        try:
+            child = subprocess.Popen(["sh", "-c", "sleep 300 & echo $! >> " + sys.argv[1] + "; wait"])
+            print("started", child.pid, flush=True)
+            child.wait()
+        except StopRequested as stop:
+            print("stopped", stop_descendants(grace_seconds=5), flush=True)
+            os._exit(128 + stop.signum)
+    """
+)
+
+
+def test_a_stopped_run_stops_its_descendants_and_exits_128_plus_the_signal(tmp_path: Path) -> None:
+    pids_file = tmp_path / "pids"
+    runner = subprocess.Popen(
+        [sys.executable, "-c", RUNNER, str(pids_file)],
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert runner.stdout is not None
+    child = int(runner.stdout.readline().split()[1])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not (pids_file.exists() and pids_file.read_text().strip()):
+        time.sleep(0.05)
+    grandchild = int(pids_file.read_text().split()[0])
+    runner.send_signal(signal.SIGTERM)
+    assert runner.wait(timeout=20) == 128 + signal.SIGTERM
+    assert runner.stdout.read().split() == ["stopped", "2"]
+    assert not _alive(child) and not _alive(grandchild)
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
