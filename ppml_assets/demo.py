@@ -254,12 +254,16 @@ def run_lifecycle(as_of: str, console: Console, workspace: Any, title: str, lock
     )
     started = time.perf_counter()
     current: dict[str, str] = {}
-    with stop_signals_raise():
-        try:
-            outcome = _run_the_three(as_of, window, console, instance, current)
-        except StopRequested as stop:
-            stop_and_exit(stop.signum, current, instance, ledger_url, tracking_uri, lock)
-            raise  # not reached: stop_and_exit ends the process
+    stderr_fd = os.dup(2)  # the terminal's stderr: a running step's log capture redirects descriptor 2
+    try:
+        with stop_signals_raise():
+            try:
+                outcome = _run_the_three(as_of, window, console, instance, current)
+            except StopRequested as stop:
+                stop_and_exit(stop.signum, current, instance, (ledger_url, tracking_uri), lock, stderr_fd)
+                raise  # not reached: stop_and_exit ends the process
+    finally:
+        os.close(stderr_fd)
     outcome.summary["seconds"] = round(time.perf_counter() - started, 1)
     _print_summary(console, instance, outcome, workspace.reports / as_of, title)
     return outcome

@@ -140,9 +140,19 @@ def reconcile_at_start(instance: Any, ledger_url: str, tracking_uri: str, consol
 
 
 def stop_and_exit(
-    signum: int, current: dict[str, str], instance: Any, ledger_url: str, tracking_uri: str, lock: WorkspaceLock | None
+    signum: int,
+    current: dict[str, str],
+    instance: Any,
+    stores: tuple[str, str],
+    lock: WorkspaceLock | None,
+    stderr_fd: int = 2,
 ) -> None:
-    """A stop signal arrived during a run: stop the children, close this process's state, one line, exit."""
+    """A stop signal arrived during a run: stop the children, close this process's state, one line, exit.
+
+    ``stderr_fd`` is a duplicate of the terminal's stderr taken before the runs: while a step runs, Dagster's
+    compute-log capture has pointed file descriptor 2 at the step's log file.
+    """
+    ledger_url, tracking_uri = stores
     for each in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(each, signal.SIG_IGN)  # a second signal must not interrupt the clean-up
     name = signal.Signals(signum).name
@@ -169,7 +179,7 @@ def stop_and_exit(
     )
     with contextlib.suppress(Exception):
         sys.stdout.flush()
-    os.write(2, (line + "\n").encode("utf-8", "replace"))  # past any redirection of sys.stderr
+    os.write(stderr_fd, (line + "\n").encode("utf-8", "replace"))  # past any redirection of sys.stderr
     os._exit(128 + signum)  # the run's worker thread cannot be joined; the process ends here
 
 
