@@ -104,6 +104,7 @@ _KILLED_TRAINER = """
 """
 
 
+@pytest.mark.slow
 def test_a_killed_training_is_closed_at_the_next_start_keeping_its_pre_charge(tmp_path: Path) -> None:
     ledger_url = f"sqlite:///{tmp_path / 'ledger.db'}"
     mlflow_uri = os.environ["MLFLOW_TRACKING_URI"]  # the session's store (creating one costs seconds)
@@ -175,6 +176,7 @@ def _engine_event(run, event_type):  # type: ignore[no-untyped-def]
 # ------------------------------------------------------------------------------------------ raw copies
 
 
+@pytest.mark.slow
 def test_raw_copies_go_once_de_identification_passed_and_reruns_recollect(tmp_path: Path, landing_zone: Path) -> None:
     two = days(TEST_FIRST_DAY, 2)
     policy = write_policy(tmp_path, collection__raw_copy="encrypt")
