@@ -35,11 +35,11 @@ class Reconciled:
     ledger_requests: list[str] = field(default_factory=list)
     mlflow_runs: list[str] = field(default_factory=list)
 
-    def lines(self) -> list[str]:
+    def lines(self, whose: str = "left running by a process that is gone") -> list[str]:
         lines = []
         if self.ledger_runs:
             lines.append(
-                f"ledger: {len(self.ledger_runs)} run(s) left running by a process that is gone marked failed; "
+                f"ledger: {len(self.ledger_runs)} run(s) {whose} marked failed; "
                 f"they keep their pre-charge (epsilon {self.ledger_epsilon_kept:.4g} in all)"
             )
         if self.ledger_requests:

@@ -167,7 +167,7 @@ def stop_and_exit(
             parts.append(f"Dagster run {run.run_id[:8]} marked canceled")
         own = frozenset({current["run_id"]}) if current.get("run_id") else frozenset()
         _dead, done = _reconcile(instance, ledger_url, tracking_uri, lambda owner: owner == me, message, own)
-        parts += done.lines()
+        parts += done.lines(whose="of this run")
     except Exception as error:  # best effort: what is left is reconciled at the next start
         parts.append(f"clean-up incomplete ({type(error).__name__}); the next start reconciles the rest")
     if lock is not None:
