@@ -32,6 +32,7 @@ from typing import Any
 import pandas as pd
 
 from ppml.errors import input_error
+from ppml.locations import is_local, resolve_location
 from ppml.private_files import PRIVATE_FILE_MODE, private_dir
 
 RAW_ASSET = "raw_records"
@@ -73,15 +74,16 @@ class Disposal:
 class RawCopies:
     """The raw copies and identifier references under an asset base folder, and their audit trail."""
 
-    def __init__(self, base_dir: Path, home: Path, master_key: bytes) -> None:
-        self.base_dir = Path(base_dir)
+    def __init__(self, base_dir: Any, home: Path, master_key: bytes) -> None:
+        """``base_dir``: the policy graph's asset folder, a local path or an fsspec location (`ppml.locations`)."""
+        self.base_dir = base_dir if not isinstance(base_dir, str) else resolve_location(base_dir)
         self.audit_path = Path(home) / AUDIT_FILE
         self._fernet = fernet_for(master_key)
 
-    def raw_file(self, day: str) -> Path:
+    def raw_file(self, day: str) -> Any:
         return self.base_dir / RAW_ASSET / f"{day}.parquet"
 
-    def reference_file(self, day: str) -> Path:
+    def reference_file(self, day: str) -> Any:
         return self.base_dir / REFERENCE_FOLDER / f"{day}.fernet"
 
     # ------------------------------------------------------------------------------------------ disposal
@@ -116,7 +118,11 @@ class RawCopies:
         purged = []
         for folder, pattern in ((RAW_ASSET, "*.parquet*"), (REFERENCE_FOLDER, "*.fernet")):
             for path in sorted((self.base_dir / folder).glob(pattern)):
-                if path.name.startswith(".") or now - path.stat().st_mtime <= limit:
+                try:
+                    written = float(path.stat().st_mtime)
+                except (AttributeError, OSError, TypeError):  # a store without modification times
+                    continue
+                if path.name.startswith(".") or now - written <= limit:
                     continue
                 data = path.read_bytes()
                 path.unlink()
@@ -141,7 +147,7 @@ class RawCopies:
 
     # ------------------------------------------------------------------------------------------ helpers
 
-    def _decrypt(self, path: Path) -> bytes:
+    def _decrypt(self, path: Any) -> bytes:
         from cryptography.fernet import InvalidToken
 
         try:
@@ -154,7 +160,11 @@ class RawCopies:
                 "set the PPML_HMAC_KEY it was written with, or re-collect the partition",
             ) from None
 
-    def _write_encrypted(self, path: Path, data: bytes) -> None:
+    def _write_encrypted(self, path: Any, data: bytes) -> None:
+        if not is_local(path):  # a shared store: no modes to set, written whole
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(self._fernet.encrypt(data))
+            return
         private_dir(path.parent)
         temporary = path.with_name(f".{path.name}.tmp")
         descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE_MODE)

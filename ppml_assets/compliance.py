@@ -284,9 +284,10 @@ def _identifier_window(
 ) -> pd.DataFrame:
     """The window's raw identifier values: the encrypted reference de-identification kept when it disposed of
     the raw copy (`ppml.raw_copies`), else the raw copy itself (a partition collected before raw copies went)."""
+    from ppml.locations import resolve_location
     from ppml.raw_copies import RawCopies
 
-    folder = Path(asset_store.base_dir, *asset_store.asset_key("raw_records").path[:-1])  # this policy graph's
+    folder = resolve_location(asset_store.base_dir).joinpath(*asset_store.asset_key("raw_records").path[:-1])
     copies = RawCopies(folder, Path(paths.home), pseudonym_key.key())
     frames = []
     for day in days:

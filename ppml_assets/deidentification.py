@@ -17,6 +17,7 @@ from dagster import (
 from ppml.collection import frame_sha256
 from ppml.deidentification import deidentify, identifier_reference_columns, raw_identifier_leaks
 from ppml.erasure import index_root, record_day_tokens
+from ppml.locations import resolve_location
 from ppml.raw_copies import RawCopies
 from ppml_assets.graph import policy_asset, policy_asset_check
 from resources import AssetStore, PolicyResource, PseudonymizationKey, WorkspacePaths
@@ -105,7 +106,8 @@ def _dispose_raw_copies(
 ) -> dict[str, Any]:
     """The raw copies of the checked partitions deleted or encrypted, expired ones purged; metadata for the check."""
     raw_key = asset_store.asset_key("raw_records")  # this policy graph's (prefixed) key and folder
-    copies = RawCopies(Path(asset_store.base_dir, *raw_key.path[:-1]), Path(paths.home), pseudonym_key.key())
+    folder = resolve_location(asset_store.base_dir).joinpath(*raw_key.path[:-1])
+    copies = RawCopies(folder, Path(paths.home), pseudonym_key.key())
     keys = context.partition_keys if context.has_partition_key_range or context.has_partition_key else []
     columns = identifier_reference_columns(policy)
     done = copies.dispose(raw_records, keys, policy.schema_.event_date, columns, policy.collection.raw_copy)
