@@ -300,6 +300,10 @@ def _register_optional_commands() -> None:
     from ppml.deploy_cli import deploy_app
 
     app.add_typer(deploy_app, name="deploy")
+    from ppml.serving.cli import rollback_command, serve_command
+
+    app.command("serve")(serve_command)
+    app.command("rollback")(rollback_command)
 
 
 _register_optional_commands()

@@ -178,3 +178,31 @@ def tag_erasure(client: MlflowClient, model_name: str, version: str, run_id: str
         if run_id:
             with suppress(MlflowException):  # a deleted run: the version's tags are the record
                 client.set_tag(run_id, key, value)
+
+
+def rollback(client: MlflowClient, model_name: str) -> tuple[str, str]:
+    """Move ``production`` back to the newest earlier version that was promoted and not rolled back, retired or
+    reached by an erasure; the version left is tagged ``ppml.rolled_back`` so a second rollback goes further back.
+    Returns (from, to)."""
+    current = current_production_version(client, model_name)
+    if current is None:
+        raise PPMLError(
+            f"MLflow registry: field '{model_name}@{PRODUCTION_ALIAS}': nothing is in production; "
+            "fix: nothing to roll back (promote a version through the compliance gate)"
+        )
+    earlier = [
+        version
+        for version in client.search_model_versions(f"name = '{model_name}'")
+        if int(version.version) < int(current)
+        and _is_promoted_and_clean(version, set())  # an erased-from or retired version is never served again
+        and (version.tags or {}).get("ppml.rolled_back") != "true"
+    ]
+    if not earlier:
+        raise PPMLError(
+            f"MLflow registry: field '{model_name}': no version before v{current} was promoted; fix: nothing to roll "
+            "back to (promote a version through the compliance gate)"
+        )
+    target = str(max(int(version.version) for version in earlier))
+    client.set_model_version_tag(model_name, current, "ppml.rolled_back", "true")
+    client.set_registered_model_alias(model_name, PRODUCTION_ALIAS, target)
+    return current, target

@@ -436,6 +436,22 @@ class Monitoring(Strict):
     retrain_cron: str = Field(default="0 3 * * 1", min_length=9)
 
 
+class ServingSettings(Strict):
+    """``ppml serve``: what a client may ask and learn (docs/serving.md); the defaults are the safe end."""
+
+    output: Literal["label", "probability"] = Field(
+        default="label", description="label only, or the probability rounded to probability_decimals."
+    )
+    probability_decimals: int = Field(default=1, ge=0, le=4)
+    queries_per_client: int = Field(default=10_000, ge=1, description="Rows one API key may score, ever.")
+    requests_per_minute: int = Field(default=60, ge=1, description="Requests one API key may send per minute.")
+    max_batch_rows: int = Field(default=100, ge=1, le=10_000)
+    identifiers: Literal["refuse", "drop"] = Field(
+        default="refuse", description="A request carrying a direct identifier: refused (4xx) or the field dropped."
+    )
+    poll_seconds: float = Field(default=30.0, gt=0, le=3600, description="How often the registry alias is read.")
+
+
 class Policy(Strict):
     """A validated privacy policy. Construct it with :func:`load_policy`."""
 
@@ -452,6 +468,7 @@ class Policy(Strict):
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
     monitoring: Monitoring = Field(default_factory=Monitoring)
     release: ReleaseSettings = Field(default_factory=ReleaseSettings)
+    serving: ServingSettings = Field(default_factory=ServingSettings)
     files_root: Path = Field(
         default=Path("."),
         description="Folder (relative to the policy file) that every file the policy names must lie in.",

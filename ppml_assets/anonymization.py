@@ -13,6 +13,7 @@ from ppml.errors import input_error
 from ppml.expectations import anonymized_records_suite
 from ppml.ledger import LifetimeBudget
 from ppml.policy import IdentifierAction, LoadedPolicy
+from ppml.serving.spec import generalization_spec
 from ppml_assets.common import data_scope, latest_metadata, open_ledger
 from ppml_assets.graph import policy_asset, policy_asset_check
 from ppml_assets.settings import window_partition_keys
@@ -90,6 +91,10 @@ def anonymized_records(
             "attacker_knowledge": MetadataValue.json(safety.attacker_knowledge),
             # the hierarchy's labels at the released levels: public, so the DP summary need not read them from data
             "public_categories": MetadataValue.json(result.public_categories),
+            # the released levels as a recipe for raw inputs: ppml serve replays it (hierarchy labels, no records)
+            "serving_generalization": MetadataValue.json(
+                generalization_spec(safety.config, result.transformation, safety.binned_columns)
+            ),
             "content_sha256": frame_sha256(result.data),
             "seconds": round(result.seconds, 3),
             **erasure.metadata(),

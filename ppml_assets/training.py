@@ -13,6 +13,7 @@ from ppml.errors import PPMLError
 from ppml.evaluation import utility_report
 from ppml.ledger import LifetimeBudget
 from ppml.policy import LoadedPolicy
+from ppml.serving.spec import log_serving_spec, serving_spec
 from ppml.tracking import TAG_DAGSTER_RUN, TAG_DATA_HASH, TAG_PARTITIONS, TAG_POLICY_HASH, TrainingTracker
 from ppml.training.accountable import train_within_budget
 from ppml.training.baseline import train_tuned_baseline
@@ -21,6 +22,7 @@ from ppml_assets.common import (
     data_scope,
     dp_config,
     feature_splits,
+    latest_metadata,
     open_ledger,
     protected_groups,
     run_attacks,
@@ -119,6 +121,7 @@ def dp_model(
         )
     finally:
         store.close()
+    record_serving_spec(context, loaded, mlflow.client(), result.mlflow_run_id, splits["train"].feature_names)
     model_name = f"ppml-{loaded.policy.name}"
     version = register_version(
         mlflow.client(),
@@ -193,6 +196,20 @@ def dp_model(
     }
     context.add_output_metadata({**_dp_metadata(summary), "reused": False})
     return summary
+
+
+def record_serving_spec(context: AssetExecutionContext, loaded: LoadedPolicy, client, run_id: str, names) -> None:  # type: ignore[no-untyped-def]
+    """Store with the model how a raw record becomes its input (released levels, bins, feature names): ppml serve
+    replays exactly this, so the service scores what the model was trained on."""
+    partition = context.partition_key
+    spec = serving_spec(
+        latest_metadata(context.instance, "anonymized_records", partition).get("serving_generalization", {}),
+        latest_metadata(context.instance, "cleaned_records", partition)["preparation_report"],
+        list(names),
+        policy_sha256=loaded.content_hash,
+        missing_value_marker=loaded.policy.schema_.missing_value_marker,
+    )
+    log_serving_spec(client, run_id, spec)
 
 
 def refuse_subject_unit(loaded: LoadedPolicy) -> None:

@@ -147,6 +147,11 @@ class ReleaseSafetyResult:
         return [d.column for d in self.decisions if d.action in HANDLE_ACTIONS]
 
     @property
+    def binned_columns(self) -> list[str]:
+        """Columns replaced by quantile bins: their released level-0 values are bin labels."""
+        return [d.column for d in self.decisions if d.action == "bin"]
+
+    @property
     def attacker_knowledge(self) -> list[str]:
         """Every attribute the k check covers: the policy's QIs and the handles."""
         return [*self.policy_quasi_identifiers, *self.handles]

@@ -1,0 +1,118 @@
+"""The prediction log: what was served, to whom and by which version, with pseudonymous request ids only.
+
+Each row holds a random request id (unlinkable to the person the record describes), the client's key
+fingerprint, the model version, the input in its *released* form (generalized labels and bins, as in the
+anonymized training set; never a raw value and never a direct identifier), the score and the label, and the
+true label when feedback arrives later. One SQLAlchemy URL: SQLite under PPML_HOME by default, PostgreSQL in
+production (``PPML_SERVE_LOG_URL``).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from ppml.errors import PPMLError
+
+LOG_URL_ENV = "PPML_SERVE_LOG_URL"
+
+metadata = sa.MetaData()
+predictions = sa.Table(
+    "ppml_predictions",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("request_id", sa.String(32), nullable=False, index=True),
+    sa.Column("row_index", sa.Integer, nullable=False),
+    sa.Column("client", sa.String(32), nullable=False, index=True),
+    sa.Column("model_name", sa.String(200), nullable=False),
+    sa.Column("model_version", sa.String(32), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("released_input", sa.Text, nullable=False),
+    sa.Column("score", sa.Float, nullable=False),
+    sa.Column("predicted_label", sa.Integer, nullable=False),
+    sa.Column("feedback_label", sa.Integer, nullable=True),
+    sa.Column("feedback_at", sa.DateTime(timezone=True), nullable=True),
+    sa.UniqueConstraint("request_id", "row_index", name="uq_ppml_prediction_row"),
+)
+
+
+def default_log_url(home: Path) -> str:
+    return f"sqlite:///{home / 'serving' / 'predictions.db'}"
+
+
+class PredictionLog:
+    """Append-only prediction rows plus later feedback; safe to share between the server's worker threads."""
+
+    def __init__(self, url: str) -> None:
+        if url.startswith("sqlite:///"):
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            self.engine = sa.create_engine(url)
+            metadata.create_all(self.engine)
+        except Exception as error:
+            first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+            raise PPMLError(
+                f"{LOG_URL_ENV}: field 'url': the prediction log cannot be opened ({first}); fix: give a reachable "
+                "SQLAlchemy URL (sqlite:///PATH or postgresql+psycopg2://...)"
+            ) from None
+        self._lock = threading.Lock()  # SQLite allows one writer; PostgreSQL does not mind
+
+    def record(
+        self,
+        request_id: str,
+        client: str,
+        model_name: str,
+        version: str,
+        released: Sequence[dict[str, str]],
+        scores: Sequence[float],
+        labels: Sequence[int],
+    ) -> None:
+        now = datetime.now(UTC)
+        rows = [
+            {
+                "request_id": request_id,
+                "row_index": index,
+                "client": client,
+                "model_name": model_name,
+                "model_version": version,
+                "created_at": now,
+                "released_input": json.dumps(values, sort_keys=True),
+                "score": float(score),
+                "predicted_label": int(label),
+            }
+            for index, (values, score, label) in enumerate(zip(released, scores, labels, strict=True))
+        ]
+        with self._lock, self.engine.begin() as connection:
+            connection.execute(predictions.insert(), rows)
+
+    def feedback(self, client: str, request_id: str, row_index: int, label: int) -> int:
+        """Attach a later-known true label to a client's own prediction; returns the rows matched (0 or 1)."""
+        statement = (
+            predictions.update()
+            .where(
+                predictions.c.client == client,
+                predictions.c.request_id == request_id,
+                predictions.c.row_index == row_index,
+            )
+            .values(feedback_label=int(label), feedback_at=datetime.now(UTC))
+        )
+        with self._lock, self.engine.begin() as connection:
+            return int(connection.execute(statement).rowcount)
+
+    def rows_per_client(self) -> dict[str, int]:
+        """Rows served per client so far: the query budget survives a restart."""
+        statement = sa.select(predictions.c.client, sa.func.count()).group_by(predictions.c.client)
+        with self.engine.connect() as connection:
+            return {client: int(count) for client, count in connection.execute(statement)}
+
+    def count(self) -> int:
+        with self.engine.connect() as connection:
+            return int(connection.execute(sa.select(sa.func.count()).select_from(predictions)).scalar_one())
+
+    def close(self) -> None:
+        self.engine.dispose()
