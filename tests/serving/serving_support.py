@@ -27,7 +27,7 @@ class Registered:
     features: pd.DataFrame  # the one-hot matrix (feature_names + label + split) of the released rows
 
 
-def register_small_model(landing: Path, policy: Path, n_days: int = 4) -> Registered:
+def register_small_model(landing: Path, policy: Path, n_days: int = 2) -> Registered:
     """Collect, de-identify, anonymize (release safety included), prepare, train for one epoch, log the model
     with its serving spec, register it and promote it: the production version ppml serve loads. (The serving
     tests need a registered model, not a private one: without DP-SGD's noise calibration this takes seconds;

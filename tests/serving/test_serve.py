@@ -247,3 +247,40 @@ def test_promotion_followed_without_dropping_requests_and_rollback(registered: R
     wait_for_version(server["base"], "1")
     again = CliRunner().invoke(app, ["rollback", "--policy", str(registered.policy)], env=env)
     assert again.exit_code == 2 and "no version before v1 was promoted" in again.output
+
+
+def test_default_output_is_the_label_only(registered: Registered, tmp_path: Path) -> None:
+    """The same version behind the policy's default coarsening (an in-process uvicorn on loopback)."""
+    import uvicorn
+    from mlflow import MlflowClient
+
+    from ppml.policy import load_policy
+    from ppml.serving.app import RegistryFollower, api_keys_from_env, create_app
+    from ppml.serving.prediction_log import PredictionLog
+    from ppml.serving.registry import load_production
+
+    document = registered.policy.read_text().replace("output: probability", "output: label")
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(document)
+    loaded = load_policy(policy)
+    client = MlflowClient(tracking_uri=registered.tracking_uri)
+    follower = RegistryFollower(client, load_production(client, registered.model_name), 60.0)
+    log = PredictionLog(f"sqlite:///{tmp_path / 'log.db'}")
+    app = create_app(loaded, follower, log, api_keys_from_env({"PPML_SERVE_API_KEY": KEYS[0]}))
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.1)
+        body = {"records": [raw_record(registered, registered.kept_raw_rows[i]) for i in range(5)]}
+        response = post({"base": f"http://127.0.0.1:{port}"}, "/predict/batch", body)
+        assert response.status_code == 200, response.text
+        assert all(set(p) == {"label"} for p in response.json()["predictions"])
+        assert log.count() == 5
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)
+        log.close()
