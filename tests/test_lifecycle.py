@@ -143,6 +143,15 @@ def test_hipaa_safe_harbor_lifecycle(tmp_path: Path, landing_zone: Path) -> None
     assert released["zip"].astype(str).str.fullmatch(r"\d{3}|\d{2}\*|\d\*\*|\*").all()
     evidence = _evidence(workspace.home, window[-1])
     assert evidence["policy"]["regulation"] == "HIPAA" and evidence["decision"]["promoted"] is True
+    # dp_model stored the serving spec with the promoted version: ppml serve replays ZIP3's released prefix rule
+    from ppml.serving.registry import load_production
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{workspace.home / 'mlflow' / 'mlflow.db'}")
+    served = load_production(client, "ppml-adult-income-hipaa")
+    assert served.spec["generalization"]["zip"]["rule"]["type"] == "prefix" and "zip" in served.builder.columns
+    deidentified = pd.read_parquet(workspace.home / "assets" / "deidentified_records" / f"{window[-1]}.parquet")
+    replayed = {served.builder.released_values(r)["zip"] for r in deidentified.head(200).to_dict("records")}
+    assert replayed <= set(released["zip"].astype(str)) | {"*"}
 
 
 def _overfit_non_private_model():  # type: ignore[no-untyped-def]

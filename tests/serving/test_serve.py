@@ -23,6 +23,8 @@ import sqlalchemy as sa
 from tests.graph_support import write_policy
 from tests.serving.serving_support import Registered, promote_again, register_small_model, server_env
 
+pytestmark = pytest.mark.slow  # a training, a registration and a server start: ~20-40 s on 2 shared cores
+
 KEYS = [f"key-{name}-{uuid.uuid4().hex}" for name in ("main", "rate", "budget", "switch")]
 CLI = "import sys; from ppml.cli import app; sys.argv[0] = 'ppml'; app()"
 RATE = 30  # serving.requests_per_minute
