@@ -202,9 +202,13 @@ def record_serving_spec(context: AssetExecutionContext, loaded: LoadedPolicy, cl
     """Store with the model how a raw record becomes its input (released levels, bins, feature names): ppml serve
     replays exactly this, so the service scores what the model was trained on."""
     partition = context.partition_key
+    preparation = latest_metadata(context.instance, "cleaned_records", partition).get("preparation_report")
+    if preparation is None:  # cleaned_records came from elsewhere: ppml serve refuses this version in one line
+        context.log.warning("dp_model: no preparation report in this instance; the serving spec is not recorded")
+        return
     spec = serving_spec(
         latest_metadata(context.instance, "anonymized_records", partition).get("serving_generalization", {}),
-        latest_metadata(context.instance, "cleaned_records", partition)["preparation_report"],
+        preparation,
         list(names),
         policy_sha256=loaded.content_hash,
         missing_value_marker=loaded.policy.schema_.missing_value_marker,

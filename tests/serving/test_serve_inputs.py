@@ -80,3 +80,17 @@ def test_a_run_without_serving_spec_is_refused() -> None:
     client.log_dict(run.info.run_id, {"format": 99}, SPEC_ARTIFACT)
     with pytest.raises(PPMLError, match="not a format-1 serving spec"):
         load_serving_spec(client, run.info.run_id, "m v1")
+
+
+def test_demo_generates_a_private_key_and_never_prints_it(tmp_path: Path) -> None:
+    from ppml.cli import app
+
+    policy = write_policy(tmp_path)
+    policy.write_text(policy.read_text().replace("name: adult-income-gdpr", f"name: demo-{uuid.uuid4().hex[:8]}"))
+    home = tmp_path / "home"
+    env = {"PPML_SERVE_API_KEY": "", "PPML_HOME": str(home)}
+    result = CliRunner().invoke(app, ["serve", "--policy", str(policy), "--demo"], env=env)
+    key_file = home / "secrets" / "serve_demo_api_key"
+    assert "DEMO API KEY" in result.output and str(key_file) in result.output
+    assert key_file.stat().st_mode & 0o777 == 0o600 and key_file.read_text() not in result.output
+    assert result.exit_code == 2 and "no version is in production" in result.output  # the key was accepted
