@@ -252,7 +252,8 @@ def test_promotion_followed_without_dropping_requests_and_rollback(registered: R
 
 
 def test_default_output_is_the_label_only(registered: Registered, tmp_path: Path) -> None:
-    """The same version behind the policy's default coarsening (an in-process uvicorn on loopback)."""
+    """The same version behind the policy's default coarsening and ``identifiers: drop`` (an in-process uvicorn
+    on loopback): the label only, and an identifier dropped unscored and unlogged."""
     import uvicorn
     from mlflow import MlflowClient
 
@@ -262,6 +263,7 @@ def test_default_output_is_the_label_only(registered: Registered, tmp_path: Path
     from ppml.serving.registry import load_production
 
     document = registered.policy.read_text().replace("output: probability", "output: label")
+    document = document.replace("  poll_seconds:", "  identifiers: drop\n  poll_seconds:")
     policy = tmp_path / "policy.yaml"
     policy.write_text(document)
     loaded = load_policy(policy)
@@ -277,11 +279,15 @@ def test_default_output_is_the_label_only(registered: Registered, tmp_path: Path
         deadline = time.monotonic() + 30
         while not server.started and time.monotonic() < deadline:
             time.sleep(0.1)
-        body = {"records": [raw_record(registered, registered.kept_raw_rows[i]) for i in range(5)]}
+        rows = [registered.kept_raw_rows[i] for i in range(5)]
+        ssns = [str(registered.raw.iloc[r]["ssn"]) for r in rows]
+        body = {"records": [{**raw_record(registered, r), "ssn": ssn} for r, ssn in zip(rows, ssns, strict=True)]}
         response = post({"base": f"http://127.0.0.1:{port}"}, "/predict/batch", body)
         assert response.status_code == 200, response.text
         assert all(set(p) == {"label"} for p in response.json()["predictions"])
         assert log.count() == 5
+        dump = (tmp_path / "log.db").read_bytes()
+        assert not any(ssn.encode() in dump for ssn in ssns)
     finally:
         server.should_exit = True
         thread.join(timeout=20)
