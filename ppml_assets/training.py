@@ -121,7 +121,7 @@ def dp_model(
         )
     finally:
         store.close()
-    record_serving_spec(context, loaded, mlflow.client(), result.mlflow_run_id, splits["train"].feature_names)
+    record_serving_spec(context, loaded, asset_store, mlflow.client(), result.mlflow_run_id, splits["train"])
     model_name = f"ppml-{loaded.policy.name}"
     version = register_version(
         mlflow.client(),
@@ -198,18 +198,21 @@ def dp_model(
     return summary
 
 
-def record_serving_spec(context: AssetExecutionContext, loaded: LoadedPolicy, client, run_id: str, names) -> None:  # type: ignore[no-untyped-def]
+def record_serving_spec(  # type: ignore[no-untyped-def]
+    context: AssetExecutionContext, loaded: LoadedPolicy, asset_store: AssetStore, client, run_id: str, train
+) -> None:
     """Store with the model how a raw record becomes its input (released levels, bins, feature names): ppml serve
     replays exactly this, so the service scores what the model was trained on."""
     partition = context.partition_key
-    preparation = latest_metadata(context.instance, "cleaned_records", partition).get("preparation_report")
-    if preparation is None:  # cleaned_records came from elsewhere: ppml serve refuses this version in one line
+    cleaned = latest_metadata(context.instance, asset_store.asset_key("cleaned_records"), partition)
+    if "preparation_report" not in cleaned:  # cleaned_records came from elsewhere: ppml serve refuses the version
         context.log.warning("dp_model: no preparation report in this instance; the serving spec is not recorded")
         return
+    anonymized = latest_metadata(context.instance, asset_store.asset_key("anonymized_records"), partition)
     spec = serving_spec(
-        latest_metadata(context.instance, "anonymized_records", partition).get("serving_generalization", {}),
-        preparation,
-        list(names),
+        anonymized.get("serving_generalization", {}),
+        cleaned["preparation_report"],
+        list(train.feature_names),
         policy_sha256=loaded.content_hash,
         missing_value_marker=loaded.policy.schema_.missing_value_marker,
     )

@@ -8,7 +8,6 @@ alias every ``serving.poll_seconds`` and swaps version and spec in one assignmen
 every request is scored by one consistent version, named in its response.
 """
 
-
 import hashlib
 import hmac
 import logging
