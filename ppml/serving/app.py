@@ -207,22 +207,79 @@ def deidentify_record(policy: Policy, values: dict[str, Any], position: int) -> 
     return out
 
 
+class PredictionService:
+    """Screening, scoring, logging and coarsening of one request, for the version served at its start."""
+
+    def __init__(self, loaded: LoadedPolicy, follower: RegistryFollower, prediction_log: PredictionLog) -> None:
+        self.policy, self.follower, self.log = loaded.policy, follower, prediction_log
+        settings = self.policy.serving
+        self.settings = settings
+        self.limits = ClientLimits(
+            settings.requests_per_minute, settings.queries_per_client, prediction_log.rows_per_client()
+        )
+        self.negative, self.positive = label_names(self.policy)
+        roles = self.policy.schema_
+        self.identifiers = {*roles.direct_identifiers, roles.subject_id}
+
+    def screen(self, record: BaseModel, position: int) -> dict[str, Any]:
+        """Refuse (or drop) direct identifiers and unknown fields, naming the field only; de-identify the rest."""
+        values = {name: getattr(record, name) for name in type(record).model_fields}
+        for column in sorted(record.model_extra or {}):
+            if column in self.identifiers and self.settings.identifiers == "drop":
+                continue
+            if column in self.identifiers:
+                raise HTTPException(
+                    400,
+                    f"record {position}: field '{column}' is a direct identifier (schema.direct_identifiers) "
+                    "and the service refuses it; fix: remove it from the request",
+                )
+            raise HTTPException(422, f"record {position}: field '{column}' is not a model input; fix: remove it")
+        return deidentify_record(self.policy, values, position)
+
+    def score(self, client: str, records: list[BaseModel]) -> tuple[str, ServedVersion, list[Prediction]]:
+        self.limits.admit(client, len(records))
+        served = self.follower.current  # one version for the whole request, even if the alias moves meanwhile
+        raw = [self.screen(record, position) for position, record in enumerate(records)]
+        numeric = self.policy.schema_.numeric_columns
+        for position, values in enumerate(raw):
+            for column in served.builder.columns:
+                if column in numeric and values.get(column) is None:
+                    raise HTTPException(422, f"record {position}: field '{column}' is required by v{served.version}")
+        released = [served.builder.released_values(values) for values in raw]
+        scores = [float(p) for p in served.predict(released)]
+        labels = [int(p >= 0.5) for p in scores]
+        request_id = uuid.uuid4().hex
+        self.log.record(request_id, client, served.model_name, served.version, released, scores, labels)
+        probability = self.settings.output == "probability"
+        out = [
+            Prediction(
+                label=self.positive if label else self.negative,
+                probability=round(p, self.settings.probability_decimals) if probability else None,
+            )
+            for p, label in zip(scores, labels, strict=True)
+        ]
+        return request_id, served, out
+
+    def feedback(self, client: str, body: Feedback) -> dict[str, int]:
+        if body.label not in (self.positive, self.negative):
+            raise HTTPException(422, f"field 'label': use {self.positive!r} or {self.negative!r}")
+        if self.log.feedback(client, body.request_id, body.row, int(body.label == self.positive)) == 0:
+            raise HTTPException(404, "no prediction of this client with this request_id and row")
+        return {"updated": 1}
+
+
 def create_app(
     loaded: LoadedPolicy, follower: RegistryFollower, prediction_log: PredictionLog, api_keys: Mapping[str, str]
 ) -> FastAPI:
     """The FastAPI application; the follower already holds a loaded production version."""
     policy = loaded.policy
-    settings = policy.serving
-    roles = policy.schema_
+    service = PredictionService(loaded, follower, prediction_log)
     Record = record_model(policy)
     Batch = create_model(
         "PredictionBatch",
         __config__=ConfigDict(extra="forbid"),
-        records=(list[Record], Field(min_length=1, max_length=settings.max_batch_rows)),  # type: ignore[valid-type]
+        records=(list[Record], Field(min_length=1, max_length=policy.serving.max_batch_rows)),  # type: ignore[valid-type]
     )
-    limits = ClientLimits(settings.requests_per_minute, settings.queries_per_client, prediction_log.rows_per_client())
-    negative, positive = label_names(policy)
-    identifiers = {*roles.direct_identifiers, roles.subject_id}
     app = FastAPI(
         title=f"ppml serve: {policy.name}",
         description=f"Predictions of the production version of ppml-{policy.name}. Purpose: {policy.use_case.purpose}",
@@ -242,42 +299,6 @@ def create_app(
                 return client
         raise HTTPException(401, f"missing or wrong API key (header X-API-Key; keys come from {API_KEY_ENV})")
 
-    def screen(record: BaseModel, position: int) -> dict[str, Any]:
-        values = {name: getattr(record, name) for name in type(record).model_fields}
-        for column in sorted(record.model_extra or {}):
-            if column in identifiers and settings.identifiers == "drop":
-                continue
-            if column in identifiers:
-                raise HTTPException(
-                    400,
-                    f"record {position}: field '{column}' is a direct identifier (schema.direct_identifiers) "
-                    "and the service refuses it; fix: remove it from the request",
-                )
-            raise HTTPException(422, f"record {position}: field '{column}' is not a model input; fix: remove it")
-        return deidentify_record(policy, values, position)
-
-    def score(client: str, records: list[BaseModel]) -> tuple[str, ServedVersion, list[Prediction]]:
-        limits.admit(client, len(records))
-        served = follower.current  # one version for the whole request, even if the alias moves meanwhile
-        raw = [screen(record, position) for position, record in enumerate(records)]
-        for position, values in enumerate(raw):
-            for column in served.builder.columns:
-                if column in roles.numeric_columns and values.get(column) is None:
-                    raise HTTPException(422, f"record {position}: field '{column}' is required by v{served.version}")
-        released = [served.builder.released_values(values) for values in raw]
-        scores = [float(p) for p in served.predict(released)]
-        labels = [int(p >= 0.5) for p in scores]
-        request_id = uuid.uuid4().hex
-        prediction_log.record(request_id, client, served.model_name, served.version, released, scores, labels)
-        out = [
-            Prediction(
-                label=positive if label else negative,
-                probability=round(p, settings.probability_decimals) if settings.output == "probability" else None,
-            )
-            for p, label in zip(scores, labels, strict=True)
-        ]
-        return request_id, served, out
-
     @app.get("/health")
     def health() -> dict[str, str]:
         return {"status": "ok"}
@@ -289,24 +310,20 @@ def create_app(
 
     @app.post("/predict", response_model=PredictionResponse, response_model_exclude_none=True)
     def predict(record: Record, client: Annotated[str, Depends(authenticate)]) -> PredictionResponse:  # type: ignore[valid-type]
-        request_id, served, out = score(client, [record])
+        request_id, served, out = service.score(client, [record])
         return PredictionResponse(
             request_id=request_id, model_name=served.model_name, model_version=served.version, prediction=out[0]
         )
 
     @app.post("/predict/batch", response_model=BatchResponse, response_model_exclude_none=True)
     def predict_batch(batch: Batch, client: Annotated[str, Depends(authenticate)]) -> BatchResponse:  # type: ignore[valid-type]
-        request_id, served, out = score(client, list(batch.records))
+        request_id, served, out = service.score(client, list(batch.records))
         return BatchResponse(
             request_id=request_id, model_name=served.model_name, model_version=served.version, predictions=out
         )
 
     @app.post("/feedback")
     def feedback(body: Feedback, client: Annotated[str, Depends(authenticate)]) -> dict[str, int]:
-        if body.label not in (positive, negative):
-            raise HTTPException(422, f"field 'label': use {positive!r} or {negative!r}")
-        if prediction_log.feedback(client, body.request_id, body.row, int(body.label == positive)) == 0:
-            raise HTTPException(404, "no prediction of this client with this request_id and row")
-        return {"updated": 1}
+        return service.feedback(client, body)
 
     return app
