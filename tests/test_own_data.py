@@ -155,7 +155,7 @@ def test_numeric_missing_values_follow_the_policy(tmp_path: Path) -> None:
         collect_partition(LandingZoneReader(zone), day, _with_numeric_missing(draft, None))
     message = str(refused.value)
     assert "\n" not in message and f"{landing_file(zone, day)}: field 'ct_result': empty cell at line" in message
-    assert "fix: set schema.numeric_missing.ct_result to drop or to a public imputation value" in message
+    assert "fix: set schema.numeric_missing.ct_result to drop, category or a public imputation value" in message
 
 
 def test_numeric_missing_must_name_a_numeric_column() -> None:

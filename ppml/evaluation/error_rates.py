@@ -16,6 +16,13 @@ lower end of the higher group's interval minus the upper end of the lower group'
 of a few dozen positives the point gap swings by +-0.2 with the split alone (Adult's race groups: 0.25 with one
 key, 0.44 with another), so a point-estimate gate would promote or refuse by chance; the lower bound refuses only
 a disparity beyond the limit that sampling noise cannot explain. Both figures are in the evidence and the report.
+
+A multi-class label (K > 2 classes) has no single positive class, so each rate is the **macro one-vs-rest**
+rate: FNR = mean over classes of the share of the class's records predicted as another class (1 - balanced
+accuracy), FPR = mean over classes of the share of the other classes' records predicted as this class. One
+number per rate per group keeps the gate's rule (largest gap beyond the intervals) the same for every K; a
+group's rates are compared only when every class holds at least ``min_class_count`` of its records (the
+smallest class bounds how noisy its recall is).
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ppml.evaluation.utility import UtilityReport
+from ppml.evaluation.utility import GroupMetrics, UtilityReport
 
 ERROR_RATES = ("fpr", "fnr")
 #: Smallest number of negatives (for FPR) or positives (for FNR) a group needs for its rate to be compared.
@@ -103,6 +110,14 @@ class GroupErrorRates:
         }
 
 
+def _denominators(group: GroupMetrics) -> dict[str, int]:
+    """The smallest count each rate divides by: negatives / positives, or for K classes (macro one-vs-rest
+    rates) the smallest class's records (FNR) and the records outside the largest class (FPR)."""
+    if group.class_counts:
+        return {"fpr": group.n - max(group.class_counts), "fnr": min(group.class_counts)}
+    return {"fpr": group.n - group.n_positive, "fnr": group.n_positive}
+
+
 def group_error_rates(report: UtilityReport, *, min_class_count: int = MIN_CLASS_COUNT) -> GroupErrorRates:
     """FPR and FNR with bootstrap intervals per reported group of each protected attribute of ``report``."""
     attributes: dict[str, AttributeErrorRates] = {}
@@ -113,9 +128,11 @@ def group_error_rates(report: UtilityReport, *, min_class_count: int = MIN_CLASS
         for name, group in breakdown.groups.items():
             if not group.reported:
                 continue
-            counts = {"fpr": group.n - group.n_positive, "fnr": group.n_positive}
+            counts = _denominators(group)
             shown = group.n_positive if min(counts.values()) >= min_class_count else None
-            entry: dict[str, Any] = {"n": group.n, "n_positive": shown}
+            entry: dict[str, Any] = {"n": group.n, "n_positive": shown if not group.class_counts else None}
+            if group.class_counts and shown is not None:
+                entry["class_counts"] = list(group.class_counts)
             for rate in ERROR_RATES:
                 estimate = group.metrics[rate]
                 usable = counts[rate] >= min_class_count and estimate.value is not None
