@@ -64,6 +64,7 @@ class GroupErrorRates:
     attributes: dict[str, AttributeErrorRates] = field(default_factory=dict)
     min_class_count: int = MIN_CLASS_COUNT
     confidence: float = 0.95
+    n_classes: int = 2
 
     @property
     def largest(self) -> tuple[float, str, str] | None:
@@ -89,6 +90,11 @@ class GroupErrorRates:
 
     def describe(self) -> str:
         if self.largest is None:
+            if self.n_classes > 2:
+                return (
+                    f"no attribute has two groups with at least {self.min_class_count} records of every one of the "
+                    f"{self.n_classes} classes (macro one-vs-rest rates)"
+                )
             return f"no attribute has two groups with at least {self.min_class_count} positives or negatives"
         gap, attribute, rate = self.largest
         low, high = self.attributes[attribute].extremes[rate] or ("?", "?")
@@ -106,6 +112,7 @@ class GroupErrorRates:
             "detail": self.describe(),
             "min_class_count": self.min_class_count,
             "confidence": self.confidence,
+            "n_classes": self.n_classes,
             "attributes": {name: rates.to_dict() for name, rates in self.attributes.items()},
         }
 
@@ -160,4 +167,4 @@ def group_error_rates(report: UtilityReport, *, min_class_count: int = MIN_CLASS
             low, high = min(values, key=values.__getitem__), max(values, key=values.__getitem__)
             gaps[rate], extremes[rate] = values[high] - values[low], (low, high)
         attributes[attribute] = AttributeErrorRates(attribute, groups, gaps, extremes, evidenced)
-    return GroupErrorRates(attributes, min_class_count, report.confidence)
+    return GroupErrorRates(attributes, min_class_count, report.confidence, report.n_classes)

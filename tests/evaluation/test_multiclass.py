@@ -237,6 +237,8 @@ def test_group_error_rates_are_macro_and_compared_only_with_enough_of_every_clas
     rare[np.flatnonzero(y == 0)[40:]] = 1  # 40 records of class 0 overall: below 30 in each group
     few = group_error_rates(utility_report(rare, p, groups={"g": groups})).to_dict()["attributes"]["g"]
     assert not few["groups"]["A"]["fnr"]["compared"] and few["gaps"]["fnr"] is None
+    detail = group_error_rates(utility_report(y, p, groups={"g": np.full(len(y), "A")})).describe()
+    assert detail.startswith("no attribute has two groups with at least 30 records of every one of the 3 classes")
 
 
 def test_membership_inference_uses_the_true_class_logit() -> None:
