@@ -110,12 +110,16 @@ def validate_policy(
 
 
 def _binary_labels(data: Path, policy: Any) -> Any:
-    """The data's label column as 0/1 (positive = the policy's positive value); rows without a label dropped."""
+    """The data's label column encoded as training encodes it (0/1, or the class index of a multi-class label);
+    rows without a label, or with a value of no class, dropped."""
     import pandas as pd
 
     label = policy.schema_.label
     values = pd.read_csv(data, usecols=[label.column], dtype=str)[label.column].dropna().str.strip()
-    return (values == str(label.positive_value).strip()).to_numpy(dtype="int64")
+    if not policy.schema_.is_multiclass:
+        return (values == str(label.positive_value).strip()).to_numpy(dtype="int64")
+    encoded = policy.schema_.encode_label(values.str.rstrip(".")).to_numpy(dtype="int64")
+    return encoded[encoded >= 0]
 
 
 def _objective_warnings(policy: Any, source: str, labels: Any, data: str) -> list[str]:

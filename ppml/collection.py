@@ -160,11 +160,13 @@ def validate_and_type(frame: pd.DataFrame, source: str, policy: Policy, day: str
     for column in columns:
         typed[column] = typed[column].astype(str).str.strip()
     typed = _fill_numeric_missing(typed, roles.numeric_missing, source)
+    missing_category = set(roles.missing_category_columns())
     for column in roles.numeric_columns:
         if column not in typed:
             continue
         numbers = pd.to_numeric(typed[column], errors="coerce")
-        bad = numbers.isna() | (numbers != numbers.round())
+        kept_missing = typed[column].eq("") if column in missing_category else pd.Series(False, index=typed.index)
+        bad = (numbers.isna() & ~kept_missing) | (numbers != numbers.round()) & numbers.notna()
         if bad.any():
             line = int(bad.to_numpy().nonzero()[0][0]) + 2  # header is line 1
             empty = typed[column].eq("")
@@ -175,7 +177,7 @@ def validate_and_type(frame: pd.DataFrame, source: str, policy: Policy, day: str
                     column,
                     f"empty cell at line {line} ({int(empty.sum())} such cells) and the policy says nothing about "
                     "missing values here",
-                    f"set schema.numeric_missing.{column} to drop or to a public imputation value",
+                    f"set schema.numeric_missing.{column} to drop, category or a public imputation value",
                 )
             raise input_error(
                 source,
@@ -183,7 +185,8 @@ def validate_and_type(frame: pd.DataFrame, source: str, policy: Policy, day: str
                 f"non-integer value at line {line} ({int(bad.sum())} such values)",
                 "write whole numbers in this column",
             )
-        typed[column] = numbers.astype("int64")
+        # numeric_missing: category keeps an empty cell missing (a nullable integer column, <NA>)
+        typed[column] = numbers.astype("Int64") if column in missing_category else numbers.astype("int64")
     wrong_day = typed[roles.event_date] != day
     if wrong_day.any():
         line = int(wrong_day.to_numpy().nonzero()[0][0]) + 2
@@ -204,6 +207,8 @@ def _fill_numeric_missing(typed: pd.DataFrame, rules: dict[str, str | int], sour
         empty = typed[column].eq("")
         if not empty.any():
             continue
+        if rule == "category":
+            continue  # kept missing: typed as a nullable integer below
         if rule == "drop":
             typed = typed[~empty].reset_index(drop=True)
         else:

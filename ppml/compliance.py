@@ -47,7 +47,7 @@ REQUIREMENTS: dict[str, str] = {
     "utility_accuracy": "test accuracy meets the policy's objective",
     "utility_roc_auc": "test ROC AUC meets the policy's objective",
     "utility_balanced_accuracy_above_trivial": "balanced accuracy beats the class prior with confidence: its 95% "
-    "CI lower bound reaches 0.5 plus the policy's margin, whatever the accuracy objective",
+    "CI lower bound reaches 0.5 (1/K for K classes) plus the policy's margin, whatever the accuracy objective",
     "utility_roc_auc_above_trivial": "ROC AUC beats a constant score with confidence: its 95% CI lower bound "
     "reaches 0.5 plus the policy's margin",
     "utility_gap_vs_baseline": "accuracy lost to privacy versus the tuned non-private baseline within the limit",
@@ -209,13 +209,16 @@ def utility_gate_verdicts(policy: Policy, utility: dict[str, Any]) -> list[Verdi
     trivial = utility.get("trivial") or {}
     for metric in ("balanced_accuracy", "roc_auc"):
         low, high = (utility.get("dp_ci") or {}).get(metric) or (None, None)
+        # 0.5 for both on a binary label; balanced accuracy 1/K on K classes (the macro one-vs-rest AUC stays 0.5)
+        level = float(trivial.get(metric, 0.5))
+        classes = f" on {trivial['n_classes']} classes" if "n_classes" in trivial else ""
         detail = (
             f"{metric.replace('_', ' ')} {_fmt(dp.get(metric))} (95% CI {_fmt(low)}-{_fmt(high)}); "
-            f"the trivial predictor reaches 0.5"
+            f"the trivial predictor reaches {level:.4g}{classes}"
             + (f" (and accuracy {trivial['accuracy']:.4f}, the majority share)" if "accuracy" in trivial else "")
         )
         verdicts.append(
-            _at_least(f"utility_{metric}_above_trivial", low, 0.5 + objectives.min_margin_over_trivial, detail)
+            _at_least(f"utility_{metric}_above_trivial", low, level + objectives.min_margin_over_trivial, detail)
         )
     baseline = utility.get("baseline")
     if baseline is not None:

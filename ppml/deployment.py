@@ -131,6 +131,8 @@ class ServedModel:
         features = torch.as_tensor(np.ascontiguousarray(X, dtype=np.float32))
         with torch.no_grad():
             probabilities = self.module(features)
+        if probabilities.shape[1] > 2:  # a multi-class model: every class's probability, (n, K)
+            return probabilities.numpy().astype(np.float64)
         return probabilities[:, 1].numpy().astype(np.float64)
 
 

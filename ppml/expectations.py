@@ -90,10 +90,13 @@ def raw_records_suite(policy: Policy, frame: pd.DataFrame) -> SuiteOutcome:
         gx.expectations.ExpectTableColumnsToMatchSet(column_set=required, exact_match=False),
         gx.expectations.ExpectTableRowCountToBeBetween(min_value=1),
     ]
+    kept_missing = set(roles.missing_category_columns())  # numeric_missing: category keeps empty cells missing
     for column in required:
-        expectations.append(gx.expectations.ExpectColumnValuesToNotBeNull(column=column))
+        if column not in kept_missing:
+            expectations.append(gx.expectations.ExpectColumnValuesToNotBeNull(column=column))
     for column in roles.numeric_columns:
         if column in required:  # numeric columns the policy does not use are not collected at all
+            # GX reads a nullable Int64 column (numeric_missing: category) as int64 too, its <NA> cells skipped
             expectations.append(gx.expectations.ExpectColumnValuesToBeOfType(column=column, type_="int64"))
     for column, (low, high) in roles.value_ranges.items():
         if column not in required:
@@ -149,9 +152,10 @@ def anonymized_records_suite(
 
 
 def cleaned_records_suite(
-    frame: pd.DataFrame, expected_columns: list[str], label_column: str, split_column: str
+    frame: pd.DataFrame, expected_columns: list[str], label_column: str, split_column: str, n_classes: int = 2
 ) -> SuiteOutcome:
-    """Cleaned training records: exactly the expected columns (no identifier), no nulls, binary label."""
+    """Cleaned training records: exactly the expected columns (no identifier), no nulls, the label a class index
+    (0/1 for a binary label, 0..K-1 for K classes)."""
     import great_expectations as gx
 
     expectations: list[Any] = [
@@ -160,7 +164,9 @@ def cleaned_records_suite(
     ]
     for column in frame.columns:
         expectations.append(gx.expectations.ExpectColumnValuesToNotBeNull(column=column))
-    expectations.append(gx.expectations.ExpectColumnValuesToBeInSet(column=label_column, value_set=[0, 1]))
+    expectations.append(
+        gx.expectations.ExpectColumnValuesToBeInSet(column=label_column, value_set=list(range(n_classes)))
+    )
     expectations.append(
         gx.expectations.ExpectColumnValuesToBeInSet(column=split_column, value_set=["train", "validation", "test"])
     )

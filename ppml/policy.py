@@ -112,8 +112,14 @@ class QuasiIdentifier(Strict):
 
 
 class Label(Strict):
+    """The label: binary (``positive_value`` against every other value) or multi-class (no ``positive_value``;
+    the classes are ``schema.label_values``, in that order)."""
+
     column: str
-    positive_value: str = Field(description="The raw label value that counts as the positive class.")
+    positive_value: str | None = Field(
+        default=None,
+        description="The raw label value that counts as the positive class; omit it for a multi-class label.",
+    )
 
 
 class SchemaRoles(Strict):
@@ -135,21 +141,55 @@ class SchemaRoles(Strict):
     missing_value_marker: str = Field(
         default="?", description="How the source marks a missing value; it generalizes to '*' like any other value."
     )
-    numeric_missing: dict[str, Literal["drop"] | int] = Field(
+    numeric_missing: dict[str, Literal["drop", "category"] | int] = Field(
         default_factory=dict,
-        description="Per numeric column, what an empty cell means: 'drop' the record, or a public imputation value.",
+        description="Per numeric column, what an empty cell means: 'drop' the record, 'category' (kept as missing, "
+        "released as its own 'Unknown' bin next to the value bins), or a public imputation value.",
     )
 
     @field_validator("numeric_missing", mode="before")
     @classmethod
     def _drop_or_whole_number(cls, value: Any) -> Any:
         for column, rule in (value or {}).items() if isinstance(value, dict) else []:
-            if rule != "drop" and (isinstance(rule, bool) or not isinstance(rule, int)):
+            if rule not in ("drop", "category") and (isinstance(rule, bool) or not isinstance(rule, int)):
                 raise ValueError(
-                    f"numeric_missing for '{column}' is {rule!r}; fix: write drop, or a whole number to impute "
-                    "(a public value, never one computed from the data)"
+                    f"numeric_missing for '{column}' is {rule!r}; fix: write drop, category, or a whole number to "
+                    "impute (a public value, never one computed from the data)"
                 )
         return value
+
+    def missing_category_columns(self) -> list[str]:
+        """Numeric columns whose empty cells stay missing (``numeric_missing: category``)."""
+        return [column for column, rule in self.numeric_missing.items() if rule == "category"]
+
+    @property
+    def is_multiclass(self) -> bool:
+        """A label without ``positive_value`` is multi-class over ``label_values``."""
+        return self.label.positive_value is None
+
+    def label_classes(self) -> list[str]:
+        """The class names, index = encoded label: ``[not <positive>, <positive>]`` or ``label_values``."""
+        if self.label.positive_value is None:
+            return list(self.label_values)
+        return [f"not {self.label.positive_value}", self.label.positive_value]
+
+    def encode_label(self, raw: Any) -> Any:
+        """Raw label values (a pandas Series, already stripped) as class indices; -1 for a value of no class."""
+        if self.label.positive_value is not None:
+            return (raw == self.label.positive_value).astype("int64")
+        index = {value.strip().rstrip("."): position for position, value in enumerate(self.label_values)}
+        return raw.map(index).fillna(-1).astype("int64")
+
+    def _label_is_consistent(self) -> None:
+        positive = self.label.positive_value
+        if positive is None and len(self.label_values) < 3:
+            raise ValueError(
+                f"label '{self.label.column}' has no positive_value, so it is multi-class, but label_values lists "
+                f"{len(self.label_values)} value(s); fix: list every class in schema.label_values (at least 3), "
+                "or give label.positive_value for a binary label"
+            )
+        if positive is not None and self.label_values and positive not in self.label_values:
+            raise ValueError(f"positive_value '{positive}' is not a label value; fix: add it to label_values")
 
     def columns_by_role(self) -> dict[str, list[str]]:
         """Every column the policy names, by the policy field that names it (in collection order)."""
@@ -190,15 +230,19 @@ class SchemaRoles(Strict):
                 raise ValueError(
                     f"numeric_missing names '{column}', which is not numeric; fix: add it to numeric_columns"
                 )
+        for column in self.missing_category_columns():
+            if column in self.quasi_identifiers or column == self.label.column:
+                role = "the label" if column == self.label.column else "a quasi-identifier"
+                raise ValueError(
+                    f"numeric_missing is category for '{column}', which is {role}; fix: use drop or a public "
+                    "imputation value there (its generalization hierarchy or classes have no missing category)"
+                )
         for column, (low, high) in self.value_ranges.items():
             if column not in self.numeric_columns:
                 raise ValueError(f"value_ranges names '{column}', which is not numeric; fix: add it to numeric_columns")
             if low > high:
                 raise ValueError(f"value_ranges for '{column}' has min {low} above max {high}; fix: swap them")
-        if self.label_values and self.label.positive_value not in self.label_values:
-            raise ValueError(
-                f"positive_value '{self.label.positive_value}' is not a label value; fix: add it to label_values"
-            )
+        self._label_is_consistent()
         overlap = {c for c in direct & set(self.quasi_identifiers) if self.direct_identifiers[c] not in generalized}
         if overlap:
             raise ValueError(
@@ -309,8 +353,9 @@ class PerformanceObjectives(Strict):
         default=TRIVIAL_MARGIN_FLOOR,
         ge=TRIVIAL_MARGIN_FLOOR,
         lt=0.5,
-        description="The 95% CI lower bounds of balanced accuracy and ROC AUC must reach 0.5 plus this margin "
-        "(the trivial predictor reaches 0.5); built into the gate, a policy may raise it, never lower it.",
+        description="The 95% CI lower bounds of balanced accuracy and ROC AUC must reach the trivial predictor's "
+        "level (0.5; 1/K balanced accuracy for K classes) plus this margin; built into the gate, a policy may "
+        "raise it, never lower it.",
     )
     max_group_error_rate_gap: float = Field(
         default=0.35,

@@ -65,7 +65,8 @@ def _schema_lines(roles: DraftRoles) -> list[str]:
     if len(roles.label_values) > 2:
         lines.append(
             f"  # CONFIRM: '{roles.label}' has {len(roles.label_values)} classes; ppml trains '{roles.positive_value}'"
-            " against all the others."
+            f" against all the others (delete positive_value to train all {len(roles.label_values)} classes:"
+            " a multi-class model over label_values)."
         )
     lines.append(f"  label: {{column: {quote(roles.label)}, positive_value: {quote(roles.positive_value)}}}")
     lines.append(f"  label_values: {_flow(roles.label_values)}")
@@ -81,7 +82,10 @@ def _schema_lines(roles: DraftRoles) -> list[str]:
     for column, (low, high) in roles.numeric.items():
         lines.append(f"    {quote(column)}: [{low:g}, {high:g}]")
     if roles.numeric_missing:
-        lines.append("  # CONFIRM: what an empty numeric cell means: drop the record, or a public imputation value.")
+        lines.append(
+            "  # CONFIRM: what an empty numeric cell means: drop the record, category (kept as its own 'missing'"
+            " bin), or a public imputation value."
+        )
         lines.append("  numeric_missing:")
         for column, rule in roles.numeric_missing.items():
             lines.append(f"    {quote(column)}: {rule}")

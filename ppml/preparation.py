@@ -22,7 +22,7 @@ import pandas as pd
 
 from ppml.deidentification import SPLIT_BUCKET_COLUMN
 from ppml.errors import PPMLError
-from ppml.policy import Policy
+from ppml.policy import Policy, SchemaRoles
 
 LABEL_COLUMN = "label"
 SPLIT_COLUMN = "split"
@@ -91,12 +91,18 @@ def share_in_small_groups(frame: pd.DataFrame, columns: list[str], k: int) -> fl
 
 
 def quantile_bins(values: pd.Series, bins: int) -> tuple[pd.Series, list[float]]:
-    """Bin integers into at most ``bins`` quantile intervals; zero-inflated columns keep 0 as its own bin."""
+    """Bin integers into at most ``bins`` quantile intervals; zero-inflated columns keep 0 as its own bin.
+
+    A missing value (``numeric_missing: category``) is its own category, ``Unknown``; the edges come from the
+    values present only.
+    """
     numbers = pd.to_numeric(values, errors="raise").astype(float)
+    missing = numbers.isna().to_numpy()
+    numbers = numbers[~missing] if missing.any() else numbers
     positive = numbers[numbers > 0]
     zero_heavy = (numbers == 0).mean() > 0.5 and len(positive) > 0
     source = positive if zero_heavy else numbers
-    quantiles = np.unique(np.quantile(source, np.linspace(0, 1, bins + 1)))
+    quantiles = np.unique(np.quantile(source, np.linspace(0, 1, bins + 1))) if len(source) else np.array([])
     edges = [float(q) for q in quantiles[1:-1]]
     if zero_heavy:
         edges = [0.0, *[e for e in edges if e > 0]]
@@ -104,7 +110,12 @@ def quantile_bins(values: pd.Series, bins: int) -> tuple[pd.Series, list[float]]
     codes = (
         np.searchsorted(np.asarray(edges), numbers.to_numpy(), side="right") if edges else np.zeros(len(numbers), int)
     )
-    return pd.Series(np.asarray(labels, dtype=object)[codes], index=values.index), edges
+    binned = np.asarray(labels, dtype=object)[codes]
+    if missing.any():
+        full = np.full(len(values), MISSING_CATEGORY, dtype=object)
+        full[~missing] = binned
+        binned = full
+    return pd.Series(binned, index=values.index), edges
 
 
 def _interval_labels(edges: list[float]) -> list[str]:
@@ -117,11 +128,16 @@ def _interval_labels(edges: list[float]) -> list[str]:
 
 
 def apply_bins(values: pd.Series, edges: list[float]) -> pd.Series:
-    """Apply stored bin edges (used by monitoring to profile new raw partitions the same way)."""
+    """Apply stored bin edges (used by monitoring to profile new raw partitions the same way); a missing value
+    (``numeric_missing: category``) is the ``Unknown`` category, as in training."""
     labels = _interval_labels(edges)
-    numbers = pd.to_numeric(values, errors="coerce").fillna(0).to_numpy(dtype=float)
+    parsed = pd.to_numeric(values, errors="coerce")
+    kept_missing = values.isna().to_numpy()  # <NA> of a nullable column; unparsable text stays bin 0 as before
+    numbers = parsed.fillna(0).to_numpy(dtype=float)
     codes = np.searchsorted(np.asarray(edges), numbers, side="right") if edges else np.zeros(len(values), int)
-    return pd.Series(np.asarray(labels, dtype=object)[codes], index=values.index)
+    binned = np.asarray(labels, dtype=object)[codes]
+    binned[kept_missing] = MISSING_CATEGORY
+    return pd.Series(binned, index=values.index)
 
 
 def clean_records(
@@ -135,7 +151,7 @@ def clean_records(
     """Clean anonymized records and select features that keep re-identification risk bounded.
 
     Returns a frame with the selected features (as strings: categories, generalized values or bins), ``label``
-    (0/1) and ``split``.
+    (0/1, or the class index in ``schema.label_values`` of a multi-class label) and ``split``.
     """
     roles = policy.schema_
     k = policy.privacy.k
@@ -144,7 +160,8 @@ def clean_records(
     label_raw = frame[roles.label.column].astype(str).str.strip().str.rstrip(".")
     has_label = label_raw.ne("") & label_raw.ne("?")
     frame = frame[has_label].reset_index(drop=True)
-    label = (label_raw[has_label].reset_index(drop=True) == roles.label.positive_value).astype("int64")
+    label = roles.encode_label(label_raw[has_label].reset_index(drop=True))
+    _refuse_unknown_classes(label, label_raw[has_label].reset_index(drop=True), roles)
     if SPLIT_BUCKET_COLUMN not in frame.columns:
         raise PPMLError(
             f"anonymized_records: field '{SPLIT_BUCKET_COLUMN}': missing; fix: re-run de-identification, which adds it"
@@ -176,7 +193,7 @@ def clean_records(
             report.decisions.append(FeatureDecision(column, "sensitive", reason="protected by l-diversity"))
             continue
         # a column release safety generalized or binned holds labels, not numbers: it is categorical here
-        numeric = [c for c in roles.numeric_columns if c == column and _all_numbers(frame[c])]
+        numeric = [c for c in roles.numeric_columns if c == column and _all_numbers(_present(frame[c], roles))]
         decision = _admit(frame, text, column, admitted, k, max_share_below_k, bin_candidates, numeric)
         report.decisions.append(decision)
         if decision.decision != "dropped":
@@ -191,6 +208,22 @@ def clean_records(
     cleaned[LABEL_COLUMN] = label
     cleaned[SPLIT_COLUMN] = ratios.assign(frame[SPLIT_BUCKET_COLUMN].astype("int64"))
     return cleaned, report
+
+
+def _refuse_unknown_classes(label: pd.Series, raw: pd.Series, roles: SchemaRoles) -> None:
+    """A multi-class label value that is not one of label_values would silently become no class: refuse it."""
+    unknown = label.lt(0)
+    if unknown.any():
+        raise PPMLError(
+            f"anonymized_records: field '{roles.label.column}': {int(unknown.sum())} record(s) hold a label value "
+            f"that is not in schema.label_values (e.g. {raw[unknown].iloc[0]!r}); fix: add the class to "
+            "schema.label_values, or correct the data"
+        )
+
+
+def _present(values: pd.Series, roles: SchemaRoles) -> pd.Series:
+    """The values to type-check: a ``numeric_missing: category`` column's missing cells are not numbers."""
+    return values.dropna() if values.name in roles.missing_category_columns() else values
 
 
 def _all_numbers(values: pd.Series) -> bool:
@@ -320,5 +353,6 @@ def prepare_like_training(
     dummies = pd.get_dummies(text[kept].astype(str), prefix_sep="=", dtype=np.float32)
     X = dummies.reindex(columns=feature_names, fill_value=0.0).to_numpy(dtype=np.float32)
     label = deidentified[roles.label.column].astype(str).str.strip().str.rstrip(".")
-    y = (label == roles.label.positive_value).astype("int64").to_numpy()
-    return X, y
+    y = roles.encode_label(label).to_numpy()
+    known = y >= 0  # a record with no label (or an unknown class) cannot be scored
+    return X[known], y[known]

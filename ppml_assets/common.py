@@ -19,6 +19,8 @@ from ppml_assets.settings import window_partition_keys
 def feature_splits(features: pd.DataFrame) -> dict[str, TabularSplit]:
     """The encoded features as one TabularSplit per split name."""
     names = [c for c in features.columns if c not in (LABEL_COLUMN, SPLIT_COLUMN)]
+    # the label's classes are 0..K-1 over every split (preparation encodes a multi-class label by its index)
+    n_classes = max(2, int(features[LABEL_COLUMN].max()) + 1) if len(features) else 2
     splits = {}
     for split in ("train", "validation", "test"):
         part = features[features[SPLIT_COLUMN] == split]
@@ -26,6 +28,7 @@ def feature_splits(features: pd.DataFrame) -> dict[str, TabularSplit]:
             X=part[names].to_numpy(dtype="float32"),
             y=part[LABEL_COLUMN].to_numpy(dtype="int64"),
             feature_names=tuple(names),
+            n_classes=n_classes,
         )
     return splits
 

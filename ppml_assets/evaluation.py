@@ -86,7 +86,8 @@ def model_evaluation(
         "baseline": baseline["point"] if baseline else None,
         "baseline_ci": baseline["ci"] if baseline else None,
         "baseline_model": None if non_private_baseline.get("skipped") else non_private_baseline.get("tuning"),
-        "trivial": trivial_predictor(test.y),
+        "trivial": trivial_predictor(test.y, test.n_classes),
+        "classes": loaded.policy.schema_.label_classes(),
         "group_error_rates": error_rates,
         "objectives": {"accuracy": objectives.min_accuracy, "roc_auc": objectives.min_roc_auc},
         "max_utility_gap": objectives.max_utility_gap,
@@ -267,7 +268,7 @@ def privacy_audit(
     store = open_ledger(ledger.url, loaded)
 
     def accountable_train(split: TabularSplit, audit_config, dp):  # type: ignore[no-untyped-def]
-        held_out = TabularSplit(split.X[:256], split.y[:256], split.feature_names)
+        held_out = TabularSplit(split.X[:256], split.y[:256], split.feature_names, n_classes=split.n_classes)
         return train_within_budget(
             split,
             held_out,

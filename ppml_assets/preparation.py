@@ -45,11 +45,15 @@ def cleaned_records(
 
 @policy_asset_check(asset="cleaned_records", blocking=True)
 def cleaned_records_expectations(cleaned_records: pd.DataFrame, policy: PolicyResource) -> AssetCheckResult:
-    """GX suite: exactly the selected features plus label and split, no nulls, binary label, known splits."""
+    """GX suite: exactly the selected features plus label and split, no nulls, a known class, known splits."""
     roles = policy.load().policy.schema_
     allowed = [c for c in [*roles.quasi_identifiers, *roles.features] if c in cleaned_records.columns]
     outcome = cleaned_records_suite(
-        cleaned_records, [*dict.fromkeys(allowed), LABEL_COLUMN, SPLIT_COLUMN], LABEL_COLUMN, SPLIT_COLUMN
+        cleaned_records,
+        [*dict.fromkeys(allowed), LABEL_COLUMN, SPLIT_COLUMN],
+        LABEL_COLUMN,
+        SPLIT_COLUMN,
+        len(roles.label_classes()),
     )
     return AssetCheckResult(
         passed=outcome.success,

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -155,7 +156,7 @@ def test_numeric_missing_values_follow_the_policy(tmp_path: Path) -> None:
         collect_partition(LandingZoneReader(zone), day, _with_numeric_missing(draft, None))
     message = str(refused.value)
     assert "\n" not in message and f"{landing_file(zone, day)}: field 'ct_result': empty cell at line" in message
-    assert "fix: set schema.numeric_missing.ct_result to drop or to a public imputation value" in message
+    assert "fix: set schema.numeric_missing.ct_result to drop, category or a public imputation value" in message
 
 
 def test_numeric_missing_must_name_a_numeric_column() -> None:
@@ -358,3 +359,121 @@ def test_run_on_postgresql_from_an_sql_source(tmp_path: Path, postgres_databases
         ledger = connection.execute(sa.text("SELECT count(*) FROM ppml_ledger_runs WHERE kind = 'dp'")).scalar_one()
     engine.dispose()
     assert sum(runs.values()) == 3 and runs.get("SUCCESS", 0) >= 2 and ledger >= 1, runs
+
+
+# ------------------------------------------------------------------------------------- covid_testing, 3 classes
+
+COVID_CLASSES = ["invalid", "negative", "positive"]
+
+
+def covid_zone(tmp_path: Path, first_pan_day: int = 98) -> tuple[Path, Path]:
+    """covid_testing from ``first_pan_day`` on (the last 10 days: ~1,950 tests), exported as a user would for
+    ppml (ct_result rounded to whole cycles, its empty cells kept empty; an empty name as the missing marker),
+    one landing file per day of ``pan_day``, and the draft `ppml init` writes, reviewed (`review_covid_draft`)."""
+    frame = covid_testing()
+    frame = frame[frame["pan_day"] >= first_pan_day].copy()
+    frame["ct_result"] = frame["ct_result"].round().astype("Int64")
+    frame["fake_first_name"] = frame["fake_first_name"].fillna("?")
+    _, draft = _init(tmp_path, frame, "covid_testing")
+    review_covid_draft(draft)
+    zone = tmp_path / "landing"
+    for day, records in frame.groupby("event_date"):
+        path = landing_file(zone, day)
+        path.parent.mkdir(parents=True)
+        records.to_csv(path, index=False)
+    return zone, draft
+
+
+def review_covid_draft(draft: Path) -> None:
+    """The edits docs/own-data.md makes after reading the draft's `# CONFIRM:` lines: all three classes (no
+    positive_value), ct_result's empty cells as a missing category, repeated tests of one person on one day."""
+    text = draft.read_text()
+    assert "delete positive_value to train all 3 classes" in text and '"ct_result": drop' in text
+    document = yaml.safe_load(text)
+    del document["schema"]["label"]["positive_value"]
+    document["schema"]["numeric_missing"]["ct_result"] = "category"
+    document["collection"]["duplicate_subject_ids"] = "allow"
+    draft.write_text(yaml.safe_dump(document, sort_keys=False))
+
+
+def _assert_three_class_report(home: Path, day: str, completed: subprocess.CompletedProcess) -> dict:
+    """The report renders the multi-class metrics of a 3-class model and the ledger was charged for it."""
+    report = home / "reports" / day / "report.html"
+    assert report.is_file(), completed.stdout[-3000:] + completed.stderr[-3000:]
+    html = report.read_text()
+    assert "Multi-class label: <b>3 classes</b> (invalid, negative, positive)" in html
+    assert "one-vs-rest macro AUC" in html and "balanced accuracy to reach 0.3533" in html
+    evidence = json.loads((report.parent / "evidence.json").read_text())
+    evaluation = evidence["model_evaluation"]
+    assert evaluation["classes"] == COVID_CLASSES and evaluation["trivial"]["n_classes"] == 3
+    assert evaluation["report"] is None and set(evaluation["dp_ci"]) >= {"balanced_accuracy", "roc_auc", "f1"}
+    checks = {check["name"]: check for check in evidence["checks"]}
+    assert checks["utility_balanced_accuracy_above_trivial"]["limit"] == pytest.approx(1 / 3 + 0.02)
+    ledger = evidence["ledger"]
+    assert ledger["charged"] > 0 and ledger["spent_after"] == pytest.approx(ledger["spent_before"] + ledger["charged"])
+    assert evidence["training"]["epsilon"] <= evidence["training"]["target_epsilon"] + 1e-9
+    features = pd.read_parquet(next((home / "assets" / "training_features").glob("*.parquet")))
+    assert sorted(features["label"].unique()) == [0, 1, 2]
+    assert "ct_result=Unknown" in features.columns  # numeric_missing: category, binned beside the values
+    return evidence
+
+
+@pytest.mark.slow
+def test_run_on_covid_testing_trains_three_classes(tmp_path: Path) -> None:
+    """`ppml init`, the reviewed draft, then `ppml run` to the report on SQLite: a 3-class DP model, LiRA on the
+    true-class logit, the 1/K trivial gate, the report's multi-class metrics and the ledger's charge."""
+    zone, draft = covid_zone(tmp_path)
+    home = tmp_path / "home"
+    completed = _ppml("run", "--policy", str(draft), "--landing-zone", str(zone), home=home, cwd=tmp_path)
+    # the lifecycle reaches the report whatever the gate decides (the drafted objectives are the user's to set)
+    assert completed.returncode in (0, 1), completed.stdout[-3000:] + completed.stderr[-3000:]
+    assert "over 10 daily partitions (2020-06-07 .. 2020-06-16)" in completed.stdout
+    evidence = _assert_three_class_report(home, "2020-06-16", completed)
+    attacks = {row["attack"] for row in evidence["privacy_evaluation"]["attacks"] if row["target"] == "DP model"}
+    assert attacks == {"loss_threshold", "lira_offline"}
+    from ppml.deployment import ServedModel
+
+    served = ServedModel(evidence["training"]["model_uri"], f"sqlite:///{home / 'mlflow' / 'mlflow.db'}")
+    assert served.predict_proba(np.zeros((2, evidence["features"]["count"]), dtype="float32")).shape == (2, 3)
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_run_on_covid_testing_on_postgresql(tmp_path: Path, postgres_databases) -> None:  # type: ignore[no-untyped-def]
+    """The same lifecycle with the Dagster instance (deploy/dagster.yaml), the ledger and MLflow on fresh
+    PostgreSQL databases. LiRA is left to the SQLite run (its reference model costs a minute here)."""
+    import sqlalchemy as sa
+
+    dagster_url, mlflow_url = postgres_databases(), postgres_databases()
+    zone, draft = covid_zone(tmp_path)
+    document = yaml.safe_load(draft.read_text())
+    document["evaluation"]["reference_models"] = 0
+    draft.write_text(yaml.safe_dump(document, sort_keys=False))
+    dagster_home = tmp_path / "dagster_home"
+    dagster_home.mkdir()
+    shutil.copy(REPO_ROOT / "deploy" / "dagster.yaml", dagster_home / "dagster.yaml")
+    pg = sa.engine.make_url(dagster_url)
+    env = {
+        "DAGSTER_HOME": str(dagster_home),
+        "PPML_PG_HOST": pg.host or "127.0.0.1",
+        "PPML_PG_PORT": str(pg.port or 5432),
+        "PPML_PG_DB": pg.database or "",
+        "PPML_PG_USER": pg.username or "postgres",
+        "PPML_PG_PASSWORD": pg.password or "",
+        "PPML_LEDGER_URL": dagster_url,
+        "MLFLOW_TRACKING_URI": mlflow_url,
+    }
+    home = tmp_path / "home"
+    completed = _ppml(
+        "run", "--policy", str(draft), "--landing-zone", str(zone), home=home, cwd=tmp_path, extra_env=env
+    )
+    assert completed.returncode in (0, 1), completed.stdout[-3000:] + completed.stderr[-3000:]
+    evidence = _assert_three_class_report(home, "2020-06-16", completed)
+    engine = sa.create_engine(dagster_url)
+    with engine.connect() as connection:
+        charged = connection.execute(
+            sa.text("SELECT count(*) FROM ppml_ledger_runs WHERE kind = 'dp' AND status = 'completed'")
+        ).scalar_one()
+        runs = connection.execute(sa.text("SELECT count(*) FROM runs")).scalar_one()
+    engine.dispose()
+    assert charged >= 1 and runs == 3 and evidence["ledger"]["scope"]["partitions"] == 10

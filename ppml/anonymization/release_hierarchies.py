@@ -21,8 +21,18 @@ __all__ = ["as_integers", "generalization_hierarchy", "quantile_binning"]
 _FINEST_BINS = 16
 
 
-def as_integers(values: pd.Series) -> pd.Series | None:
-    """The column as integers when every value is one (text "39" included), else ``None`` (categorical)."""
+#: The bin of a missing value (``numeric_missing: category``): the missing marker, which preparation shows as
+#: its own category and which generalizes only to ``*``.
+MISSING_BIN = "?"
+
+
+def as_integers(values: pd.Series, *, allow_missing: bool = False) -> pd.Series | None:
+    """The column as integers when every value is one (text "39" included), else ``None`` (categorical).
+
+    With ``allow_missing`` a missing cell (``<NA>`` of a ``numeric_missing: category`` column) is allowed and
+    dropped: the integers of the values present."""
+    if allow_missing:
+        values = values[values.notna()]
     numbers = pd.to_numeric(values, errors="coerce")
     if numbers.isna().any() or not np.all(np.isfinite(numbers)) or (numbers != np.round(numbers)).any():
         return None
@@ -66,9 +76,20 @@ def quantile_binning(values: pd.Series, bins: int, name: str) -> tuple[pd.Series
     A column that is mostly zero (capital gains) keeps 0 as its own bin and takes quantiles of the rest, so the
     bins do not all collapse onto 0. Labels are the smallest and largest value a bin holds in the data.
     """
-    integers = as_integers(values)
+    integers = as_integers(values, allow_missing=True)
     if integers is None:
         raise ValueError(f"'{name}' is not an integer column")
+    missing = values.isna().to_numpy()
+    if missing.any():  # binned over the values present; a missing value is its own bin, MISSING_BIN
+        out = pd.Series(MISSING_BIN, index=values.index, dtype=object)
+        present: tuple[tuple[str, ...], ...] = ()
+        if (~missing).any():
+            binned, hierarchy = quantile_binning(values[~missing].astype("int64"), bins, name)
+            out[~missing] = binned.to_numpy()
+            present = hierarchy.rows
+        depth = len(present[0]) if present else 2
+        rows = (*present, (MISSING_BIN,) * (depth - 1) + (SUPPRESSED,))
+        return out, Hierarchy(rows, hierarchy_source(name))
     numbers = integers.to_numpy()
     positive = numbers[numbers > 0]
     zero_heavy = (numbers == 0).mean() > 0.5 and positive.size > 0
@@ -86,7 +107,11 @@ def quantile_binning(values: pd.Series, bins: int, name: str) -> tuple[pd.Series
         label_of[0][c]: (label_of[0][c], *(label_of[j][c >> j] for j in range(1, len(levels))), SUPPRESSED)
         for c in np.unique(codes).tolist()
     }
-    return binned, Hierarchy(tuple(rows.values()), f"release safety: quantile bins of '{name}'")
+    return binned, Hierarchy(tuple(rows.values()), hierarchy_source(name))
+
+
+def hierarchy_source(name: str) -> str:
+    return f"release safety: quantile bins of '{name}'"
 
 
 def _range_labels(numbers: np.ndarray, codes: np.ndarray) -> dict[int, str]:

@@ -283,7 +283,7 @@ def _decide(
                 f"re-identification handle: {problems[0]}",
                 f"set release.columns.{column} to generalize, bin or drop (or keep if an attacker cannot know it)",
             )
-        if action == "bin" and as_integers(data[column]) is None:
+        if action == "bin" and as_integers(data[column], allow_missing=True) is None:
             raise _refusal(
                 rules, column, decided_by, "bin needs an integer column", f"set release.columns.{column} to generalize"
             )

@@ -51,6 +51,8 @@ from ppml.evaluation._common import (
     check_fraction,
     check_labels,
     predict_positive,
+    predict_scores,
+    true_label_logit,
 )
 
 SOURCE = "epsilon audit"
@@ -269,8 +271,11 @@ class Canaries:
     anchor: np.ndarray  # (d + m,) the canary without its own column: the score's reference point
 
 
-def make_canaries(base_X: np.ndarray, n_canaries: int, *, scale: float, rng: np.random.Generator) -> Canaries:
-    """Canary i = mean record + ``scale`` in new column d + i, random label, included with probability 1/2."""
+def make_canaries(
+    base_X: np.ndarray, n_canaries: int, *, scale: float, rng: np.random.Generator, n_classes: int = 2
+) -> Canaries:
+    """Canary i = mean record + ``scale`` in new column d + i, random label (one of ``n_classes``), included with
+    probability 1/2."""
     if n_canaries < 10:
         raise input_error(
             SOURCE,
@@ -285,7 +290,7 @@ def make_canaries(base_X: np.ndarray, n_canaries: int, *, scale: float, rng: np.
     anchor = np.concatenate([base_X.mean(axis=0), np.zeros(n_canaries, dtype=np.float32)]).astype(np.float32)
     X = np.tile(anchor, (n_canaries, 1))
     X[np.arange(n_canaries), d + np.arange(n_canaries)] = scale
-    y = rng.integers(0, 2, size=n_canaries).astype(np.int64)
+    y = rng.integers(0, n_classes, size=n_canaries).astype(np.int64)
     included = rng.random(n_canaries) < 0.5
     return Canaries(X=X, y=y, included=included, anchor=anchor)
 
@@ -297,11 +302,16 @@ def canary_scores(model: ProbabilisticModel, canaries: Canaries) -> np.ndarray:
     scores around 0 whatever its label, and an included one scores high once the model fitted its label.
     """
 
+    scores = predict_scores(model, canaries.X)
+    if scores.ndim == 2:  # multi-class: the true-class logit log(p_y / (1 - p_y)), canary minus anchor
+        anchor = np.repeat(predict_scores(model, canaries.anchor[None]), len(canaries.y), axis=0)
+        return true_label_logit(scores, canaries.y) - true_label_logit(anchor, canaries.y)
+
     def logit(p: np.ndarray) -> np.ndarray:
         p = np.clip(p, PROBABILITY_FLOOR, 1 - PROBABILITY_FLOOR)
         return np.log(p) - np.log1p(-p)
 
-    shift = logit(predict_positive(model, canaries.X)) - logit(predict_positive(model, canaries.anchor[None]))[0]
+    shift = logit(scores) - logit(predict_positive(model, canaries.anchor[None]))[0]
     return np.where(canaries.y == 1, shift, -shift)
 
 
@@ -326,7 +336,8 @@ def run_one_run_audit(
         raise input_error(SOURCE, "n_canaries", f"{settings.n_canaries}", "use at least 10 canaries")
     rng = np.random.default_rng(settings.seed)
     X = np.asarray(train.X, dtype=np.float32)
-    y = check_labels(train.y, SOURCE)
+    n_classes = int(getattr(train, "n_classes", 2))
+    y = check_labels(train.y, SOURCE, n_classes)
     if settings.max_base_records is not None and len(y) > settings.max_base_records:
         keep = rng.choice(len(y), size=settings.max_base_records, replace=False)
         X, y = X[keep], y[keep]
@@ -337,7 +348,7 @@ def run_one_run_audit(
             f"{len(y)} records for batch size {settings.batch_size}",
             "audit on more records or lower AuditSettings.batch_size",
         )
-    canaries = make_canaries(X, settings.n_canaries, scale=settings.canary_scale, rng=rng)
+    canaries = make_canaries(X, settings.n_canaries, scale=settings.canary_scale, rng=rng, n_classes=n_classes)
     widened = np.hstack([X, np.zeros((len(y), settings.n_canaries), dtype=np.float32)])
     names = tuple(getattr(train, "feature_names", ()) or ())
     if names:
@@ -346,6 +357,7 @@ def run_one_run_audit(
         X=np.vstack([widened, canaries.X[canaries.included]]).astype(np.float32),
         y=np.concatenate([y, canaries.y[canaries.included]]).astype(np.int64),
         feature_names=names,
+        n_classes=n_classes,
     )
     audit_config = dataclasses.replace(
         config,

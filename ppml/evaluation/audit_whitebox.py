@@ -244,17 +244,19 @@ def run_whitebox_audit(
     _check_settings(settings)
     rng = np.random.default_rng(settings.seed)
     X = np.asarray(train.X, dtype=np.float32)
-    y = check_labels(train.y, SOURCE)
+    n_classes = int(getattr(train, "n_classes", 2))  # a multi-class model has K outputs: more coordinates
+    y = check_labels(train.y, SOURCE, n_classes)
     if settings.max_base_records is not None and len(y) > settings.max_base_records:
         keep = rng.choice(len(y), size=settings.max_base_records, replace=False)
         X, y = X[keep], y[keep]
-    n_parameters = sum(p.numel() for p in build_model(config.model, X.shape[1]).parameters())
+    n_parameters = sum(p.numel() for p in build_model(config.model, X.shape[1], n_classes).parameters())
     m = min(settings.n_canaries, n_parameters)  # one coordinate per canary: no cross-talk between canaries
     canaries = GradientCanaries(len(y), n_parameters, m, dp.max_grad_norm, settings, rng)
     split = TabularSplit(
         X=np.vstack([X, np.zeros((m, X.shape[1]), dtype=np.float32)]),
         y=np.concatenate([y, np.zeros(m, dtype=np.int64)]),
         feature_names=tuple(getattr(train, "feature_names", ()) or ()),
+        n_classes=n_classes,
     )
     batch = max(1, round(settings.sample_rate * split.n))
     audit_config = dataclasses.replace(config, epochs=settings.epochs, batch_size=batch, device="cpu")

@@ -16,6 +16,13 @@ lower end of the higher group's interval minus the upper end of the lower group'
 of a few dozen positives the point gap swings by +-0.2 with the split alone (Adult's race groups: 0.25 with one
 key, 0.44 with another), so a point-estimate gate would promote or refuse by chance; the lower bound refuses only
 a disparity beyond the limit that sampling noise cannot explain. Both figures are in the evidence and the report.
+
+A multi-class label (K > 2 classes) has no single positive class, so each rate is the **macro one-vs-rest**
+rate: FNR = mean over classes of the share of the class's records predicted as another class (1 - balanced
+accuracy), FPR = mean over classes of the share of the other classes' records predicted as this class. One
+number per rate per group keeps the gate's rule (largest gap beyond the intervals) the same for every K; a
+group's rates are compared only when every class holds at least ``min_class_count`` of its records (the
+smallest class bounds how noisy its recall is).
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ppml.evaluation.utility import UtilityReport
+from ppml.evaluation.utility import GroupMetrics, UtilityReport
 
 ERROR_RATES = ("fpr", "fnr")
 #: Smallest number of negatives (for FPR) or positives (for FNR) a group needs for its rate to be compared.
@@ -57,6 +64,7 @@ class GroupErrorRates:
     attributes: dict[str, AttributeErrorRates] = field(default_factory=dict)
     min_class_count: int = MIN_CLASS_COUNT
     confidence: float = 0.95
+    n_classes: int = 2
 
     @property
     def largest(self) -> tuple[float, str, str] | None:
@@ -82,6 +90,11 @@ class GroupErrorRates:
 
     def describe(self) -> str:
         if self.largest is None:
+            if self.n_classes > 2:
+                return (
+                    f"no attribute has two groups with at least {self.min_class_count} records of every one of the "
+                    f"{self.n_classes} classes (macro one-vs-rest rates)"
+                )
             return f"no attribute has two groups with at least {self.min_class_count} positives or negatives"
         gap, attribute, rate = self.largest
         low, high = self.attributes[attribute].extremes[rate] or ("?", "?")
@@ -99,8 +112,17 @@ class GroupErrorRates:
             "detail": self.describe(),
             "min_class_count": self.min_class_count,
             "confidence": self.confidence,
+            "n_classes": self.n_classes,
             "attributes": {name: rates.to_dict() for name, rates in self.attributes.items()},
         }
+
+
+def _denominators(group: GroupMetrics) -> dict[str, int]:
+    """The smallest count each rate divides by: negatives / positives, or for K classes (macro one-vs-rest
+    rates) the smallest class's records (FNR) and the records outside the largest class (FPR)."""
+    if group.class_counts:
+        return {"fpr": group.n - max(group.class_counts), "fnr": min(group.class_counts)}
+    return {"fpr": group.n - group.n_positive, "fnr": group.n_positive}
 
 
 def group_error_rates(report: UtilityReport, *, min_class_count: int = MIN_CLASS_COUNT) -> GroupErrorRates:
@@ -113,9 +135,11 @@ def group_error_rates(report: UtilityReport, *, min_class_count: int = MIN_CLASS
         for name, group in breakdown.groups.items():
             if not group.reported:
                 continue
-            counts = {"fpr": group.n - group.n_positive, "fnr": group.n_positive}
+            counts = _denominators(group)
             shown = group.n_positive if min(counts.values()) >= min_class_count else None
-            entry: dict[str, Any] = {"n": group.n, "n_positive": shown}
+            entry: dict[str, Any] = {"n": group.n, "n_positive": shown if not group.class_counts else None}
+            if group.class_counts and shown is not None:
+                entry["class_counts"] = list(group.class_counts)
             for rate in ERROR_RATES:
                 estimate = group.metrics[rate]
                 usable = counts[rate] >= min_class_count and estimate.value is not None
@@ -143,4 +167,4 @@ def group_error_rates(report: UtilityReport, *, min_class_count: int = MIN_CLASS
             low, high = min(values, key=values.__getitem__), max(values, key=values.__getitem__)
             gaps[rate], extremes[rate] = values[high] - values[low], (low, high)
         attributes[attribute] = AttributeErrorRates(attribute, groups, gaps, extremes, evidenced)
-    return GroupErrorRates(attributes, min_class_count, report.confidence)
+    return GroupErrorRates(attributes, min_class_count, report.confidence, report.n_classes)

@@ -37,7 +37,7 @@ from ppml.evaluation._common import (
     check_fraction,
     check_labels,
     cross_entropy,
-    predict_positive,
+    predict_scores,
     round_list,
     true_label_logit,
 )
@@ -187,12 +187,18 @@ def _balanced_sample(
         )
     m_idx = rng.choice(len(members.y), size=n, replace=False)
     n_idx = rng.choice(len(non_members.y), size=n, replace=False)
+    classes = _n_classes(members)
     return (
         np.asarray(members.X)[m_idx],
-        check_labels(members.y, source)[m_idx],
+        check_labels(members.y, source, classes)[m_idx],
         np.asarray(non_members.X)[n_idx],
-        check_labels(non_members.y, source)[n_idx],
+        check_labels(non_members.y, source, classes)[n_idx],
     )
+
+
+def _n_classes(split: LabelledSplit) -> int:
+    """The label's number of classes: a TabularSplit says so; any other split is binary."""
+    return int(getattr(split, "n_classes", 2))
 
 
 def loss_threshold_attack(
@@ -208,8 +214,8 @@ def loss_threshold_attack(
     """Loss-threshold attack: score = -cross-entropy of the true label (members = training records)."""
     rng = np.random.default_rng(seed)
     xm, ym, xn, yn = _balanced_sample(members, non_members, max_per_side, rng, "loss-threshold attack")
-    member_scores = -cross_entropy(predict_positive(model, xm), ym)
-    non_member_scores = -cross_entropy(predict_positive(model, xn), yn)
+    member_scores = -cross_entropy(predict_scores(model, xm), ym)
+    non_member_scores = -cross_entropy(predict_scores(model, xn), yn)
     return attack_metrics(
         member_scores,
         non_member_scores,
@@ -312,19 +318,22 @@ def lira_offline_attack(
     y_eval = np.concatenate([ym, yn])
 
     order = rng.permutation(n_pool)
-    pool_x, pool_y = np.asarray(reference_pool.X), check_labels(reference_pool.y, source)
+    classes = _n_classes(reference_pool)
+    pool_x, pool_y = np.asarray(reference_pool.X), check_labels(reference_pool.y, source, classes)
     split_type = type(reference_pool)
     feature_names = getattr(reference_pool, "feature_names", ())
+    # a multi-class split keeps its class count, so a reference model scores every class like the target
+    extra = {"n_classes": classes} if classes > 2 else {}
     phi_ref = np.empty((n_reference_models, len(y_eval)))
     started = time.perf_counter()
     for i in range(n_reference_models):
         idx = order[i * size : (i + 1) * size]
-        part = split_type(X=pool_x[idx], y=pool_y[idx], feature_names=tuple(feature_names))
+        part = split_type(X=pool_x[idx], y=pool_y[idx], feature_names=tuple(feature_names), **extra)
         reference = train_reference(part)
-        phi_ref[i] = true_label_logit(predict_positive(reference, x_eval), y_eval)
+        phi_ref[i] = true_label_logit(predict_scores(reference, x_eval), y_eval)
     training_seconds = time.perf_counter() - started
 
-    phi_target = true_label_logit(predict_positive(model, x_eval), y_eval)
+    phi_target = true_label_logit(predict_scores(model, x_eval), y_eval)
     mean = phi_ref.mean(axis=0)
     use_global = variance == "global" or (variance == "auto" and n_reference_models < 32)
     if n_reference_models == 1:

@@ -12,6 +12,7 @@ loop. ROC AUC uses the weighted Mann-Whitney statistic over the distinct scores,
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,7 +28,7 @@ from ppml.evaluation._common import (
     check_fraction,
     check_labels,
     finite_or_none,
-    predict_positive,
+    predict_scores,
 )
 
 METRICS = ("accuracy", "balanced_accuracy", "roc_auc", "f1", "ece", "fpr", "fnr")
@@ -74,7 +75,8 @@ class GroupMetrics:
     n: int
     metrics: dict[str, MetricEstimate]
     reported: bool
-    n_positive: int = 0
+    n_positive: int = 0  # binary: the positives; multi-class: the smallest class count
+    class_counts: tuple[int, ...] = ()  # multi-class only: records per class
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -106,7 +108,11 @@ class GroupBreakdown:
 
 @dataclass(frozen=True)
 class UtilityReport:
-    """Utility of one model on one labelled set; aggregates only, safe for metadata and evidence.json."""
+    """Utility of one model on one labelled set; aggregates only, safe for metadata and evidence.json.
+
+    A multi-class report (``n_classes`` > 2) holds the macro metrics (docs/evaluation.md); its ``positive_rate``
+    is the largest class's share and ``class_shares`` every class's.
+    """
 
     model: str
     n: int
@@ -116,6 +122,13 @@ class UtilityReport:
     n_resamples: int
     metrics: dict[str, MetricEstimate]
     groups: dict[str, GroupBreakdown] = field(default_factory=dict)
+    n_classes: int = 2
+    class_shares: tuple[float, ...] = ()
+
+    @property
+    def trivial_balanced_accuracy(self) -> float:
+        """Balanced accuracy of every record-independent predictor: 1/K (0.5 for a binary label)."""
+        return 1.0 / self.n_classes
 
     def value(self, metric: str) -> float | None:
         return self.metrics[metric].value
@@ -128,6 +141,8 @@ class UtilityReport:
             "threshold": self.threshold,
             "confidence": self.confidence,
             "n_resamples": self.n_resamples,
+            "n_classes": self.n_classes,
+            **({"class_shares": list(self.class_shares)} if self.class_shares else {}),
             "metrics": {name: m.to_dict() for name, m in self.metrics.items()},
             "groups": {name: g.to_dict() for name, g in self.groups.items()},
         }
@@ -185,16 +200,7 @@ def _metric_matrix(
     with np.errstate(divide="ignore", invalid="ignore"):
         ece = np.abs(correct_sum - conf_sum).sum(axis=1) / total
 
-    # ROC AUC as the weighted Mann-Whitney U over distinct scores (ties count one half).
-    unique, inverse = np.unique(p, return_inverse=True)
-    rows = np.arange(len(p))
-    pos_map = sparse.csr_matrix((positive.astype(np.float64), (rows, inverse)), shape=(len(p), len(unique)))
-    neg_map = sparse.csr_matrix(((~positive).astype(np.float64), (rows, inverse)), shape=(len(p), len(unique)))
-    w_pos = np.asarray((pos_map.T @ weights.T).T)
-    w_neg = np.asarray((neg_map.T @ weights.T).T)
-    neg_below = np.cumsum(w_neg, axis=1) - w_neg
-    with np.errstate(divide="ignore", invalid="ignore"):
-        auc = (w_pos * (neg_below + 0.5 * w_neg)).sum(axis=1) / (w_pos.sum(axis=1) * w_neg.sum(axis=1))
+    auc = _weighted_auc(weights, positive, p)
     return {
         "accuracy": accuracy,
         "balanced_accuracy": balanced,
@@ -204,6 +210,59 @@ def _metric_matrix(
         "fpr": fpr,
         "fnr": fnr,
     }
+
+
+def _weighted_auc(weights: np.ndarray, positive: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """ROC AUC as the weighted Mann-Whitney U over distinct scores (ties count one half), per row of weights."""
+    unique, inverse = np.unique(p, return_inverse=True)
+    rows = np.arange(len(p))
+    pos_map = sparse.csr_matrix((positive.astype(np.float64), (rows, inverse)), shape=(len(p), len(unique)))
+    neg_map = sparse.csr_matrix(((~positive).astype(np.float64), (rows, inverse)), shape=(len(p), len(unique)))
+    w_pos = np.asarray((pos_map.T @ weights.T).T)
+    w_neg = np.asarray((neg_map.T @ weights.T).T)
+    neg_below = np.cumsum(w_neg, axis=1) - w_neg
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (w_pos * (neg_below + 0.5 * w_neg)).sum(axis=1) / (w_pos.sum(axis=1) * w_neg.sum(axis=1))
+
+
+def _multiclass_metric_matrix(weights: np.ndarray, y: np.ndarray, P: np.ndarray, n_bins: int) -> dict[str, np.ndarray]:
+    """The K-class metrics for every row of ``weights``: arg-max accuracy; balanced accuracy = mean recall;
+    macro F1; one-vs-rest macro ROC AUC; top-label ECE; macro FPR and FNR (one-vs-rest, averaged over classes).
+
+    Macro averages run over the classes present in the (resampled) set, as scikit-learn's do over the labels
+    it is given: a class with no record in a resample has no recall.
+    """
+    predicted = P.argmax(axis=1)
+    total = weights.sum(axis=1)
+    correct = predicted == y
+    recall, f1, fpr, auc = [], [], [], []
+    for c in range(P.shape[1]):
+        actual, said = y == c, predicted == c
+        support = weights @ actual.astype(np.float64)
+        claimed = weights @ said.astype(np.float64)
+        tp = weights @ (actual & said).astype(np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            recall.append(np.where(support > 0, tp / support, np.nan))
+            f1.append(np.where(support > 0, 2 * tp / (support + claimed), np.nan))
+            fpr.append(np.where(support > 0, (claimed - tp) / (total - support), np.nan))
+        auc.append(np.where(support > 0, _weighted_auc(weights, actual, P[:, c]), np.nan))
+    confidence = P.max(axis=1)
+    bins = np.minimum((confidence * n_bins).astype(np.int64), n_bins - 1)
+    onehot = sparse.csr_matrix((np.ones(len(y)), (np.arange(len(y)), bins)), shape=(len(y), n_bins))
+    conf_sum = np.asarray((onehot.multiply(confidence[:, None]).T @ weights.T).T)
+    correct_sum = np.asarray((onehot.multiply(correct[:, None].astype(np.float64)).T @ weights.T).T)
+    with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a resample without any present class: NaN, dropped
+        balanced = np.nanmean(np.vstack(recall), axis=0)
+        return {
+            "accuracy": (weights @ correct.astype(np.float64)) / total,
+            "balanced_accuracy": balanced,
+            "roc_auc": np.nanmean(np.vstack(auc), axis=0),
+            "f1": np.nanmean(np.vstack(f1), axis=0),
+            "ece": np.abs(correct_sum - conf_sum).sum(axis=1) / total,
+            "fpr": np.nanmean(np.vstack(fpr), axis=0),
+            "fnr": 1.0 - balanced,
+        }
 
 
 def _bootstrap_weights(n: int, n_resamples: int, rng: np.random.Generator) -> np.ndarray:
@@ -222,9 +281,14 @@ def _estimates(
     rng: np.random.Generator,
     n_bins: int,
 ) -> dict[str, MetricEstimate]:
-    point = _metric_matrix(np.ones((1, len(y))), y, p, threshold, n_bins)
+    def matrix(weights: np.ndarray) -> dict[str, np.ndarray]:
+        if p.ndim == 2:
+            return _multiclass_metric_matrix(weights, y, p, n_bins)
+        return _metric_matrix(weights, y, p, threshold, n_bins)
+
+    point = matrix(np.ones((1, len(y))))
     if n_resamples > 0:
-        boot = _metric_matrix(_bootstrap_weights(len(y), n_resamples, rng), y, p, threshold, n_bins)
+        boot = matrix(_bootstrap_weights(len(y), n_resamples, rng))
     alpha = 1 - confidence
     out: dict[str, MetricEstimate] = {}
     for name in METRICS:
@@ -261,8 +325,10 @@ def utility_report(
     are listed with their size only: metrics on a handful of people are noise and can single them out.
     """
     source = f"utility report '{model}'"
-    y = check_labels(y_true, source)
-    p = np.asarray(y_prob, dtype=np.float64).reshape(-1)
+    p = np.asarray(y_prob, dtype=np.float64)
+    n_classes = p.shape[1] if p.ndim == 2 and p.shape[1] > 2 else 2
+    p = p if n_classes > 2 else p.reshape(-1)
+    y = check_labels(y_true, source, n_classes)
     if len(p) != len(y) or len(y) == 0:
         raise input_error(
             source, "y_prob", f"{len(p)} probabilities for {len(y)} labels", "pass one probability per labelled record"
@@ -270,6 +336,10 @@ def utility_report(
     if not np.isfinite(p).all() or p.min() < 0 or p.max() > 1:
         raise input_error(
             source, "y_prob", "probabilities must be finite and in [0, 1]", "pass P(y = 1) from predict_proba"
+        )
+    if n_classes > 2 and not np.allclose(p.sum(axis=1), 1.0, atol=1e-4):
+        raise input_error(
+            source, "y_prob", "class probabilities do not sum to 1 per record", "pass softmax outputs (n, K)"
         )
     check_fraction(threshold, source, "threshold", low=0, high=1, closed="neither")
     check_fraction(confidence, source, "confidence", low=0, high=1, closed="neither")
@@ -298,7 +368,14 @@ def utility_report(
                 per_group[name] = GroupMetrics(size, {}, reported=False)
                 continue
             estimates = _estimates(y[mask], p[mask], rng=rng, **kwargs)
-            per_group[name] = GroupMetrics(size, estimates, reported=True, n_positive=int(y[mask].sum()))
+            counts = np.bincount(y[mask], minlength=n_classes)
+            per_group[name] = GroupMetrics(
+                size,
+                estimates,
+                reported=True,
+                n_positive=int(counts[1]) if n_classes == 2 else int(counts.min()),
+                class_counts=tuple(int(c) for c in counts) if n_classes > 2 else (),
+            )
         reported = {k: g for k, g in per_group.items() if g.reported}
         gaps: dict[str, float | None] = {}
         for metric in METRICS:
@@ -308,10 +385,13 @@ def utility_report(
         worst = min(accuracies, key=lambda k: accuracies[k]) if accuracies else None
         breakdowns[attribute] = GroupBreakdown(attribute, per_group, worst, gaps, min_group_size)
 
+    shares = np.bincount(y, minlength=n_classes) / len(y)
     return UtilityReport(
         model=model,
         n=len(y),
-        positive_rate=float(y.mean()),
+        positive_rate=float(y.mean()) if n_classes == 2 else float(shares.max()),
+        n_classes=n_classes,
+        class_shares=tuple(float(v) for v in shares) if n_classes > 2 else (),
         threshold=threshold,
         confidence=confidence,
         n_resamples=n_resamples,
@@ -329,7 +409,7 @@ def evaluate_utility(
     **kwargs: Any,
 ) -> UtilityReport:
     """:func:`utility_report` of a trained model on a labelled split (e.g. the held-out test split)."""
-    return utility_report(split.y, predict_positive(model, split.X), model=name, groups=groups, **kwargs)
+    return utility_report(split.y, predict_scores(model, split.X), model=name, groups=groups, **kwargs)
 
 
 def compare_models(model: UtilityReport, baseline: UtilityReport) -> ModelComparison:
@@ -450,10 +530,20 @@ def utility_verdicts(
     return verdicts
 
 
-def trivial_predictor(y_true: np.ndarray) -> dict[str, float]:
-    """What a model that ignores the record reaches on these labels: the majority share as accuracy, and 0.5
-    balanced accuracy and ROC AUC (a constant or record-independent score ranks no positive above a negative)."""
-    y = check_labels(y_true, "trivial predictor")
+def trivial_predictor(y_true: np.ndarray, n_classes: int = 2) -> dict[str, float]:
+    """What a model that ignores the record reaches on these labels: the majority share as accuracy, balanced
+    accuracy 1/K (0.5 for a binary label) and ROC AUC 0.5 (a constant or record-independent score ranks no
+    member of a class above a non-member; for K classes, each one-vs-rest AUC)."""
+    y = check_labels(y_true, "trivial predictor", n_classes)
+    if n_classes > 2:
+        shares = np.bincount(y, minlength=n_classes) / len(y) if len(y) else np.full(n_classes, np.nan)
+        return {
+            "accuracy": float(shares.max()),
+            "balanced_accuracy": 1.0 / n_classes,
+            "roc_auc": TRIVIAL_LEVEL,
+            "n_classes": n_classes,
+            "class_shares": [float(v) for v in shares],
+        }
     share = float(y.mean()) if len(y) else float("nan")
     return {
         "accuracy": max(share, 1 - share),
@@ -465,19 +555,22 @@ def trivial_predictor(y_true: np.ndarray) -> dict[str, float]:
 
 def trivial_margin_verdicts(report: UtilityReport, margin: float) -> list[Verdict]:
     """The model beats the class prior with confidence: the lower bounds of the bootstrap intervals of balanced
-    accuracy and ROC AUC are at least 0.5 + ``margin``. Accuracy cannot show this (a majority-class predictor is
-    80% accurate on an 80/20 label); with no interval (``n_resamples=0``) the verdict fails."""
+    accuracy and ROC AUC are at least the trivial level plus ``margin`` (0.5 for both on a binary label; 1/K for
+    balanced accuracy and 0.5 for the one-vs-rest macro AUC on K classes). Accuracy cannot show this (a
+    majority-class predictor is 80% accurate on an 80/20 label); with no interval (``n_resamples=0``) the
+    verdict fails."""
     verdicts = []
-    for metric in ("balanced_accuracy", "roc_auc"):
+    levels = {"balanced_accuracy": report.trivial_balanced_accuracy, "roc_auc": TRIVIAL_LEVEL}
+    for metric, level in levels.items():
         estimate = report.metrics[metric]
         verdicts.append(
             Verdict.check(
                 f"min_margin_over_trivial:{metric}",
                 estimate.ci_low,
-                TRIVIAL_LEVEL + margin,
+                level + margin,
                 ">=",
                 f"{report.model} {metric} {_fmt(estimate.value)}, {report.confidence:.0%} CI lower bound "
-                f"{_fmt(estimate.ci_low)}; the trivial predictor reaches {TRIVIAL_LEVEL}",
+                f"{_fmt(estimate.ci_low)}; the trivial predictor reaches {level:.4g}",
             )
         )
     return verdicts
@@ -494,7 +587,7 @@ def objective_warnings(
 
     Not errors: the gate refuses a trivial model through its built-in verdicts anyway. But an objective at or
     below the trivial level states nothing, which is usually a mistake (an accuracy target copied from a data
-    set with a different class balance). ``labels`` (0/1) are the data's labels, when known.
+    set with a different class balance). ``labels`` (0/1, or class indices) are the data's labels, when known.
     """
     margin = float(objectives.get("min_margin_over_trivial", 0.02))
     found = []
@@ -507,7 +600,8 @@ def objective_warnings(
         )
     accuracy = objectives.get("min_accuracy")
     if labels is not None and len(labels) and accuracy is not None:
-        majority = trivial_predictor(labels)["accuracy"]
+        labels = np.asarray(labels, dtype=np.int64)
+        majority = trivial_predictor(labels, max(2, int(labels.max()) + 1))["accuracy"]
         if accuracy <= majority + 1e-12:
             found.append(
                 f"{source}: field 'objectives.min_accuracy': {accuracy:g} is at or below the accuracy of predicting "

@@ -401,10 +401,18 @@ def _train_candidate(
 
 def _noisy_mean_predictions(
     session: _Session, results: list[CandidateResult], run_id: str, seed: int | None
-) -> list[float]:
+) -> list[Any]:
     """The Gaussian mechanism on each candidate's sum of training predictions (reserved before training)."""
     rng = np.random.default_rng(seed if seed is not None else secrets.randbits(63))
     noise_std = mean_prediction_noise(session.train.n)
+    if session.train.n_classes > 2:
+        # K class sums per candidate: one record's vector of class probabilities has L2 norm <= 1, so the
+        # sensitivity (and the reserved charge) is that of the binary single sum.
+        class_sums = [r.model.predict_proba(session.train.X).sum(axis=0) for r in results]
+        noisy_sums = [total + rng.normal(0.0, noise_std, size=total.shape) for total in class_sums]
+        charge = session.ledger.run(run_id)
+        session.ledger.complete_run(run_id, steps=1, epsilon=float(charge.epsilon_planned or math.inf))
+        return [np.clip(value / session.train.n, 0.01, 0.99) for value in noisy_sums]
     sums = [float(r.model.predict_proba(session.train.X).sum()) for r in results]
     noisy = [total + float(rng.normal(0.0, noise_std)) for total in sums]
     charge = session.ledger.run(run_id)

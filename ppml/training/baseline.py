@@ -72,7 +72,8 @@ class CandidateScore:
 
 
 class BinaryModel:
-    """``predict_proba(X) -> P(y = 1)`` over a fitted scikit-learn estimator or a torch module."""
+    """``predict_proba(X) -> P(y = 1)`` (or (n, K) class probabilities of a multi-class label) over a fitted
+    scikit-learn estimator or a torch module."""
 
     def __init__(self, predict: Callable[[np.ndarray], np.ndarray], family: Family) -> None:
         self._predict = predict
@@ -248,7 +249,7 @@ def _fit_logistic(
 
     estimator = LogisticRegression(C=float(settings.get("C", 1.0)), max_iter=2000, random_state=seed)
     estimator.fit(train.X, train.y)
-    model = BinaryModel(lambda X: estimator.predict_proba(X)[:, 1], "logistic_regression")
+    model = BinaryModel(lambda X: _estimator_proba(estimator, X, train.n_classes), "logistic_regression")
     scores = _scores(validation.y, model.predict_proba(validation.X)) if validation is not None else None
     return model, {"C": float(settings.get("C", 1.0))}, scores
 
@@ -277,8 +278,8 @@ def _fit_boosting(
         scores = None
     else:
         estimator.fit(train.X, train.y, X_val=validation.X, y_val=validation.y)
-        scores = _scores(validation.y, estimator.predict_proba(validation.X)[:, 1])
-    model = BinaryModel(lambda X: estimator.predict_proba(X)[:, 1], "gradient_boosting")
+        scores = _scores(validation.y, _estimator_proba(estimator, validation.X, train.n_classes))
+    model = BinaryModel(lambda X: _estimator_proba(estimator, X, train.n_classes), "gradient_boosting")
     return model, {**shape, "max_iter": int(estimator.n_iter_)}, scores
 
 
@@ -310,7 +311,7 @@ def _train_mlp(
     from ppml.training.models import build_model
 
     torch.manual_seed(seed)
-    module = build_model(ModelSpec(kind="mlp", hidden_sizes=hidden), train.n_features)
+    module = build_model(ModelSpec(kind="mlp", hidden_sizes=hidden), train.n_features, train.n_classes)
     optimizer = torch.optim.Adam(module.parameters(), lr=rate)
     shuffle = torch.Generator().manual_seed(seed + 1)
     X, y = torch.tensor(train.X), torch.tensor(train.y)
@@ -363,19 +364,35 @@ def single_threaded() -> Iterator[None]:
 def _torch_positive(module: Any, X: np.ndarray) -> np.ndarray:
     import torch
 
+    from ppml.training.dp_sgd import class_probabilities
+
     was_training = module.training
     module.eval()
     with torch.no_grad():
-        proba = torch.softmax(module(torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))), dim=1)[:, 1]
+        proba = class_probabilities(module(torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))))
     module.train(was_training)
-    return proba.numpy().astype(np.float64)
+    return proba
+
+
+def _estimator_proba(estimator: Any, X: np.ndarray, n_classes: int) -> np.ndarray:
+    """P(y = 1) of a binary estimator; (n, K) of a multi-class one, a class it never saw in training at 0."""
+    proba = estimator.predict_proba(X)
+    if n_classes == 2:
+        return proba[:, 1]
+    full = np.zeros((len(proba), n_classes), dtype=np.float64)
+    full[:, np.asarray(estimator.classes_, dtype=np.int64)] = proba
+    return full
 
 
 def _scores(y: np.ndarray, p: np.ndarray) -> Scores:
-    """Accuracy at 0.5, ROC AUC (None with one class) and log loss on one labelled set."""
+    """Accuracy at 0.5 (arg-max for K classes), ROC AUC (one-vs-rest macro; None with one class) and log loss."""
     from sklearn.metrics import roc_auc_score
 
     p = np.clip(np.asarray(p, dtype=np.float64), 1e-7, 1 - 1e-7)
+    if p.ndim == 2:
+        aucs = [float(roc_auc_score(y == c, p[:, c])) for c in range(p.shape[1]) if 0 < (y == c).sum() < len(y)]
+        loss = float(-np.mean(np.log(p[np.arange(len(y)), y])))
+        return float((p.argmax(axis=1) == y).mean()), (float(np.mean(aucs)) if aucs else None), loss
     accuracy = float(((p >= 0.5) == (y == 1)).mean())
     auc = float(roc_auc_score(y, p)) if len(np.unique(y)) == 2 else None
     loss = float(-np.mean(np.where(y == 1, np.log(p), np.log1p(-p))))

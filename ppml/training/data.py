@@ -18,16 +18,18 @@ from ppml.errors import input_error
 
 @dataclass(frozen=True)
 class TabularSplit:
-    """Features ``X`` (float32, shape (n, d)) and binary labels ``y`` (int64 in {0, 1}, shape (n,)).
+    """Features ``X`` (float32, shape (n, d)) and labels ``y`` (int64 in {0, .., n_classes - 1}, shape (n,)).
 
     Numeric inputs of other dtypes are converted; non-numeric or non-finite features are refused here, naming the
-    offending feature. ``name`` only labels error messages (e.g. ``"adult/train"``).
+    offending feature. ``name`` only labels error messages (e.g. ``"adult/train"``). ``n_classes`` is the label's
+    number of classes (2 = binary), which a split may not all hold: the model's output width comes from it.
     """
 
     X: np.ndarray
     y: np.ndarray
     feature_names: tuple[str, ...] = ()
     name: str = "split"
+    n_classes: int = 2
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "feature_names", tuple(str(f) for f in self.feature_names))
@@ -73,9 +75,21 @@ class TabularSplit:
             )
         if y.dtype.kind not in "biuf":
             raise input_error(self.name, "y", f"labels are not numeric (dtype {y.dtype})", "encode the label as 0/1")
-        if y.size and not np.isin(y, (0, 1)).all():
-            bad = sorted({float(v) for v in np.unique(y)} - {0.0, 1.0})[:3]
-            raise input_error(self.name, "y", f"labels must be 0 or 1, found {bad}", "binarise the label")
+        if not isinstance(self.n_classes, int) or self.n_classes < 2:
+            raise input_error(
+                self.name, "n_classes", f"{self.n_classes!r} classes", "give the label's number of classes (>= 2)"
+            )
+        classes = tuple(range(self.n_classes))
+        if y.size and not np.isin(y, classes).all():
+            bad = sorted({float(v) for v in np.unique(y)} - {float(c) for c in classes})[:3]
+            if self.n_classes == 2:
+                raise input_error(self.name, "y", f"labels must be 0 or 1, found {bad}", "binarise the label")
+            raise input_error(
+                self.name,
+                "y",
+                f"labels must be class indices 0..{self.n_classes - 1}, found {bad}",
+                "encode each class as its index in schema.label_values",
+            )
         object.__setattr__(self, "X", X)
         object.__setattr__(self, "y", np.ascontiguousarray(y, dtype=np.int64))
 
@@ -133,7 +147,7 @@ class TabularSplit:
         return digest.hexdigest()
 
     def subset(self, indices: np.ndarray) -> TabularSplit:
-        return TabularSplit(self.X[indices], self.y[indices], self.feature_names, self.name)
+        return TabularSplit(self.X[indices], self.y[indices], self.feature_names, self.name, self.n_classes)
 
     def _feature(self, column: int) -> str:
         return self.feature_names[column] if column < len(self.feature_names) else f"column {column}"

@@ -17,7 +17,8 @@ Rank 0 writes ``model.pt`` (state dict) and ``result.json`` (aggregates only); e
 final weights to ``rank<k>.json`` so a test can check that replicas agree.
 
 ``--data`` is an ``.npz`` with ``X_train``, ``y_train`` and optionally ``X_validation``, ``y_validation``,
-``feature_names``; ``--config`` is JSON ``{"training": {...TrainingConfig}, "dp": {...DPConfig}}``.
+``feature_names``, ``n_classes`` (default 2); ``--config`` is JSON
+``{"training": {...TrainingConfig}, "dp": {...DPConfig}}``.
 """
 
 from __future__ import annotations
@@ -124,9 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         arrays = np.load(args.data, allow_pickle=False)
         names = tuple(str(n) for n in arrays["feature_names"]) if "feature_names" in arrays else ()
-        train = TabularSplit(arrays["X_train"], arrays["y_train"], names, f"{args.data.name}/train")
+        classes = int(arrays["n_classes"]) if "n_classes" in arrays else 2
+        train = TabularSplit(arrays["X_train"], arrays["y_train"], names, f"{args.data.name}/train", classes)
         validation = (
-            TabularSplit(arrays["X_validation"], arrays["y_validation"], names, f"{args.data.name}/validation")
+            TabularSplit(arrays["X_validation"], arrays["y_validation"], names, f"{args.data.name}/validation", classes)
             if "X_validation" in arrays
             else None
         )

@@ -89,10 +89,13 @@ class TrainedModel:
     planned_steps: int = 0
     resumed_from_step: int | None = None
 
+    @property
+    def n_classes(self) -> int:
+        return output_width(self.module)
+
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        """P(y = 1) for each row of ``X``, shape (n,)."""
-        logits = self._logits(X)
-        return torch.softmax(logits, dim=1)[:, 1].numpy().astype(np.float64)
+        """P(y = 1) for each row of ``X``, shape (n,); for a multi-class model every class's probability (n, K)."""
+        return class_probabilities(self._logits(X))
 
     def per_example_loss(self, X: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Cross-entropy of each example, shape (n,): the signal membership-inference attacks use."""
@@ -116,7 +119,20 @@ class TrainedModel:
         with torch.no_grad():
             for start in range(0, max(len(features), 1), 65536):
                 outputs.append(self.module(features[start : start + 65536]))
-        return torch.cat(outputs) if outputs else torch.empty(0, 2)
+        return torch.cat(outputs) if outputs else torch.empty(0, self.n_classes)
+
+
+def output_width(module: nn.Module) -> int:
+    """The number of classes a model scores: the width of its last Linear layer."""
+    return int([layer for layer in module.modules() if isinstance(layer, nn.Linear)][-1].out_features)
+
+
+def class_probabilities(logits: torch.Tensor) -> np.ndarray:
+    """Softmax of the logits: P(y = 1) with shape (n,) for two classes (the binary contract), else (n, K)."""
+    probabilities = torch.softmax(logits, dim=1)
+    if probabilities.shape[1] == 2:
+        return probabilities[:, 1].cpu().numpy().astype(np.float64)
+    return probabilities.cpu().numpy().astype(np.float64)
 
 
 @dataclass(frozen=True)
@@ -305,7 +321,9 @@ def train_dp(
 
     torch.manual_seed(config.seed)
     base_model = make_private_compatible(
-        build_model(config.model, train.n_features), allow_fixes=dp.allow_layer_fixes, source=f"{train.name}: model"
+        build_model(config.model, train.n_features, train.n_classes),
+        allow_fixes=dp.allow_layer_fixes,
+        source=f"{train.name}: model",
     )
     clipping = _resolve_clipping(dp.clipping, base_model)
     base_model.to(device)
@@ -429,7 +447,7 @@ def train_dp(
     if not state.completed:
         trainer.run(state)
 
-    final_module = _standalone_copy(config, dp, train.n_features, base_model)
+    final_module = _standalone_copy(config, dp, train.n_features, base_model, train.n_classes)
     if grad_sample_mode == "hooks" or clipping == "ghost":
         dp_module.remove_hooks()
     epsilon = epsilon_of_history(engine.accountant.history, dp.target_delta, dp.accountant)
@@ -857,7 +875,7 @@ def train_non_private(
     _check_inputs(train, validation, None)
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
-    model = build_model(config.model, train.n_features).to(device)
+    model = build_model(config.model, train.n_features, train.n_classes).to(device)
     optimizer = _make_optimizer(model.parameters(), config)
     shuffle = torch.Generator().manual_seed(config.seed + 1)
     X = torch.from_numpy(train.X).to(device)
@@ -898,7 +916,7 @@ def train_non_private(
         history.append(report)
         if on_epoch is not None:
             on_epoch(report)
-    final = build_model(config.model, train.n_features)
+    final = build_model(config.model, train.n_features, train.n_classes)
     final.load_state_dict({k: v.detach().cpu() for k, v in model.state_dict().items()})
     final.eval()
     return TrainedModel(
@@ -962,9 +980,11 @@ def _make_optimizer(parameters: Any, config: TrainingConfig) -> torch.optim.Opti
     )
 
 
-def _standalone_copy(config: TrainingConfig, dp: DPConfig, n_features: int, trained: nn.Module) -> nn.Module:
+def _standalone_copy(
+    config: TrainingConfig, dp: DPConfig, n_features: int, trained: nn.Module, n_classes: int = 2
+) -> nn.Module:
     """A clean CPU copy without Opacus hooks or per-sample attributes, in eval mode."""
-    fresh = make_private_compatible(build_model(config.model, n_features), allow_fixes=dp.allow_layer_fixes)
+    fresh = make_private_compatible(build_model(config.model, n_features, n_classes), allow_fixes=dp.allow_layer_fixes)
     fresh.load_state_dict({k: v.detach().cpu().clone() for k, v in trained.state_dict().items()})
     return fresh.eval()
 
@@ -977,8 +997,7 @@ def _validation_metrics(
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        logits = model(torch.from_numpy(validation.X).to(device))
-        proba = torch.softmax(logits, dim=1)[:, 1].cpu().numpy()
+        proba = class_probabilities(model(torch.from_numpy(validation.X).to(device)))
     model.train(was_training)
     metrics = _metrics(proba, validation.y, None)
     return metrics["accuracy"], (None if math.isnan(metrics["auc"]) else metrics["auc"])
@@ -987,12 +1006,31 @@ def _validation_metrics(
 def _metrics(proba: np.ndarray, y: np.ndarray, losses: np.ndarray | None) -> dict[str, float]:
     from sklearn.metrics import roc_auc_score
 
+    if proba.ndim == 2:  # multi-class: the arg-max class; one-vs-rest macro ROC AUC over the classes present
+        accuracy = float((proba.argmax(axis=1) == y).mean()) if len(y) else float("nan")
+        return {"accuracy": accuracy, "auc": _macro_auc(y, proba), **_mean_loss(losses)}
     accuracy = float(((proba >= 0.5).astype(np.int64) == y).mean()) if len(y) else float("nan")
     auc = float(roc_auc_score(y, proba)) if len(np.unique(y)) == 2 else float("nan")
     result = {"accuracy": accuracy, "auc": auc}
     if losses is not None:
         result["loss"] = float(losses.mean()) if len(losses) else float("nan")
     return result
+
+
+def _mean_loss(losses: np.ndarray | None) -> dict[str, float]:
+    if losses is None:
+        return {}
+    return {"loss": float(losses.mean()) if len(losses) else float("nan")}
+
+
+def _macro_auc(y: np.ndarray, proba: np.ndarray) -> float:
+    """One-vs-rest ROC AUC averaged over the classes that have both members and non-members in ``y``."""
+    from sklearn.metrics import roc_auc_score
+
+    scores = [
+        float(roc_auc_score(y == c, proba[:, c])) for c in range(proba.shape[1]) if 0 < int((y == c).sum()) < len(y)
+    ]
+    return float(np.mean(scores)) if scores else float("nan")
 
 
 def _rank_and_world() -> tuple[int, int]:

@@ -21,14 +21,15 @@ from ppml.training.config import ModelSpec
 log = logging.getLogger(__name__)
 
 
-def build_model(spec: ModelSpec, n_features: int) -> nn.Sequential:
-    """Logistic regression is one Linear layer; the MLP is Linear/ReLU stacks. Both emit two logits."""
+def build_model(spec: ModelSpec, n_features: int, n_classes: int = 2) -> nn.Sequential:
+    """Logistic regression is one Linear layer; the MLP is Linear/ReLU stacks. Both emit one logit per class
+    (two for a binary label: softmax and cross-entropy serve every K alike)."""
     if n_features < 1:
         raise input_error(
             "model spec", "n_features", "the feature matrix has no columns", "select at least one training feature"
         )
     if spec.kind == "logistic":
-        return nn.Sequential(nn.Linear(n_features, 2))
+        return nn.Sequential(nn.Linear(n_features, n_classes))
     layers: list[nn.Module] = []
     width = n_features
     for hidden in spec.hidden_sizes:
@@ -37,7 +38,7 @@ def build_model(spec: ModelSpec, n_features: int) -> nn.Sequential:
             layers.append(nn.BatchNorm1d(hidden))
         layers.append(nn.ReLU())
         width = hidden
-    layers.append(nn.Linear(width, 2))
+    layers.append(nn.Linear(width, n_classes))
     return nn.Sequential(*layers)
 
 

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -56,8 +57,13 @@ class CandidateResult:
 
 
 def validation_scores(model: TrainedModel, validation: TabularSplit) -> dict[str, float | None]:
-    """Accuracy, ROC AUC and balanced accuracy (threshold 0.5) of the final model on the validation split."""
+    """Accuracy, ROC AUC and balanced accuracy (threshold 0.5) of the final model on the validation split.
+
+    Multi-class: the arg-max class, the mean recall over the classes present, and the one-vs-rest macro ROC AUC.
+    """
     proba = model.predict_proba(validation.X)
+    if proba.ndim == 2:
+        return _multiclass_scores(proba, validation.y)
     predicted = proba >= 0.5
     y = validation.y.astype(bool)
     accuracy = float((predicted == y).mean()) if y.size else None
@@ -71,8 +77,24 @@ def validation_scores(model: TrainedModel, validation: TabularSplit) -> dict[str
     return {"accuracy": accuracy, "auc": auc, "balanced_accuracy": balanced}
 
 
+def _multiclass_scores(proba: np.ndarray, y: np.ndarray) -> dict[str, float | None]:
+    from sklearn.metrics import roc_auc_score
+
+    if not y.size:
+        return {"accuracy": None, "auc": None, "balanced_accuracy": None}
+    predicted = proba.argmax(axis=1)
+    present = [c for c in range(proba.shape[1]) if (y == c).any()]
+    recalls = [float((predicted[y == c] == c).mean()) for c in present]
+    aucs = [float(roc_auc_score(y == c, proba[:, c])) for c in present if not (y == c).all()]
+    return {
+        "accuracy": float((predicted == y).mean()),
+        "auc": float(np.mean(aucs)) if aucs else None,
+        "balanced_accuracy": float(np.mean(recalls)) if len(present) >= 2 else None,
+    }
+
+
 def balanced_at_mean_prediction(
-    result: CandidateResult, mean_prediction: float, validation: TabularSplit
+    result: CandidateResult, mean_prediction: float | np.ndarray, validation: TabularSplit
 ) -> CandidateResult:
     """Post-processing for balanced accuracy: shift the positive logit by -log(m / (1 - m)).
 
@@ -80,12 +102,17 @@ def balanced_at_mean_prediction(
     decision at threshold 0.5 where the model's score passes its average, i.e. the Bayes rule for balanced
     accuracy (p(1|x) / prior > p(0|x) / (1 - prior)) once the intercept is recalibrated so that the mean
     prediction equals the prior -- without trusting the noisy model to be calibrated (DP models on an 80/20 label
-    predicted 8 % positives on average). Validation scores are those of the shifted model.
+    predicted 8 % positives on average). Validation scores are those of the shifted model. A multi-class
+    candidate gets one mean per class (a vector) and every class logit is shifted by -log(m_c): the arg-max of
+    p(c|x) / m_c, the same rule for K classes.
     """
     module = copy.deepcopy(result.model.module)
     last = [layer for layer in module.modules() if isinstance(layer, nn.Linear)][-1]
     with torch.no_grad():
-        last.bias[1] -= math.log(mean_prediction / (1.0 - mean_prediction))
+        if np.ndim(mean_prediction) == 1:  # multi-class: divide every class's probability by its mean prediction
+            last.bias -= torch.log(torch.as_tensor(np.asarray(mean_prediction), dtype=last.bias.dtype))
+        else:
+            last.bias[1] -= math.log(mean_prediction / (1.0 - mean_prediction))
     model = dataclasses.replace(result.model, module=module)
     scores = validation_scores(model, validation)
     return dataclasses.replace(

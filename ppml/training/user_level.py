@@ -108,7 +108,7 @@ def train_user_level(
     m = int(codes.max()) + 1
     plan = plan or plan_user_level(m, config, dp)
     torch.manual_seed(config.seed)
-    model = build_model(config.model, train.n_features)
+    model = build_model(config.model, train.n_features, train.n_classes)
     optimizer = _optimizer(model, config)
     generator = torch.Generator().manual_seed(dp.dp_seed if dp.dp_seed is not None else secrets.randbits(63))
     X, y = torch.from_numpy(train.X), torch.from_numpy(train.y)
@@ -234,14 +234,15 @@ def _report(
 ) -> EpochReport:
     accuracy = auc = None
     if validation is not None and validation.n:
-        from sklearn.metrics import roc_auc_score
+        from ppml.training.dp_sgd import _metrics, class_probabilities
 
         model.eval()
         with torch.no_grad():
-            proba = torch.softmax(model(torch.from_numpy(validation.X)), dim=1)[:, 1].numpy()
+            proba = class_probabilities(model(torch.from_numpy(validation.X)))  # (n,) binary, (n, K) multi-class
         model.train()
-        accuracy = float(((proba >= 0.5) == validation.y).mean())
-        auc = float(roc_auc_score(validation.y, proba)) if len(np.unique(validation.y)) == 2 else None
+        metrics = _metrics(proba, validation.y, None)
+        accuracy = metrics["accuracy"]
+        auc = None if math.isnan(metrics["auc"]) else metrics["auc"]
     return EpochReport(
         epoch=epoch,
         train_loss=float(np.mean(losses)) if losses else float("nan"),
