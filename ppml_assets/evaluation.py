@@ -76,7 +76,15 @@ def model_evaluation(
     objectives = loaded.policy.objectives
     drifted = context.run.tags.get("ppml/drifted_partition")
     newest = (
-        _evaluate_on_partition(context, drifted, model, loaded, asset_store, list(splits["test"].feature_names))
+        _evaluate_on_partition(
+            context,
+            drifted,
+            model,
+            loaded,
+            asset_store,
+            list(splits["test"].feature_names),
+            recorded_serving_spec(mlflow.client(), dp_model.get("mlflow_run_id")),
+        )
         if drifted
         else None
     )
@@ -131,9 +139,24 @@ def model_evaluation(
     return result
 
 
-def _evaluate_on_partition(context, partition: str, model, loaded, asset_store, feature_names: list[str]) -> dict:  # type: ignore[no-untyped-def]
+def recorded_serving_spec(client, run_id: str | None) -> dict | None:  # type: ignore[no-untyped-def]
+    """The training run's serving spec (every released generalization, handles and bins included), or None for a
+    model trained before ppml recorded it."""
+    from ppml.errors import PPMLError
+    from ppml.serving.spec import load_serving_spec
+
+    if not run_id:
+        return None
+    try:
+        return load_serving_spec(client, run_id, "dp_model")
+    except PPMLError:
+        return None
+
+
+def _evaluate_on_partition(context, partition: str, model, loaded, asset_store, feature_names: list[str], spec) -> dict:  # type: ignore[no-untyped-def]
     """Utility of the deployed model on a newer partition, prepared exactly like its training window: the
-    re-evaluation the drift sensor asks for."""
+    re-evaluation the drift sensor asks for. The features replay the model's serving spec when it has one (the
+    release-safety handles' generalizations are only recorded there), else the window's anonymization levels."""
     from ppml.anonymization.policy_config import config_from_policy
     from ppml_assets.anonymization import with_missing_values
 
@@ -152,11 +175,19 @@ def _evaluate_on_partition(context, partition: str, model, loaded, asset_store, 
         preparation["bin_edges"],
         feature_names,
     )
+    replayed = spec is not None and list(spec["feature_names"]) == list(feature_names)
+    if replayed:
+        from ppml.serving.spec import FeatureBuilder
+
+        builder = FeatureBuilder(spec)
+        records = fresh.astype(object).where(fresh.notna(), None).to_dict("records")
+        X = builder.matrix([builder.released_values(record) for record in records])
     report = utility_report(y, model.predict_proba(X), model="dp", seed=loaded.policy.training.seed).to_dict()
     point = {name: report["metrics"][name]["value"] for name in ("accuracy", "roc_auc")}
     objectives = loaded.policy.objectives
     meets = point["accuracy"] >= objectives.min_accuracy and point["roc_auc"] >= objectives.min_roc_auc
-    return {"partition": partition, "records": len(y), **point, "meets_objectives": bool(meets)}
+    features = "serving spec" if replayed else "anonymization levels"
+    return {"partition": partition, "records": len(y), "features": features, **point, "meets_objectives": bool(meets)}
 
 
 @policy_asset(group_name="evaluation", kinds={"pytorch", "json"})
