@@ -1,0 +1,91 @@
+"""The lifecycle with ``privacy_unit: subject`` on the repeated-subject landing zone (issue 10, items 1-2): the
+window is contribution-bounded before anonymization, dp_model trains per person through the per-subject filter,
+and the ledger, the asset metadata and the report state the per-person epsilon, eligible and excluded subjects."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from dagster import instance_for_test
+
+from ppml.landing_zone import write_landing_zone
+from ppml.landing_zone_repeated import synthesize_repeated_subject_records
+from ppml.ledger import LifetimeBudget, PrivacyLedger
+from ppml.ledger.subjects import SubjectAccounts
+from ppml.policy import load_policy
+from ppml_assets.subjects import RELEASE_SUBJECTS
+from tests.graph_support import graph_workspace, write_policy
+from tests.support import TEST_FIRST_DAY, days
+
+SUBJECT_SETTINGS = {
+    "privacy__privacy_unit": "subject",
+    "privacy__max_records_per_subject": 2,
+    "privacy__min_eligible_subjects": 200,
+    "privacy__dp_statistics_epsilon": 0.05,
+    "evaluation__reference_models": 0,
+    "evaluation__audit_canaries": 0,
+    "evaluation__gradient_canaries": 0,
+    "training__batch_size": 128,
+    "training__candidates": "listed",  # one candidate (the policy's learning rate): a small, fast test
+    "training__epochs": 5,
+    "objectives__min_accuracy": 0.6,
+    "objectives__min_roc_auc": 0.6,
+    "objectives__max_utility_gap": 0.3,
+    "objectives__max_group_error_rate_gap": 0.6,
+}
+
+
+@pytest.mark.slow
+def test_subject_unit_lifecycle_on_the_repeated_subject_landing_zone(tmp_path: Path) -> None:
+    window = days(TEST_FIRST_DAY, 6)
+    raw = synthesize_repeated_subject_records(only_days=window)
+    assert raw["record_id"].value_counts().max() > 2  # people repeat beyond the bound c = 2
+    landing = tmp_path / "landing"
+    write_landing_zone(landing, raw)
+    policy = write_policy(tmp_path, **SUBJECT_SETTINGS)
+    workspace = graph_workspace(tmp_path / "home", landing, policy)
+    with instance_for_test() as instance:
+        assert workspace.run("requirements_job", instance).success
+        assert workspace.collect(instance, window[0], window[-1]).success
+        result = workspace.run("training_job", instance, partition_key=window[-1])
+        assert result.asset_materializations_for_node("dp_model"), [
+            e.message for e in result.all_events if e.is_failure
+        ]
+        anonymized = result.asset_materializations_for_node("anonymized_records")[0].metadata
+    bounding = anonymized["contribution_bounding"].value
+    assert bounding["largest_contribution_after"] == 2 and bounding["subjects_bounded"] > 0
+    released = pd.read_parquet(workspace.home / "assets" / "anonymized_records" / f"{window[-1]}.parquet")
+    assert "record_id" not in released.columns  # the pseudonym never enters the release
+    side = workspace.home / "assets" / RELEASE_SUBJECTS / f"{window[-1]}.parquet"
+    assert stat.S_IMODE(os.stat(side).st_mode) == 0o600 and len(pd.read_parquet(side)) == len(released)
+
+    trained = json.loads((workspace.home / "assets" / "dp_model" / f"{window[-1]}.json").read_text())
+    subjects = trained["subjects"]
+    assert trained["privacy_unit"] == "subject" and trained["clipping"] == "user_level"
+    assert subjects["eligible_subjects"] >= 200 and subjects["excluded_subjects"] == 0
+    assert 0 < subjects["epsilon_per_person"] <= 1.0 + 1e-9
+
+    # the ledger, independently: every subject's epsilon (filter bound) within budget and equal to the highest one
+    loaded = load_policy(policy)
+    ledger = PrivacyLedger(f"sqlite:///{workspace.home / 'ledger.db'}")
+    try:
+        lifetime = LifetimeBudget(8.0, subjects["accounts"]["lifetime_delta"])
+        summary = SubjectAccounts(ledger).summary(loaded.policy.dataset.id, lifetime, record_unit_group_size=2)
+    finally:
+        ledger.close()
+    assert summary["subjects"] == subjects["eligible_subjects"]
+    assert summary["max_subject_epsilon"] == pytest.approx(subjects["max_subject_epsilon_after"])
+    assert subjects["epsilon_per_person"] < summary["max_subject_epsilon"] <= 8.0
+
+    evidence = json.loads((workspace.home / "reports" / window[-1] / "evidence.json").read_text())
+    stated = evidence["training"]["subjects"]
+    assert stated["eligible_subjects"] == subjects["eligible_subjects"] and stated["excluded_subjects"] == 0
+    html = (workspace.home / "reports" / window[-1] / "report.html").read_text()
+    assert "ε per person" in html and f'<td class="num">{subjects["eligible_subjects"]}</td>' in html
+    lifetime_verdict = next(v for v in evidence["checks"] if v["name"] == "lifetime_budget")
+    assert lifetime_verdict["measured"] == pytest.approx(summary["max_subject_epsilon"])
