@@ -89,3 +89,33 @@ def test_subject_unit_lifecycle_on_the_repeated_subject_landing_zone(tmp_path: P
     assert "ε per person" in html and f'<td class="num">{subjects["eligible_subjects"]}</td>' in html
     lifetime_verdict = next(v for v in evidence["checks"] if v["name"] == "lifetime_budget")
     assert lifetime_verdict["measured"] == pytest.approx(summary["max_subject_epsilon"])
+
+
+def test_release_pseudonyms_align_with_the_training_rows_and_a_mismatch_is_refused(tmp_path: Path) -> None:
+    import numpy as np
+
+    from ppml.errors import PPMLError
+    from ppml_assets.subjects import bounded_window, training_pseudonyms, write_release_subjects
+    from resources import AssetStore
+
+    policy = write_policy(tmp_path, privacy__privacy_unit="subject", privacy__max_records_per_subject=1)
+    loaded = load_policy(policy)
+    window = pd.DataFrame(
+        {"record_id": ["a", "a", "b", "c", "d"], "event_date": ["d1", "d2", "d1", "d1", "d2"], "income": ["<=50K"] * 5}
+    )
+    bounded, report = bounded_window(loaded, window, "window")
+    assert report["records_after"] == 4 and bounded["record_id"].is_unique
+    store = AssetStore(base_dir=str(tmp_path / "assets"))
+    kept = np.array([True, True, False, True])  # the engine suppressed the third record
+    write_release_subjects(store, "2026-03-02", loaded, bounded, kept)
+    release = bounded[kept].drop(columns=["record_id"]).reset_index(drop=True)
+    release.loc[1, "income"] = "?"  # cleaning drops an unlabelled row
+    store.write_private("anonymized_records", "2026-03-02", release)
+    features = pd.DataFrame({"split": ["train", "test"]})
+    expected = bounded["record_id"].to_numpy()[kept][[0, 2]][:1]
+    assert training_pseudonyms(store, "2026-03-02", loaded, features).tolist() == expected.tolist()
+    with pytest.raises(PPMLError, match=r"training_features\[2026-03-02\]: field 'rows'.*fix:"):
+        training_pseudonyms(store, "2026-03-02", loaded, pd.DataFrame({"split": ["train"] * 3}))
+    with pytest.raises(PPMLError, match=r"field 'kept_rows'"):
+        write_release_subjects(store, "2026-03-02", loaded, bounded, kept[:2])
+    assert bounded_window(load_policy(write_policy(tmp_path)), window, "window") == (window, None)  # record unit
