@@ -20,7 +20,18 @@ from ppml.ledger.subjects import SubjectAccounts
 from ppml.policy import load_policy
 from ppml_assets.subjects import RELEASE_SUBJECTS
 from tests.graph_support import graph_workspace, write_policy
-from tests.support import TEST_FIRST_DAY, days
+from tests.support import REPO_ROOT, TEST_FIRST_DAY, days
+
+
+def _weekly_bench():  # type: ignore[no-untyped-def]
+    """bench/weekly_bench.py as a module (bench/ is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("weekly_bench", REPO_ROOT / "bench" / "weekly_bench.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
 
 SUBJECT_SETTINGS = {
     "privacy__privacy_unit": "subject",
@@ -81,6 +92,11 @@ def test_subject_unit_lifecycle_on_the_repeated_subject_landing_zone(tmp_path: P
     assert summary["subjects"] == subjects["eligible_subjects"]
     assert summary["max_subject_epsilon"] == pytest.approx(subjects["max_subject_epsilon_after"])
     assert subjects["epsilon_per_person"] < summary["max_subject_epsilon"] <= 8.0
+    # the weekly bench's independent recomputation (Opacus, best order per cohort) never exceeds the filter's bound
+    recomputed = _weekly_bench().independent_max_epsilon(
+        f"sqlite:///{workspace.home / 'ledger.db'}", loaded.policy.dataset.id, lifetime.delta, True, 2
+    )
+    assert subjects["epsilon_per_person"] < recomputed <= summary["max_subject_epsilon"] + 1e-9
 
     evidence = json.loads((workspace.home / "reports" / window[-1] / "evidence.json").read_text())
     stated = evidence["training"]["subjects"]
@@ -119,3 +135,9 @@ def test_release_pseudonyms_align_with_the_training_rows_and_a_mismatch_is_refus
     with pytest.raises(PPMLError, match=r"field 'kept_rows'"):
         write_release_subjects(store, "2026-03-02", loaded, bounded, kept[:2])
     assert bounded_window(load_policy(write_policy(tmp_path)), window, "window") == (window, None)  # record unit
+
+
+def test_weekly_bench_refuses_too_few_days_for_its_weeks(capsys) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(SystemExit) as caught:
+        _weekly_bench().main(["--weeks", "52", "--days", "400", "--window", "90"])
+    assert caught.value.code == 2 and "--days 400 is too short" in capsys.readouterr().err
