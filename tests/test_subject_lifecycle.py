@@ -44,6 +44,7 @@ SUBJECT_SETTINGS = {
     "training__batch_size": 128,
     "training__candidates": "listed",  # one candidate (the policy's learning rate): a small, fast test
     "training__epochs": 5,
+    "training__train_non_private_baseline": False,  # its tuning grid is the record unit's, tested elsewhere
     "objectives__min_accuracy": 0.6,
     "objectives__min_roc_auc": 0.6,
     "objectives__max_utility_gap": 0.3,
