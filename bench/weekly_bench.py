@@ -176,6 +176,7 @@ def week_row(home: Path, as_of: str, loaded: Any, ledger_url: str, trained_now: 
         row["accuracy"] = (evaluation.get("dp") or {}).get("accuracy")
     if evidence:
         row["promoted"] = bool(evidence.get("decision", {}).get("promoted"))
+        row["failing"] = [c["name"] for c in evidence.get("checks", []) if not c["passed"]]
     ledger = PrivacyLedger(ledger_url)
     try:
         lifetime = LifetimeBudget(privacy.lifetime_epsilon_budget, delta)
@@ -290,12 +291,13 @@ def main(argv: list[str] | None = None) -> int:
 def _line(row: dict[str, Any]) -> str:
     state = "trained" if row["trained"] else f"refused ({row.get('refused', '')[:120]})"
     accuracy = row.get("accuracy")
+    failing = f" (failing: {', '.join(row['failing'])})" if row.get("failing") else ""
     return (
         f"week {row['week']:>2} as of {row['as_of']}: {state}; eligible {row.get('eligible_subjects', '-')}, "
         f"excluded {row.get('excluded_subjects', '-')}; max subject epsilon ledger "
         f"{row['ledger_max_subject_epsilon']:.3f} / recomputed {row['recomputed_max_subject_epsilon']:.3f} of "
         f"{row['budget']}; accuracy {accuracy if accuracy is None else round(accuracy, 4)}; "
-        f"promoted {row.get('promoted')}; {row['seconds']} s"
+        f"promoted {row.get('promoted')}{failing}; {row['seconds']} s"
     )
 
 
