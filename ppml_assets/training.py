@@ -95,27 +95,9 @@ def dp_model(
     erased = snapshot_erased(erasure_root, context.partition_key)
     erasure = propagate(erasure_root, erased, loaded.policy.collection.erasure_action, mlflow.client())
     if is_subject_unit(loaded):  # per person: user-level DP-SGD through the per-subject filter
-        summary = train_subject_model(
-            loaded=loaded,
-            partition=context.partition_key,
-            dagster_run_id=context.run.run_id,
-            training_features=training_features,
-            asset_store=asset_store,
-            ledger_url=ledger.url,
-            tracker=tracker,
-            client=mlflow.client(),
-            tags=tags,
+        return _dp_model_per_subject(
+            context, loaded, training_features, asset_store, ledger, mlflow, tracker, tags, erasure
         )
-        lineage = {k: summary[k] for k in ("model_name", "mlflow_run_id", "epsilon_including_selection", "delta")}
-        bind_run(
-            erasure_root,
-            context.partition_key,
-            {**lineage, "version": summary["model_version"], "dagster_run_id": context.run.run_id}
-            | {"epsilon": summary["epsilon_including_selection"], "privacy_unit": "subject"},
-        )
-        summary["erasure"] = erasure
-        context.add_output_metadata({**_dp_metadata(summary), "reused": False, **subject_metadata(summary)})
-        return summary
     completed = completed_training(asset_store, context.partition_key, identity, mlflow.client())
     if completed is not None:
         # The same logical training already finished (e.g. a later step crashed): reuse it, charge nothing.
@@ -239,6 +221,55 @@ def record_serving_spec(  # type: ignore[no-untyped-def]
         missing_value_marker=loaded.policy.schema_.missing_value_marker,
     )
     log_serving_spec(client, run_id, spec)
+
+
+def _dp_model_per_subject(
+    context: AssetExecutionContext,
+    loaded: LoadedPolicy,
+    training_features: pd.DataFrame,
+    asset_store: AssetStore,
+    ledger: LedgerResource,
+    mlflow: MlflowResource,
+    tracker: TrainingTracker,
+    tags: dict[str, str],
+    erasure: Any,
+) -> dict:
+    """dp_model for ``privacy_unit: subject`` (ppml_assets.subjects), bound to the window for erasure requests."""
+    summary = train_subject_model(
+        loaded=loaded,
+        partition=context.partition_key,
+        dagster_run_id=context.run.run_id,
+        training_features=training_features,
+        asset_store=asset_store,
+        ledger_url=ledger.url,
+        tracker=tracker,
+        client=mlflow.client(),
+        tags=tags,
+    )
+    bind_run(  # the version is bound to the window's subjects (a superset of those it trained on)
+        index_root(asset_store.base_dir, loaded.policy),
+        context.partition_key,
+        {
+            "model_name": summary["model_name"],
+            "version": summary["model_version"],
+            "mlflow_run_id": summary["mlflow_run_id"],
+            "dagster_run_id": context.run.run_id,
+            "epsilon": summary["epsilon_including_selection"],
+            "delta": summary["delta"],
+            "privacy_unit": "subject",
+        },
+    )
+    record_serving_spec(
+        context,
+        loaded,
+        asset_store,
+        mlflow.client(),
+        summary["mlflow_run_id"],
+        feature_splits(training_features)["train"],
+    )
+    summary["erasure"] = erasure
+    context.add_output_metadata({**_dp_metadata(summary), "reused": False, **subject_metadata(summary)})
+    return summary
 
 
 def _dp_metadata(summary: dict) -> dict:
