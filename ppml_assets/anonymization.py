@@ -17,6 +17,7 @@ from ppml.serving.spec import generalization_spec
 from ppml_assets.common import data_scope, latest_metadata, open_ledger
 from ppml_assets.graph import policy_asset, policy_asset_check
 from ppml_assets.settings import window_partition_keys
+from ppml_assets.subjects import bounded_window, is_subject_unit, write_release_subjects
 from resources import AssetStore, LedgerResource, PolicyResource, PseudonymizationKey
 
 
@@ -49,6 +50,8 @@ def anonymized_records(
 
     When no transformation satisfies the models within the suppression limit, or a released column cannot be
     made safe, the engine raises and nothing is written: the asset never releases an empty or weaker dataset.
+    With ``privacy_unit: subject`` the window is contribution-bounded first (so k holds over the bounded set) and
+    the released rows' pseudonyms go to an owner-only side table for dp_model (ppml_assets.subjects).
     """
     loaded = policy.load()
     window = context.asset_partition_keys_for_input("deidentified_records")
@@ -63,13 +66,16 @@ def anonymized_records(
     erasure_root = index_root(asset_store.base_dir, loaded.policy)
     source = f"anonymized_records[{context.partition_key}]"
     erasure = exclude_erased(deidentified_records, window, loaded, pseudonym_key.key(), erasure_root, source)
-    deidentified_records = erasure.records
+    deidentified_records, contribution = bounded_window(loaded, erasure.records, source)
     columns = released_columns(loaded, list(deidentified_records.columns))
     config = config_from_policy(loaded, source=f"anonymized_records[{context.partition_key}]")
     config = with_missing_values(config, deidentified_records, loaded.policy.schema_.missing_value_marker)
     safety = safe_release(deidentified_records[columns], config, rules_from_policy(loaded))
     result = safety.anonymization
     report = {**result.to_report(), "release_safety": safety.to_dict()}
+    if is_subject_unit(loaded):
+        write_release_subjects(asset_store, context.partition_key, loaded, deidentified_records, result.kept_rows)
+        context.add_output_metadata({"contribution_bounding": MetadataValue.json(contribution)})
     context.add_output_metadata(
         {
             "window_first_partition": window[0],
@@ -115,7 +121,9 @@ def training_window_input(
     as_of = context.partition_key
     days = window_partition_keys(as_of, loaded.policy.collection.training_window_days)
     window = pd.concat([asset_store.read_stored("deidentified_records", day) for day in days], ignore_index=True)
-    return kept_rows(window, days, index_root(asset_store.base_dir, loaded.policy), as_of)
+    kept = kept_rows(window, days, index_root(asset_store.base_dir, loaded.policy), as_of)
+    # the subject unit anonymizes the contribution-bounded window (the same bounding, reproducibly)
+    return bounded_window(loaded, kept, f"anonymized_records[{as_of}]")[0]
 
 
 @policy_asset_check(asset="anonymized_records", blocking=True)

@@ -31,6 +31,7 @@ from ppml_assets.common import (
 )
 from ppml_assets.graph import policy_asset, policy_asset_check
 from ppml_assets.settings import window_partition_keys
+from ppml_assets.subjects import is_subject_unit, subject_budget_status, subject_metadata, train_subject_model
 from resources import AssetStore, LedgerResource, MlflowResource, PolicyResource, WorkspacePaths
 
 #: DP training asks the deployment for a GPU: runs carry the tag the QueuedRunCoordinator rations
@@ -80,7 +81,6 @@ def dp_model(
     double- or under-counting. A rerun of a training that completed (same policy version, data and
     configuration; e.g. after a crash in the report) reuses it instead of training and charging again."""
     loaded = policy.load()
-    refuse_subject_unit(loaded)
     splits = feature_splits(training_features)
     mlflow.configure()
     tracker = TrainingTracker(mlflow.tracking_uri, experiment_name=mlflow.experiment_name)
@@ -94,6 +94,10 @@ def dp_model(
     erasure_root = index_root(asset_store.base_dir, loaded.policy)
     erased = snapshot_erased(erasure_root, context.partition_key)
     erasure = propagate(erasure_root, erased, loaded.policy.collection.erasure_action, mlflow.client())
+    if is_subject_unit(loaded):  # per person: user-level DP-SGD through the per-subject filter
+        return _dp_model_per_subject(
+            context, loaded, training_features, asset_store, ledger, mlflow, tracker, tags, erasure
+        )
     completed = completed_training(asset_store, context.partition_key, identity, mlflow.client())
     if completed is not None:
         # The same logical training already finished (e.g. a later step crashed): reuse it, charge nothing.
@@ -219,15 +223,53 @@ def record_serving_spec(  # type: ignore[no-untyped-def]
     log_serving_spec(client, run_id, spec)
 
 
-def refuse_subject_unit(loaded: LoadedPolicy) -> None:
-    """``privacy_unit: subject`` is trained by ppml.training.subject_budget, which needs each training row's
-    pseudonym; the graph does not carry it to ``training_features`` yet, so refuse rather than train per record."""
-    if loaded.policy.privacy.privacy_unit == "subject":
-        raise PPMLError(
-            f"{loaded.path}: field 'privacy.privacy_unit': 'subject' is not yet wired into the Dagster pipeline "
-            "(the subject pseudonym does not reach training_features); fix: set privacy_unit: record, or train with "
-            "ppml.training.subject_budget.train_subjects_within_budget (docs/training.md, section 3a)"
-        )
+def _dp_model_per_subject(
+    context: AssetExecutionContext,
+    loaded: LoadedPolicy,
+    training_features: pd.DataFrame,
+    asset_store: AssetStore,
+    ledger: LedgerResource,
+    mlflow: MlflowResource,
+    tracker: TrainingTracker,
+    tags: dict[str, str],
+    erasure: Any,
+) -> dict:
+    """dp_model for ``privacy_unit: subject`` (ppml_assets.subjects), bound to the window for erasure requests."""
+    summary = train_subject_model(
+        loaded=loaded,
+        partition=context.partition_key,
+        dagster_run_id=context.run.run_id,
+        training_features=training_features,
+        asset_store=asset_store,
+        ledger_url=ledger.url,
+        tracker=tracker,
+        client=mlflow.client(),
+        tags=tags,
+    )
+    bind_run(  # the version is bound to the window's subjects (a superset of those it trained on)
+        index_root(asset_store.base_dir, loaded.policy),
+        context.partition_key,
+        {
+            "model_name": summary["model_name"],
+            "version": summary["model_version"],
+            "mlflow_run_id": summary["mlflow_run_id"],
+            "dagster_run_id": context.run.run_id,
+            "epsilon": summary["epsilon_including_selection"],
+            "delta": summary["delta"],
+            "privacy_unit": "subject",
+        },
+    )
+    record_serving_spec(
+        context,
+        loaded,
+        asset_store,
+        mlflow.client(),
+        summary["mlflow_run_id"],
+        feature_splits(training_features)["train"],
+    )
+    summary["erasure"] = erasure
+    context.add_output_metadata({**_dp_metadata(summary), "reused": False, **subject_metadata(summary)})
+    return summary
 
 
 def _dp_metadata(summary: dict) -> dict:
@@ -372,12 +414,20 @@ def privacy_budget(
         delta = float(trained.get("target_delta", trained["delta"]))
     store = open_ledger(ledger.url, loaded)
     try:
-        statuses = [
-            s.to_dict()
-            for s in store.budget_status(
-                loaded.policy.dataset.id, LifetimeBudget(privacy.lifetime_epsilon_budget, delta)
-            )
-        ]
+        if is_subject_unit(loaded):  # per person: the highest epsilon of anyone, from the per-subject accounts
+            trained = asset_store.read_stored("dp_model", context.partition_key)
+            lifetime_delta = float(trained["subjects"]["accounts"]["lifetime_delta"])
+            per_subject = subject_budget_status(store, loaded, lifetime_delta)
+            statuses = [
+                {"scope": "per subject", **per_subject["summary"], "remaining_epsilon": per_subject["remaining"]}
+            ]
+        else:
+            statuses = [
+                s.to_dict()
+                for s in store.budget_status(
+                    loaded.policy.dataset.id, LifetimeBudget(privacy.lifetime_epsilon_budget, delta)
+                )
+            ]
     finally:
         store.close()
     remaining = min((s["remaining_epsilon"] for s in statuses), default=privacy.lifetime_epsilon_budget)

@@ -88,6 +88,12 @@ class AssetStore(ConfigurableResource):
         """The key of one of this graph's assets, named as in the stage modules."""
         return AssetKey([*filter(None, [self.key_prefix]), *asset.split("/")])
 
+    def write_private(self, name: str, partition: str, frame: pd.DataFrame) -> None:
+        """A side table that no asset releases (e.g. the release's pseudonyms): owner-only, atomic, beside the
+        assets so that ``read_stored(name, partition)`` finds it."""
+        path = resolve_location(self.base_dir).joinpath(*self.asset_key(name).path, f"{partition}.parquet")
+        write_atomically(path, lambda handle: frame.to_parquet(handle, index=False))
+
     def read_stored(self, asset: str, partition: str | None = None) -> Any:
         stem = resolve_location(self.base_dir).joinpath(*self.asset_key(asset).path, partition or "latest")
         parquet, document = stem.with_name(stem.name + ".parquet"), stem.with_name(stem.name + ".json")

@@ -199,13 +199,3 @@ def test_accountable_subject_training_excludes_exhausted_subjects_then_refuses(t
     )
     assert max(epsilons.values()) <= lifetime.epsilon + 1e-9
     ledger.close()
-
-
-def test_the_pipeline_refuses_a_subject_unit_policy_rather_than_training_it_per_record(tmp_path: Path) -> None:
-    from ppml_assets.training import refuse_subject_unit
-
-    refuse_subject_unit(load_policy(GDPR_POLICY))  # record unit: trains as before
-    loaded = load_policy(_policy_variant(tmp_path, privacy_unit="subject"), check_files=False)
-    with pytest.raises(PPMLError, match=r"privacy\.privacy_unit") as caught:
-        refuse_subject_unit(loaded)
-    assert "\n" not in str(caught.value) and "fix:" in str(caught.value)

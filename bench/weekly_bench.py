@@ -1,0 +1,305 @@
+"""A year of weekly retraining, simulated with the real assets (issue 10, item 3). A benchmark, not a test.
+
+The bundled data (or its repeated-subject variant) is spread over ``--days`` (>= 400) days of arrivals; then, for
+each of ``--weeks`` weeks, the week's new days are collected and de-identified (``collection_job``) and the whole
+``training_job`` runs as of the week's last day: anonymize, train, evaluate, gate, register, report. Per week it
+prints: trained or refused, eligible and excluded subjects, the highest per-subject epsilon against the budget --
+the ledger's and an independent recomputation from the ledger's raw run rows with Opacus' RDP analysis at the best
+order per subject (for the record unit every run counts for everyone) -- and the test accuracy.
+
+    .venv/bin/python bench/weekly_bench.py --variant repeated --weeks 2      # a smoke run
+    .venv/bin/python bench/weekly_bench.py --variant repeated --weeks 52 --json bench/results/weekly_repeated.json
+    .venv/bin/python bench/weekly_bench.py --variant bundled --weeks 52      # record unit, the demo's policy
+
+Everything happens in a private workspace (``--home``, default a new temporary folder); nothing personal is
+printed (counts and epsilons only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import time
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+FIRST_DAY = date(2026, 1, 1)
+ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)) + [128, 256]
+
+#: the subject-unit policy of the repeated variant: per person, c records per window, a cheap OpenDP summary
+SUBJECT_POLICY = {
+    "privacy": {
+        "privacy_unit": "subject",
+        "max_records_per_subject": 4,
+        "min_eligible_subjects": 1000,
+        "dp_statistics_epsilon": 0.02,
+    },
+    # the white-box audit and LiRA's reference models are record-unit DP runs: they would count for every subject
+    "evaluation": {"audit_canaries": 0, "gradient_canaries": 0, "reference_models": 0},
+}
+
+
+def write_policy(home: Path, variant: str, window_days: int) -> Path:
+    """The demo's policy with absolute paths, the window, and (repeated variant) the subject unit."""
+    base = REPO / "policies" / "adult_gdpr.yaml"
+    document = yaml.safe_load(base.read_text())
+    for qi in document["schema"]["quasi_identifiers"].values():
+        if "hierarchy" in qi:
+            qi["hierarchy"] = str((base.parent / qi["hierarchy"]).resolve())
+    document["collection"]["erasure_list"] = str((base.parent / document["collection"]["erasure_list"]).resolve())
+    document["collection"]["training_window_days"] = window_days
+    document["allow_absolute_paths"] = True
+    if variant == "repeated":
+        for section, values in SUBJECT_POLICY.items():
+            document.setdefault(section, {}).update(values)
+    path = home / "policy.yaml"
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    return path
+
+
+def write_landing(root: Path, variant: str, days: int) -> dict[str, Any]:
+    from ppml.landing_zone import synthesize_records, write_landing_zone
+    from ppml.landing_zone_repeated import synthesize_repeated_subject_records
+
+    records = (
+        synthesize_repeated_subject_records(first_day=FIRST_DAY, days=days)
+        if variant == "repeated"
+        else synthesize_records(first_day=FIRST_DAY, days=days)
+    )
+    summary = write_landing_zone(root, records)
+    return {"records": summary.records, "days": summary.days, "people": int(records["record_id"].nunique())}
+
+
+def independent_max_epsilon(ledger_url: str, dataset: str, delta: float, subject_unit: bool, group: int) -> float:
+    """The highest per-subject epsilon from the ledger's raw rows (its tables read directly, not its accounts):
+    each subject's own subject-unit runs (its cohort's history) plus every record-unit run (as a group of
+    ``group`` records for the subject unit), composed with Opacus' RDP analysis, best order per subject."""
+    import numpy as np
+    import sqlalchemy as sa
+    from opacus.accountants.analysis import rdp as rdp_analysis
+
+    engine = sa.create_engine(ledger_url)
+    with engine.connect() as connection:
+        runs = connection.execute(sa.text("SELECT * FROM ppml_ledger_runs WHERE dataset = :d"), {"d": dataset})
+        rows = [dict(r._mapping) for r in runs]
+        cohorts = []
+        if subject_unit:
+            query = "SELECT runs FROM ppml_ledger_subject_cohorts WHERE dataset = :d AND subjects > 0"
+            cohorts = [json.loads(r[0]) for r in connection.execute(sa.text(query), {"d": dataset})]
+    engine.dispose()
+    orders = np.asarray(ORDERS, dtype=float)
+
+    def rdp_of(row: dict[str, Any], g: int) -> np.ndarray:
+        if row["status"] == "refused" or row["kind"] not in ("dp", "pure_dp"):
+            return np.zeros_like(orders)
+        running = row["status"] == "running"
+        steps = row["planned_steps"] if running else row["steps_charged"]
+        if not steps:
+            return np.zeros_like(orders)
+        if row["kind"] == "pure_dp":
+            eps = g * float(row["epsilon_planned"] if running else row["epsilon_charged"])
+            return np.minimum(eps, orders * eps**2 / 2)
+        sigma, rate = float(row["noise_multiplier_applied"]), float(row["sample_rate"])
+        if g > 1:
+            sigma, rate = sigma / g, 1.0
+        return np.asarray(rdp_analysis.compute_rdp(q=rate, noise_multiplier=sigma, steps=int(steps), orders=orders))
+
+    per_run = {r["id"]: rdp_of(r, 1) for r in rows if r.get("privacy_unit") == "subject"}
+    base = sum(
+        (rdp_of(r, group if subject_unit else 1) for r in rows if r.get("privacy_unit") != "subject"),
+        start=np.zeros_like(orders),
+    )
+    histories = cohorts if subject_unit else [[]]
+    worst = 0.0
+    for history in histories or [[]]:
+        total = base + sum((per_run.get(run, 0.0) for run in history), start=np.zeros_like(orders))
+        if not np.any(total > 0):
+            continue
+        epsilon, _ = rdp_analysis.get_privacy_spent(orders=orders, rdp=total, delta=delta)
+        worst = max(worst, float(epsilon))
+    return worst
+
+
+def execute(resources: dict[str, Any], job_name: str, instance: Any, **kwargs: Any) -> Any:
+    """One job of the real code location, in process, on the bench's private resources."""
+    from ppml_assets.definitions import defs
+
+    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    job = defs.resolve_job_def(job_name)
+    return job.execute_in_process(
+        instance=instance, resources=resources, raise_on_error=False, run_config=quiet, **kwargs
+    )
+
+
+def run_week(resources: dict[str, Any], instance: Any, new_days: list[str], as_of: str) -> tuple[bool, list[str]]:
+    """Collect the week's new days (one backfill run), then the training job as of the week's last day."""
+    tags = {"dagster/asset_partition_range_start": new_days[0], "dagster/asset_partition_range_end": new_days[-1]}
+    collected = execute(resources, "collection_job", instance, tags=tags)
+    if not collected.success:
+        return False, [str(e.message).splitlines()[0] for e in collected.all_events if e.is_failure][:1]
+    result = execute(resources, "training_job", instance, partition_key=as_of)
+    return result.success, [str(e.message).splitlines()[0] for e in result.all_events if e.is_failure][:2]
+
+
+def week_row(home: Path, as_of: str, loaded: Any, ledger_url: str, trained_now: bool) -> dict[str, Any]:
+    """One line of the table, from what the assets stored for this as-of day."""
+    from ppml.ledger import LifetimeBudget, PrivacyLedger
+    from ppml.ledger.subjects import SubjectAccounts
+
+    privacy = loaded.policy.privacy
+    subject_unit = privacy.privacy_unit == "subject"
+    assets = home / "assets"
+    model = _json(assets / "dp_model" / f"{as_of}.json") if trained_now else None
+    evaluation = _json(assets / "model_evaluation" / f"{as_of}.json") if trained_now else None
+    evidence = _json(home / "reports" / as_of / "evidence.json") if trained_now else None
+    row: dict[str, Any] = {"as_of": as_of, "trained": model is not None}
+    if model and subject_unit:
+        row |= {k: model["subjects"][k] for k in ("eligible_subjects", "excluded_subjects", "epsilon_per_person")}
+        delta = float(model["subjects"]["accounts"]["lifetime_delta"])
+    else:
+        delta = (
+            float(model["target_delta"])
+            if model
+            else float(privacy.delta_for(10**6) if privacy.delta == "auto" else privacy.delta)
+        )
+    if evaluation:
+        row["accuracy"] = (evaluation.get("dp") or {}).get("accuracy")
+    if evidence:
+        row["promoted"] = bool(evidence.get("decision", {}).get("promoted"))
+        row["failing"] = [c["name"] for c in evidence.get("checks", []) if not c["passed"]]
+    ledger = PrivacyLedger(ledger_url)
+    try:
+        lifetime = LifetimeBudget(privacy.lifetime_epsilon_budget, delta)
+        if subject_unit:
+            summary = SubjectAccounts(ledger).summary(
+                loaded.policy.dataset.id, lifetime, record_unit_group_size=privacy.max_records_per_subject
+            )
+            row["ledger_max_subject_epsilon"] = summary["max_subject_epsilon"]
+        else:
+            status = ledger.budget_status(loaded.policy.dataset.id, lifetime)
+            row["ledger_max_subject_epsilon"] = max((s.spent.epsilon for s in status), default=0.0)
+    finally:
+        ledger.close()
+    row["recomputed_max_subject_epsilon"] = independent_max_epsilon(
+        ledger_url, loaded.policy.dataset.id, delta, subject_unit, privacy.max_records_per_subject
+    )
+    row["budget"] = privacy.lifetime_epsilon_budget
+    return row
+
+
+def _json(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variant", choices=["bundled", "repeated"], default="repeated")
+    parser.add_argument("--weeks", type=int, default=2)
+    parser.add_argument(
+        "--days", type=int, default=None, help="days of arrivals (default: 400, or what the weeks need)"
+    )
+    parser.add_argument("--window", type=int, default=90, help="the policy's training window in days")
+    parser.add_argument("--home", type=Path, default=None)
+    parser.add_argument("--json", type=Path, default=None, help="write the table here as well")
+    args = parser.parse_args(argv)
+    needed = args.window + 7 * (args.weeks - 1)
+    args.days = args.days or max(400, needed)
+    if args.weeks < 1 or args.days < needed:
+        parser.error(f"--days {args.days} is too short for a {args.window}-day window and {args.weeks} weeks")
+    home = (args.home or Path(tempfile.mkdtemp(prefix="ppml-weekly-"))).resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    policy = write_policy(home, args.variant, args.window)
+    # the code location reads these when it is imported: set them first
+    os.environ.update(
+        {
+            "PPML_HOME": str(home),
+            "PPML_POLICY": str(policy),
+            "PPML_LANDING_ZONE": str(home / "landing"),
+            "PPML_PARTITIONS_START": FIRST_DAY.isoformat(),
+            "PPML_PARTITIONS_END": (FIRST_DAY + timedelta(days=args.days)).isoformat(),
+            "DAGSTER_HOME": str(home / "dagster"),
+        }
+    )
+    os.environ.setdefault("PPML_HMAC_KEY", hashlib.sha256(f"weekly bench {home}".encode()).hexdigest())
+    started = time.perf_counter()
+    landing = write_landing(home / "landing", args.variant, args.days)
+    print(f"landing zone: {landing['records']} records of {landing['people']} people over {landing['days']} days")
+
+    from dagster import instance_for_test
+
+    from ppml.policy import load_policy
+    from ppml_assets.definitions import build_resources
+    from resources import LandingZoneSource
+
+    ledger_url = f"sqlite:///{home / 'ledger.db'}"
+    (home / "mlflow").mkdir(parents=True, exist_ok=True)
+    resources = build_resources(
+        home,
+        policy,
+        LandingZoneSource(root=str(home / "landing")),
+        os.environ["PPML_HMAC_KEY"],
+        f"sqlite:///{home / 'mlflow' / 'mlflow.db'}",
+        (home / "mlflow" / "artifacts").as_uri(),
+        ledger_url,
+    )
+    loaded = load_policy(policy)
+    rows = []
+    with instance_for_test() as instance:
+        if not execute(resources, "requirements_job", instance).success:
+            raise SystemExit("requirements_job failed: the policy did not validate")
+        collected_until = FIRST_DAY - timedelta(days=1)
+        for week in range(args.weeks):
+            as_of = FIRST_DAY + timedelta(days=args.window - 1 + 7 * week)
+            new_days = [
+                (collected_until + timedelta(days=d)).isoformat() for d in range(1, (as_of - collected_until).days + 1)
+            ]
+            week_started = time.perf_counter()
+            success, failures = run_week(resources, instance, new_days, as_of.isoformat())
+            collected_until = as_of
+            trained = (home / "assets" / "dp_model" / f"{as_of.isoformat()}.json").is_file()
+            row = {"week": week + 1, **week_row(home, as_of.isoformat(), loaded, ledger_url, trained)}
+            row |= {"run_succeeded": success, "seconds": round(time.perf_counter() - week_started, 1)}
+            if not trained:
+                row["refused"] = failures[0] if failures else "dp_model did not materialize"
+            rows.append(row)
+            print(_line(row), flush=True)
+    total = time.perf_counter() - started
+    trained_weeks = sum(r["trained"] for r in rows)
+    worst = max((r["recomputed_max_subject_epsilon"] for r in rows), default=0.0)
+    print(
+        f"{trained_weeks} of {len(rows)} weeks trained; highest per-subject epsilon {worst:.3f} "
+        f"(budget {loaded.policy.privacy.lifetime_epsilon_budget}); wall {total:.0f} s"
+    )
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(
+            json.dumps({"variant": args.variant, "weeks": rows, "wall_seconds": total, "landing": landing}, indent=2)
+        )
+    return 0
+
+
+def _line(row: dict[str, Any]) -> str:
+    state = "trained" if row["trained"] else f"refused ({row.get('refused', '')[:120]})"
+    accuracy = row.get("accuracy")
+    failing = f" (failing: {', '.join(row['failing'])})" if row.get("failing") else ""
+    return (
+        f"week {row['week']:>2} as of {row['as_of']}: {state}; eligible {row.get('eligible_subjects', '-')}, "
+        f"excluded {row.get('excluded_subjects', '-')}; max subject epsilon ledger "
+        f"{row['ledger_max_subject_epsilon']:.3f} / recomputed {row['recomputed_max_subject_epsilon']:.3f} of "
+        f"{row['budget']}; accuracy {accuracy if accuracy is None else round(accuracy, 4)}; "
+        f"promoted {row.get('promoted')}{failing}; {row['seconds']} s"
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
