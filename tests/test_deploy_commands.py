@@ -37,7 +37,9 @@ def embedded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("DAGSTER_HOME", str(dagster_home))
     # MLFLOW_TRACKING_URI stays the session's store: its migrations (the slow part) run once per session.
     monkeypatch.setenv("PPML_LEDGER_URL", f"sqlite:///{tmp_path / 'ledger.db'}")
-    monkeypatch.delenv("PPML_POLICY", raising=False)
+    # the CLI sets PPML_POLICY in this process: registered first, so that teardown removes it again
+    monkeypatch.setenv("PPML_POLICY", "")
+    monkeypatch.delenv("PPML_POLICY")
     return tmp_path
 
 

@@ -110,6 +110,7 @@ def test_bad_policy_folder_is_refused_in_one_line(tmp_path: Path, case: str) -> 
 def test_policy_and_policy_folder_together_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from ppml_assets.graph import DEFAULT_GRAPH, policy_graphs_from_env
 
+    monkeypatch.delenv("PPML_POLICY", raising=False)  # another test's in-process CLI may have set it
     assert policy_graphs_from_env() == [DEFAULT_GRAPH]  # the default: one unprefixed graph, as always
     monkeypatch.setenv("PPML_POLICY_DIR", str(two_policies(tmp_path)))
     assert [graph.prefix for graph in policy_graphs_from_env()] == [GDPR, HIPAA]
@@ -254,6 +255,7 @@ def test_the_code_location_lists_both_graphs_over_graphql(tmp_path: Path, monkey
     from dagster_graphql.test.utils import execute_dagster_graphql
 
     location = yaml.safe_load((REPO_ROOT / "workspace.yaml").read_text())["load_from"][0]["python_module"]
+    monkeypatch.delenv("PPML_POLICY", raising=False)  # another test's in-process CLI may have set it
     monkeypatch.setenv("PPML_POLICY_DIR", str(two_policies(tmp_path)))
     origin = LoadableTargetOrigin(
         python_file=str(REPO_ROOT / (location["module_name"].replace(".", "/") + ".py")),
