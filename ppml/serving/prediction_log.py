@@ -10,10 +10,12 @@ production (``PPML_SERVE_LOG_URL``).
 from __future__ import annotations
 
 import json
+import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -43,6 +45,11 @@ predictions = sa.Table(
 
 def default_log_url(home: Path) -> str:
     return f"sqlite:///{home / 'serving' / 'predictions.db'}"
+
+
+def log_url_from_env(home: Path, environ: Mapping[str, str] | None = None) -> str:
+    """The log ppml serve writes and monitoring reads: PPML_SERVE_LOG_URL, else SQLite under PPML_HOME."""
+    return (os.environ if environ is None else environ).get(LOG_URL_ENV) or default_log_url(home)
 
 
 class PredictionLog:
@@ -109,6 +116,29 @@ class PredictionLog:
         statement = sa.select(predictions.c.client, sa.func.count()).group_by(predictions.c.client)
         with self.engine.connect() as connection:
             return {client: int(count) for client, count in connection.execute(statement)}
+
+    def served_rows(self, model_name: str, version: str, since: datetime) -> Iterator[tuple[Any, ...]]:
+        """(released_input, score, predicted_label, feedback_label, created_at) of one version's rows since a time,
+        streamed (monitoring aggregates them; no row leaves the engine)."""
+        columns = predictions.c
+        statement = (
+            sa.select(
+                columns.released_input,
+                columns.score,
+                columns.predicted_label,
+                columns.feedback_label,
+                columns.created_at,
+            )
+            .where(columns.model_name == model_name, columns.model_version == version, columns.created_at >= since)
+            .execution_options(yield_per=5000)
+        )
+        with self.engine.connect() as connection:
+            yield from connection.execute(statement)
+
+    def last_row_id(self) -> int:
+        """The newest row's id (0 for an empty log): the monitoring sensor's cursor."""
+        with self.engine.connect() as connection:
+            return int(connection.execute(sa.select(sa.func.max(predictions.c.id))).scalar() or 0)
 
     def count(self) -> int:
         with self.engine.connect() as connection:

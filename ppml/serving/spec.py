@@ -57,8 +57,11 @@ def serving_spec(
     *,
     policy_sha256: str,
     missing_value_marker: str,
+    reference: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The whole recipe from a raw (de-identified) record to the model's feature vector."""
+    """The whole recipe from a raw (de-identified) record to the model's feature vector; ``reference`` is the
+    training split's label counts per input column (ppml.serving.monitoring.input_reference), what input-drift
+    monitoring compares the served inputs with."""
     decisions = preparation_report["decisions"]
     columns = [d["feature"] for d in decisions if d["decision"] != "dropped"]
     return {
@@ -69,6 +72,7 @@ def serving_spec(
         "bin_edges": {c: list(e) for c, e in preparation_report.get("bin_edges", {}).items() if c in columns},
         "missing_value_marker": missing_value_marker,
         "feature_names": list(feature_names),
+        **({"reference": dict(reference)} if reference is not None else {}),
     }
 
 

@@ -11,6 +11,9 @@ import pandas as pd
 
 from tests.support import TEST_FIRST_DAY, days
 
+RATE = 30  # the registered fixture's serving.requests_per_minute
+BUDGET = 60  # the registered fixture's serving.queries_per_client (rows)
+
 
 @dataclass
 class Registered:
@@ -41,6 +44,7 @@ def register_small_model(landing: Path, policy: Path, n_days: int = 2) -> Regist
     from ppml.deployment import decide_promotion, register_version
     from ppml.policy import load_policy
     from ppml.preparation import LABEL_COLUMN, SPLIT_COLUMN, clean_records, encode_features
+    from ppml.serving.monitoring import input_reference, log_score_reference, score_reference
     from ppml.serving.spec import generalization_spec, log_serving_spec, serving_spec
     from ppml.tracking import TrainingTracker
     from ppml.training import TabularSplit, TrainingConfig, train_non_private
@@ -83,9 +87,14 @@ def register_small_model(landing: Path, policy: Path, n_days: int = 2) -> Regist
         matrix.feature_names,
         policy_sha256=loaded.content_hash,
         missing_value_marker=roles.missing_value_marker,
+        reference=input_reference(X, matrix.feature_names),
     )
     client = MlflowClient(tracking_uri=tracking_uri)
     log_serving_spec(client, run_id, spec)
+    X_test, _ = matrix.split("test")  # what model_evaluation records: the test split's score distribution
+    log_score_reference(client, run_id, score_reference(trained.predict_proba(X_test)))
+    as_of = days(TEST_FIRST_DAY, n_days)[-1]
+    client.set_tag(run_id, "ppml.partitions", f"as-of {as_of} ({n_days} days)")  # as dp_model's lineage tags
     tracker.end_run(run_id)
     model_name = f"ppml-{loaded.policy.name}"
     version = register_version(client, model_name, model_uri, run_id, {})

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,15 @@ def _exercise(url: str) -> None:
         assert log.feedback("client-a", request, 1, 1) == 1
         assert log.feedback("client-b", request, 0, 1) == 0  # not its prediction
         assert log.feedback("client-a", request, 5, 1) == 0
+        rows = list(log.served_rows("ppml-x", "3", datetime.now(UTC) - timedelta(hours=1)))
+        assert sorted((r[1], r[2], r[3]) for r in rows) == [(0.2, 0, None), (0.4, 0, None), (0.7, 1, 1)]
+        assert {r[0] for r in rows} == {
+            json.dumps(released[0], sort_keys=True),
+            json.dumps(released[1], sort_keys=True),
+        }
+        assert list(log.served_rows("ppml-x", "4", datetime.now(UTC) - timedelta(hours=1))) == []
+        assert list(log.served_rows("ppml-x", "3", datetime.now(UTC) + timedelta(minutes=1))) == []
+        assert log.last_row_id() >= 3
     finally:
         log.close()
 
