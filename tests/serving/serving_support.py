@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import numbers
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,7 @@ class Registered:
     released_inputs: pd.DataFrame  # per kept raw record: the prepared feature values training used
     kept_raw_rows: list[int]  # the raw row each released row comes from
     features: pd.DataFrame  # the one-hot matrix (feature_names + label + split) of the released rows
+    as_of: str = ""  # the training window's last day, in the run's lineage tag as dp_model writes it
 
 
 def register_small_model(landing: Path, policy: Path, n_days: int = 2) -> Registered:
@@ -112,6 +116,7 @@ def register_small_model(landing: Path, policy: Path, n_days: int = 2) -> Regist
         cleaned[inputs],
         kept,
         matrix.features,
+        as_of,
     )
 
 
@@ -127,6 +132,16 @@ def promote_again(registered: Registered) -> str:
     return version
 
 
+def raw_record(registered: Registered, row: int) -> dict[str, Any]:
+    """A de-identified training record's model inputs in their raw form (ints as ints), as a client sends them."""
+    from ppml.policy import load_policy
+    from ppml.serving.app import request_columns
+
+    record = registered.deidentified.iloc[row]
+    columns = request_columns(load_policy(registered.policy).policy)
+    return {c: (int(record[c]) if isinstance(record[c], numbers.Number) else str(record[c])) for c in columns}
+
+
 def server_env(home: Path, registered: Registered, keys: list[str]) -> dict[str, str]:
     return {
         **os.environ,
@@ -135,3 +150,40 @@ def server_env(home: Path, registered: Registered, keys: list[str]) -> dict[str,
         "PPML_SERVE_API_KEY": ",".join(keys),
         "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
     }
+
+
+@contextmanager
+def serve_in_process(policy: Path, registered: Registered, log_url: str, key: str) -> Iterator[str]:
+    """The real FastAPI app under uvicorn on loopback in a thread, serving the production version with its own
+    prediction log; yields the base URL."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+    from mlflow import MlflowClient
+
+    from ppml.policy import load_policy
+    from ppml.serving.app import RegistryFollower, api_keys_from_env, create_app
+    from ppml.serving.prediction_log import PredictionLog
+    from ppml.serving.registry import load_production
+
+    client = MlflowClient(tracking_uri=registered.tracking_uri)
+    follower = RegistryFollower(client, load_production(client, registered.model_name), 60.0)
+    log = PredictionLog(log_url)
+    app = create_app(load_policy(policy), follower, log, api_keys_from_env({"PPML_SERVE_API_KEY": key}))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)
+        log.close()

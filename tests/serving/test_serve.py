@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import numbers
 import os
 import signal
 import socket
@@ -20,7 +19,7 @@ import pytest
 import requests
 import sqlalchemy as sa
 
-from tests.serving.serving_support import BUDGET, RATE, Registered, promote_again, server_env
+from tests.serving.serving_support import BUDGET, RATE, Registered, promote_again, raw_record, server_env
 
 pytestmark = pytest.mark.slow  # a training, a registration and a server start: ~20-40 s on 2 shared cores
 
@@ -89,16 +88,6 @@ def stop_group(process: subprocess.Popen) -> None:
             return
         except subprocess.TimeoutExpired:
             continue
-
-
-def raw_record(registered: Registered, row: int) -> dict[str, Any]:
-    """A de-identified training record's model inputs in their raw form (ints as ints), as a client sends them."""
-    from ppml.policy import load_policy
-    from ppml.serving.app import request_columns
-
-    record = registered.deidentified.iloc[row]
-    columns = request_columns(load_policy(registered.policy).policy)
-    return {c: (int(record[c]) if isinstance(record[c], numbers.Number) else str(record[c])) for c in columns}
 
 
 def expected_probabilities(registered: Registered, released_rows: list[int]) -> list[float]:
