@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import numbers
 import os
 from collections.abc import Iterator
@@ -132,13 +133,18 @@ def promote_again(registered: Registered) -> str:
     return version
 
 
-def raw_record(registered: Registered, row: int) -> dict[str, Any]:
-    """A de-identified training record's model inputs in their raw form (ints as ints), as a client sends them."""
+@functools.cache
+def _request_columns(policy: Path) -> tuple[str, ...]:
     from ppml.policy import load_policy
     from ppml.serving.app import request_columns
 
+    return tuple(request_columns(load_policy(policy).policy))
+
+
+def raw_record(registered: Registered, row: int) -> dict[str, Any]:
+    """A de-identified training record's model inputs in their raw form (ints as ints), as a client sends them."""
     record = registered.deidentified.iloc[row]
-    columns = request_columns(load_policy(registered.policy).policy)
+    columns = _request_columns(registered.policy)
     return {c: (int(record[c]) if isinstance(record[c], numbers.Number) else str(record[c])) for c in columns}
 
 
@@ -153,9 +159,9 @@ def server_env(home: Path, registered: Registered, keys: list[str]) -> dict[str,
 
 
 @contextmanager
-def serve_in_process(policy: Path, registered: Registered, log_url: str, key: str) -> Iterator[str]:
-    """The real FastAPI app under uvicorn on loopback in a thread, serving the production version with its own
-    prediction log; yields the base URL."""
+def serve_in_process(policy: Path, registered: Registered, log_url: str, key: str, served: Any = None) -> Iterator[str]:
+    """The real FastAPI app under uvicorn on loopback in a thread, serving the production version (or the
+    already loaded ``served`` one) with its own prediction log; yields the base URL."""
     import socket
     import threading
     import time
@@ -169,7 +175,7 @@ def serve_in_process(policy: Path, registered: Registered, log_url: str, key: st
     from ppml.serving.registry import load_production
 
     client = MlflowClient(tracking_uri=registered.tracking_uri)
-    follower = RegistryFollower(client, load_production(client, registered.model_name), 60.0)
+    follower = RegistryFollower(client, served or load_production(client, registered.model_name), 60.0)
     log = PredictionLog(log_url)
     app = create_app(load_policy(policy), follower, log, api_keys_from_env({"PPML_SERVE_API_KEY": key}))
     with socket.socket() as probe:

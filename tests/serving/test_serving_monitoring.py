@@ -41,16 +41,17 @@ def monitored_policy(registered: Registered, folder: Path, **monitoring: Any) ->
 
 def send_stream(base: str, records: list[dict], labels: list[str] | None = None) -> int:
     """Batches of 100 through /predict/batch; the first FEEDBACK_ROWS rows' true labels through /feedback."""
-    headers = {"X-API-Key": KEY}
+    session = requests.Session()  # keep-alive: one connection for the whole stream
+    session.headers["X-API-Key"] = KEY
     sent = 0
     for start in range(0, len(records), 100):
-        batch = requests.post(f"{base}/predict/batch", json={"records": records[start : start + 100]}, headers=headers)
+        batch = session.post(f"{base}/predict/batch", json={"records": records[start : start + 100]})
         assert batch.status_code == 200, batch.text
         request_id = batch.json()["request_id"]
         for row in range(len(records[start : start + 100])):
             if labels is not None and sent + row < FEEDBACK_ROWS:
                 body = {"request_id": request_id, "row": row, "label": labels[sent + row]}
-                assert requests.post(f"{base}/feedback", json=body, headers=headers).status_code == 200
+                assert session.post(f"{base}/feedback", json=body).status_code == 200
         sent += len(records[start : start + 100])
     return sent
 
@@ -59,6 +60,10 @@ def send_stream(base: str, records: list[dict], labels: list[str] | None = None)
 def streams(registered: Registered, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Two workspaces' prediction logs written by the real server: the training population, and the same
     records aged to 90 and all female (a shifted population)."""
+    from mlflow import MlflowClient
+
+    from ppml.serving.registry import load_production
+
     folder = tmp_path_factory.mktemp("monitoring")
     policy = monitored_policy(registered, folder / "policy")
     label_column = yaml.safe_load(registered.policy.read_text())["schema"]["label"]["column"]
@@ -66,13 +71,15 @@ def streams(registered: Registered, tmp_path_factory: pytest.TempPathFactory) ->
     records = [raw_record(registered, r) for r in rows]
     labels = [str(registered.deidentified.iloc[r][label_column]) for r in rows]
     homes = {name: folder / name for name in ("steady", "shifted")}
+    client = MlflowClient(tracking_uri=registered.tracking_uri)
+    served = load_production(client, registered.model_name)  # loaded once, served by both servers
     with serve_in_process(
-        policy, registered, f"sqlite:///{homes['steady'] / 'serving' / 'predictions.db'}", KEY
+        policy, registered, f"sqlite:///{homes['steady'] / 'serving' / 'predictions.db'}", KEY, served
     ) as base:
         steady = send_stream(base, records, labels)
     shifted_records = [{**record, "age": 90, "sex": "Female"} for record in records]
     with serve_in_process(
-        policy, registered, f"sqlite:///{homes['shifted'] / 'serving' / 'predictions.db'}", KEY
+        policy, registered, f"sqlite:///{homes['shifted'] / 'serving' / 'predictions.db'}", KEY, served
     ) as base:
         shifted = send_stream(base, shifted_records)
     return {"policy": policy, "homes": homes, "sent": {"steady": steady, "shifted": shifted}, "folder": folder}
