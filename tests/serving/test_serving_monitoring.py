@@ -100,17 +100,17 @@ def test_monitoring_asset_materializes_from_the_servers_log(registered: Register
     from ppml_assets.serving_monitoring import latest_serving_monitoring, serving_monitoring
 
     reports = {}
-    for name, home in streams["homes"].items():
-        with instance_for_test() as instance:
+    with instance_for_test() as instance:
+        for name, home in streams["homes"].items():
             result = materialize(
                 [serving_monitoring], instance=instance, resources=resources(registered, streams["policy"], home)
             )
             assert result.success
             metadata = result.asset_materializations_for_node("serving_monitoring")[0].metadata
             reports[name] = latest_serving_monitoring(instance, AssetKey("serving_monitoring"))
-        assert metadata["served_rows"].value == streams["sent"][name]  # every request's rows reached the log
-        assert metadata["model_version"].value == f"{registered.model_name} v{reports[name]['model_version']}"
-        assert reports[name] == metadata["report"].value
+            assert metadata["served_rows"].value == streams["sent"][name]  # every request's rows reached the log
+            assert metadata["model_version"].value == f"{registered.model_name} v{reports[name]['model_version']}"
+            assert reports[name] == metadata["report"].value
     steady, shifted = reports["steady"], reports["shifted"]
     threshold = steady["input_drift"]["threshold"]
     assert steady["input_drift"]["max_psi"] < threshold and steady["actions"] == {}
