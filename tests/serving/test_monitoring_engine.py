@@ -131,3 +131,22 @@ def test_default_monitoring_thresholds(tmp_path: Path) -> None:
     settings = MonitoringSettings.from_policy(policy)
     assert settings.min_group_rows == 20 and settings.max_model_age_days == 14 and settings.min_serving_rows == 500
     assert settings.min_accuracy == policy.objectives.min_accuracy
+
+
+def test_the_report_section_renders_every_state() -> None:
+    from jinja2 import Environment, FileSystemLoader
+
+    from ppml.reporting import TEMPLATES
+
+    template = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True).get_template(
+        "serving_monitoring.html.j2"
+    )
+    assert "No monitoring of a served version is recorded yet" in template.render(e={})
+    identity = {"model_name": "ppml-x", "model_version": "3", "trained_as_of": "2026-04-30", "window_days": 7.0}
+    identity |= {"evaluated_at": "2026-05-01T00:00:00+00:00"}
+    few = monitoring_report(_stream(10), REFERENCE, SCORES, SETTINGS, age_days=1.0)
+    assert "not enough predictions (10 rows &lt; 100)" in template.render(e={"serving_monitoring": identity | few})
+    labelled = monitoring_report(_stream(400, feedback_every=4, wrong=True), REFERENCE, None, SETTINGS, 30.0)
+    html = template.render(e={"serving_monitoring": identity | labelled})
+    assert "no evaluation scores recorded" in html and "below objective" in html and "<strong>retrain</strong>" in html
+    assert "<td>sex</td><td>F</td>" in html
