@@ -87,6 +87,8 @@ def serving_monitoring_sensor_fn(jobs: dict[str, str]):  # type: ignore[no-untyp
         )
         if not requests:
             context.update_cursor(str(newest))
+            if report["actions"]:  # drift, but the version's training run has no as-of lineage tag
+                return SkipReason(f"v{report['model_version']}: {report['actions']}, but its as-of day is unknown")
             return SkipReason(f"v{report['model_version']}: no threshold passed ({summary})")
         context.log.info(f"v{report['model_version']}: {report['actions']}")
         return SensorResult(run_requests=requests, cursor=str(newest))
