@@ -4,15 +4,17 @@
     .venv/bin/python bench/serving_bench.py --policy P           # the policy's production version (PPML_HOME)
     .venv/bin/python bench/serving_bench.py --requests 200 --clients 1 2   # a quick look
 
-Each scenario is a closed loop: C concurrent clients (asyncio + aiohttp in this process, one API key each, so
-per-client state is real) send requests back to back until the scenario's bounded total is reached; a warm-up
-of 2*C requests is sent first and not timed. Single predictions send one record per request, batches 100 rows
-per ``/predict/batch``. Latency is the client's wall time per request (connection reuse, JSON bodies
-pre-serialized); p50/p99 over the timed requests; throughput is timed requests (or rows) over the scenario's
-wall time. Afterwards the prediction log's rows are counted against the rows sent (warm-up included): a lost
-entry is reported. The served policy is a copy of the given one (same name, so the same registered model) with
-rate limit and query budget raised out of the way; everything else (identifier screening, the serving spec's
-generalization, coarsening, the log) is the production path.
+Each scenario is a closed loop: C concurrent clients (asyncio + aiohttp in this process, one API key each, so per-
+client state is real) send requests back to back until the scenario's bounded total is reached; a warm-up of 2*C
+requests is sent first and not timed. Single predictions send one record per request, batches 100 rows per
+``/predict/batch``. Latency is the client's wall time per request (connection reuse, JSON bodies pre-serialized);
+p50/p99 over the timed requests; throughput is timed requests (or rows) over the scenario's wall time. Server CPU
+per row is the server process's user+system CPU time over the scenario (warm-up included) divided by the rows it
+answered: what a row costs the server whatever else the machine runs (the server is one process, so its capacity
+is about 1000 / (CPU ms per row) rows per second of one core). Afterwards the prediction log's rows are counted
+against the rows answered (warm-up included): a lost entry is reported. The served policy is a copy of the given
+one (same name, so the same registered model) with rate limit and query budget raised out of the way; everything
+else (identifier screening, the serving spec's generalization, coarsening, the log) is the production path.
 
 Without ``--policy`` the model is the serving tests' small real training (tests/serving/serving_support.py) on
 two days of the bundled landing zone, in a temporary workspace. Writes the markdown table to stdout and
@@ -179,7 +181,18 @@ async def scenario(base: str, keys: list[str], clients: int, path: str, bodies: 
     }
 
 
-def run_load(base: str, keys: list[str], records: list[dict], clients: list[int], requests: int) -> list[dict]:
+def server_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of the server process so far (/proc/PID/stat; Linux), 0.0 where unavailable."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def run_load(
+    base: str, keys: list[str], records: list[dict], clients: list[int], requests: int, pid: int
+) -> list[dict]:
     singles = [json.dumps(record).encode() for record in records]
     batches = [
         json.dumps({"records": [records[(start + i) % len(records)] for i in range(BATCH_ROWS)]}).encode()
@@ -187,10 +200,15 @@ def run_load(base: str, keys: list[str], records: list[dict], clients: list[int]
     ]
     rows = []
     for count in clients:
-        single = asyncio.run(scenario(base, keys, count, "/predict", singles, requests))
-        rows.append({"mode": "single", "clients": count, "rows_per_request": 1, **single})
-        batch = asyncio.run(scenario(base, keys, count, "/predict/batch", batches, max(requests // 10, 2 * count)))
-        rows.append({"mode": "batch", "clients": count, "rows_per_request": BATCH_ROWS, **batch})
+        for mode, path, bodies, total, size in (
+            ("single", "/predict", singles, requests, 1),
+            ("batch", "/predict/batch", batches, max(requests // 10, 2 * count), BATCH_ROWS),
+        ):
+            cpu = server_cpu_seconds(pid)
+            measured = asyncio.run(scenario(base, keys, count, path, bodies, total))
+            cpu = server_cpu_seconds(pid) - cpu  # warm-up included, as in "answered"
+            rows.append({"mode": mode, "clients": count, "rows_per_request": size, **measured})
+            rows[-1]["server_cpu_ms_per_row"] = 1000 * cpu / max(measured["answered"] * size, 1)
     for row in rows:
         row["rows_per_s"] = row["requests_per_s"] * row["rows_per_request"]
     return rows
@@ -203,13 +221,15 @@ def table(rows: list[dict], logged: int, sent_rows: int, command: str, load: tup
         f"Command: `{command}`; {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; {os.cpu_count()} CPUs; "
         f"load average before {load[0]}, after {load[1]} (the machine is shared: other jobs only slow a run down).",
         "",
-        "| mode | clients | rows/request | requests | failures | requests/s | rows/s | p50 ms | p99 ms |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| mode | clients | rows/request | requests | failures | requests/s | rows/s | p50 ms | p99 ms "
+        "| server CPU ms/row |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['mode']} | {r['clients']} | {r['rows_per_request']} | {r['requests']} | {r['failures']} | "
-            f"{r['requests_per_s']:.0f} | {r['rows_per_s']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} |"
+            f"{r['requests_per_s']:.0f} | {r['rows_per_s']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
+            f"{r['server_cpu_ms_per_row']:.3f} |"
         )
     verdict = "none lost" if logged == sent_rows else f"{sent_rows - logged} LOST"
     lines += ["", f"Prediction log: {logged} rows for {sent_rows} rows sent ({verdict})."]
@@ -227,7 +247,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--requests", type=int, default=2000, help="timed single requests per scenario")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    command = "python bench/serving_bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = " ".join(["python bench/serving_bench.py", *(argv if argv is not None else sys.argv[1:])])
     with tempfile.TemporaryDirectory(prefix="ppml-serving-bench-") as scratch:
         work = Path(scratch)
         env = dict(os.environ)
@@ -251,7 +271,7 @@ def main(argv: list[str] | None = None) -> dict:
         server = start_server(bench_policy(policy, work), env, port)
         load_before = loadavg()
         try:
-            rows = run_load(f"http://127.0.0.1:{port}", keys, records, args.clients, args.requests)
+            rows = run_load(f"http://127.0.0.1:{port}", keys, records, args.clients, args.requests, server.pid)
         finally:
             stop_server(server)
         load_after = loadavg()
