@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader
@@ -314,16 +315,18 @@ def create_app(
         served = follower.current
         return {"status": "ready", "model_name": served.model_name, "model_version": served.version}
 
+    # The endpoints are coroutines that hand only the scoring (model and log I/O) to the thread pool: a plain
+    # ``def`` endpoint costs FastAPI a second thread hand-off to validate the response (bench/serving_bench.py).
     @app.post("/predict", response_model=PredictionResponse, response_model_exclude_none=True)
-    def predict(record: Record, client: Annotated[str, Depends(authenticate)]) -> PredictionResponse:  # type: ignore[valid-type]
-        request_id, served, out = service.score(client, [record])
+    async def predict(record: Record, client: Annotated[str, Depends(authenticate)]) -> PredictionResponse:  # type: ignore[valid-type]
+        request_id, served, out = await run_in_threadpool(service.score, client, [record])
         return PredictionResponse(
             request_id=request_id, model_name=served.model_name, model_version=served.version, prediction=out[0]
         )
 
     @app.post("/predict/batch", response_model=BatchResponse, response_model_exclude_none=True)
-    def predict_batch(batch: Batch, client: Annotated[str, Depends(authenticate)]) -> BatchResponse:  # type: ignore[valid-type]
-        request_id, served, out = service.score(client, list(batch.records))
+    async def predict_batch(batch: Batch, client: Annotated[str, Depends(authenticate)]) -> BatchResponse:  # type: ignore[valid-type]
+        request_id, served, out = await run_in_threadpool(service.score, client, list(batch.records))
         return BatchResponse(
             request_id=request_id, model_name=served.model_name, model_version=served.version, predictions=out
         )
