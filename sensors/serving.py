@@ -19,6 +19,7 @@ from typing import Any
 
 from dagster import RunRequest, SensorEvaluationContext, SensorResult, SkipReason
 
+from ppml.errors import PPMLError
 from ppml.serving.monitoring import REEVALUATE, RETRAIN, monitor_production
 from ppml.serving.prediction_log import PredictionLog, log_url_from_env
 from resources import MlflowResource, PolicyResource, WorkspacePaths
@@ -78,6 +79,8 @@ def serving_monitoring_sensor_fn(jobs: dict[str, str]):  # type: ignore[no-untyp
             if context.cursor == str(newest):
                 return SkipReason(f"no new predictions since row {newest}")
             report = monitor_production(mlflow.client(), log, policy.load().policy)
+        except PPMLError as error:  # nothing in production, or a version without references: said, not raised
+            return SkipReason(str(error))
         finally:
             log.close()
         now = datetime.now(UTC)

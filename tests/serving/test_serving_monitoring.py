@@ -167,6 +167,12 @@ def test_sensor_fires_on_the_shifted_stream_only(registered: Registered, streams
         )
         assert "no new predictions" in serving_monitoring_sensor(again).skip_message
 
+        other = streams["folder"] / "other" / "policy.yaml"
+        other.parent.mkdir()
+        other.write_text(streams["policy"].read_text().replace(f"name: {registered.model_name[5:]}", "name: unserved"))
+        unserved = build_sensor_context(instance=instance, resources=resources(registered, other, homes["steady"]))
+        assert "no version is in production" in serving_monitoring_sensor(unserved).skip_message
+
         aged = monitored_policy(registered, streams["folder"] / "aged", max_model_age_days=1e-9)
         old = build_sensor_context(instance=instance, resources=resources(registered, aged, homes["steady"]))
         retrain = {r.job_name: r for r in serving_monitoring_sensor(old).run_requests or []}
