@@ -63,7 +63,7 @@ def test_group_commit_loses_nothing_and_shares_commits(tmp_path: Path) -> None:
     log = PredictionLog(f"sqlite:///{tmp_path / 'log.db'}")
     transactions = []
     insert = log._writer._insert
-    log._writer._insert = lambda rows: (transactions.append(len(rows)), insert(rows))  # count the rows of every transaction
+    log._writer._insert = lambda rows: (transactions.append(len(rows)), insert(rows))  # rows per transaction
     try:
 
         def client(name: str) -> None:
