@@ -1,11 +1,9 @@
 """The federated lifecycle's thin Dagster layer: prepare every site, refuse a failed one, train on Flower.
 
-Its own code location (``workspace.yaml``: ``ppml_federated``), because a federated policy has no pooled
+Its own code location (``dagster dev -m ppml_assets.federated``), because a federated policy has no pooled
 records: no raw_records/anonymized_records of its own, one preparation per site instead. The engines do the work
 (ppml/federated/); these assets only read the resources, call them and record metadata.
 """
-
-from __future__ import annotations
 
 import os
 from datetime import date, timedelta

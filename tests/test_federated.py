@@ -150,3 +150,34 @@ def test_sites_are_pre_charged_and_settled_per_scope(tmp_path: Path) -> None:
     assert {r.status for r in ledger.runs() if r.request_id not in {b.request_id for b in bookings}} <= {"refused"}
     client = client_level_plan("north", fed, 1.0, 1e-5, "prv")
     assert client.sample_rate == 1.0 and client.steps == 4 and 0.9 < client.epsilon <= 1.0
+
+
+def test_federated_code_location_loads() -> None:
+    """``dagster dev -m ppml_assets.federated`` (docs/federated.md): the definitions load and validate."""
+    from dagster import Definitions
+
+    from ppml_assets.federated import defs
+
+    Definitions.validate_loadable(defs)
+    assert {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()} == {
+        "federated_sites",
+        "federated_model",
+    }
+
+
+def test_federated_bench_smoke(prepared_sites: tuple[Path, Path, dict[str, Path]]) -> None:
+    """bench/federated_bench.py on a toy size: its central DP-SGD baseline and its table (the federated modes run
+    the same run_federation the deployment tests run)."""
+    import argparse
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("federated_bench", Path("bench/federated_bench.py").resolve())
+    bench = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(bench)  # type: ignore[union-attr]
+    _, _, dirs = prepared_sites
+    names = bench.global_feature_names([SitePreparation.read(folder) for folder in dirs.values()])
+    row = bench.central(dirs, names, epochs=1, epsilon=1.0, delta=1e-5)
+    assert 0.5 < row["accuracy"] <= 1 and row["epsilon"] <= 1.0
+    args = argparse.Namespace(days=8, rounds=1, local_epochs=1, modes="central", secure_aggregation=False)
+    table = bench.render(args, {"records": {}}, {"central": row})
+    assert "| central |" in table and "load average" in table

@@ -107,6 +107,20 @@ def build_strategy(config: RunConfig, initial: list[np.ndarray]) -> Strategy:
     return RecordingStrategy(strategy, config)
 
 
+class TimedGrid:
+    """The Grid, with the policy's round timeout on every exchange: Flower's default fit and evaluate workflows
+    wait without one, so a SuperNode that died mid-round would hold the round until its heartbeat expired."""
+
+    def __init__(self, grid: Grid, timeout_s: float) -> None:
+        self._grid, self._timeout_s = grid, timeout_s
+
+    def send_and_receive(self, messages: Any, *, timeout: float | None = None) -> Any:
+        return self._grid.send_and_receive(messages, timeout=min(timeout or self._timeout_s, self._timeout_s))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._grid, name)
+
+
 def wait_for_sites(grid: Grid, count: int, timeout_s: float) -> int:
     deadline = time.monotonic() + timeout_s
     while len(grid.get_node_ids()) < count and time.monotonic() < deadline:
@@ -138,7 +152,7 @@ def main(grid: Grid, context: Context) -> None:
             timeout=config.round_timeout_s,
         )
     started = time.time()
-    DefaultWorkflow(fit_workflow=fit_workflow)(grid, legacy)
+    DefaultWorkflow(fit_workflow=fit_workflow)(TimedGrid(grid, config.round_timeout_s), legacy)  # type: ignore[arg-type]
     final = legacy.state.array_records[MAIN_PARAMS_RECORD].to_numpy_ndarrays()
     write_result(Path(config.result_dir), final, strategy, initial, time.time() - started)
 
