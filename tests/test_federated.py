@@ -181,3 +181,33 @@ def test_federated_bench_smoke(prepared_sites: tuple[Path, Path, dict[str, Path]
     args = argparse.Namespace(days=8, rounds=1, local_epochs=1, modes="central", secure_aggregation=False)
     table = bench.render(args, {"records": {}}, {"central": row})
     assert "| central |" in table and "load average" in table
+
+
+@pytest.mark.postgres
+def test_a_site_reads_its_own_sql_table(
+    prepared_sites: tuple[Path, Path, dict[str, Path]],
+    postgres_database: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A site may hold its records in its own SQL table (URL from the environment): same records, same result."""
+    from ppml.collection import load_records_into_table
+    from ppml.federated.settings import SiteSource
+
+    home, policy_path, dirs = prepared_sites
+    loaded = load_policy(policy_path)
+    days = [d.isoformat() for d in landing_days()[-BUNDLED_DAYS:]]
+    frames = [
+        pd.read_csv(landing_file(home / "federated" / "east", day), dtype=str, keep_default_na=False)
+        for day in days
+        if landing_file(home / "federated" / "east", day).is_file()
+    ]
+    load_records_into_table(postgres_database, "east_records", pd.concat(frames), replace=True)
+    monkeypatch.setenv("PPML_TEST_EAST_URL", postgres_database)
+    site = SiteSource(name="east", sql_table="east_records", sql_url_env="PPML_TEST_EAST_URL")
+    prep = prepare_site(loaded, site, days, KEY, tmp_path, tmp_path / "east")
+    assert prep.passed, prep.failures
+    assert prep.rows == SitePreparation.read(dirs["east"]).rows
+    monkeypatch.delenv("PPML_TEST_EAST_URL")
+    with pytest.raises(PPMLError, match="PPML_TEST_EAST_URL is not set; fix: export the site's database URL"):
+        prepare_site(loaded, site, days, KEY, tmp_path, tmp_path / "east")
