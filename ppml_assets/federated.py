@@ -21,6 +21,7 @@ from dagster import (
 )
 
 from ppml.federated.gate import federated_requirements
+from ppml.federated.report import federated_evidence, write_federated_report
 from ppml.federated.runner import run_federation
 from ppml.federated.site_prep import SitePreparation, prepare_site
 from ppml.federated.sites import write_federated_landing_zones
@@ -144,8 +145,15 @@ def federated_model(
     verdicts = federated_requirements(loaded.policy, outcome)
     client = mlflow.client()
     registry = log_federated_run(client, mlflow.configure(), loaded, outcome, verdicts)
+    preparations = {name: SitePreparation.read(folder) for name, folder in sites.items()}
+    report_dir = Path(paths.home) / "reports" / "federated" / loaded.policy.name / context.run_id
+    evidence, html = write_federated_report(
+        federated_evidence(loaded, preparations, outcome, verdicts, registry), report_dir
+    )
     context.add_output_metadata(
         {
+            "report": MetadataValue.path(str(html)),
+            "evidence": MetadataValue.path(str(evidence)),
             "registry": MetadataValue.json(registry),
             "requirements": MetadataValue.json([v.to_dict() for v in verdicts]),
             "site_metrics": MetadataValue.json(outcome.history.get("site_metrics", {})),
@@ -154,7 +162,12 @@ def federated_model(
             "seconds": outcome.history.get("seconds", 0.0),
         }
     )
-    return {**outcome.summary(), "registry": registry, "requirements": [v.to_dict() for v in verdicts]}
+    return {
+        **outcome.summary(),
+        "registry": registry,
+        "requirements": [v.to_dict() for v in verdicts],
+        "report": str(html),
+    }
 
 
 def federated_resources(

@@ -211,3 +211,35 @@ def test_a_site_reads_its_own_sql_table(
     monkeypatch.delenv("PPML_TEST_EAST_URL")
     with pytest.raises(PPMLError, match="PPML_TEST_EAST_URL is not set; fix: export the site's database URL"):
         prepare_site(loaded, site, days, KEY, tmp_path, tmp_path / "east")
+
+
+def test_gate_and_report_have_a_section_per_site(
+    prepared_sites: tuple[Path, Path, dict[str, Path]], tmp_path: Path
+) -> None:
+    """Every site must meet the objectives (a site that did not evaluate fails); the report has one section per
+    site and one for the federation, owner-only, without the sites' feature labels."""
+    from ppml.federated.gate import federated_requirements
+    from ppml.federated.report import federated_evidence, write_federated_report
+    from ppml.federated.runner import FederatedOutcome
+
+    _, policy_path, dirs = prepared_sites
+    loaded = load_policy(policy_path)
+    fed = loaded.policy.training.federation
+    preps = {name: SitePreparation.read(folder) for name, folder in dirs.items()}
+    plans = {name: example_level_plan(name, p.rows["train"], fed, 1.0, 1e-5, "prv") for name, p in preps.items()}
+    good = {"test_accuracy": 0.85, "test_roc_auc": 0.9, "mia_auc": 0.51, "test_records": 200.0}
+    history = {"rounds": [{"round": 1, "results": 2, "failures": 1}], "site_metrics": {"north": good, "south": good}}
+    outcome = FederatedOutcome([], [], plans, {"north": 5, "south": 5, "east": 0}, history, {"north": "r1"})
+    verdicts = federated_requirements(loaded.policy, outcome)
+    assert all(v.passed for v in verdicts if v.scope != "east")
+    assert [v.requirement for v in verdicts if v.scope == "east" and not v.passed] == [
+        "min_accuracy",
+        "min_roc_auc",
+        "max_membership_inference_auc",
+    ]
+    evidence = federated_evidence(loaded, preps, outcome, verdicts, {"registered_model": "m", "version": 1})
+    assert evidence["federation"]["passed"] is False and [s["name"] for s in evidence["sites"]] == SITES
+    json_path, html_path = write_federated_report(evidence, tmp_path / "report")
+    html = html_path.read_text()
+    assert all(f"Site {name}" in html for name in SITES) and "not promoted" in html
+    assert json_path.stat().st_mode & 0o077 == 0 and "feature_names" not in json_path.read_text()

@@ -6,6 +6,7 @@ Slow (each Flower message starts a ClientApp process); tiny rounds keep it to a 
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -70,6 +71,11 @@ def test_federation_trains_gates_and_registers_with_per_site_charges(federated_r
     assert set(model["history"]["site_metrics"]) == set(SITES)  # every site evaluated the final model itself
     registry = model["registry"]
     assert registry["version"] == 1 and registry["promoted"] == all(r["passed"] for r in model["requirements"])
+    report = Path(model["report"])
+    evidence = json.loads((report.parent / "evidence.json").read_text())
+    assert [site["name"] for site in evidence["sites"]] == SITES and evidence["federation"]["rounds"]
+    assert all(site["preparation"]["passed"] and site["requirements"] for site in evidence["sites"])
+    assert report.stat().st_mode & 0o077 == 0 and "Site east" in report.read_text()
     from mlflow import MlflowClient
 
     client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
