@@ -63,7 +63,9 @@ def utility(scorer: object, X: np.ndarray, y: np.ndarray) -> dict[str, float]:
     return {k: float(report["metrics"][k]["value"]) for k in ("accuracy", "roc_auc")}
 
 
-def central(site_dirs: dict[str, Path], names: list[str], epochs: int, epsilon: float, delta: float) -> dict:
+def central(
+    site_dirs: dict[str, Path], names: list[str], epochs: int, epsilon: float, delta: float, learning_rate: float = 0.5
+) -> dict:
     from ppml.training.config import DPConfig, ModelSpec, TrainingConfig
     from ppml.training.data import TabularSplit
     from ppml.training.dp_sgd import train_dp
@@ -73,7 +75,7 @@ def central(site_dirs: dict[str, Path], names: list[str], epochs: int, epsilon: 
         model=ModelSpec(kind="mlp", hidden_sizes=(32,)),
         epochs=epochs,
         batch_size=256,
-        learning_rate=0.5,
+        learning_rate=learning_rate,
         optimizer="sgd",
         seed=7,
         device="cpu",
@@ -90,12 +92,14 @@ def central(site_dirs: dict[str, Path], names: list[str], epochs: int, epsilon: 
     }
 
 
-def federated(work: Path, site_dirs: dict[str, Path], mode: str, secagg: bool, rounds: int, local_epochs: int) -> dict:
+def federated(work: Path, site_dirs: dict[str, Path], mode: str, secagg: bool, args: argparse.Namespace) -> dict:
+    rounds, local_epochs = args.rounds, args.local_epochs
     loaded = load_policy(
         policy_variant(
             work / f"policy-{mode}-{secagg}",
             rounds=rounds,
             local_epochs=local_epochs,
+            learning_rate=args.learning_rate,
             dp_mode=mode,
             secure_aggregation=secagg,
             round_timeout_s=600,
@@ -124,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--local-epochs", type=int, default=2)
     parser.add_argument("--epsilon", type=float, default=1.0)
+    parser.add_argument("--learning-rate", type=float, default=0.5, help="SGD learning rate, central and sites")
     parser.add_argument("--modes", default="central,example,client", help="comma list of central, example, client")
     parser.add_argument("--secure-aggregation", action="store_true", help="federated modes under SecAgg+")
     parser.add_argument("--out", type=Path, default=None)
@@ -140,9 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = {}
     for mode in args.modes.split(","):
         if mode == "central":
-            rows[mode] = central(site_dirs, names, args.rounds * args.local_epochs, args.epsilon, 1e-5)
+            epochs = args.rounds * args.local_epochs
+            rows[mode] = central(site_dirs, names, epochs, args.epsilon, 1e-5, args.learning_rate)
         else:
-            rows[mode] = federated(work, site_dirs, mode, args.secure_aggregation, args.rounds, args.local_epochs)
+            rows[mode] = federated(work, site_dirs, mode, args.secure_aggregation, args)
     table = render(args, split.to_dict(), rows)
     print(table)
     if args.out:
@@ -157,7 +163,7 @@ def render(args: argparse.Namespace, split: dict, rows: dict[str, dict]) -> str:
         "# Federated benchmark",
         "",
         f"Command: `.venv/bin/python bench/federated_bench.py --days {args.days} --rounds {args.rounds} "
-        f"--local-epochs {args.local_epochs} --modes {args.modes}{secagg}`",
+        f"--local-epochs {args.local_epochs} --learning-rate {args.learning_rate} --modes {args.modes}{secagg}`",
         f"Date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}; load average at the end: {' '.join(load)}",
         f"Sites (records, positive rate): {split}",
         "",

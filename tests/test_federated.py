@@ -178,7 +178,9 @@ def test_federated_bench_smoke(prepared_sites: tuple[Path, Path, dict[str, Path]
     names = bench.global_feature_names([SitePreparation.read(folder) for folder in dirs.values()])
     row = bench.central(dirs, names, epochs=1, epsilon=1.0, delta=1e-5)
     assert 0.5 < row["accuracy"] <= 1 and row["epsilon"] <= 1.0
-    args = argparse.Namespace(days=8, rounds=1, local_epochs=1, modes="central", secure_aggregation=False)
+    args = argparse.Namespace(
+        days=8, rounds=1, local_epochs=1, learning_rate=0.5, modes="central", secure_aggregation=False
+    )
     table = bench.render(args, {"records": {}}, {"central": row})
     assert "| central |" in table and "load average" in table
 
