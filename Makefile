@@ -21,6 +21,8 @@ $(VENV)/.installed: $(VENV)/.base pyproject.toml constraints.txt
 
 $(VENV)/.installed-dev: $(VENV)/.installed
 	$(PIP) -c constraints.txt -e '.[dev]'
+	# Flower without its dependency pins (they would downgrade typer, fastapi, ...): docs/federated.md
+	$(PIP) -c constraints.txt --no-deps flwr==1.42.0
 	touch $@
 
 install: $(VENV)/.installed

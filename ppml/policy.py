@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ppml.errors import PPMLError
+from ppml.federated.settings import FederationSettings
 from ppml.strict_yaml import load_strict_yaml
 
 #: The data shipped inside the ppml package (generic hierarchies, the bundled data set): always readable.
@@ -422,6 +423,18 @@ class TrainingSettings(Strict):
     accountant: Literal["prv", "rdp"] = "prv"
     train_non_private_baseline: bool = True
     seed: int = 0
+    mode: Literal["central", "federated"] = Field(
+        default="central", description="central: one pooled training set; federated: sites train on Flower."
+    )
+    federation: FederationSettings | None = Field(default=None, description="Sites and rounds (mode: federated).")
+
+    @model_validator(mode="after")
+    def _federation_matches_mode(self) -> TrainingSettings:
+        if self.mode == "federated" and self.federation is None:
+            raise ValueError("mode is federated but there is no federation section; fix: add training.federation")
+        if self.mode == "central" and self.federation is not None:
+            raise ValueError("a federation section needs mode: federated; fix: set training.mode: federated")
+        return self
 
 
 class EvaluationSettings(Strict):

@@ -1,0 +1,57 @@
+"""The federated model's gate: the policy's requirements checked on what the sites and the ledger report.
+
+The evaluation engines run *inside each site* on the site's own test split and training records (utility and
+the loss-threshold membership-inference attack, ppml.evaluation), so no pooled test set is needed; the gate then
+requires every site to meet the objectives (the model is deployed to all of them) and every site's ledger charge
+to stay within the policy's epsilon.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ppml.federated.runner import FederatedOutcome
+from ppml.policy import Policy
+
+
+@dataclass(frozen=True)
+class Requirement:
+    requirement: str
+    scope: str
+    measured: float | None
+    limit: float
+    passed: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _at_least(name: str, scope: str, value: float | None, limit: float) -> Requirement:
+    return Requirement(name, scope, value, limit, value is not None and value >= limit)
+
+
+def _at_most(name: str, scope: str, value: float | None, limit: float) -> Requirement:
+    return Requirement(name, scope, value, limit, value is not None and value <= limit + 1e-9)
+
+
+def federated_requirements(policy: Policy, outcome: FederatedOutcome) -> list[Requirement]:
+    """One verdict per requirement and site (a site that did not evaluate fails every utility requirement)."""
+    fed = policy.training.federation
+    assert fed is not None
+    verdicts = []
+    for site in fed.sites:
+        metrics = outcome.history.get("site_metrics", {}).get(site.name, {})
+        plan = outcome.plans[site.name]
+        verdicts += [
+            _at_least("min_accuracy", site.name, metrics.get("test_accuracy"), policy.objectives.min_accuracy),
+            _at_least("min_roc_auc", site.name, metrics.get("test_roc_auc"), policy.objectives.min_roc_auc),
+            _at_most(
+                "max_membership_inference_auc",
+                site.name,
+                metrics.get("mia_auc"),
+                policy.privacy.max_membership_inference_auc,
+            ),
+            _at_most("epsilon", site.name, plan.epsilon, policy.privacy.epsilon),
+        ]
+    return verdicts

@@ -1,0 +1,79 @@
+"""The federated compliance report: one section per site (its checks, its ledger charge, its requirements) and
+one for the federation (rounds, participants, registry), as evidence.json and report.html (aggregates only)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+from ppml.federated.gate import Requirement
+from ppml.federated.runner import FederatedOutcome
+from ppml.federated.site_prep import SitePreparation
+from ppml.policy import LoadedPolicy
+from ppml.private_files import private_dir
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+
+
+def federated_evidence(
+    loaded: LoadedPolicy,
+    preparations: dict[str, SitePreparation],
+    outcome: FederatedOutcome,
+    verdicts: list[Requirement],
+    registry: dict[str, Any],
+) -> dict[str, Any]:
+    fed = loaded.policy.training.federation
+    assert fed is not None
+    sites = []
+    for site in fed.sites:
+        prep = preparations[site.name].to_dict()
+        prep.pop("feature_names", None)  # labels of the site's release: kept in the MLflow artifact, not here
+        sites.append(
+            {
+                "name": site.name,
+                "preparation": prep,
+                "plan": outcome.plans[site.name].to_dict(),
+                "ledger_run": outcome.ledger_runs.get(site.name),
+                "rounds_done": outcome.rounds_done.get(site.name, 0),
+                "metrics": outcome.history.get("site_metrics", {}).get(site.name, {}),
+                "requirements": [v.to_dict() for v in verdicts if v.scope == site.name],
+            }
+        )
+    return {
+        "policy": {
+            "name": loaded.policy.name,
+            "content_hash": loaded.content_hash,
+            "dataset": loaded.policy.dataset.id,
+        },
+        "federation": {
+            "dp_mode": fed.dp_mode,
+            "secure_aggregation": fed.secure_aggregation,
+            "rounds_planned": fed.rounds,
+            "rounds": outcome.history.get("rounds", []),
+            "model_bytes": outcome.history.get("model_bytes"),
+            "seconds": outcome.history.get("seconds"),
+            "passed": all(v.passed for v in verdicts),
+            "registry": registry,
+        },
+        "sites": sites,
+    }
+
+
+def write_federated_report(evidence: dict[str, Any], directory: Path) -> tuple[Path, Path]:
+    """evidence.json and report.html (owner-only) in ``directory``."""
+    directory = private_dir(Path(directory))
+    environment = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html", "j2"]))
+    html = environment.get_template("federated_report.html.j2").render(e=evidence)
+    written = []
+    for name, text in (("evidence.json", json.dumps(evidence, indent=1, default=str)), ("report.html", html)):
+        path = directory / name
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(text, encoding="utf-8")
+        os.chmod(temporary, 0o600)
+        os.replace(temporary, path)
+        written.append(path)
+    return written[0], written[1]

@@ -1,0 +1,247 @@
+"""Federated learning engines without processes: policy schema, the site split, per-site checks, accounting."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from ppml.errors import PPMLError
+from ppml.federated.accounting import book_sites, client_level_plan, example_level_plan, settle_sites, site_scope
+from ppml.federated.runner import run_federation
+from ppml.federated.site_prep import FEATURES_FILE, SitePreparation, prepare_site
+from ppml.federated.sites import assign_sites, split_summary, write_federated_landing_zones
+from ppml.landing_zone import landing_days, landing_file, synthesize_records
+from ppml.ledger import BudgetExceededError, LifetimeBudget, PrivacyLedger
+from ppml.policy import load_policy, parse_policy
+from tests.federated_support import BUNDLED_DAYS, SITES, federated_document, federated_policy
+
+KEY = b"federated test key, 32 bytes!!!"
+
+
+def test_shipped_federated_policy_is_valid() -> None:
+    fed = load_policy(Path(__file__).resolve().parent.parent / "policies" / "adult_federated.yaml").policy.training
+    assert fed.mode == "federated" and fed.federation is not None
+    assert [s.name for s in fed.federation.sites] == SITES
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "fix"),
+    [
+        (
+            lambda d: d["training"]["federation"]["sites"].append({"name": "north", "landing_zone": "x"}),
+            "used twice",
+            "give every site its own name",
+        ),
+        (
+            lambda d: d["training"]["federation"]["sites"].append({"name": "west", "landing_zone": "federated/north"}),
+            "same source",
+            "give every site its own source",
+        ),
+        (
+            lambda d: d["training"]["federation"]["sites"][0].update(sql_table="records"),
+            "exactly one source",
+            "either landing_zone or sql_table",
+        ),
+        (lambda d: d["training"]["federation"].update(min_sites=4), "min_sites 4", "lower it"),
+        (lambda d: d["training"]["federation"].update(clients_per_round=9), "clients_per_round 9", "lower it"),
+        (lambda d: d["training"]["federation"].update(dp_mode="local"), "dp_mode", "allowed values"),
+        (lambda d: d["training"].pop("federation"), "no federation section", "add training.federation"),
+        (lambda d: d["training"].update(mode="central"), "needs mode: federated", "training.mode: federated"),
+    ],
+)
+def test_bad_federation_settings_fail_in_one_line(change, field: str, fix: str) -> None:  # type: ignore[no-untyped-def]
+    document = copy.deepcopy(federated_document())
+    change(document)
+    with pytest.raises(PPMLError) as error:
+        parse_policy(document, "policies/bad_federated.yaml")
+    message = str(error.value)
+    assert "\n" not in message and message.startswith("policies/bad_federated.yaml: field 'training")
+    assert field in message and fix in message
+
+
+def test_site_split_is_reproducible_disjoint_and_non_iid() -> None:
+    records = synthesize_records(only_days=[d.isoformat() for d in landing_days()[-6:]])
+    sites = assign_sites(records, SITES)
+    assert sites.equals(assign_sites(records.sample(frac=1, random_state=3), SITES).loc[records.index])
+    assert records.groupby(sites)["record_id"].nunique().sum() == records["record_id"].nunique()  # one site each
+    summary = split_summary(records, sites)
+    sizes = sorted(summary.records.values())
+    assert len(set(sizes)) == 3 and sizes[-1] > 1.3 * sizes[0]  # unequal sizes
+    rates = summary.positive_rate.values()
+    assert max(rates) - min(rates) > 0.05  # non-IID labels
+    with pytest.raises(PPMLError, match="use 2 to 5 sites"):
+        assign_sites(records, ["only"])
+
+
+@pytest.fixture(scope="module")
+def prepared_sites(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[str, Path]]:
+    """Three bundled sites (the window's last days), each prepared by the central engines on its own records."""
+    home = tmp_path_factory.mktemp("federated-sites")
+    policy_path = federated_policy(home / "policy")
+    loaded = load_policy(policy_path)
+    days = [d.isoformat() for d in landing_days()[-BUNDLED_DAYS:]]
+    write_federated_landing_zones(home / "federated", SITES, only_days=days)
+    dirs = {}
+    for site in loaded.policy.training.federation.sites:
+        dirs[site.name] = home / "sites" / site.name
+        prepare_site(loaded, site, days, KEY, home, dirs[site.name])
+    return home, policy_path, dirs
+
+
+def test_every_site_is_prepared_by_its_own_checks(prepared_sites: tuple[Path, Path, dict[str, Path]]) -> None:
+    _, _, dirs = prepared_sites
+    for site, folder in dirs.items():
+        prep = SitePreparation.read(folder)
+        assert prep.passed, prep.failures
+        assert set(prep.checks) == {
+            "raw_records_expectations",
+            "no_raw_direct_identifiers",
+            "anonymized_records_expectations",
+            "privacy_models_hold",
+            "cleaned_records_expectations",
+        }
+        assert prep.min_class_size >= 5 and prep.rows["train"] > 200
+        assert (folder / FEATURES_FILE).stat().st_mode & 0o077 == 0
+        features = pd.read_parquet(folder / FEATURES_FILE)
+        assert not {"record_id", "name", "ssn", "email"} & set(features.columns), site
+
+
+def test_a_site_whose_checks_fail_is_refused(tmp_path: Path, prepared_sites: tuple[Path, Path, dict]) -> None:
+    home, policy_path, dirs = prepared_sites
+    loaded = load_policy(policy_path)
+    site = loaded.policy.training.federation.sites[2]
+    day = landing_days()[-1].isoformat()
+    bad_home = tmp_path / "bad"
+    frame = pd.read_csv(landing_file(home / "federated" / site.name, day), dtype=str, keep_default_na=False)
+    frame.loc[0, "age"] = "430"  # outside value_ranges: the raw records' GX suite fails
+    target = landing_file(bad_home / "federated" / site.name, day)
+    target.parent.mkdir(parents=True)
+    frame.to_csv(target, index=False)
+    prep = prepare_site(loaded, site, [day], KEY, bad_home, tmp_path / "east")
+    assert not prep.passed and prep.checks == {"raw_records_expectations": False}
+    assert not (tmp_path / "east" / FEATURES_FILE).exists()
+    ledger = PrivacyLedger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    with pytest.raises(PPMLError) as error:
+        run_federation(loaded, {**dirs, "east": tmp_path / "east"}, tmp_path / "work", ledger, request_key="r")
+    assert "\n" not in str(error.value) and str(error.value).startswith("site east: field 'checks'")
+    assert ledger.runs() == []  # refused before anything was charged
+
+
+def test_sites_are_pre_charged_and_settled_per_scope(tmp_path: Path) -> None:
+    fed = parse_policy(federated_document(rounds=4), "p").training.federation
+    plans = [example_level_plan(s, n, fed, 1.0, 1e-5, "prv") for s, n in [("north", 1400), ("south", 900)]]
+    assert all(0.9 < p.epsilon <= 1.0 for p in plans) and plans[0].noise_multiplier < plans[1].noise_multiplier
+    ledger = PrivacyLedger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    lifetime = LifetimeBudget(1.2, 1e-5)  # one run fits; a second composes (RDP) to ~1.4 and is refused
+    bookings = book_sites(ledger, "people", plans, lifetime, request_key="run-1", config={})
+    charged = {r.id: r for r in ledger.runs()}
+    assert all(charged[b.run_id].epsilon_charged == pytest.approx(b.plan.epsilon) for b in bookings)  # before
+    settle_sites(ledger, bookings, {"north": 4, "south": 2}, failed=None)
+    runs = {b.site: ledger.run(b.run_id) for b in bookings}
+    assert runs["north"].status == "completed" and runs["south"].status == "failed"
+    assert runs["south"].epsilon_charged == pytest.approx(plans[1].epsilon)  # a lost site keeps its pre-charge
+    for plan in plans:  # parallel composition: each site's scope holds its own charge only
+        assert ledger.spent(site_scope("people", plan.site), 1e-5).epsilon == pytest.approx(plan.epsilon, rel=0.02)
+    with pytest.raises(BudgetExceededError):
+        book_sites(ledger, "people", plans, lifetime, request_key="run-2", config={})
+    assert {r.status for r in ledger.runs() if r.request_id not in {b.request_id for b in bookings}} <= {"refused"}
+    client = client_level_plan("north", fed, 1.0, 1e-5, "prv")
+    assert client.sample_rate == 1.0 and client.steps == 4 and 0.9 < client.epsilon <= 1.0
+
+
+def test_federated_code_location_loads() -> None:
+    """``dagster dev -m ppml_assets.federated`` (docs/federated.md): the definitions load and validate."""
+    from dagster import Definitions
+
+    from ppml_assets.federated import defs
+
+    Definitions.validate_loadable(defs)
+    assert {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()} == {
+        "federated_sites",
+        "federated_model",
+    }
+
+
+def test_federated_bench_smoke(prepared_sites: tuple[Path, Path, dict[str, Path]]) -> None:
+    """bench/federated_bench.py on a toy size: its central DP-SGD baseline and its table (the federated modes run
+    the same run_federation the deployment tests run)."""
+    import argparse
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("federated_bench", Path("bench/federated_bench.py").resolve())
+    bench = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(bench)  # type: ignore[union-attr]
+    _, _, dirs = prepared_sites
+    names = bench.global_feature_names([SitePreparation.read(folder) for folder in dirs.values()])
+    row = bench.central(dirs, names, epochs=1, epsilon=1.0, delta=1e-5)
+    assert 0.5 < row["accuracy"] <= 1 and row["epsilon"] <= 1.0
+    args = argparse.Namespace(
+        days=8, rounds=1, local_epochs=1, learning_rate=0.5, modes="central", secure_aggregation=False
+    )
+    table = bench.render(args, {"records": {}}, {"central": row})
+    assert "| central |" in table and "load average" in table
+
+
+@pytest.mark.postgres
+def test_a_site_reads_its_own_sql_table(
+    prepared_sites: tuple[Path, Path, dict[str, Path]],
+    postgres_database: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A site may hold its records in its own SQL table (URL from the environment): same records, same result."""
+    from ppml.collection import load_records_into_table
+    from ppml.federated.settings import SiteSource
+
+    home, policy_path, dirs = prepared_sites
+    loaded = load_policy(policy_path)
+    days = [d.isoformat() for d in landing_days()[-BUNDLED_DAYS:]]
+    frames = [
+        pd.read_csv(landing_file(home / "federated" / "east", day), dtype=str, keep_default_na=False)
+        for day in days
+        if landing_file(home / "federated" / "east", day).is_file()
+    ]
+    load_records_into_table(postgres_database, "east_records", pd.concat(frames), replace=True)
+    monkeypatch.setenv("PPML_TEST_EAST_URL", postgres_database)
+    site = SiteSource(name="east", sql_table="east_records", sql_url_env="PPML_TEST_EAST_URL")
+    prep = prepare_site(loaded, site, days, KEY, tmp_path, tmp_path / "east")
+    assert prep.passed, prep.failures
+    assert prep.rows == SitePreparation.read(dirs["east"]).rows
+    monkeypatch.delenv("PPML_TEST_EAST_URL")
+    with pytest.raises(PPMLError, match="PPML_TEST_EAST_URL is not set; fix: export the site's database URL"):
+        prepare_site(loaded, site, days, KEY, tmp_path, tmp_path / "east")
+
+
+def test_gate_and_report_have_a_section_per_site(
+    prepared_sites: tuple[Path, Path, dict[str, Path]], tmp_path: Path
+) -> None:
+    """Every site must meet the objectives (a site that did not evaluate fails); the report has one section per
+    site and one for the federation, owner-only, without the sites' feature labels."""
+    from ppml.federated.gate import federated_requirements
+    from ppml.federated.report import federated_evidence, write_federated_report
+    from ppml.federated.runner import FederatedOutcome
+
+    _, policy_path, dirs = prepared_sites
+    loaded = load_policy(policy_path)
+    fed = loaded.policy.training.federation
+    preps = {name: SitePreparation.read(folder) for name, folder in dirs.items()}
+    plans = {name: example_level_plan(name, p.rows["train"], fed, 1.0, 1e-5, "prv") for name, p in preps.items()}
+    good = {"test_accuracy": 0.85, "test_roc_auc": 0.9, "mia_auc": 0.51, "test_records": 200.0}
+    history = {"rounds": [{"round": 1, "results": 2, "failures": 1}], "site_metrics": {"north": good, "south": good}}
+    outcome = FederatedOutcome([], [], plans, {"north": 5, "south": 5, "east": 0}, history, {"north": "r1"})
+    verdicts = federated_requirements(loaded.policy, outcome)
+    assert all(v.passed for v in verdicts if v.scope != "east")
+    assert [v.requirement for v in verdicts if v.scope == "east" and not v.passed] == [
+        "min_accuracy",
+        "min_roc_auc",
+        "max_membership_inference_auc",
+    ]
+    evidence = federated_evidence(loaded, preps, outcome, verdicts, {"registered_model": "m", "version": 1})
+    assert evidence["federation"]["passed"] is False and [s["name"] for s in evidence["sites"]] == SITES
+    json_path, html_path = write_federated_report(evidence, tmp_path / "report")
+    html = html_path.read_text()
+    assert all(f"Site {name}" in html for name in SITES) and "not promoted" in html
+    assert json_path.stat().st_mode & 0o077 == 0 and "feature_names" not in json_path.read_text()

@@ -1,0 +1,151 @@
+"""The federation for real: a SuperLink and three SuperNode processes on loopback, through the Dagster assets to
+a gated, registered model with per-site ledger charges; then a SuperNode killed mid-round.
+
+Slow (each Flower message starts a ClientApp process); tiny rounds keep it to a few minutes on 2 loaded cores.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from ppml.errors import PPMLError
+from ppml.federated.accounting import site_scope
+from ppml.federated.runner import run_federation
+from ppml.ledger import PrivacyLedger
+from ppml.policy import load_policy
+from ppml_assets.federated import (
+    AUDIT_SERVER_OPENS_ENV,
+    every_site_passed,
+    federated_model,
+    federated_resources,
+    federated_sites,
+    site_dir,
+)
+from resources import WorkspacePaths
+from tests.federated_support import AS_OF, BUNDLED_DAYS, SITES, federated_policy
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def federated_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Materialize federated_sites (with its blocking check) and federated_model once for the module."""
+    import os
+
+    from dagster import DagsterInstance, materialize
+
+    home = tmp_path_factory.mktemp("federated-home")
+    policy_path = federated_policy(home / "policy", rounds=1, local_epochs=1, round_timeout_s=240)
+    audit = home / "server-opens"
+    os.environ[AUDIT_SERVER_OPENS_ENV] = str(audit)
+    try:
+        resources = federated_resources(
+            home,
+            policy_path,
+            os.environ["PPML_HMAC_KEY"],
+            f"sqlite:///{home / 'mlflow.db'}",
+            f"sqlite:///{home / 'ledger.db'}",
+        )
+        result = materialize(
+            [federated_sites, federated_model, every_site_passed],
+            resources=resources,
+            instance=DagsterInstance.ephemeral(),
+            run_config={"ops": {"federated_sites": {"config": {"as_of": AS_OF, "bundled_days": BUNDLED_DAYS}}}},
+            raise_on_error=False,
+        )
+    finally:
+        os.environ.pop(AUDIT_SERVER_OPENS_ENV, None)
+    return {"home": home, "policy": policy_path, "audit": audit, "result": result}
+
+
+def test_federation_trains_gates_and_registers_with_per_site_charges(federated_run: dict) -> None:
+    result, home = federated_run["result"], federated_run["home"]
+    assert result.success
+    model = result.output_for_node("federated_model")
+    assert model["rounds_done"] == dict.fromkeys(SITES, 1)
+    assert set(model["history"]["site_metrics"]) == set(SITES)  # every site evaluated the final model itself
+    registry = model["registry"]
+    assert registry["version"] == 1 and registry["promoted"] == all(r["passed"] for r in model["requirements"])
+    report = Path(model["report"])
+    evidence = json.loads((report.parent / "evidence.json").read_text())
+    assert [site["name"] for site in evidence["sites"]] == SITES and evidence["federation"]["rounds"]
+    assert all(site["preparation"]["passed"] and site["requirements"] for site in evidence["sites"])
+    assert report.stat().st_mode & 0o077 == 0 and "Site east" in report.read_text()
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    assert client.get_model_version(registry["registered_model"], "1").run_id == registry["mlflow_run_id"]
+    ledger = PrivacyLedger(f"sqlite:///{home / 'ledger.db'}")
+    loaded = load_policy(federated_run["policy"])
+    for site in SITES:
+        run = ledger.run(model["ledger_runs"][site])
+        assert run.status == "completed" and run.partitions == (f"site:{site}",)
+        assert 0 < run.epsilon_charged <= loaded.policy.privacy.epsilon
+        spent = ledger.spent(site_scope(loaded.policy.dataset.id, site), 1e-5).epsilon
+        assert spent == pytest.approx(run.epsilon_charged, rel=0.02)
+
+
+def test_the_server_side_opens_no_site_file(federated_run: dict) -> None:
+    logs = {path.name.split(".")[0]: path.read_text() for path in federated_run["audit"].glob("*.log")}
+    assert {"flower-superlink", "flwr-serverapp"} <= set(logs)  # the audit hook ran in the server processes
+    assert all(text.strip() for text in logs.values())
+    home = federated_run["home"]
+    site_roots = [str(home / "federated" / name) for name in ("north", "south", "east")]
+    for process, text in logs.items():
+        opened = text.splitlines()
+        assert not [p for p in opened if any(p.startswith(root) for root in site_roots)], process
+
+
+def _kill_when_training(federation, site: str, killed: threading.Event) -> None:  # type: ignore[no-untyped-def]
+    """SIGKILL the site's SuperNode as soon as it has started a ClientApp for the round (mid-round)."""
+
+    def watch() -> None:
+        log = federation.log_path(f"supernode-{site}")
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if log.is_file() and "Start `flwr-clientapp` process" in log.read_text(errors="replace"):
+                federation.kill_site(site)
+                killed.set()
+                return
+            time.sleep(0.2)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def test_a_supernode_killed_mid_round(federated_run: dict, tmp_path: Path) -> None:
+    home = federated_run["home"]
+    policy_path = federated_policy(
+        tmp_path / "policy", rounds=1, local_epochs=1, secure_aggregation=False, min_sites=2, round_timeout_s=90
+    )
+    loaded = load_policy(policy_path)
+    prepared = load_policy(federated_run["policy"])  # the module's run prepared the sites (same people, data)
+    sites = {name: site_dir(WorkspacePaths(home=str(home)), prepared, name) for name in SITES}
+    ledger = PrivacyLedger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    killed = threading.Event()
+    try:
+        outcome = run_federation(
+            loaded,
+            sites,
+            tmp_path / "federation",
+            ledger,
+            request_key="kill",
+            on_started=lambda federation: _kill_when_training(federation, "east", killed),
+        )
+    except PPMLError as error:  # failing cleanly is allowed: one line, every site keeps its pre-charge
+        assert killed.is_set() and "\n" not in str(error)
+        runs = ledger.runs()
+        assert {r.status for r in runs} == {"failed"} and len(runs) == 3
+        assert all(r.epsilon_charged > 0 for r in runs)
+        return
+    assert killed.is_set()
+    assert outcome.history["rounds"][0]["results"] == 2  # the round completed with the two remaining sites
+    runs = {site: ledger.run(run_id) for site, run_id in outcome.ledger_runs.items()}
+    assert runs["east"].status == "failed" and runs["east"].epsilon_charged == pytest.approx(
+        outcome.plans["east"].epsilon
+    )
+    assert runs["north"].status == runs["south"].status == "completed"
