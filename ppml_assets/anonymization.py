@@ -81,7 +81,6 @@ def anonymized_records(
             "window_first_partition": window[0],
             "window_last_partition": window[-1],
             "window_partitions": len(window),
-            "row_count": len(result.data),
             "records_in": result.records_in,
             "suppressed_records": result.suppressed_records,
             "transformation": MetadataValue.json(result.transformation),

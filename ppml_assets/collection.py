@@ -64,7 +64,6 @@ def raw_records(
             "rows_read": rows_read,
             "rows_excluded_by_erasure": excluded,
             "rows_dropped_as_duplicates": dropped,
-            "row_count": rows_read - excluded - dropped,
             # per day, so that a window's totals can be summed from any mix of single-day and range runs
             "rows_per_partition": MetadataValue.json(counts),
             "content_sha256": MetadataValue.json(hashes) if len(hashes) > 1 else next(iter(hashes.values())),

@@ -8,6 +8,7 @@ the refusal in the MLflow run and registry tags and writes the report, because n
 """
 
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +21,13 @@ from dagster import (
 )
 
 from ppml.anonymization.policy_config import config_from_policy
-from ppml.compliance import REQUIREMENTS, evaluate_requirements, failing
+from ppml.compliance import NOT_REQUIRED, REQUIREMENTS, evaluate_requirements, failing
 from ppml.deployment import decide_promotion
 from ppml.evaluation import scan_for_identifiers
 from ppml.policy import IdentifierAction, LoadedPolicy
 from ppml.reporting import write_report
 from ppml_assets.common import latest_metadata
-from ppml_assets.graph import policy_asset, policy_asset_check
+from ppml_assets.graph import policy_asset, policy_multi_asset_check
 from ppml_assets.settings import window_partition_keys
 from resources import AssetStore, MlflowResource, PolicyResource, PseudonymizationKey, WorkspacePaths
 
@@ -325,11 +326,22 @@ def _verdict_table(checks: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _gate_check(requirement: str, description: str):  # type: ignore[no-untyped-def]
-    @policy_asset_check(asset="compliance_status", name=requirement, description=description, blocking=True)
-    def gate(context: AssetCheckExecutionContext, compliance_status: dict) -> AssetCheckResult:
-        verdict = next(c for c in compliance_status["checks"] if c["name"] == requirement)
-        return AssetCheckResult(
+#: The op that computes every requirement's gate check (its step key, for the demo's failure summary).
+GATE_OP = "compliance_requirement_gates"
+
+
+@policy_multi_asset_check(asset="compliance_status", checks=REQUIREMENTS, blocking=True)
+def compliance_requirement_gates(
+    context: AssetCheckExecutionContext, compliance_status: dict
+) -> Iterator[AssetCheckResult]:
+    """One blocking check per requirement the policy sets; a requirement it does not set (no limit) yields no
+    result, so Dagster shows that check as skipped rather than passed."""
+    selected = {key.name for key in context.selected_asset_check_keys}
+    for verdict in compliance_status["checks"]:
+        if verdict["name"] not in selected or verdict["detail"] == NOT_REQUIRED:
+            continue
+        yield AssetCheckResult(
+            check_name=verdict["name"],
             passed=bool(verdict["passed"]),
             description=(
                 f"{verdict['requirement']}: measured {verdict['measured']}, limit {verdict['limit']}. "
@@ -341,8 +353,3 @@ def _gate_check(requirement: str, description: str):  # type: ignore[no-untyped-
                 "evidence": MetadataValue.json(verdict["evidence"] or {}),
             },
         )
-
-    return gate
-
-
-compliance_gate_checks = [_gate_check(name, description) for name, description in REQUIREMENTS.items()]

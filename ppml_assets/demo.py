@@ -102,12 +102,14 @@ def _write_step_traces(result: Any) -> Path | None:
 
 def _failure_messages(result: Any) -> list[str]:
     """One line per failed check (saying what failed) and per other failed step (the error's last line)."""
+    from ppml_assets.compliance import GATE_OP
+
     failed_checks = [evaluation for evaluation in result.get_asset_check_evaluations() if not evaluation.passed]
     messages = [f"check {e.check_name} on {e.asset_key.to_user_string()}: {e.description}" for e in failed_checks]
     for event in result.all_events:
         if not (event.is_step_failure and event.step_failure_data is not None):
             continue
-        if any(event.step_key.endswith(e.check_name) for e in failed_checks):
+        if any(event.step_key.endswith(name) for name in (GATE_OP, *(e.check_name for e in failed_checks))):
             continue  # a blocking check's own step failure: described above
         error = event.step_failure_data.error
         cause = error.cause if error is not None and error.cause is not None else error
@@ -332,7 +334,7 @@ def _print_summary(console: Console, instance: Any, outcome: DemoOutcome, report
         (
             "anonymized_records",
             lambda m: (
-                f"{m.get('row_count')} records, smallest class {m.get('min_class_size')}, "
+                f"{m.get('dagster/row_count')} records, smallest class {m.get('min_class_size')}, "
                 f"{m.get('suppressed_records')} suppressed"
             ),
         ),

@@ -30,7 +30,6 @@ def cleaned_records(
     )
     context.add_output_metadata(
         {
-            "row_count": len(cleaned),
             "selected_features": MetadataValue.json(report.selected),
             "feature_decisions": MetadataValue.json(report.to_dict()["decisions"]),
             "share_below_k": round(report.share_below_k, 6),
