@@ -5,6 +5,7 @@ from typing import Any
 
 import pandas as pd
 from dagster import (
+    AssetCheckExecutionContext,
     AssetCheckResult,
     AssetExecutionContext,
     BackfillPolicy,
@@ -13,9 +14,10 @@ from dagster import (
 
 from ppml.collection import collect_partition, read_erasure_list
 from ppml.expectations import raw_records_suite
+from ppml_assets.data_quality import data_quality_page_metadata
 from ppml_assets.graph import policy_asset, policy_asset_check
 from ppml_assets.requirements import require_current_policy
-from resources import PolicyResource, RecordSource
+from resources import PolicyResource, RecordSource, WorkspacePaths
 
 
 @policy_asset(
@@ -75,11 +77,17 @@ def raw_records(
 
 
 @policy_asset_check(asset="raw_records", blocking=True)
-def raw_records_expectations(raw_records: pd.DataFrame, policy: PolicyResource) -> AssetCheckResult:
+def raw_records_expectations(
+    context: AssetCheckExecutionContext, raw_records: pd.DataFrame, policy: PolicyResource, paths: WorkspacePaths
+) -> AssetCheckResult:
     """GX suite: schema, types, not-null and plausible ranges of the collected records."""
     outcome = raw_records_suite(policy.load().policy, raw_records)
     return AssetCheckResult(
         passed=outcome.success,
         description=outcome.summary(),
-        metadata={"expectations": MetadataValue.json(outcome.results), "failed": len(outcome.failures)},
+        metadata={
+            "expectations": MetadataValue.json(outcome.results),
+            "failed": len(outcome.failures),
+            **data_quality_page_metadata(context, outcome, "raw_records", paths),
+        },
     )

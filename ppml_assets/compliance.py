@@ -27,7 +27,9 @@ from ppml.evaluation import scan_for_identifiers
 from ppml.policy import IdentifierAction, LoadedPolicy
 from ppml.reporting import write_report
 from ppml_assets.common import latest_metadata
+from ppml_assets.data_quality import PAGE_KEY
 from ppml_assets.graph import policy_asset, policy_multi_asset_check
+from ppml_assets.mlflow_evidence import record_in_mlflow
 from ppml_assets.settings import window_partition_keys
 from resources import AssetStore, MlflowResource, PolicyResource, PseudonymizationKey, WorkspacePaths
 
@@ -146,8 +148,14 @@ def data_quality_results(instance: Any, run_id: str) -> list[dict[str, Any]]:
         evaluation = record.event_log_entry.dagster_event.event_specific_data
         if evaluation.check_name in REQUIREMENTS:
             continue
+        page = evaluation.metadata.get(PAGE_KEY)
         results.append(
-            {"name": evaluation.check_name, "asset": evaluation.asset_key.to_user_string(), "passed": evaluation.passed}
+            {
+                "name": evaluation.check_name,
+                "asset": evaluation.asset_key.to_user_string(),
+                "passed": evaluation.passed,
+                "page": page.value if page is not None else None,
+            }
         )
     return results
 
@@ -274,7 +282,7 @@ def compliance_status(
             "total_checks": len(verdicts),
             "failing_checks": MetadataValue.json(failed),
             "verdicts": MetadataValue.md(_verdict_table(evidence["checks"])),
-            "report": MetadataValue.path(str(files.html)),
+            **record_in_mlflow(mlflow, evidence, files),
         }
     )
     return {"checks": evidence["checks"], "failing": failed, "evidence": evidence}

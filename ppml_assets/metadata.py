@@ -87,9 +87,14 @@ def mlflow_ui_base() -> str:
     return (os.environ.get("PPML_MLFLOW_UI_URL") or "http://127.0.0.1:5000").rstrip("/")
 
 
-def mlflow_run_url(experiment_id: str, run_id: str) -> MetadataValue:
-    """A link to an MLflow run's page in the MLflow UI."""
-    return MetadataValue.url(f"{mlflow_ui_base()}/#/experiments/{experiment_id}/runs/{run_id}")
+def mlflow_run_url(run_id: str) -> MetadataValue:
+    """A link to an MLflow run's page in the MLflow UI (its ``/runs/<id>`` route finds the experiment)."""
+    return MetadataValue.url(f"{mlflow_ui_base()}/#/runs/{run_id}")
+
+
+def mlflow_artifact_url(run_id: str, artifact: str) -> MetadataValue:
+    """A link to one of a run's artifacts in the MLflow UI (the report, evidence.json, a data-quality page)."""
+    return MetadataValue.url(f"{mlflow_ui_base()}/#/runs/{run_id}/artifacts/{artifact}")
 
 
 def mlflow_model_version_url(model_name: str, version: str | int) -> MetadataValue:

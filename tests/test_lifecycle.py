@@ -138,6 +138,12 @@ def test_hipaa_safe_harbor_lifecycle(tmp_path: Path, landing_zone: Path) -> None
         assert result.success, [e.message for e in result.all_events if e.is_failure]
         warnings = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
         assert warnings["budget_not_near_exhaustion"] is True
+        assert "t_closeness" not in warnings  # not set by the policy: skipped, not passed
+        evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
+        page = Path(evaluations["cleaned_records_expectations"].metadata["data_quality_page"].value)
+        assert page.is_file() and "expect_column_values_to_not_be_null" in page.read_text()
+        status = result.asset_materializations_for_node("compliance_status")[0].metadata
+        assert status["mlflow_run"].value.startswith("http") and "report_in_mlflow" in status
     released = pd.read_parquet(workspace.home / "assets" / "anonymized_records" / f"{window[-1]}.parquet")
     assert "record_id" not in released.columns and "event_date" not in released.columns
     assert released["zip"].astype(str).str.fullmatch(r"\d{3}|\d{2}\*|\d\*\*|\*").all()
@@ -152,6 +158,39 @@ def test_hipaa_safe_harbor_lifecycle(tmp_path: Path, landing_zone: Path) -> None
     deidentified = pd.read_parquet(workspace.home / "assets" / "deidentified_records" / f"{window[-1]}.parquet")
     replayed = {served.builder.released_values(r)["zip"] for r in deidentified.head(200).to_dict("records")}
     assert replayed <= set(released["zip"].astype(str)) | {"*"}
+    _assert_mlflow_holds_the_evidence(client, evidence, window)
+    linked = {c["name"]: c["page"] for c in evidence["data_quality_checks"]}
+    assert linked["cleaned_records_expectations"] == str(page)
+    assert f'href="file://{page}"' in (workspace.home / "reports" / window[-1] / "report.html").read_text()
+
+
+def _assert_mlflow_holds_the_evidence(client: MlflowClient, evidence: dict, window: list[str]) -> None:
+    """Test, attack and audit metrics on the training run; the audit as its own run; the report and evidence
+    attached; a compact window tag; the model version described."""
+    run = client.get_run(evidence["training"]["mlflow_run_id"])
+    for metric in ("test_accuracy", "test_roc_auc", "mia_strongest_auc", "compliance_checks_passed"):
+        assert metric in run.data.metrics, metric
+    assert run.data.metrics["test_accuracy"] == evidence["model_evaluation"]["dp"]["accuracy"]
+    assert run.data.tags["ppml.window"] == f"{window[0]}..{window[-1]} ({len(window)} days)"
+    assert "ppml.partitions" not in run.data.tags
+    attached = {a.path for a in client.list_artifacts(run.info.run_id, "compliance")}
+    assert attached == {"compliance/report.html", "compliance/evidence.json"}
+    version = client.get_model_version(evidence["training"]["model_name"], str(evidence["training"]["model_version"]))
+    assert "requirements passed" in version.description and "epsilon" in version.description
+    assert float(version.tags["ppml.test_accuracy"]) == pytest.approx(run.data.metrics["test_accuracy"], rel=1e-5)
+
+
+def _assert_the_audit_is_its_own_mlflow_run(client: MlflowClient, evidence: dict) -> None:
+    """The audit trains on real records and spends epsilon: its own run beside the runs it audits, its bound
+    also on the audited run and the model version."""
+    trained = client.get_run(evidence["training"]["mlflow_run_id"])
+    audit = client.get_run(evidence["audit"]["mlflow_run_id"])
+    assert audit.data.tags["ppml.role"] == "audit" and audit.data.tags["ppml.audited_run_id"] == trained.info.run_id
+    assert audit.data.tags["mlflow.parentRunId"] == evidence["training"]["mlflow_parent_run_id"]
+    assert audit.data.metrics["audit_epsilon_lower_bound"] == pytest.approx(evidence["audit"]["epsilon_lower_bound"])
+    assert trained.data.metrics["audit_epsilon_lower_bound"] == audit.data.metrics["audit_epsilon_lower_bound"]
+    version = client.get_model_version(evidence["training"]["model_name"], str(evidence["training"]["model_version"]))
+    assert "empirical epsilon lower bound" in version.description
 
 
 def _overfit_non_private_model():  # type: ignore[no-untyped-def]
@@ -305,3 +344,4 @@ def test_broken_dp_training_is_caught_by_the_empirical_audit(tmp_path: Path, lan
     assert evidence["audit"]["alarm"] is True and evidence["audit"]["fault_injection"] == 0.0
     assert evidence["audit"]["epsilon_lower_bound"] > evidence["audit"]["claimed_epsilon"]
     assert "empirical_epsilon_audit" in evidence["decision"]["failing_checks"]
+    _assert_the_audit_is_its_own_mlflow_run(MlflowClient(workspace.resources["mlflow"].tracking_uri), evidence)

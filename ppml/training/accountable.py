@@ -52,7 +52,13 @@ from ppml.training.planning import (
     plan_selection,
 )
 from ppml.training.selection import CandidateResult, balanced_at_mean_prediction, select_best, validation_scores
-from ppml.training.selection_tracking import close_candidate_runs, close_selection_run, open_selection_run
+from ppml.training.selection_tracking import (
+    TAG_WINDOW,
+    close_candidate_runs,
+    close_selection_run,
+    open_selection_run,
+    window_tag,
+)
 
 if TYPE_CHECKING:
     from ppml.tracking import TrainingTracker
@@ -478,7 +484,7 @@ def _open_candidate_run(
             "ppml.candidate_index": str(index),
             "ppml.private": "true",
             "ppml.ledger_run_id": run_id,
-            "ppml.partitions": ",".join(session.scope.partitions),
+            TAG_WINDOW: window_tag(session.scope.partitions),
         },
     )
     session.ledger.set_mlflow_run(run_id, mlflow_run_id)

@@ -27,7 +27,7 @@ TAGS = {
     "dagster.run_id": "run-1",
     "ppml.policy_sha256": "p" * 64,
     "ppml.data_sha256": "d" * 64,
-    "ppml.partitions": "2026-03-07",
+    "ppml.window": "2026-03-07..2026-03-07 (1 day)",
 }
 
 
