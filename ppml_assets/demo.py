@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from ppml.console_text import labelled
 from ppml.data_days import landing_zone_days, partition_bounds, sql_days
 from ppml.errors import PPMLError, input_error
 from ppml.landing_zone import ensure_bundled_landing_zone, landing_days, landing_file
@@ -131,7 +132,7 @@ def _prepared_workspace(console: Console, demo_key: str = "never") -> Any:
     logging.getLogger("mlflow").setLevel(logging.ERROR)
     workspace, notes = prepare_workspace(demo_key=demo_key)  # type: ignore[arg-type]
     for note in notes:
-        console.print(f"[yellow]note:[/] {note}")
+        console.print(labelled("note", note), highlight=False)
     console.print(f"Workspace: {workspace.home}")
     return workspace
 
@@ -360,7 +361,7 @@ def _print_summary(console: Console, instance: Any, outcome: DemoOutcome, report
         table.add_row(asset, describe(metadata) if metadata else "[dim]not materialized[/]")
     console.print(table)
     for failure in outcome.failures:
-        console.print(f"[bold red]failed:[/] {failure}")
+        console.print(labelled("failed", failure, "bold red"), highlight=False)
     report = report_dir / "report.html"
     if report.exists():
         outcome.report = report

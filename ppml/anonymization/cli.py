@@ -10,6 +10,7 @@ import json
 import os
 import sys
 import tempfile
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -23,6 +24,13 @@ from ppml.anonymization.metrics import METRICS
 from ppml.anonymization.models import LDiversity, TCloseness
 from ppml.anonymization.verify import verify_release
 from ppml.errors import PPMLError, input_error
+
+#: The variants the engine implements (offered as the options' choices, and checked again for API callers).
+L_VARIANTS = ["distinct", "entropy", "recursive"]
+T_VARIANTS = ["equal", "hierarchical"]
+LVariant = StrEnum("LVariant", {name: name for name in L_VARIANTS})
+TVariant = StrEnum("TVariant", {name: name for name in T_VARIANTS})
+Metric = StrEnum("Metric", {name: name for name in METRICS})
 
 __all__ = ["anonymize_command", "read_table"]
 
@@ -104,11 +112,11 @@ def build_cli_config(
     sensitive_names = _split(sensitive)
     if (l_value is not None or t is not None) and not sensitive_names:
         raise input_error("command line", "--sensitive", "--l/--t need a sensitive attribute", "pass --sensitive s")
-    if l_variant not in ("distinct", "entropy", "recursive"):
+    if l_variant not in L_VARIANTS:
         raise input_error(
             "command line", "--l-variant", f"unknown variant '{l_variant}'", "use distinct, entropy, recursive"
         )
-    if t_variant not in ("equal", "hierarchical"):
+    if t_variant not in T_VARIANTS:
         raise input_error("command line", "--t-variant", f"unknown variant '{t_variant}'", "use equal or hierarchical")
     if l_value is not None and l_variant == "recursive" and c is None:
         raise input_error("command line", "--c", "recursive (c,l)-diversity needs c", "pass --c 2")
@@ -162,18 +170,19 @@ def anonymize_command(
     sensitive: Annotated[str | None, typer.Option("--sensitive", help="Sensitive attribute(s) for l/t.")] = None,
     k: Annotated[int | None, typer.Option("--k", help="k-anonymity.")] = None,
     l_value: Annotated[float | None, typer.Option("--l", help="l-diversity of the sensitive attribute(s).")] = None,
-    l_variant: Annotated[str, typer.Option("--l-variant", help="distinct | entropy | recursive")] = "distinct",
+    l_variant: Annotated[LVariant, typer.Option("--l-variant", help="The l-diversity variant.")] = LVariant.distinct,
     c: Annotated[float | None, typer.Option("--c", help="c of recursive (c,l)-diversity.")] = None,
     t: Annotated[float | None, typer.Option("--t", help="t-closeness of the sensitive attribute(s).")] = None,
-    t_variant: Annotated[str, typer.Option("--t-variant", help="equal | hierarchical")] = "equal",
+    t_variant: Annotated[TVariant, typer.Option("--t-variant", help="The t-closeness distance.")] = TVariant.equal,
     suppression: Annotated[float, typer.Option("--suppression", help="Largest share of records removed.")] = 0.0,
-    metric: Annotated[str, typer.Option("--metric", help="loss | discernibility | entropy | aecs")] = "loss",
+    metric: Annotated[Metric, typer.Option("--metric", help="The information-loss metric.")] = Metric.loss,
     sep: Annotated[str, typer.Option("--sep", help="Field separator of the input (and output) CSV.")] = ",",
     policy: Annotated[
         Path | None, typer.Option("--policy", help="Take QIs, hierarchies and models from a policy file.")
     ] = None,
 ) -> None:
     """Anonymize a CSV with optimal full-domain generalization and record suppression (ARX-compatible)."""
+    l_variant, t_variant, metric = str(l_variant), str(t_variant), str(metric)  # plain names for the engine
     try:
         data = read_table(input, sep)
         safety = None
