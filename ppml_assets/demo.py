@@ -21,7 +21,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.table import Column, Table
 
 from ppml.console_text import labelled
 from ppml.data_days import landing_zone_days, partition_bounds, sql_days
@@ -69,9 +69,17 @@ def _execute_with_progress(
         except Exception as error:  # reported below; the thread must not die silently
             outcome["error"] = error
 
+    from ppml.training.progress import add_listener, remove_listener
+
+    epoch = {"line": ""}
+
+    def on_epoch(line: str) -> None:  # per-epoch training progress, from the training in this process
+        epoch["line"] = line
+
+    add_listener(on_epoch)
     worker = threading.Thread(target=target, daemon=True)
     worker.start()
-    seen = 0
+    seen, last = 0, ""
     while worker.is_alive():
         worker.join(timeout=0.5)
         try:
@@ -81,7 +89,10 @@ def _execute_with_progress(
         if len(records) != seen:
             seen = len(records)
             last = records[-1].dagster_event.step_key if records else ""
-            progress.update(task, completed=seen, description=f"{label}: {last}")
+            epoch["line"] = ""
+        detail = f"{last} · {epoch['line']}" if epoch["line"] else last
+        progress.update(task, completed=seen, description=f"{label}: {detail}")
+    remove_listener(on_epoch)
     if "error" in outcome:
         raise outcome["error"]
     result = outcome["result"]
@@ -288,18 +299,25 @@ def _artifact_location(tracking_uri: str) -> str:
     return experiment.artifact_location if experiment is not None else str(configured.artifact_location or "")
 
 
+def lifecycle_progress(console: Console) -> Progress:
+    """The runs' progress display: the description is cut with an ellipsis so the step count and the elapsed
+    time always stay on one 80-column line."""
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}", table_column=Column(ratio=1, no_wrap=True, overflow="ellipsis")),
+        BarColumn(bar_width=10),
+        TextColumn("{task.completed:>2} steps", table_column=Column(no_wrap=True)),
+        TimeElapsedColumn(table_column=Column(no_wrap=True)),
+        console=console,
+        expand=True,
+    )
+
+
 def _run_the_three(as_of: str, window: list[str], console: Console, instance: Any, current: dict[str, str]) -> Any:
     """The three runs in order; the first that fails ends the sequence."""
     from ppml_assets.definitions import defs
 
-    with Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed} steps"),
-        TimeElapsedColumn(),
-        console=console,
-    ) as progress:
+    with lifecycle_progress(console) as progress:
         runs = [
             ("1/3 policy", defs.resolve_job_def("requirements_job"), {}),
             (

@@ -99,3 +99,18 @@ def test_library_log_lines_go_to_the_private_log_file(tmp_path: Path) -> None:
     assert "Creating initial MLflow database tables" in text and "a library warning" in text
     assert stat.S_IMODE(log.stat().st_mode) == 0o600
     assert stat.S_IMODE(log.parent.stat().st_mode) == 0o700
+
+
+def test_the_progress_line_keeps_steps_and_elapsed_time_within_80_columns() -> None:
+    from rich.console import Console
+
+    from ppml_assets.demo import lifecycle_progress
+
+    console = Console(width=80, record=True, force_terminal=True, color_system=None)
+    progress = lifecycle_progress(console)
+    task = progress.add_task("3/3 anonymization .. compliance report: dp_model · candidate 3 epoch 7/10 eps 0.61")
+    progress.update(task, completed=12)
+    console.print(progress.make_tasks_table(progress.tasks))
+    lines = [line for line in console.export_text().splitlines() if line.strip()]
+    assert len(lines) == 1 and len(lines[0]) <= 80
+    assert "12 steps" in lines[0] and "0:00:0" in lines[0] and "…" in lines[0]

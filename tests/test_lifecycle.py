@@ -82,6 +82,42 @@ def test_make_demo_path_promotes_the_dp_model(tmp_path: Path) -> None:
     raw = pd.read_csv(tmp_path / "ppml-home" / "landing" / "event_date=2026-04-30" / "records.csv", dtype=str)
     for column in ("name", "ssn", "email", "phone", "street_address"):
         assert not any(value in html for value in raw[column]), column
+    _assert_console_is_the_operators(completed.stdout + completed.stderr)
+    _inspect_the_demo_workspace(env, tmp_path / "ppml-home", report)
+
+
+#: Library log lines that must never reach the console (they go to $PPML_HOME/logs/ppml.log).
+LIBRARY_LINES = ("INFO mlflow", "alembic", "ephemeral docs site", "emitted no result", "Warning:", "WARNING")
+
+
+def _assert_console_is_the_operators(output: str) -> None:
+    for needle in LIBRARY_LINES:
+        assert needle not in output, needle
+    assert all(len(line) <= 80 for line in output.splitlines()), [
+        line for line in output.splitlines() if len(line) > 80
+    ]
+
+
+def _inspect_the_demo_workspace(env: dict, home: Path, report: Path) -> None:
+    """`ppml status`, `ppml ledger` and `ppml report` on the workspace the demo just filled."""
+    ppml = str(Path(sys.executable).parent / "ppml")
+
+    def run(*args: str) -> str:
+        done = subprocess.run([ppml, *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        assert all(len(line) <= 80 for line in done.stdout.splitlines()), done.stdout
+        return done.stdout
+
+    status = run("status")
+    assert "training_job" in status and "collection_job" in status and "success" in status
+    total = len(REQUIREMENTS)
+    assert f"compliance as of 2026-04-30: {total} of {total} requirements passed" in status
+    assert "adult-census-1994" in status and "left ε" in status
+    ledger = run("ledger")
+    assert "completed" in ledger and " dp " in ledger.replace("│", " ")
+    before = report.stat().st_mtime_ns
+    rendered = run("report", "--as-of", "2026-04-30")
+    assert str(report) in rendered.replace("\n", "") and report.stat().st_mtime_ns > before
 
 
 @pytest.mark.postgres
