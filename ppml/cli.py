@@ -340,7 +340,7 @@ def erasure_status_command(
 
 def _register_optional_commands() -> None:
     """Commands whose engines live in their own packages."""
-    from ppml.anonymization.cli import anonymize_command
+    from ppml.cli_anonymize import anonymize_command  # the engine is imported when the command runs
 
     app.command("anonymize", help="Anonymize a CSV file with the same engine the anonymized_records asset uses.")(
         anonymize_command

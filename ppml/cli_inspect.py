@@ -11,20 +11,24 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from ppml.errors import PPMLError, input_error
-from ppml.workspace import Workspace, default_home
+
+if TYPE_CHECKING:  # the workspace module imports pandas: only when a command runs
+    from ppml.workspace import Workspace
 
 console = Console(width=min(Console().width, 80), highlight=False)
 
 
 def _workspace() -> Workspace:
     """The workspace of PPML_HOME (default ``.ppml``), refused in one line when nothing ran there yet."""
+    from ppml.workspace import Workspace, default_home
+
     workspace = Workspace(default_home())
     if not workspace.dagster_home.is_dir() and "DAGSTER_HOME" not in os.environ:
         raise input_error(
