@@ -48,6 +48,17 @@ def test_the_choices_are_the_engines_own_names() -> None:
     assert list(METRICS) == METRIC_NAMES
 
 
+def test_the_report_identifier_check_finds_exactly_the_values_of_six_or_more_characters() -> None:
+    from ppml.reporting import _find_forbidden
+
+    document = '{"name": "Jennifer Strickland", "zip": "63723", "note": "ssn 189-34-403"}'
+    assert _find_forbidden(document, {"Jennifer Strickland"})
+    assert _find_forbidden(document, {"nothing here", "Strick"})  # a substring of the document, 6 characters
+    assert not _find_forbidden(document, {"63723"})  # shorter than 6: not searched for
+    assert not _find_forbidden(document, {"189-34-4030", "Jennifer Stricklands"})
+    assert not _find_forbidden("", {"Jennifer"}) and not _find_forbidden(document, set())
+
+
 def test_fast_start_bench_smoke(tmp_path) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "fast_start.md"
     done = subprocess.run(
