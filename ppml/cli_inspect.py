@@ -27,8 +27,10 @@ console = Console(width=min(Console().width, 80), highlight=False)
 
 def _workspace() -> Workspace:
     """The workspace of PPML_HOME (default ``.ppml``), refused in one line when nothing ran there yet."""
+    from ppml.private_files import use_private_umask
     from ppml.workspace import Workspace, default_home
 
+    use_private_umask()  # a re-rendered report, like every file of the workspace, is owner-only
     workspace = Workspace(default_home())
     if not workspace.dagster_home.is_dir() and "DAGSTER_HOME" not in os.environ:
         raise input_error(
@@ -223,7 +225,7 @@ def report_command(
             "fix: pass one of those days"
         )
     files = write_report(json.loads(evidence_file.read_text()), folder)
-    console.print(f"Compliance report: {files.html}", markup=False, soft_wrap=True)
+    console.print(f"Compliance report: {files.html}", markup=False)  # folded at 80 columns, like the demo
 
 
 def register_inspect_commands(app: typer.Typer) -> None:

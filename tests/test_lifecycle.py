@@ -8,6 +8,7 @@ Done-when scenarios of the gate, each on the real graph:
 
 import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -118,6 +119,7 @@ def _inspect_the_demo_workspace(env: dict, home: Path, report: Path) -> None:
     before = report.stat().st_mtime_ns
     rendered = run("report", "--as-of", "2026-04-30")
     assert str(report) in rendered.replace("\n", "") and report.stat().st_mtime_ns > before
+    assert stat.S_IMODE(report.stat().st_mode) == 0o600
 
 
 @pytest.mark.postgres
