@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 
 LOG_NAME = "ppml.log"
@@ -35,10 +36,15 @@ def route_library_logs(home: Path | None = None) -> Path:
     """Send every library logger (through the root logger) and Python warnings to the private log file.
 
     MLflow is told not to install its own console handler (``MLFLOW_CONFIGURE_LOGGING=false``, read when mlflow
-    is imported), so its lines propagate here too. Idempotent: a second call keeps one handler."""
+    is imported), so its lines propagate here too; a console handler a library put on the root logger is
+    removed, and with this handler in place a later ``logging.basicConfig`` (opacus calls it when imported) does
+    nothing. Idempotent: a second call keeps one handler."""
     os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
     path = library_log_path(home)
     root = logging.getLogger()
+    for handler in list(root.handlers):  # e.g. opacus calls logging.basicConfig(stream=sys.stderr) on import
+        if isinstance(handler, logging.StreamHandler) and getattr(handler, "stream", None) in (sys.stderr, sys.stdout):
+            root.removeHandler(handler)
     for handler in root.handlers:
         if isinstance(handler, PrivateFileHandler) and Path(handler.baseFilename) == path:
             return path

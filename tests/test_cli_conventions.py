@@ -82,7 +82,10 @@ def test_report_names_the_days_it_has(cli, tmp_path: Path) -> None:  # type: ign
 def test_library_log_lines_go_to_the_private_log_file(tmp_path: Path) -> None:
     """MLflow announces its table creation; with the routing it reaches the owner-only file, not the console."""
     script = (
-        "from ppml.library_logs import route_library_logs; import sys; route_library_logs();"
+        "import logging, sys; logging.basicConfig(stream=sys.stderr);"  # what opacus does when imported
+        "from ppml.library_logs import route_library_logs; route_library_logs();"
+        "logging.basicConfig(stream=sys.stderr);"
+        "logging.getLogger('great_expectations.x').info('Created temporary directory for ephemeral docs site');"
         "import warnings; warnings.warn('a library warning');"
         "from mlflow import MlflowClient;"
         f"MlflowClient(tracking_uri='sqlite:///{tmp_path}/mlflow.db').search_experiments()"
@@ -97,6 +100,7 @@ def test_library_log_lines_go_to_the_private_log_file(tmp_path: Path) -> None:
     log = tmp_path / "home" / "logs" / "ppml.log"
     text = log.read_text()
     assert "Creating initial MLflow database tables" in text and "a library warning" in text
+    assert "ephemeral docs site" in text
     assert stat.S_IMODE(log.stat().st_mode) == 0o600
     assert stat.S_IMODE(log.parent.stat().st_mode) == 0o700
 
