@@ -159,7 +159,7 @@ def test_lifecycle_on_postgresql_instance_storage(tmp_path: Path, landing_zone: 
     assert _evidence(workspace.home, window[-1])["decision"]["promoted"] is True
 
 
-def test_hipaa_safe_harbor_lifecycle(tmp_path: Path, landing_zone: Path) -> None:
+def test_hipaa_safe_harbor_lifecycle(tmp_path: Path, landing_zone: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The HIPAA policy end to end: Safe Harbor de-identification, ZIP3 as a generalized quasi-identifier."""
     from tests.support import HIPAA_POLICY
 
@@ -182,6 +182,7 @@ def test_hipaa_safe_harbor_lifecycle(tmp_path: Path, landing_zone: Path) -> None
         assert page.is_file() and "expect_column_values_to_not_be_null" in page.read_text()
         status = result.asset_materializations_for_node("compliance_status")[0].metadata
         assert status["mlflow_run"].value.startswith("http") and "report_in_mlflow" in status
+        _inspect_with_the_cli(monkeypatch, instance, workspace, window[-1])
     released = pd.read_parquet(workspace.home / "assets" / "anonymized_records" / f"{window[-1]}.parquet")
     assert "record_id" not in released.columns and "event_date" not in released.columns
     assert released["zip"].astype(str).str.fullmatch(r"\d{3}|\d{2}\*|\d\*\*|\*").all()
@@ -200,6 +201,29 @@ def test_hipaa_safe_harbor_lifecycle(tmp_path: Path, landing_zone: Path) -> None
     linked = {c["name"]: c["page"] for c in evidence["data_quality_checks"]}
     assert linked["cleaned_records_expectations"] == str(page)
     assert f'href="file://{page}"' in (workspace.home / "reports" / window[-1] / "report.html").read_text()
+
+
+def _inspect_with_the_cli(monkeypatch: pytest.MonkeyPatch, instance, workspace, as_of: str) -> None:  # type: ignore[no-untyped-def]
+    """`ppml status`, `ppml ledger` and `ppml report` (in-process) on the workspace this test just ran."""
+    from typer.testing import CliRunner
+
+    from ppml.cli import app
+
+    monkeypatch.setenv("PPML_HOME", str(workspace.home))
+    monkeypatch.setenv("DAGSTER_HOME", instance.root_directory)
+    monkeypatch.setenv("PPML_LEDGER_URL", workspace.resources["ledger"].url)
+    monkeypatch.setenv("PPML_POLICY", str(workspace.policy))
+    runner = CliRunner()
+    status = runner.invoke(app, ["status"])
+    assert status.exit_code == 0, status.output
+    assert "training_job" in status.output and f"compliance as of {as_of}:" in status.output
+    assert "left ε" in status.output and all(len(line) <= 80 for line in status.output.splitlines())
+    ledger = runner.invoke(app, ["ledger"])
+    assert ledger.exit_code == 0 and "completed" in ledger.output, ledger.output
+    report = workspace.home / "reports" / as_of / "report.html"
+    rendered = runner.invoke(app, ["report", "--as-of", as_of])
+    assert rendered.exit_code == 0 and str(report) in rendered.output.replace("\n", ""), rendered.output
+    assert stat.S_IMODE(report.stat().st_mode) == 0o600
 
 
 def _assert_mlflow_holds_the_evidence(client: MlflowClient, evidence: dict, window: list[str]) -> None:
