@@ -30,6 +30,7 @@ from ppml_assets.common import latest_metadata
 from ppml_assets.data_quality import PAGE_KEY
 from ppml_assets.graph import policy_asset, policy_multi_asset_check
 from ppml_assets.mlflow_evidence import record_in_mlflow
+from ppml_assets.serving_monitoring import latest_serving_monitoring
 from ppml_assets.settings import window_partition_keys
 from resources import AssetStore, MlflowResource, PolicyResource, PseudonymizationKey, WorkspacePaths
 
@@ -253,6 +254,7 @@ def compliance_status(
         ),
         "mlflow": {"tracking_uri_redacted": _redact(mlflow.tracking_uri)},
         "data_quality_checks": data_quality_results(instance, context.run.run_id),
+        "serving_monitoring": latest_serving_monitoring(instance, key("serving_monitoring")),
     }
     verdicts = evaluate_requirements(loaded.policy, evidence)
     evidence["checks"] = [verdict.to_dict() for verdict in verdicts]

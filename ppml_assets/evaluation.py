@@ -64,9 +64,11 @@ def model_evaluation(
     splits = feature_splits(training_features)
     model = ServedModel(dp_model["model_uri"], mlflow.tracking_uri)
     test = splits["test"]
+    scores = model.predict_proba(test.X)
+    record_score_reference(mlflow, dp_model, scores)
     measured = utility_report(
         test.y,
-        model.predict_proba(test.X),
+        scores,
         model="dp",
         groups=protected_groups(cleaned_records, loaded, "test"),
         seed=loaded.policy.training.seed,
@@ -139,6 +141,15 @@ def model_evaluation(
         }
     )
     return result
+
+
+def record_score_reference(mlflow: MlflowResource, dp_model: dict, scores) -> None:  # type: ignore[no-untyped-def]
+    """The test split's score distribution with the training run: what serving monitoring compares the served
+    predictions with (binary models, the ones ppml serve serves)."""
+    from ppml.serving.monitoring import log_score_reference, score_reference
+
+    if dp_model.get("mlflow_run_id") and getattr(scores, "ndim", 1) == 1 and len(scores):
+        log_score_reference(mlflow.client(), dp_model["mlflow_run_id"], score_reference(scores))
 
 
 def recorded_serving_spec(client, run_id: str | None) -> dict | None:  # type: ignore[no-untyped-def]
