@@ -20,31 +20,57 @@ from rich.console import Console
 from rich.table import Table
 from typer.core import TyperGroup
 
-from ppml.errors import PPMLError, describe_unexpected, write_trace_log
+from ppml.console_text import labelled
+from ppml.errors import PPMLError, describe_unexpected, error_lines, write_trace_log
 from ppml.processes import StopRequested, start_group, stop_groups, stop_signals_raise
 
 console = Console()
 errors = Console(stderr=True)
 
 
+def print_error(message: str) -> None:
+    """``error: <message>`` on stderr; the message is printed literally (no rich markup), so a pattern such as
+    ``^[a-z0-9][a-z0-9_-]{2,63}$`` reaches the operator whole."""
+    errors.print(labelled("error", message, "bold red"), highlight=False, soft_wrap=True)
+
+
 def fail(error: Exception) -> None:
-    errors.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+    for line in error_lines(error):  # every problem of a validation, one line each
+        print_error(line)
     raise typer.Exit(code=2)
+
+
+def usage_error_line(error: Exception) -> str:
+    """A bad option value, a missing option or an unknown one, as the canonical line: field, problem, fix."""
+    param = getattr(error, "param", None)
+    field = param.opts[0] if param is not None and getattr(param, "opts", None) else "(arguments)"
+    problem = str(getattr(error, "message", error)).removeprefix("Value error, ").rstrip(".")
+    ctx = getattr(error, "ctx", None)
+    command = ctx.command_path if ctx is not None else "ppml"
+    return f"command line: field '{field}': {problem}; fix: see `{command} --help` for what it accepts"
 
 
 class OneLineErrors(TyperGroup):
     """Every command's errors end as one line on stderr: PPMLError exit 2, anything else exit 1 plus a trace log."""
 
     def invoke(self, ctx: click.Context) -> object:
+        from ppml.library_logs import route_library_logs
+
+        route_library_logs()  # library log lines to $PPML_HOME/logs/ppml.log, never the console
         try:
             return super().invoke(ctx)
-        except (typer.Exit, click.exceptions.Exit, click.ClickException, click.Abort, KeyboardInterrupt):
+        except (typer.TyperException, click.ClickException) as error:
+            if getattr(error, "exit_code", None) == 2 and hasattr(error, "ctx"):  # a usage error: one line, exit 2
+                print_error(usage_error_line(error))
+                raise typer.Exit(code=2) from None
+            raise
+        except (typer.Exit, click.exceptions.Exit, click.Abort, KeyboardInterrupt):
             raise
         except PPMLError as error:
             fail(error)
         except Exception as error:  # the point: no traceback ever reaches the operator
             log = write_trace_log(error)
-            errors.print(f"[bold red]error:[/] {describe_unexpected(error, log)}", highlight=False, soft_wrap=True)
+            print_error(describe_unexpected(error, log))
             # a file the operator named that cannot be read or written is their error (2), anything else ours (1)
             user_error = isinstance(error, OSError) and error.filename is not None
             raise typer.Exit(code=2 if user_error else 1) from None
@@ -58,6 +84,24 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Privacy-preserving model training for regulated data.",
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from ppml import __version__
+
+        console.print(f"ppml {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """Privacy-preserving model training for regulated data."""
 
 
 def parse_day(value: str | None, option: str) -> str | None:
@@ -97,7 +141,7 @@ def validate_policy(
         fail(error)
     policy = loaded.policy
     for warning in _objective_warnings(policy, str(policy_file), labels, str(data)):
-        errors.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+        errors.print(labelled("warning", warning, "bold yellow"), highlight=False, soft_wrap=True)
     table = Table(title=f"{policy_file} is valid", show_header=False)
     table.add_row("name", policy.name)
     table.add_row("regulation", policy.use_case.regulation.value)
@@ -146,7 +190,7 @@ def init_policy(
     for path in result.hierarchy_paths:
         console.print(f"Hierarchy: {path}")
     for note in result.notes:
-        console.print(f"[yellow]note:[/] {note}", highlight=False)
+        console.print(labelled("note", note), highlight=False)
 
 
 @app.command()
@@ -221,7 +265,7 @@ def ui(
 
     workspace, notes = prepare_workspace(demo_key="reuse")
     for note in notes:
-        console.print(f"[yellow]note:[/] {note}")
+        console.print(labelled("note", note), highlight=False)
     from ppml_assets.storage import prepare_storage
 
     prepare_storage(workspace.home)  # the webserver and the daemon start together: storage exists before either
@@ -296,7 +340,7 @@ def erasure_status_command(
 
 def _register_optional_commands() -> None:
     """Commands whose engines live in their own packages."""
-    from ppml.anonymization.cli import anonymize_command
+    from ppml.cli_anonymize import anonymize_command  # the engine is imported when the command runs
 
     app.command("anonymize", help="Anonymize a CSV file with the same engine the anonymized_records asset uses.")(
         anonymize_command
@@ -308,6 +352,9 @@ def _register_optional_commands() -> None:
 
     app.command("serve")(serve_command)
     app.command("rollback")(rollback_command)
+    from ppml.cli_inspect import register_inspect_commands
+
+    register_inspect_commands(app)
 
 
 _register_optional_commands()

@@ -20,6 +20,21 @@ class PPMLError(ValueError):
         super().__init__(" ".join(message.split()))
 
 
+class PPMLErrors(PPMLError):
+    """Several problems found by one validation, reported at once: one complete line per problem (``lines``);
+    ``str()`` is the first line and how many more there are, for places that show a single line."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = [" ".join(line.split()) for line in lines]
+        more = len(self.lines) - 1
+        super().__init__(self.lines[0] + (f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""))
+
+
+def error_lines(error: BaseException) -> list[str]:
+    """Every line of an error a user should see: each problem of a PPMLErrors, else its one line."""
+    return list(error.lines) if isinstance(error, PPMLErrors) else [str(error)]
+
+
 def input_error(source: str, field: str, problem: str, fix: str) -> PPMLError:
     """Build the canonical one-line message: ``<source>: field '<field>': <problem>; fix: <fix>``."""
     return PPMLError(f"{source}: field '{field}': {problem}; fix: {fix}")

@@ -66,6 +66,9 @@ def _run_suite(name: str, frame: pd.DataFrame, expectations: list[Any]) -> Suite
             "column": config.kwargs.get("column"),
             "success": bool(result.success),
         }
+        rule = describe_rule(config.kwargs)
+        if rule:
+            entry["rule"] = rule
         for key in ("element_count", "unexpected_count", "missing_count"):
             if key in result.result:
                 entry[key] = int(result.result[key] or 0)
@@ -75,6 +78,17 @@ def _run_suite(name: str, frame: pd.DataFrame, expectations: list[Any]) -> Suite
         results.append(entry)
     results.sort(key=lambda r: (r["expectation"], str(r["column"])))
     return SuiteOutcome(suite=name, success=bool(outcome.success), results=results)
+
+
+def describe_rule(kwargs: Any) -> str:
+    """An expectation's arguments other than its column, shortly (they come from the policy, not the data)."""
+    parts = []
+    for key, value in dict(kwargs).items():
+        if key in ("column", "batch_id", "result_format", "catch_exceptions", "meta") or value is None:
+            continue
+        text = ", ".join(map(str, value)) if isinstance(value, list | tuple | set) else str(value)
+        parts.append(f"{key.rstrip('_')}={text if len(text) <= 60 else text[:57] + '...'}")
+    return "; ".join(parts)
 
 
 def raw_records_suite(policy: Policy, frame: pd.DataFrame) -> SuiteOutcome:

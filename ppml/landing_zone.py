@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from faker import Faker
 
 from ppml.errors import input_error
 from ppml.private_files import private_dir
@@ -64,7 +63,8 @@ def read_bundled_adult(include_test: bool = True) -> pd.DataFrame:
     frames = []
     for name in ["adult.data.gz", *(["adult.test.gz"] if include_test else [])]:
         with gzip.open(BUNDLED_ADULT_DIR / name, "rt", encoding="utf-8") as handle:
-            frame = pd.read_csv(handle, sep=", ", engine="python", header=0, names=ADULT_COLUMNS, dtype=str)
+            # the C parser with skipinitialspace reads the ", "-separated files exactly as the python one, 4x faster
+            frame = pd.read_csv(handle, sep=",", skipinitialspace=True, header=0, names=ADULT_COLUMNS, dtype=str)
         frame["income"] = frame["income"].str.rstrip(".")
         frame["official_split"] = "train" if name.startswith("adult.data") else "test"
         frames.append(frame)
@@ -99,8 +99,8 @@ def synthesize_records(
 ) -> pd.DataFrame:
     """Adult records with synthetic direct identifiers and event dates.
 
-    Every record's identifiers depend only on ``(seed, record index)``, so generating a few days (as tests do)
-    yields exactly the records those days hold in the full landing zone.
+    Every record's identifiers are drawn for the whole data set from seeded generators and then selected, so
+    generating a few days (as tests do) yields exactly the records those days hold in the full landing zone.
     """
     adult = read_bundled_adult().drop(columns=["official_split"])
     rng = np.random.default_rng(seed)
@@ -108,33 +108,65 @@ def synthesize_records(
     day_offsets = rng.integers(0, days, size=n)
     record_ids = np.array([f"S{value:012x}" for value in rng.integers(0, 2**48, size=n, dtype=np.int64)])
     birthday_offsets = rng.integers(0, 365, size=n)
-    event_dates = np.array([(first_day + timedelta(days=int(offset))).isoformat() for offset in day_offsets])
+    event_days = np.datetime64(first_day.isoformat(), "D") + day_offsets
+    event_dates = event_days.astype(str)
 
     selected = np.arange(n) if only_days is None else np.flatnonzero(np.isin(event_dates, only_days))
-    fake = Faker("en_US")
-    rows = []
-    for index in selected:
-        fake.seed_instance(seed * 1_000_003 + int(index))
-        first, last = fake.first_name(), fake.last_name()
-        age = int(adult.at[index, "age"])
-        event = date.fromisoformat(event_dates[index])
-        birth = date(event.year - age, 1, 1) + timedelta(days=int(birthday_offsets[index]))
-        rows.append(
-            {
-                "record_id": record_ids[index],
-                "name": f"{first} {last}",
-                "ssn": fake.ssn(),
-                "email": f"{first}.{last}{index % 97}@{fake.free_email_domain()}".lower(),
-                "phone": fake.numerify("(###) ###-####"),
-                "street_address": fake.street_address(),
-                "zip": fake.zipcode(),
-                "date_of_birth": birth.isoformat(),
-                EVENT_DATE_COLUMN: event.isoformat(),
-            }
-        )
-    identifiers = pd.DataFrame(rows, columns=[*IDENTIFIER_COLUMNS, EVENT_DATE_COLUMN])
+    identifiers = synthetic_identifiers(np.random.default_rng([seed, 1]), n)
+    identifiers.insert(0, "record_id", record_ids)
+    ages = adult["age"].to_numpy(dtype="int64")
+    years = event_days.astype("datetime64[Y]").astype(int) + 1970 - ages
+    births = (years - 1970).astype("datetime64[Y]").astype("datetime64[D]") + birthday_offsets
+    identifiers["date_of_birth"] = births.astype(str)
+    identifiers[EVENT_DATE_COLUMN] = event_dates
+    identifiers = identifiers.iloc[selected].reset_index(drop=True)
     records = pd.concat([identifiers, adult.iloc[selected].reset_index(drop=True)], axis=1)
     return records[LANDING_COLUMNS]
+
+
+def _digits(rng: np.random.Generator, n: int, width: int) -> np.ndarray:
+    """``n`` strings of ``width`` random decimal digits."""
+    return np.char.zfill(rng.integers(0, 10**width, size=n).astype(str), width)
+
+
+def synthetic_identifiers(rng: np.random.Generator, n: int) -> pd.DataFrame:
+    """Names, SSNs, e-mail addresses, phone numbers, street addresses and ZIP codes for ``n`` people, drawn
+    vectorized from Faker's en_US word lists and formats (names by their census frequency): the same shapes as
+    Faker's per-record calls, in milliseconds instead of the ~20 s a per-record Faker loop takes."""
+    from faker.providers.address.en_US import Provider as Address
+    from faker.providers.internet.en_US import Provider as Internet
+    from faker.providers.person.en_US import Provider as Person
+
+    def weighted(table: dict[str, float]) -> np.ndarray:
+        names = np.array(list(table))
+        weights = np.array(list(table.values()), dtype=float)
+        return names[rng.choice(len(names), size=n, p=weights / weights.sum())]
+
+    first, last = weighted(Person.first_names), weighted(Person.last_names)
+    area = rng.integers(1, 900, size=n)
+    area[area == 666] = 667  # never 000, 666 or 9xx (SSA rules, as Faker)
+    ssn = [
+        f"{a:03d}-{g:02d}-{s:04d}"
+        for a, g, s in zip(area, rng.integers(1, 100, n), rng.integers(1, 10000, n), strict=True)
+    ]
+    domains = np.array(Internet.free_email_domains)[rng.integers(0, len(Internet.free_email_domains), n)]
+    suffix = np.array(Address.street_suffixes)[rng.integers(0, len(Address.street_suffixes), n)]
+    street_name = np.where(rng.integers(0, 2, n) == 0, weighted(Person.first_names), weighted(Person.last_names))
+    building = rng.integers(100, 100000, size=n)
+    phone = [
+        f"({a}) {b}-{c}" for a, b, c in zip(_digits(rng, n, 3), _digits(rng, n, 3), _digits(rng, n, 4), strict=True)
+    ]
+    index = np.arange(n)
+    return pd.DataFrame(
+        {
+            "name": np.char.add(np.char.add(first, " "), last),
+            "ssn": ssn,
+            "email": [f"{f}.{s}{i % 97}@{d}".lower() for f, s, i, d in zip(first, last, index, domains, strict=True)],
+            "phone": phone,
+            "street_address": [f"{b} {s} {x}" for b, s, x in zip(building, street_name, suffix, strict=True)],
+            "zip": np.char.zfill(rng.integers(501, 99951, size=n).astype(str), 5),
+        }
+    )
 
 
 def write_landing_zone(

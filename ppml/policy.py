@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ppml.errors import PPMLError
+from ppml.errors import PPMLError, PPMLErrors
 from ppml.federated.settings import FederationSettings
 from ppml.strict_yaml import load_strict_yaml
 
@@ -666,14 +666,15 @@ def versioned_content_hash(document: dict[str, Any], loaded: LoadedPolicy) -> st
 
 
 def parse_policy(document: Any, source: str) -> Policy:
-    """Validate a parsed policy document; raise one-line PPMLError on the first problem."""
+    """Validate a parsed policy document; every problem at once (PPMLErrors, one line each), so a user fixes a
+    draft in one pass rather than one error per run."""
     if not isinstance(document, dict):
         raise PPMLError(f"{source}: field '(document)': the policy must be a YAML mapping; fix: see policies/")
     try:
         return Policy.model_validate(document)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        raise PPMLError(f"{source}: field '{_field_path(first['loc'])}': {_describe(first)}") from None
+        lines = [f"{source}: field '{_field_path(e['loc'])}': {_describe(e)}" for e in exc.errors()]
+        raise (PPMLErrors(lines) if len(lines) > 1 else PPMLError(lines[0])) from None
 
 
 def load_policy(path: str | Path, *, check_files: bool = True) -> LoadedPolicy:

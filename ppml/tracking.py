@@ -22,7 +22,8 @@ from ppml.training.dp_sgd import EpochReport, TrainedModel
 
 #: Tag keys shared with the Dagster layer and ppml.deployment.
 TAG_DAGSTER_RUN = "dagster.run_id"
-TAG_PARTITIONS = "ppml.partitions"
+TAG_WINDOW = "ppml.window"  # first..last (n days); ppml.training.selection_tracking.window_tag writes it
+TAG_AS_OF = "ppml.as_of"
 TAG_POLICY_HASH = "ppml.policy_sha256"
 TAG_DATA_HASH = "ppml.data_sha256"
 TAG_GIT_COMMIT = "ppml.git_commit"

@@ -15,10 +15,11 @@ from ppml.ledger import LifetimeBudget
 from ppml.policy import IdentifierAction, LoadedPolicy
 from ppml.serving.spec import generalization_spec
 from ppml_assets.common import data_scope, latest_metadata, open_ledger
+from ppml_assets.data_quality import data_quality_page_metadata
 from ppml_assets.graph import policy_asset, policy_asset_check
 from ppml_assets.settings import window_partition_keys
 from ppml_assets.subjects import bounded_window, is_subject_unit, write_release_subjects
-from resources import AssetStore, LedgerResource, PolicyResource, PseudonymizationKey
+from resources import AssetStore, LedgerResource, PolicyResource, PseudonymizationKey, WorkspacePaths
 
 
 def released_columns(loaded: LoadedPolicy, deidentified_columns: list[str]) -> list[str]:
@@ -81,7 +82,6 @@ def anonymized_records(
             "window_first_partition": window[0],
             "window_last_partition": window[-1],
             "window_partitions": len(window),
-            "row_count": len(result.data),
             "records_in": result.records_in,
             "suppressed_records": result.suppressed_records,
             "transformation": MetadataValue.json(result.transformation),
@@ -132,6 +132,7 @@ def anonymized_records_expectations(
     anonymized_records: pd.DataFrame,
     policy: PolicyResource,
     asset_store: AssetStore,
+    paths: WorkspacePaths,
 ) -> AssetCheckResult:
     """GX suite: exactly the release schema (no direct identifier, minus the columns release safety dropped),
     every class >= k, distinct-l per class, and suppression within the limit."""
@@ -149,7 +150,11 @@ def anonymized_records_expectations(
     return AssetCheckResult(
         passed=outcome.success,
         description=outcome.summary(),
-        metadata={"expectations": MetadataValue.json(outcome.results), "failed": len(outcome.failures)},
+        metadata={
+            "expectations": MetadataValue.json(outcome.results),
+            "failed": len(outcome.failures),
+            **data_quality_page_metadata(context, outcome, "anonymized_records", paths),
+        },
     )
 
 

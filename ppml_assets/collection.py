@@ -5,6 +5,7 @@ from typing import Any
 
 import pandas as pd
 from dagster import (
+    AssetCheckExecutionContext,
     AssetCheckResult,
     AssetExecutionContext,
     BackfillPolicy,
@@ -13,9 +14,10 @@ from dagster import (
 
 from ppml.collection import collect_partition, read_erasure_list
 from ppml.expectations import raw_records_suite
+from ppml_assets.data_quality import data_quality_page_metadata
 from ppml_assets.graph import policy_asset, policy_asset_check
 from ppml_assets.requirements import require_current_policy
-from resources import PolicyResource, RecordSource
+from resources import PolicyResource, RecordSource, WorkspacePaths
 
 
 @policy_asset(
@@ -64,7 +66,6 @@ def raw_records(
             "rows_read": rows_read,
             "rows_excluded_by_erasure": excluded,
             "rows_dropped_as_duplicates": dropped,
-            "row_count": rows_read - excluded - dropped,
             # per day, so that a window's totals can be summed from any mix of single-day and range runs
             "rows_per_partition": MetadataValue.json(counts),
             "content_sha256": MetadataValue.json(hashes) if len(hashes) > 1 else next(iter(hashes.values())),
@@ -76,11 +77,17 @@ def raw_records(
 
 
 @policy_asset_check(asset="raw_records", blocking=True)
-def raw_records_expectations(raw_records: pd.DataFrame, policy: PolicyResource) -> AssetCheckResult:
+def raw_records_expectations(
+    context: AssetCheckExecutionContext, raw_records: pd.DataFrame, policy: PolicyResource, paths: WorkspacePaths
+) -> AssetCheckResult:
     """GX suite: schema, types, not-null and plausible ranges of the collected records."""
     outcome = raw_records_suite(policy.load().policy, raw_records)
     return AssetCheckResult(
         passed=outcome.success,
         description=outcome.summary(),
-        metadata={"expectations": MetadataValue.json(outcome.results), "failed": len(outcome.failures)},
+        metadata={
+            "expectations": MetadataValue.json(outcome.results),
+            "failed": len(outcome.failures),
+            **data_quality_page_metadata(context, outcome, "raw_records", paths),
+        },
     )

@@ -8,6 +8,7 @@ the refusal in the MLflow run and registry tags and writes the report, because n
 """
 
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +21,15 @@ from dagster import (
 )
 
 from ppml.anonymization.policy_config import config_from_policy
-from ppml.compliance import REQUIREMENTS, evaluate_requirements, failing
+from ppml.compliance import NOT_REQUIRED, REQUIREMENTS, evaluate_requirements, failing
 from ppml.deployment import decide_promotion
 from ppml.evaluation import scan_for_identifiers
 from ppml.policy import IdentifierAction, LoadedPolicy
 from ppml.reporting import write_report
 from ppml_assets.common import latest_metadata
-from ppml_assets.graph import policy_asset, policy_asset_check
+from ppml_assets.data_quality import PAGE_KEY
+from ppml_assets.graph import policy_asset, policy_multi_asset_check
+from ppml_assets.mlflow_evidence import record_in_mlflow
 from ppml_assets.serving_monitoring import latest_serving_monitoring
 from ppml_assets.settings import window_partition_keys
 from resources import AssetStore, MlflowResource, PolicyResource, PseudonymizationKey, WorkspacePaths
@@ -146,8 +149,14 @@ def data_quality_results(instance: Any, run_id: str) -> list[dict[str, Any]]:
         evaluation = record.event_log_entry.dagster_event.event_specific_data
         if evaluation.check_name in REQUIREMENTS:
             continue
+        page = evaluation.metadata.get(PAGE_KEY)
         results.append(
-            {"name": evaluation.check_name, "asset": evaluation.asset_key.to_user_string(), "passed": evaluation.passed}
+            {
+                "name": evaluation.check_name,
+                "asset": evaluation.asset_key.to_user_string(),
+                "passed": evaluation.passed,
+                "page": page.value if page is not None else None,
+            }
         )
     return results
 
@@ -275,7 +284,7 @@ def compliance_status(
             "total_checks": len(verdicts),
             "failing_checks": MetadataValue.json(failed),
             "verdicts": MetadataValue.md(_verdict_table(evidence["checks"])),
-            "report": MetadataValue.path(str(files.html)),
+            **record_in_mlflow(mlflow, evidence, files),
         }
     )
     return {"checks": evidence["checks"], "failing": failed, "evidence": evidence}
@@ -327,11 +336,22 @@ def _verdict_table(checks: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _gate_check(requirement: str, description: str):  # type: ignore[no-untyped-def]
-    @policy_asset_check(asset="compliance_status", name=requirement, description=description, blocking=True)
-    def gate(context: AssetCheckExecutionContext, compliance_status: dict) -> AssetCheckResult:
-        verdict = next(c for c in compliance_status["checks"] if c["name"] == requirement)
-        return AssetCheckResult(
+#: The op that computes every requirement's gate check (its step key, for the demo's failure summary).
+GATE_OP = "compliance_requirement_gates"
+
+
+@policy_multi_asset_check(asset="compliance_status", checks=REQUIREMENTS, blocking=True)
+def compliance_requirement_gates(
+    context: AssetCheckExecutionContext, compliance_status: dict
+) -> Iterator[AssetCheckResult]:
+    """One blocking check per requirement the policy sets; a requirement it does not set (no limit) yields no
+    result, so Dagster shows that check as skipped rather than passed."""
+    selected = {key.name for key in context.selected_asset_check_keys}
+    for verdict in compliance_status["checks"]:
+        if verdict["name"] not in selected or verdict["detail"] == NOT_REQUIRED:
+            continue
+        yield AssetCheckResult(
+            check_name=verdict["name"],
             passed=bool(verdict["passed"]),
             description=(
                 f"{verdict['requirement']}: measured {verdict['measured']}, limit {verdict['limit']}. "
@@ -343,8 +363,3 @@ def _gate_check(requirement: str, description: str):  # type: ignore[no-untyped-
                 "evidence": MetadataValue.json(verdict["evidence"] or {}),
             },
         )
-
-    return gate
-
-
-compliance_gate_checks = [_gate_check(name, description) for name, description in REQUIREMENTS.items()]

@@ -45,7 +45,6 @@ def deidentified_records(
     # erasure tokens beside each day, row-aligned (ppml/erasure.py): erasure requests reach later runs without raw ids
     record_day_tokens(index_root(asset_store.base_dir, loaded.policy), raw_records, out, keys, loaded.policy, key)
     metadata = {
-        "row_count": len(out),
         "columns": MetadataValue.json(list(out.columns)),
         "identifier_actions": MetadataValue.json(report.actions),
         "content_sha256": frame_sha256(out),

@@ -21,8 +21,9 @@ from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.table import Column, Table
 
+from ppml.console_text import labelled
 from ppml.data_days import landing_zone_days, partition_bounds, sql_days
 from ppml.errors import PPMLError, input_error
 from ppml.landing_zone import ensure_bundled_landing_zone, landing_days, landing_file
@@ -68,9 +69,17 @@ def _execute_with_progress(
         except Exception as error:  # reported below; the thread must not die silently
             outcome["error"] = error
 
+    from ppml.training.progress import add_listener, remove_listener
+
+    epoch = {"line": ""}
+
+    def on_epoch(line: str) -> None:  # per-epoch training progress, from the training in this process
+        epoch["line"] = line
+
+    add_listener(on_epoch)
     worker = threading.Thread(target=target, daemon=True)
     worker.start()
-    seen = 0
+    seen, last = 0, ""
     while worker.is_alive():
         worker.join(timeout=0.5)
         try:
@@ -80,7 +89,10 @@ def _execute_with_progress(
         if len(records) != seen:
             seen = len(records)
             last = records[-1].dagster_event.step_key if records else ""
-            progress.update(task, completed=seen, description=f"{label}: {last}")
+            epoch["line"] = ""
+        detail = f"{last} · {epoch['line']}" if epoch["line"] else last
+        progress.update(task, completed=seen, description=f"{label}: {detail}")
+    remove_listener(on_epoch)
     if "error" in outcome:
         raise outcome["error"]
     result = outcome["result"]
@@ -102,12 +114,14 @@ def _write_step_traces(result: Any) -> Path | None:
 
 def _failure_messages(result: Any) -> list[str]:
     """One line per failed check (saying what failed) and per other failed step (the error's last line)."""
+    from ppml_assets.compliance import GATE_OP
+
     failed_checks = [evaluation for evaluation in result.get_asset_check_evaluations() if not evaluation.passed]
     messages = [f"check {e.check_name} on {e.asset_key.to_user_string()}: {e.description}" for e in failed_checks]
     for event in result.all_events:
         if not (event.is_step_failure and event.step_failure_data is not None):
             continue
-        if any(event.step_key.endswith(e.check_name) for e in failed_checks):
+        if any(event.step_key.endswith(name) for name in (GATE_OP, *(e.check_name for e in failed_checks))):
             continue  # a blocking check's own step failure: described above
         error = event.step_failure_data.error
         cause = error.cause if error is not None and error.cause is not None else error
@@ -129,7 +143,7 @@ def _prepared_workspace(console: Console, demo_key: str = "never") -> Any:
     logging.getLogger("mlflow").setLevel(logging.ERROR)
     workspace, notes = prepare_workspace(demo_key=demo_key)  # type: ignore[arg-type]
     for note in notes:
-        console.print(f"[yellow]note:[/] {note}")
+        console.print(labelled("note", note), highlight=False)
     console.print(f"Workspace: {workspace.home}")
     return workspace
 
@@ -285,18 +299,25 @@ def _artifact_location(tracking_uri: str) -> str:
     return experiment.artifact_location if experiment is not None else str(configured.artifact_location or "")
 
 
+def lifecycle_progress(console: Console) -> Progress:
+    """The runs' progress display: the description is cut with an ellipsis so the step count and the elapsed
+    time always stay on one 80-column line."""
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}", table_column=Column(ratio=1, no_wrap=True, overflow="ellipsis")),
+        BarColumn(bar_width=10),
+        TextColumn("{task.completed:>2} steps", table_column=Column(no_wrap=True)),
+        TimeElapsedColumn(table_column=Column(no_wrap=True)),
+        console=console,
+        expand=True,
+    )
+
+
 def _run_the_three(as_of: str, window: list[str], console: Console, instance: Any, current: dict[str, str]) -> Any:
     """The three runs in order; the first that fails ends the sequence."""
     from ppml_assets.definitions import defs
 
-    with Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed} steps"),
-        TimeElapsedColumn(),
-        console=console,
-    ) as progress:
+    with lifecycle_progress(console) as progress:
         runs = [
             ("1/3 policy", defs.resolve_job_def("requirements_job"), {}),
             (
@@ -332,7 +353,7 @@ def _print_summary(console: Console, instance: Any, outcome: DemoOutcome, report
         (
             "anonymized_records",
             lambda m: (
-                f"{m.get('row_count')} records, smallest class {m.get('min_class_size')}, "
+                f"{m.get('dagster/row_count')} records, smallest class {m.get('min_class_size')}, "
                 f"{m.get('suppressed_records')} suppressed"
             ),
         ),
@@ -358,7 +379,7 @@ def _print_summary(console: Console, instance: Any, outcome: DemoOutcome, report
         table.add_row(asset, describe(metadata) if metadata else "[dim]not materialized[/]")
     console.print(table)
     for failure in outcome.failures:
-        console.print(f"[bold red]failed:[/] {failure}")
+        console.print(labelled("failed", failure, "bold red"), highlight=False)
     report = report_dir / "report.html"
     if report.exists():
         outcome.report = report

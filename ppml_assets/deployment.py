@@ -4,6 +4,7 @@ from dagster import AssetExecutionContext
 
 from ppml.deployment import decide_promotion
 from ppml_assets.graph import policy_asset
+from ppml_assets.metadata import mlflow_model_version_url
 from resources import MlflowResource, PolicyResource
 
 
@@ -34,6 +35,7 @@ def registered_model(
             "version": decision.version,
             "decision": "promoted to production",
             "previous_production_version": decision.previous_production_version or "none",
+            "mlflow_model_version": mlflow_model_version_url(decision.model_name, decision.version),
         }
     )
     return decision.to_dict()

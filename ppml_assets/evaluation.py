@@ -24,6 +24,7 @@ from ppml.evaluation.charged_reference import ChargedReferenceTraining
 from ppml.ledger import DataScope, LifetimeBudget, PrivacyLedger
 from ppml.ledger.spend import LedgerSpendSink
 from ppml.preparation import prepare_like_training
+from ppml.tracking_evidence import log_audit_run
 from ppml.training import TabularSplit, plan_dp_training, train_dp
 from ppml.training.accountable import train_within_budget
 from ppml.training.config import fingerprint
@@ -41,6 +42,7 @@ from ppml_assets.common import (
     utility_summary,
 )
 from ppml_assets.graph import policy_asset
+from ppml_assets.metadata import mlflow_run_url
 from resources import AssetStore, LedgerResource, MlflowResource, PolicyResource, WorkspacePaths
 
 
@@ -287,6 +289,7 @@ def privacy_audit(
     policy: PolicyResource,
     ledger: LedgerResource,
     paths: WorkspacePaths,
+    mlflow: MlflowResource,
 ) -> dict:
     """One-run empirical epsilon audit (Steinke, Nasr & Jagielski 2023): canaries included with probability 1/2
     in a DP training run with the deployed configuration, a 95% lower bound on epsilon from how well they are
@@ -350,8 +353,19 @@ def privacy_audit(
             audit["whitebox"] = whitebox.to_dict()
     finally:
         store.close()
-    context.add_output_metadata(_audit_metadata(audit))
+    audit["mlflow_run_id"] = _log_audit_run(context, mlflow, loaded, dp_model, audit)
+    context.add_output_metadata({**_audit_metadata(audit), "mlflow_run": mlflow_run_url(audit["mlflow_run_id"])})
     return audit
+
+
+def _log_audit_run(context: AssetExecutionContext, mlflow: MlflowResource, loaded, dp_model: dict, audit: dict) -> str:  # type: ignore[no-untyped-def]
+    """The audit as its own MLflow run beside the training's runs, with the training's lineage tags."""
+    from ppml_assets.training import _features_hash, lineage_tags
+
+    tags = {**lineage_tags(context, loaded, _features_hash(context)), "ppml.audited_run_id": dp_model["mlflow_run_id"]}
+    return log_audit_run(
+        mlflow.client(), mlflow.configure(), audit, parent_run_id=dp_model.get("mlflow_parent_run_id"), tags=tags
+    )
 
 
 def _audit_metadata(audit: dict) -> dict:

@@ -13,23 +13,28 @@ import inspect
 import os
 import re
 import typing
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from dagster import (
+    AssetCheckSpec,
     AssetIn,
     AssetKey,
     AssetsDefinition,
     ConfigurableResource,
+    PreviewWarning,
     TimeWindowPartitionMapping,
     asset,
     asset_check,
+    multi_asset_check,
 )
 
 from ppml.errors import input_error
 from ppml.policy import load_policy
+from ppml_assets.metadata import asset_definition_options, lifecycle_group
 from ppml_assets.settings import POLICY_PATH, daily_partitions, training_window, training_window_days
 
 #: Resources that belong to one policy's graph; shared ones (record source, key, MLflow, ledger, IO manager) don't.
@@ -126,12 +131,15 @@ class _Template:
 
     def build(self, graph: PolicyGraph) -> Any:
         if graph not in self.built:
-            self.built[graph] = self._build_asset(graph) if self.kind == "asset" else self._build_check(graph)
+            builders = {"asset": self._build_asset, "check": self._build_check, "checks": self._build_checks}
+            self.built[graph] = builders[self.kind](graph)
         return self.built[graph]
 
     def _build_asset(self, graph: PolicyGraph) -> AssetsDefinition:
         options = dict(self.options)
         partitioned = options.pop("partitioned", True)
+        group = options.pop("group_name")
+        options = asset_definition_options(self.fn, group, options)
         ins = {
             name: AssetIn(
                 key=graph.key(name),
@@ -142,7 +150,7 @@ class _Template:
         return asset(
             name=self.fn.__name__,
             key_prefix=graph.prefix or None,
-            group_name=graph.name(options.pop("group_name")),
+            group_name=graph.name(lifecycle_group(group)),
             ins=ins,
             deps=[graph.key(name) for name in self.deps] or None,
             partitions_def=daily_partitions if partitioned else None,
@@ -156,6 +164,32 @@ class _Template:
             additional_ins={name: AssetIn(key=graph.key(name)) for name in inputs} or None,
             partitions_def=daily_partitions,
             **self.options,
+        )(rename_resources(self.fn, graph))
+
+    def _build_checks(self, graph: PolicyGraph) -> Any:
+        """One op for several checks on the target that may leave some without a result: Dagster shows those
+        as skipped and, since 1.13, does not gate downstream steps on an absent result."""
+        options = dict(self.options)
+        descriptions: dict[str, str] = options.pop("checks")
+        blocking = options.pop("blocking", False)
+        with warnings.catch_warnings():  # a partitioned AssetCheckSpec is a preview feature in 1.13
+            warnings.simplefilter("ignore", PreviewWarning)
+            specs = [
+                AssetCheckSpec(
+                    name,
+                    asset=graph.key(self.target),
+                    description=description,
+                    blocking=blocking,
+                    partitions_def=daily_partitions,
+                )
+                for name, description in descriptions.items()
+            ]
+        return multi_asset_check(
+            name=graph.name(self.fn.__name__),
+            specs=specs,
+            can_subset=True,
+            ins={name: AssetIn(key=graph.key(name)) for name in _input_names(self.fn)},
+            **options,
         )(rename_resources(self.fn, graph))
 
 
@@ -186,10 +220,22 @@ def policy_asset_check(*, asset: str, **options: Any) -> Any:
     return declare
 
 
+def policy_multi_asset_check(*, asset: str, checks: dict[str, str], blocking: bool = False, **options: Any) -> Any:
+    """Several checks (name -> description) on the named asset of every policy graph, computed by one op that
+    yields a result only for the checks that apply: the others show as skipped, not as passed."""
+
+    def declare(fn: Callable[..., Any]) -> Any:
+        template = _Template("checks", fn, {"checks": dict(checks), "blocking": blocking, **options}, target=asset)
+        _TEMPLATES.append(template)
+        return template.build(DEFAULT_GRAPH)
+
+    return declare
+
+
 def graph_assets(graph: PolicyGraph) -> tuple[list[AssetsDefinition], list[Any]]:
     """Every declared asset and check, built for one graph (the stage modules must have been imported)."""
     assets = [t.build(graph) for t in _TEMPLATES if t.kind == "asset"]
-    checks = [t.build(graph) for t in _TEMPLATES if t.kind == "check"]
+    checks = [t.build(graph) for t in _TEMPLATES if t.kind in ("check", "checks")]
     return assets, checks
 
 

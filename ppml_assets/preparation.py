@@ -3,13 +3,14 @@
 import time
 
 import pandas as pd
-from dagster import AssetCheckResult, AssetExecutionContext, MetadataValue
+from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetExecutionContext, MetadataValue
 
 from ppml.collection import frame_sha256
 from ppml.expectations import cleaned_records_suite
 from ppml.preparation import LABEL_COLUMN, SPLIT_COLUMN, SPLITS, SplitRatios, clean_records, encode_features
+from ppml_assets.data_quality import data_quality_page_metadata
 from ppml_assets.graph import policy_asset, policy_asset_check
-from resources import PolicyResource
+from resources import PolicyResource, WorkspacePaths
 
 
 @policy_asset(group_name="preparation", kinds={"pandas", "parquet"})
@@ -30,7 +31,6 @@ def cleaned_records(
     )
     context.add_output_metadata(
         {
-            "row_count": len(cleaned),
             "selected_features": MetadataValue.json(report.selected),
             "feature_decisions": MetadataValue.json(report.to_dict()["decisions"]),
             "share_below_k": round(report.share_below_k, 6),
@@ -44,7 +44,9 @@ def cleaned_records(
 
 
 @policy_asset_check(asset="cleaned_records", blocking=True)
-def cleaned_records_expectations(cleaned_records: pd.DataFrame, policy: PolicyResource) -> AssetCheckResult:
+def cleaned_records_expectations(
+    context: AssetCheckExecutionContext, cleaned_records: pd.DataFrame, policy: PolicyResource, paths: WorkspacePaths
+) -> AssetCheckResult:
     """GX suite: exactly the selected features plus label and split, no nulls, a known class, known splits."""
     roles = policy.load().policy.schema_
     allowed = [c for c in [*roles.quasi_identifiers, *roles.features] if c in cleaned_records.columns]
@@ -58,7 +60,11 @@ def cleaned_records_expectations(cleaned_records: pd.DataFrame, policy: PolicyRe
     return AssetCheckResult(
         passed=outcome.success,
         description=outcome.summary(),
-        metadata={"expectations": MetadataValue.json(outcome.results), "failed": len(outcome.failures)},
+        metadata={
+            "expectations": MetadataValue.json(outcome.results),
+            "failed": len(outcome.failures),
+            **data_quality_page_metadata(context, outcome, "cleaned_records", paths),
+        },
     )
 
 

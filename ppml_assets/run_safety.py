@@ -25,6 +25,7 @@ from typing import Any
 
 from rich.console import Console
 
+from ppml.console_text import labelled
 from ppml.errors import PPMLError
 from ppml.processes import WorkspaceBusy, WorkspaceLock, process_start_ticks, stop_descendants
 from ppml.stale_state import Reconciled, owner_gone, reconcile_ledger, reconcile_mlflow
@@ -50,7 +51,7 @@ def one_writer(home: Path, console: Console, command: str) -> Iterator[Workspace
     try:
         note = lock.takeover_note()
         if note:
-            console.print(f"[yellow]note:[/] {note}", highlight=False)
+            console.print(labelled("note", note), highlight=False)
         yield lock
     finally:
         lock.release()
@@ -130,12 +131,12 @@ def reconcile_at_start(instance: Any, ledger_url: str, tracking_uri: str, consol
         raise
     except Exception as error:  # an unreachable store is reported by the run's own up-front checks
         line = f"stale state not reconciled: {type(error).__name__}: {str(error).strip().splitlines()[0][:200]}"
-        console.print(f"[yellow]note:[/] {line}", highlight=False)
+        console.print(labelled("note", line), highlight=False)
         return [line]
     lines = [f"Dagster: {len(dead)} run(s) left STARTED by a process that is gone marked failed"] if dead else []
     lines += done.lines()
     for line in lines:
-        console.print(f"[yellow]reconciled:[/] {line}", highlight=False)
+        console.print(labelled("reconciled", line), highlight=False)
     return lines
 
 

@@ -15,9 +15,10 @@ from ppml.ledger import LifetimeBudget
 from ppml.policy import LoadedPolicy
 from ppml.serving.monitoring import input_reference
 from ppml.serving.spec import log_serving_spec, serving_spec
-from ppml.tracking import TAG_DAGSTER_RUN, TAG_DATA_HASH, TAG_PARTITIONS, TAG_POLICY_HASH, TrainingTracker
+from ppml.tracking import TAG_AS_OF, TAG_DAGSTER_RUN, TAG_DATA_HASH, TAG_POLICY_HASH, TAG_WINDOW, TrainingTracker
 from ppml.training.accountable import train_within_budget
 from ppml.training.baseline import train_tuned_baseline
+from ppml.training.selection_tracking import window_tag
 from ppml_assets.common import (
     attack_row,
     data_scope,
@@ -31,6 +32,7 @@ from ppml_assets.common import (
     utility_summary,
 )
 from ppml_assets.graph import policy_asset, policy_asset_check
+from ppml_assets.metadata import mlflow_model_version_url, mlflow_run_url
 from ppml_assets.settings import window_partition_keys
 from ppml_assets.subjects import is_subject_unit, subject_budget_status, subject_metadata, train_subject_model
 from resources import AssetStore, LedgerResource, MlflowResource, PolicyResource, WorkspacePaths
@@ -44,12 +46,11 @@ GPU_OP_TAGS = {
 
 
 def lineage_tags(context: AssetExecutionContext, loaded: LoadedPolicy, features_hash: str) -> dict[str, str]:
+    window = window_partition_keys(context.partition_key, loaded.policy.collection.training_window_days)
     return {
         TAG_DAGSTER_RUN: context.run.run_id,
-        TAG_PARTITIONS: (
-            f"as-of {context.partition_key} "
-            f"({len(window_partition_keys(context.partition_key, loaded.policy.collection.training_window_days))} days)"
-        ),
+        TAG_AS_OF: context.partition_key,
+        TAG_WINDOW: window_tag(window),
         TAG_POLICY_HASH: loaded.content_hash,
         TAG_DATA_HASH: features_hash,
     }
@@ -282,7 +283,9 @@ def _dp_metadata(summary: dict) -> dict:
         "noise_multiplier": round(float(summary["noise_multiplier"] or 0), 6),
         "steps": summary["steps"],
         "mlflow_run_id": summary["mlflow_run_id"],
+        "mlflow_run": mlflow_run_url(summary["mlflow_run_id"]),
         "model_version": summary["model_version"],
+        "mlflow_model_version": mlflow_model_version_url(summary["model_name"], summary["model_version"]),
         "lifetime_spent_epsilon": round(summary["ledger"]["spent_after"], 6),
         "lifetime_remaining_epsilon": round(summary["ledger"]["remaining"], 6),
         "candidates": MetadataValue.json(summary["candidates"]),
@@ -384,6 +387,7 @@ def non_private_baseline(
     context.add_output_metadata(
         {
             "mlflow_run_id": result.mlflow_run_id,
+            "mlflow_run": mlflow_run_url(result.mlflow_run_id),
             "family": tuned.chosen.family,
             "settings": MetadataValue.json(tuned.chosen.settings),
             "validation_accuracy": round(tuned.chosen.validation_accuracy, 4),

@@ -16,6 +16,7 @@ from dagster import AssetKey, ConfigurableIOManager, ConfigurableResource, Input
 
 from ppml.errors import PPMLError
 from ppml.locations import resolve_location, write_atomically
+from ppml_assets.metadata import table_metadata
 
 
 class LocalFileIOManager(ConfigurableIOManager):
@@ -46,7 +47,9 @@ class LocalFileIOManager(ConfigurableIOManager):
         written = []
         for partition, value in items:
             written.append(self._write(self._stem(asset_path, partition), value))
-        context.add_output_metadata({"path": MetadataValue.path(str(written[0].parent)), "files": len(written)})
+        context.add_output_metadata(
+            {"path": MetadataValue.path(str(written[0].parent)), "files": len(written), **table_metadata(obj)}
+        )
 
     def _write(self, stem: Any, value: Any) -> Any:
         if isinstance(value, pd.DataFrame):

@@ -755,4 +755,4 @@ def test_duplicated_ids_through_the_collection_asset(tmp_path: Path, landing_zon
             assert metadata["rows_dropped_as_duplicates"].value == 2
             # the raw copy is gone once de-identification passed; pseudonyms are one-to-one
             stored = pd.read_parquet(workspace.home / "assets" / "deidentified_records" / f"{DAY}.parquet")
-            assert stored["record_id"].is_unique and len(stored) == metadata["row_count"].value
+            assert stored["record_id"].is_unique and len(stored) == metadata["dagster/row_count"].value

@@ -8,6 +8,7 @@ Done-when scenarios of the gate, each on the real graph:
 
 import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -84,6 +85,43 @@ def test_make_demo_path_promotes_the_dp_model(tmp_path: Path) -> None:
     raw = pd.read_csv(tmp_path / "ppml-home" / "landing" / "event_date=2026-04-30" / "records.csv", dtype=str)
     for column in ("name", "ssn", "email", "phone", "street_address"):
         assert not any(value in html for value in raw[column]), column
+    _assert_console_is_the_operators(completed.stdout + completed.stderr)
+    _inspect_the_demo_workspace(env, tmp_path / "ppml-home", report)
+
+
+#: Library log lines that must never reach the console (they go to $PPML_HOME/logs/ppml.log).
+LIBRARY_LINES = ("INFO mlflow", "alembic", "ephemeral docs site", "emitted no result", "Warning:", "WARNING")
+
+
+def _assert_console_is_the_operators(output: str) -> None:
+    for needle in LIBRARY_LINES:
+        assert needle not in output, needle
+    assert all(len(line) <= 80 for line in output.splitlines()), [
+        line for line in output.splitlines() if len(line) > 80
+    ]
+
+
+def _inspect_the_demo_workspace(env: dict, home: Path, report: Path) -> None:
+    """`ppml status`, `ppml ledger` and `ppml report` on the workspace the demo just filled."""
+    ppml = str(Path(sys.executable).parent / "ppml")
+
+    def run(*args: str) -> str:
+        done = subprocess.run([ppml, *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        assert all(len(line) <= 80 for line in done.stdout.splitlines()), done.stdout
+        return done.stdout
+
+    status = run("status")
+    assert "training_job" in status and "collection_job" in status and "success" in status
+    total = len(REQUIREMENTS)
+    assert f"compliance as of 2026-04-30: {total} of {total} requirements passed" in status
+    assert "adult-census-1994" in status and "left ε" in status
+    ledger = run("ledger")
+    assert "completed" in ledger and " dp " in ledger.replace("│", " ")
+    before = report.stat().st_mtime_ns
+    rendered = run("report", "--as-of", "2026-04-30")
+    assert str(report) in rendered.replace("\n", "") and report.stat().st_mtime_ns > before
+    assert stat.S_IMODE(report.stat().st_mode) == 0o600
 
 
 @pytest.mark.postgres
@@ -123,7 +161,7 @@ def test_lifecycle_on_postgresql_instance_storage(tmp_path: Path, landing_zone: 
     assert _evidence(workspace.home, window[-1])["decision"]["promoted"] is True
 
 
-def test_hipaa_safe_harbor_lifecycle(tmp_path: Path, landing_zone: Path) -> None:
+def test_hipaa_safe_harbor_lifecycle(tmp_path: Path, landing_zone: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The HIPAA policy end to end: Safe Harbor de-identification, ZIP3 as a generalized quasi-identifier."""
     from tests.support import HIPAA_POLICY
 
@@ -140,6 +178,13 @@ def test_hipaa_safe_harbor_lifecycle(tmp_path: Path, landing_zone: Path) -> None
         assert result.success, [e.message for e in result.all_events if e.is_failure]
         warnings = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
         assert warnings["budget_not_near_exhaustion"] is True
+        assert "t_closeness" not in warnings  # not set by the policy: skipped, not passed
+        evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
+        page = Path(evaluations["cleaned_records_expectations"].metadata["data_quality_page"].value)
+        assert page.is_file() and "expect_column_values_to_not_be_null" in page.read_text()
+        status = result.asset_materializations_for_node("compliance_status")[0].metadata
+        assert status["mlflow_run"].value.startswith("http") and "report_in_mlflow" in status
+        _inspect_with_the_cli(monkeypatch, instance, workspace, window[-1])
     released = pd.read_parquet(workspace.home / "assets" / "anonymized_records" / f"{window[-1]}.parquet")
     assert "record_id" not in released.columns and "event_date" not in released.columns
     assert released["zip"].astype(str).str.fullmatch(r"\d{3}|\d{2}\*|\d\*\*|\*").all()
@@ -154,6 +199,62 @@ def test_hipaa_safe_harbor_lifecycle(tmp_path: Path, landing_zone: Path) -> None
     deidentified = pd.read_parquet(workspace.home / "assets" / "deidentified_records" / f"{window[-1]}.parquet")
     replayed = {served.builder.released_values(r)["zip"] for r in deidentified.head(200).to_dict("records")}
     assert replayed <= set(released["zip"].astype(str)) | {"*"}
+    _assert_mlflow_holds_the_evidence(client, evidence, window)
+    linked = {c["name"]: c["page"] for c in evidence["data_quality_checks"]}
+    assert linked["cleaned_records_expectations"] == str(page)
+    assert f'href="file://{page}"' in (workspace.home / "reports" / window[-1] / "report.html").read_text()
+
+
+def _inspect_with_the_cli(monkeypatch: pytest.MonkeyPatch, instance, workspace, as_of: str) -> None:  # type: ignore[no-untyped-def]
+    """`ppml status`, `ppml ledger` and `ppml report` (in-process) on the workspace this test just ran."""
+    from typer.testing import CliRunner
+
+    from ppml.cli import app
+
+    monkeypatch.setenv("PPML_HOME", str(workspace.home))
+    monkeypatch.setenv("DAGSTER_HOME", instance.root_directory)
+    monkeypatch.setenv("PPML_LEDGER_URL", workspace.resources["ledger"].url)
+    monkeypatch.setenv("PPML_POLICY", str(workspace.policy))
+    runner = CliRunner()
+    status = runner.invoke(app, ["status"])
+    assert status.exit_code == 0, status.output
+    assert "training_job" in status.output and f"compliance as of {as_of}:" in status.output
+    assert "left ε" in status.output and all(len(line) <= 80 for line in status.output.splitlines())
+    ledger = runner.invoke(app, ["ledger"])
+    assert ledger.exit_code == 0 and "completed" in ledger.output, ledger.output
+    report = workspace.home / "reports" / as_of / "report.html"
+    rendered = runner.invoke(app, ["report", "--as-of", as_of])
+    assert rendered.exit_code == 0 and str(report) in rendered.output.replace("\n", ""), rendered.output
+    assert stat.S_IMODE(report.stat().st_mode) == 0o600
+
+
+def _assert_mlflow_holds_the_evidence(client: MlflowClient, evidence: dict, window: list[str]) -> None:
+    """Test, attack and audit metrics on the training run; the audit as its own run; the report and evidence
+    attached; a compact window tag; the model version described."""
+    run = client.get_run(evidence["training"]["mlflow_run_id"])
+    for metric in ("test_accuracy", "test_roc_auc", "mia_strongest_auc", "compliance_checks_passed"):
+        assert metric in run.data.metrics, metric
+    assert run.data.metrics["test_accuracy"] == evidence["model_evaluation"]["dp"]["accuracy"]
+    assert run.data.tags["ppml.window"] == f"{window[0]}..{window[-1]} ({len(window)} days)"
+    assert "ppml.partitions" not in run.data.tags
+    attached = {a.path for a in client.list_artifacts(run.info.run_id, "compliance")}
+    assert attached == {"compliance/report.html", "compliance/evidence.json"}
+    version = client.get_model_version(evidence["training"]["model_name"], str(evidence["training"]["model_version"]))
+    assert "requirements passed" in version.description and "epsilon" in version.description
+    assert float(version.tags["ppml.test_accuracy"]) == pytest.approx(run.data.metrics["test_accuracy"], rel=1e-5)
+
+
+def _assert_the_audit_is_its_own_mlflow_run(client: MlflowClient, evidence: dict) -> None:
+    """The audit trains on real records and spends epsilon: its own run beside the runs it audits, its bound
+    also on the audited run and the model version."""
+    trained = client.get_run(evidence["training"]["mlflow_run_id"])
+    audit = client.get_run(evidence["audit"]["mlflow_run_id"])
+    assert audit.data.tags["ppml.role"] == "audit" and audit.data.tags["ppml.audited_run_id"] == trained.info.run_id
+    assert audit.data.tags["mlflow.parentRunId"] == evidence["training"]["mlflow_parent_run_id"]
+    assert audit.data.metrics["audit_epsilon_lower_bound"] == pytest.approx(evidence["audit"]["epsilon_lower_bound"])
+    assert trained.data.metrics["audit_epsilon_lower_bound"] == audit.data.metrics["audit_epsilon_lower_bound"]
+    version = client.get_model_version(evidence["training"]["model_name"], str(evidence["training"]["model_version"]))
+    assert "empirical epsilon lower bound" in version.description
 
 
 def _overfit_non_private_model():  # type: ignore[no-untyped-def]
@@ -307,3 +408,4 @@ def test_broken_dp_training_is_caught_by_the_empirical_audit(tmp_path: Path, lan
     assert evidence["audit"]["alarm"] is True and evidence["audit"]["fault_injection"] == 0.0
     assert evidence["audit"]["epsilon_lower_bound"] > evidence["audit"]["claimed_epsilon"]
     assert "empirical_epsilon_audit" in evidence["decision"]["failing_checks"]
+    _assert_the_audit_is_its_own_mlflow_run(MlflowClient(workspace.resources["mlflow"].tracking_uri), evidence)

@@ -268,7 +268,7 @@ def test_the_code_location_lists_both_graphs_over_graphql(tmp_path: Path, monkey
     assert entry["locationOrLoadError"]["__typename"] == "RepositoryLocation"
     nodes = {"/".join(n["assetKey"]["path"]): n for n in data["assetNodes"]}
     for prefix in (GDPR, HIPAA):
-        assert nodes[f"{prefix}/anonymized_records"]["groupName"] == f"{prefix}__anonymization"
+        assert nodes[f"{prefix}/anonymized_records"]["groupName"] == f"{prefix}__03_anonymization"
         deps = {"/".join(d["path"]) for d in nodes[f"{prefix}/anonymized_records"]["dependencyKeys"]}
         assert deps == {f"{prefix}/deidentified_records"}
     assert len(nodes) == 2 * 17

@@ -11,7 +11,6 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Annotated
 
 import pandas as pd
 import typer
@@ -22,9 +21,10 @@ from ppml.anonymization.hierarchy import Hierarchy
 from ppml.anonymization.metrics import METRICS
 from ppml.anonymization.models import LDiversity, TCloseness
 from ppml.anonymization.verify import verify_release
+from ppml.cli_anonymize import L_VARIANTS, T_VARIANTS, anonymize_command
 from ppml.errors import PPMLError, input_error
 
-__all__ = ["anonymize_command", "read_table"]
+__all__ = ["anonymize_command", "read_table", "run_anonymize"]
 
 
 def read_table(path: Path, sep: str) -> pd.DataFrame:
@@ -104,11 +104,11 @@ def build_cli_config(
     sensitive_names = _split(sensitive)
     if (l_value is not None or t is not None) and not sensitive_names:
         raise input_error("command line", "--sensitive", "--l/--t need a sensitive attribute", "pass --sensitive s")
-    if l_variant not in ("distinct", "entropy", "recursive"):
+    if l_variant not in L_VARIANTS:
         raise input_error(
             "command line", "--l-variant", f"unknown variant '{l_variant}'", "use distinct, entropy, recursive"
         )
-    if t_variant not in ("equal", "hierarchical"):
+    if t_variant not in T_VARIANTS:
         raise input_error("command line", "--t-variant", f"unknown variant '{t_variant}'", "use equal or hierarchical")
     if l_value is not None and l_variant == "recursive" and c is None:
         raise input_error("command line", "--c", "recursive (c,l)-diversity needs c", "pass --c 2")
@@ -148,30 +148,25 @@ def _policy_release(data: pd.DataFrame, policy: Path, metric: str, source: str):
     return data, config, safety, actions
 
 
-def anonymize_command(
-    input: Annotated[Path, typer.Option("--input", help="CSV file to anonymize (read as text).")],
-    out: Annotated[Path, typer.Option("--out", help="Anonymized CSV (suppressed records removed).")],
-    report: Annotated[Path, typer.Option("--report", help="JSON report: transformation, quality, risk, timing.")],
-    qi: Annotated[str | None, typer.Option("--qi", help="Quasi-identifiers, comma-separated, in order.")] = None,
-    hierarchies: Annotated[
-        Path | None, typer.Option("--hierarchies", help="Folder with one ARX hierarchy CSV per column: DIR/c.csv.")
-    ] = None,
-    hierarchy: Annotated[
-        list[str] | None, typer.Option("--hierarchy", help="Override one hierarchy: NAME=FILE (repeatable).")
-    ] = None,
-    sensitive: Annotated[str | None, typer.Option("--sensitive", help="Sensitive attribute(s) for l/t.")] = None,
-    k: Annotated[int | None, typer.Option("--k", help="k-anonymity.")] = None,
-    l_value: Annotated[float | None, typer.Option("--l", help="l-diversity of the sensitive attribute(s).")] = None,
-    l_variant: Annotated[str, typer.Option("--l-variant", help="distinct | entropy | recursive")] = "distinct",
-    c: Annotated[float | None, typer.Option("--c", help="c of recursive (c,l)-diversity.")] = None,
-    t: Annotated[float | None, typer.Option("--t", help="t-closeness of the sensitive attribute(s).")] = None,
-    t_variant: Annotated[str, typer.Option("--t-variant", help="equal | hierarchical")] = "equal",
-    suppression: Annotated[float, typer.Option("--suppression", help="Largest share of records removed.")] = 0.0,
-    metric: Annotated[str, typer.Option("--metric", help="loss | discernibility | entropy | aecs")] = "loss",
-    sep: Annotated[str, typer.Option("--sep", help="Field separator of the input (and output) CSV.")] = ",",
-    policy: Annotated[
-        Path | None, typer.Option("--policy", help="Take QIs, hierarchies and models from a policy file.")
-    ] = None,
+def run_anonymize(
+    *,
+    input: Path,
+    out: Path,
+    report: Path,
+    qi: str | None = None,
+    hierarchies: Path | None = None,
+    hierarchy: list[str] | None = None,
+    sensitive: str | None = None,
+    k: int | None = None,
+    l_value: float | None = None,
+    l_variant: str = "distinct",
+    c: float | None = None,
+    t: float | None = None,
+    t_variant: str = "equal",
+    suppression: float = 0.0,
+    metric: str = "loss",
+    sep: str = ",",
+    policy: Path | None = None,
 ) -> None:
     """Anonymize a CSV with optimal full-domain generalization and record suppression (ARX-compatible)."""
     try:

@@ -51,8 +51,15 @@ from ppml.training.planning import (
     mean_prediction_noise,
     plan_selection,
 )
+from ppml.training.progress import report_epoch
 from ppml.training.selection import CandidateResult, balanced_at_mean_prediction, select_best, validation_scores
-from ppml.training.selection_tracking import close_candidate_runs, close_selection_run, open_selection_run
+from ppml.training.selection_tracking import (
+    TAG_WINDOW,
+    close_candidate_runs,
+    close_selection_run,
+    open_selection_run,
+    window_tag,
+)
 
 if TYPE_CHECKING:
     from ppml.tracking import TrainingTracker
@@ -353,12 +360,12 @@ def _train_candidate(
     ledger, tracker = session.ledger, session.tracker
     ledger_run = ledger.run(run_id)
     mlflow_run_id = _open_candidate_run(session, index, config, run_id, ledger_run.mlflow_run_id)
-    on_epoch = None
-    if tracker is not None and mlflow_run_id:
-        run_for_epochs = mlflow_run_id
+    run_for_epochs = mlflow_run_id if tracker is not None else None
 
-        def on_epoch(report: Any) -> None:
+    def on_epoch(report: Any) -> None:
+        if tracker is not None and run_for_epochs:
             tracker.log_epoch(run_for_epochs, report)
+        report_epoch(index, report.epoch, config.epochs, report.epsilon, report.validation_accuracy)
 
     checkpoints = session.checkpoint_dir / run_id
     if ledger_run.status == "completed":
@@ -478,7 +485,7 @@ def _open_candidate_run(
             "ppml.candidate_index": str(index),
             "ppml.private": "true",
             "ppml.ledger_run_id": run_id,
-            "ppml.partitions": ",".join(session.scope.partitions),
+            TAG_WINDOW: window_tag(session.scope.partitions),
         },
     )
     session.ledger.set_mlflow_run(run_id, mlflow_run_id)

@@ -9,6 +9,18 @@ from ppml.ledger import Composition, DataScope, LifetimeBudget, PrivacyLedger
 from ppml.training.planning import SelectionPlan
 from ppml.training.selection import CandidateResult
 
+#: The training window of a run as one compact tag, ``first..last (n days)`` (not a list of every date).
+TAG_WINDOW = "ppml.window"
+
+
+def window_tag(partitions: tuple[str, ...] | list[str]) -> str:
+    """``2026-02-01..2026-04-30 (90 days)``: the scope's daily partitions are a contiguous, sorted window."""
+    if not partitions:
+        return "none"
+    days = sorted(partitions)
+    return f"{days[0]}..{days[-1]} ({len(days)} day{'s' if len(days) != 1 else ''})"
+
+
 if TYPE_CHECKING:
     from ppml.tracking import TrainingTracker
 
@@ -32,7 +44,7 @@ def open_selection_run(
             "ppml.role": "selection",
             "ppml.ledger_request_id": request_id,
             "ppml.private": "true",
-            "ppml.partitions": ",".join(scope.partitions),
+            TAG_WINDOW: window_tag(scope.partitions),
         },
     )
     ledger.set_request_mlflow_run(request_id, parent_run_id)

@@ -124,8 +124,8 @@ def test_engine_verdicts_agree_with_the_gate(adult) -> None:  # type: ignore[no-
 
 
 def test_each_built_in_verdict_is_a_blocking_asset_check() -> None:
-    from ppml_assets.compliance import compliance_gate_checks
+    from ppml_assets.compliance import compliance_requirement_gates
 
-    specs = {spec.name: spec for check in compliance_gate_checks for spec in check.check_specs}
+    specs = {spec.name: spec for spec in compliance_requirement_gates.check_specs}
     for name in (*TRIVIAL_CHECKS, "group_error_rate_gap", "utility_gap_vs_baseline"):
         assert name in REQUIREMENTS and specs[name].blocking

@@ -27,7 +27,7 @@ TAGS = {
     "dagster.run_id": "run-1",
     "ppml.policy_sha256": "p" * 64,
     "ppml.data_sha256": "d" * 64,
-    "ppml.partitions": "2026-03-07",
+    "ppml.window": "2026-03-07..2026-03-07 (1 day)",
 }
 
 
@@ -54,7 +54,11 @@ def _mlflow_runs(tracker: TrainingTracker) -> list:
 def test_selects_on_validation_logs_and_charges_every_candidate(splits, ledger, tracker, tmp_path) -> None:
     import mlflow
 
+    from ppml.training.progress import add_listener, remove_listener
+
     train, validation = splits
+    heard: list[str] = []
+    add_listener(heard.append)
     result = train_within_budget(
         train,
         validation,
@@ -67,6 +71,9 @@ def test_selects_on_validation_logs_and_charges_every_candidate(splits, ledger, 
         tracker=tracker,
         tags=TAGS,
     )
+    remove_listener(heard.append)
+    # per-epoch progress for the CLI's display: every candidate's every epoch, with the epsilon spent so far
+    assert {line.split(" eps ")[0] for line in heard} == {f"candidate {c} epoch {e}/2" for c in (1, 2) for e in (1, 2)}
     assert result.epsilon <= DP.target_epsilon
     # selection on validation: the best validation accuracy (then AUC) wins -- which one depends on the DP noise
     best = max(result.candidates, key=lambda c: (c.validation_accuracy, c.validation_auc))
