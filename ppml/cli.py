@@ -225,6 +225,7 @@ def run_lifecycle_command(
     as_of: Annotated[str | None, typer.Option(help="Train as of this day (default: the newest day of data).")] = None,
 ) -> None:
     """The whole lifecycle on your data, on the embedded default storage: policy, collection, training, report."""
+    from ppml.federated.settings import refuse_federated_policy
     from ppml.policy import load_policy
 
     try:
@@ -236,6 +237,7 @@ def run_lifecycle_command(
             )
         as_of = parse_day(as_of, "--as-of")
         loaded = load_policy(policy)
+        refuse_federated_policy(loaded.path, loaded.policy.training.mode, "ppml run (the central lifecycle)")
         os.environ["PPML_POLICY"] = str(loaded.path)
         if landing_zone is not None:
             if not landing_zone.is_dir():

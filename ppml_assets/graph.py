@@ -33,6 +33,7 @@ from dagster import (
 )
 
 from ppml.errors import input_error
+from ppml.federated.settings import refuse_federated_policy
 from ppml.policy import load_policy
 from ppml_assets.metadata import asset_definition_options, lifecycle_group
 from ppml_assets.settings import POLICY_PATH, daily_partitions, training_window, training_window_days
@@ -253,6 +254,7 @@ def discover_policy_graphs(folder: Path) -> list[PolicyGraph]:
     by_dataset: dict[str, Path] = {}
     for path in files:
         loaded = load_policy(path, check_files=False)
+        refuse_federated_policy(path, loaded.policy.training.mode, "the central code location (PPML_POLICY_DIR)")
         prefix = prefix_for(loaded.policy.name)
         if not PREFIX_PATTERN.match(prefix):
             raise input_error(

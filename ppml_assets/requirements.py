@@ -2,6 +2,7 @@
 
 from dagster import AssetExecutionContext, MetadataValue
 
+from ppml.federated.settings import refuse_federated_policy
 from ppml_assets.graph import policy_asset
 from resources import PolicyResource
 
@@ -10,6 +11,7 @@ from resources import PolicyResource
 def privacy_requirements(context: AssetExecutionContext, policy: PolicyResource) -> dict:
     """The policy file, validated; its content hash versions every artefact downstream."""
     loaded = policy.load()
+    refuse_federated_policy(loaded.path, loaded.policy.training.mode, "the central lifecycle")
     document = loaded.policy.model_dump(mode="json", by_alias=True)
     privacy = loaded.policy.privacy
     context.add_output_metadata(

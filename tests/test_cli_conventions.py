@@ -118,3 +118,20 @@ def test_the_progress_line_keeps_steps_and_elapsed_time_within_80_columns() -> N
     lines = [line for line in console.export_text().splitlines() if line.strip()]
     assert len(lines) == 1 and len(lines[0]) <= 80
     assert "12 steps" in lines[0] and "0:00:0" in lines[0] and "…" in lines[0]
+
+
+def test_a_federated_policy_is_refused_by_the_central_lifecycle(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The central graph would pool the sites' records: `ppml run` and a PPML_POLICY_DIR location refuse it."""
+    from ppml.errors import PPMLError
+    from ppml_assets.graph import discover_policy_graphs
+
+    federated = REPO_ROOT / "policies" / "adult_federated.yaml"
+    result = cli("run", "--policy", str(federated), "--landing-zone", str(tmp_path))
+    assert result.exit_code != 0
+    (line,) = result.output.splitlines()
+    assert "field 'training.mode'" in line and "fix: run it from the federated code location" in line
+    folder = tmp_path / "policies"
+    folder.mkdir()
+    (folder / "federated.yaml").write_text(federated.read_text())
+    with pytest.raises(PPMLError, match=r"training\.mode"):
+        discover_policy_graphs(folder)

@@ -90,3 +90,15 @@ class FederationSettings(_Strict):
             if site.name == name:
                 return site
         raise KeyError(name)
+
+
+def refuse_federated_policy(policy_path: object, mode: str, where: str) -> None:
+    """A federated policy trains only through the federated code location: the central graph would pool the
+    sites' records, which is exactly what such a policy forbids, so it is refused there in one line."""
+    if mode == "federated":
+        from ppml.errors import PPMLError
+
+        raise PPMLError(
+            f"{policy_path}: field 'training.mode': federated policies do not run in {where}; "
+            "fix: run it from the federated code location (dagster dev -m ppml_assets.federated, docs/federated.md)"
+        )
