@@ -308,6 +308,9 @@ def _register_optional_commands() -> None:
 
     app.command("serve")(serve_command)
     app.command("rollback")(rollback_command)
+    from ppml.evidence.cli import verify_command
+
+    app.command("verify")(verify_command)
 
 
 _register_optional_commands()

@@ -31,6 +31,11 @@ TEMPLATES = Path(__file__).resolve().parent / "templates"
 class ReportFiles:
     html: Path
     evidence: Path
+    documents: tuple[Path, ...] = ()
+
+    def all(self) -> list[Path]:
+        """Every file written, evidence.json first: what the evidence pack hashes."""
+        return [self.evidence, self.html, *self.documents]
 
 
 def roc_svg(curves: dict[str, dict[str, list[float]]], size: int = 320) -> str:

@@ -26,6 +26,7 @@ from ppml.evaluation import scan_for_identifiers
 from ppml.policy import IdentifierAction, LoadedPolicy
 from ppml.reporting import write_report
 from ppml_assets.common import latest_metadata
+from ppml_assets.evidence import build_evidence_pack
 from ppml_assets.graph import policy_asset, policy_asset_check
 from ppml_assets.settings import window_partition_keys
 from resources import AssetStore, MlflowResource, PolicyResource, PseudonymizationKey, WorkspacePaths
@@ -162,6 +163,19 @@ def window_summary(instance: Any, as_of: str, days: list[str], asset_store: Asse
     return {"first": days[0], "last": days[-1], "partitions": len(days), "collected": collected, "excluded": excluded}
 
 
+#: compliance_status's upstream assets: the sinks of a refused version's lineage (its own output is not yet stored).
+GATE_INPUTS = [
+    "privacy_requirements",
+    "anonymized_records",
+    "training_features",
+    "dp_model",
+    "model_evaluation",
+    "privacy_evaluation",
+    "privacy_audit",
+    "privacy_budget",
+]
+
+
 @policy_asset(group_name="compliance", kinds={"json"})
 def compliance_status(
     context: AssetExecutionContext,
@@ -267,6 +281,17 @@ def compliance_status(
         decision |= promotion.to_dict()
     evidence["decision"] = decision
     files = write_report(evidence, paths.reports_dir / as_of, forbidden_values=_identifier_values(raw_window, loaded))
+    if failed:  # compliance_report will not run: the refused version gets its signed pack here
+        build_evidence_pack(
+            context,
+            loaded=loaded,
+            asset_store=asset_store,
+            mlflow=mlflow,
+            sinks=GATE_INPUTS,
+            report_files=files.all(),
+            decision=decision,
+            mlflow_run_id=dp_model["mlflow_run_id"],
+        )
     context.add_output_metadata(
         {
             "passed_checks": len(verdicts) - len(failed),

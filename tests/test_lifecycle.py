@@ -21,6 +21,7 @@ from mlflow.exceptions import MlflowException
 
 from ppml.compliance import REQUIREMENTS
 from resources import MlflowResource
+from tests.evidence.checks import assert_pack_verifies_then_names_a_changed_byte
 from tests.graph_support import graph_workspace, write_policy
 from tests.support import REPO_ROOT, TEST_FIRST_DAY, days
 
@@ -152,6 +153,13 @@ def test_hipaa_safe_harbor_lifecycle(tmp_path: Path, landing_zone: Path) -> None
     deidentified = pd.read_parquet(workspace.home / "assets" / "deidentified_records" / f"{window[-1]}.parquet")
     replayed = {served.builder.released_values(r)["zip"] for r in deidentified.head(200).to_dict("records")}
     assert replayed <= set(released["zip"].astype(str)) | {"*"}
+    # the signed evidence pack: verifies, names a changed byte of a day's de-identified records, tags the version
+    report_dir = workspace.home / "reports" / window[-1]
+    first_day = workspace.home / "assets" / "deidentified_records" / f"{window[0]}.parquet"
+    assert_pack_verifies_then_names_a_changed_byte(report_dir, first_day, f"deidentified_records/{window[0]}")
+    root = json.loads((report_dir / "evidence_pack.json").read_text())["root_sha256"]
+    version = client.get_model_version("ppml-adult-income-hipaa", str(evidence["decision"]["version"]))
+    assert version.tags["ppml.evidence_root_sha256"] == root
 
 
 def _overfit_non_private_model():  # type: ignore[no-untyped-def]
