@@ -104,6 +104,9 @@ def test_init_on_health_insurance_validates_against_the_data(tmp_path: Path) -> 
     assert {"gender", "ethnicity", "education", "region", "married"} <= set(schema["quasi_identifiers"])
     assert schema["numeric_columns"] == ["age", "family"]
     _assert_hierarchies_cover(draft, data)
+    # ethnicity is GDPR Art. 9 data: the draft names a condition and marks it CONFIRM (validated above)
+    basis = next(line for line in draft.read_text().splitlines() if "special_category_basis:" in line)
+    assert "# CONFIRM:" in basis and "ethnicity (racial or ethnic origin)" in basis
 
 
 def test_init_says_when_the_data_has_no_date_column(tmp_path: Path) -> None:
