@@ -26,10 +26,11 @@ from ppml.evaluation import scan_for_identifiers
 from ppml.policy import IdentifierAction, LoadedPolicy
 from ppml.reporting import write_report
 from ppml_assets.common import latest_metadata
+from ppml_assets.document_facts import document_facts
 from ppml_assets.evidence import build_evidence_pack
 from ppml_assets.graph import policy_asset, policy_asset_check
 from ppml_assets.settings import window_partition_keys
-from resources import AssetStore, MlflowResource, PolicyResource, PseudonymizationKey, WorkspacePaths
+from resources import AssetStore, LedgerResource, MlflowResource, PolicyResource, PseudonymizationKey, WorkspacePaths
 
 
 def _l_diversity_evidence(anonymized: pd.DataFrame, loaded: LoadedPolicy, violations: dict[str, int]) -> list[dict]:
@@ -192,6 +193,7 @@ def compliance_status(
     asset_store: AssetStore,
     paths: WorkspacePaths,
     pseudonym_key: PseudonymizationKey,
+    ledger: LedgerResource,
 ) -> dict:
     """Every requirement of the policy judged on the run's evidence; the table the gate's checks enforce."""
     loaded = policy.load()
@@ -256,8 +258,12 @@ def compliance_status(
         "leakage": leakage_evidence(
             loaded, raw_window, feature_names, list(anonymized_records.columns), mlflow, dp_model["mlflow_run_id"]
         ),
-        "mlflow": {"tracking_uri_redacted": _redact(mlflow.tracking_uri)},
+        "mlflow": {
+            "tracking_uri_redacted": _redact(mlflow.tracking_uri),
+            "experiment_id": mlflow.client().get_run(dp_model["mlflow_run_id"]).info.experiment_id,
+        },
         "data_quality_checks": data_quality_results(instance, context.run.run_id),
+        **document_facts(instance, loaded, anonymized_records, asset_store, ledger.url, days),
     }
     verdicts = evaluate_requirements(loaded.policy, evidence)
     evidence["checks"] = [verdict.to_dict() for verdict in verdicts]

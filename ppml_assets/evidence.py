@@ -134,8 +134,9 @@ def model_nodes(mlflow: MlflowResource, model_name: str, version: str, parent: s
         ]
 
 
-def report_nodes(files: list[Path], inputs: list[str]) -> list[NodeSpec]:
-    return [NodeSpec(f"report/{path.name}", tuple(inputs), str(path)) for path in files]
+def report_nodes(files: list[Path], inputs: list[str], directory: Path) -> list[NodeSpec]:
+    """The report, evidence.json, documents, plots and PDF: products of the lineage's sinks."""
+    return [NodeSpec(f"report/{path.relative_to(directory).as_posix()}", tuple(inputs), str(path)) for path in files]
 
 
 def sign_and_attach(nodes: list[NodeSpec], model: dict[str, Any], directory: Path, mlflow: MlflowResource) -> PackFiles:
@@ -183,5 +184,6 @@ def build_evidence_pack(
         "policy_sha256": loaded.content_hash,
     }
     files = model_nodes(mlflow, model["model_name"], model["version"], dp_model)
-    nodes = [*lineage, *policy, *files, *report_nodes(report_files, sink_ids)]
-    return sign_and_attach(nodes, model, Path(report_files[0]).parent, mlflow)
+    directory = Path(report_files[0]).parent
+    nodes = [*lineage, *policy, *files, *report_nodes(report_files, sink_ids, directory)]
+    return sign_and_attach(nodes, model, directory, mlflow)
