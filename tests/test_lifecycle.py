@@ -62,6 +62,16 @@ def test_make_demo_path_promotes_the_dp_model(tmp_path: Path) -> None:
     assert f"{total} of {total} requirements passed" in completed.stdout
     report = tmp_path / "ppml-home" / "reports" / "2026-04-30" / "report.html"
     assert report.is_file() and str(report) in completed.stdout.replace("\n", "")
+    # the evidence pack's path is printed, and the auditor's command passes on the fresh workspace
+    assert f"Evidence pack: {report.parent}" in completed.stdout.replace("\n", "")
+    verified = subprocess.run(
+        [str(Path(sys.executable).parent / "ppml"), "verify", str(report.parent)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert verified.returncode == 0 and "OK" in verified.stdout, verified.stdout + verified.stderr
     evidence = _evidence(tmp_path / "ppml-home", "2026-04-30")
     assert evidence["window"]["partitions"] == 90
     assert all(check["passed"] for check in evidence["checks"])
@@ -313,3 +323,10 @@ def test_broken_dp_training_is_caught_by_the_empirical_audit(tmp_path: Path, lan
     assert evidence["audit"]["alarm"] is True and evidence["audit"]["fault_injection"] == 0.0
     assert evidence["audit"]["epsilon_lower_bound"] > evidence["audit"]["claimed_epsilon"]
     assert "empirical_epsilon_audit" in evidence["decision"]["failing_checks"]
+    # the refused version's signed evidence pack comes from the gate itself (nothing after it ran)
+    from ppml.evidence.verify import verify_pack
+
+    report_dir = workspace.home / "reports" / window[-1]
+    assert verify_pack(report_dir).ok
+    assert json.loads((report_dir / "evidence_pack.json").read_text())["model"]["status"] == "refused"
+    assert (report_dir / "documents" / "dpia.html").is_file() and (report_dir / "report.pdf").is_file()

@@ -194,8 +194,36 @@ def _audit(f: Facts) -> Guarantee | None:
     )
 
 
+def _whitebox_audit(f: Facts) -> Guarantee | None:
+    """The white-box audit (gradient canaries) states its own strength: the largest bound its canaries allow."""
+    audit = f.get("audit.whitebox")
+    if not audit or audit.get("epsilon_lower_bound") is None:
+        return None
+    strength, found = audit.get("max_achievable_bound"), audit.get("epsilon_lower_bound")
+    return Guarantee(
+        title="White-box audit of the DP training",
+        cannot_learn=(
+            f"The audit watched every noisy update of a training run with {audit.get('canaries')} gradient canaries "
+            f"and showed epsilon >= {number(found)} at {percent(audit.get('confidence'), 0)} confidence, against the "
+            f"claimed {number(audit.get('claimed_epsilon'))}. With that many canaries it could have shown at most "
+            f"epsilon >= {number(strength)}: it refutes gross errors, it cannot confirm the claim."
+        ),
+        can_learn=(
+            "Its mechanism checks test what the proof assumes: the noise added at every step, the sampling rate and "
+            "independent sampling (p-values in the report)."
+        ),
+        numbers={
+            "audit lower bound": number(found),
+            "claimed epsilon": number(audit.get("claimed_epsilon")),
+            "strongest bound this audit could show": number(strength),
+            "alarm": number(audit.get("alarm")),
+        },
+        fields=("audit.whitebox.epsilon_lower_bound", "audit.whitebox.max_achievable_bound"),
+    )
+
+
 def guarantees(evidence: dict[str, Any]) -> list[Guarantee]:
     """Every guarantee this run measured; one the run did not produce is left out, not described."""
     f = Facts(evidence)
-    built = [_k_anonymity(f), _differential_privacy(f), _lifetime(f), _audit(f)]
+    built = [_k_anonymity(f), _differential_privacy(f), _lifetime(f), _audit(f), _whitebox_audit(f)]
     return [g for g in built if g is not None]

@@ -108,7 +108,13 @@ def test_verify_cli_exit_codes(pack: Path) -> None:
     from ppml.cli import app
 
     ok = CliRunner().invoke(app, ["verify", str(pack)])
-    assert ok.exit_code == 0 and "OK" in ok.stdout
+    assert ok.exit_code == 0 and "OK" in ok.stdout and "pass --public-key" in ok.stdout
+    trusted = CliRunner().invoke(app, ["verify", str(pack), "--public-key", str(pack / "signing_key.pub")])
+    assert trusted.exit_code == 0 and "trusted key" in trusted.stdout
+    other = pack.parent / "other.pub"
+    other.write_text(signing.public_key_pem(signing.parse_private_key(signing.new_key_text())))
+    refused = CliRunner().invoke(app, ["verify", str(pack), "--public-key", str(other)])
+    assert refused.exit_code == 1 and "signature does not match" in refused.stderr
     _flip(pack / "../../assets/deid.parquet")
     failed = CliRunner().invoke(app, ["verify", str(pack)])
     assert failed.exit_code == 1
