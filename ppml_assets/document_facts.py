@@ -58,6 +58,13 @@ def deidentification_counts(instance: Any, asset_store: AssetStore, days: list[s
     }
 
 
+def data_sources(instance: Any, asset_store: AssetStore, days: list[str]) -> list[str]:
+    """Where the window's records were read from, as collection recorded it (passwords redacted there)."""
+    key = asset_store.asset_key("raw_records")
+    sources = {str(latest_metadata(instance, key, day).get("source", "")) for day in days}
+    return sorted(source for source in sources if source)
+
+
 def _filter(key: Any, day: str) -> Any:
     from dagster import AssetRecordsFilter
 
@@ -83,7 +90,8 @@ def document_facts(
     """The evidence sections only the documents read (merged into evidence.json)."""
     return {
         "accountability": accountability(loaded),
-        "deidentification": deidentification_counts(instance, asset_store, days),
+        "deidentification": deidentification_counts(instance, asset_store, days)
+        | {"data_sources": data_sources(instance, asset_store, days)},
         "release_identifier_scan": identifier_pattern_scan(anonymized),
         "ledger_history": ledger_runs(ledger_url, loaded),
     }

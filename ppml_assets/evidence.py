@@ -39,17 +39,25 @@ def _parent_partitions(graph: Any, child: AssetKey, parent: AssetKey, partition:
     return [k for k in keys if first is None or k >= first]
 
 
-def _asset_graph(context: AssetExecutionContext) -> Any:
-    """The code location's whole asset graph (a job's own graph lacks the partitions of assets outside it);
-    an in-process run has no repository on its context, so the code location's definitions are asked."""
+def _asset_graph(context: AssetExecutionContext, loaded: LoadedPolicy, asset_store: AssetStore) -> Any:
+    """The code location's whole asset graph (a job's own graph lacks the partitions of assets outside it). An
+    in-process run has no repository on its context: then this policy's graph is built again from the same
+    declarations the code location used (``ppml_assets.graph``), with the policy's window."""
     from dagster_shared.check import CheckError
 
     try:
         return context.repository_def.asset_graph
     except CheckError:
-        from ppml_assets.definitions import defs
+        from dagster._core.definitions.assets.graph.asset_graph import AssetGraph  # no public builder without resources
 
-        return defs.resolve_asset_graph()
+        import ppml_assets.definitions  # noqa: F401  # registers every stage's declarations
+        from ppml_assets.graph import DEFAULT_GRAPH, PolicyGraph, graph_assets
+
+        graph = DEFAULT_GRAPH
+        if asset_store.key_prefix:
+            days = loaded.policy.collection.training_window_days
+            graph = PolicyGraph(policy_path=loaded.path, window_days=days, prefix=asset_store.key_prefix)
+        return AssetGraph.from_assets(graph_assets(graph)[0])
 
 
 def _stored_file(asset_store: AssetStore, key: AssetKey, partition: str | None) -> str | None:
@@ -74,11 +82,11 @@ def _recorded_hash(instance: Any, key: AssetKey, partition: str | None) -> str |
 
 
 def lineage_nodes(
-    context: AssetExecutionContext, asset_store: AssetStore, sinks: list[str], partition: str
+    context: AssetExecutionContext, loaded: LoadedPolicy, asset_store: AssetStore, sinks: list[str], partition: str
 ) -> tuple[list[NodeSpec], list[str]]:
     """One node per materialization upstream of (and including) ``sinks`` at ``partition``; returns the nodes
     and the ids of the sinks themselves."""
-    graph = _asset_graph(context)
+    graph = _asset_graph(context, loaded, asset_store)
     keys = [asset_store.asset_key(name) for name in sinks]
     pending = [(key, None if graph.get(key).partitions_def is None else partition) for key in keys]
     sink_ids = [_node_id(key, part) for key, part in pending]
@@ -164,7 +172,7 @@ def build_evidence_pack(
 ) -> PackFiles:
     """The whole pack for the model version in ``decision``: lineage, policy files, model files, report files."""
     partition = context.partition_key
-    lineage, sink_ids = lineage_nodes(context, asset_store, sinks, partition)
+    lineage, sink_ids = lineage_nodes(context, loaded, asset_store, sinks, partition)
     policy = policy_nodes(loaded)
     requirements = _node_id(asset_store.asset_key("privacy_requirements"), None)
     lineage = [
