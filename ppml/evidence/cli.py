@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from ppml.evidence.verify import verify_pack
 
@@ -24,11 +25,15 @@ def verify_command(
     """Recompute every hash of the evidence pack from the stored artifacts and check its Ed25519 signature."""
     result = verify_pack(directory, public_key)
     for problem in result.problems:
-        errors.print(f"[bold red]FAILED:[/] {problem}", highlight=False, soft_wrap=True, markup=False)
+        errors.print(f"[bold red]FAILED:[/] {escape(problem)}", highlight=False, soft_wrap=True)
     for note in result.notes:
         console.print(f"note: {note}", highlight=False, soft_wrap=True, markup=False)
     if not result.ok:
-        errors.print(f"evidence pack {directory}: {len(result.problems)} problem(s); do not sign it", markup=False)
+        errors.print(
+            f"evidence pack {directory}: {len(result.problems)} problem(s); do not sign it",
+            markup=False,
+            soft_wrap=True,
+        )
         raise typer.Exit(code=1)
     console.print(
         f"evidence pack {directory}: OK - {result.files_checked} artifacts recomputed, signature valid "
