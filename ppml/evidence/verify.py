@@ -112,8 +112,8 @@ def verify_pack(directory: Path, trusted_key: Path | None = None) -> Verificatio
     recorded = [n for n, node in manifest["nodes"].items() if node["kind"] == "recorded"]
     if recorded:
         result.notes.append(
-            f"{len(recorded)} recorded hashes (raw copies disposed after de-identification) are covered by the "
-            "signature but cannot be recomputed"
+            f"{len(recorded)} recorded hashes (raw copies disposed after de-identification, or files held in a "
+            "remote store; each node's note says which) are covered by the signature but cannot be recomputed"
         )
     if trusted_key is None:
         result.notes.append(
