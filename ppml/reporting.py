@@ -93,8 +93,12 @@ def release_safety_html(release_safety: dict[str, Any]) -> str:
     return _environment().get_template("release_safety.html.j2").render(rs=release_safety)
 
 
-def write_report(evidence: dict[str, Any], directory: Path, forbidden_values: Iterable[str] = ()) -> ReportFiles:
-    """Write evidence.json and report.html into ``directory`` (atomically, both or neither is updated)."""
+def write_report(
+    evidence: dict[str, Any], directory: Path, forbidden_values: Iterable[str] = (), *, documents: bool = True
+) -> ReportFiles:
+    """Write evidence.json and report.html into ``directory`` (atomically, both or neither is updated), and unless
+    ``documents`` is false the documents, plots and report.pdf (the gate skips them when the model passed: the
+    reporting asset writes the final ones)."""
     evidence = {"ppml_version": __version__, "generated_at": datetime.now(UTC).isoformat(), **evidence}
     document = json.dumps(evidence, indent=2, sort_keys=True, default=str)
     if _find_forbidden(document, forbidden_values):
@@ -103,16 +107,17 @@ def write_report(evidence: dict[str, Any], directory: Path, forbidden_values: It
             "fix: report aggregates only (this is a bug in the stage that produced the value)"
         )
     directory.mkdir(parents=True, exist_ok=True)
-    written, bodies = write_documents(evidence, directory)
-    pdf = write_pdf(evidence, bodies, directory)
+    written, bodies = write_documents(evidence, directory) if documents else ([], {})
+    written += [write_pdf(evidence, bodies, directory)] if documents else []
     pack = {
-        "documents": [(name, document.title) for name, (document, _) in bodies.items()],
+        "documents": [(name, page.title) for name, (page, _) in bodies.items()],
         "plots": [p.stem for p in written if p.suffix == ".png"],
+        "pdf": documents,
         "links": document_links(evidence),
         "audit_strength": audit_strength(evidence["audit"]) if evidence.get("audit") else None,
     }
     html = _environment().get_template("report.html.j2").render(e=evidence, roc_svg=roc_svg, pack=pack)
-    files = ReportFiles(html=directory / "report.html", evidence=directory / "evidence.json", documents=(*written, pdf))
+    files = ReportFiles(html=directory / "report.html", evidence=directory / "evidence.json", documents=tuple(written))
     _atomic_write_text(files.evidence, document)
     _atomic_write_text(files.html, html)
     return files

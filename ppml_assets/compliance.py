@@ -286,7 +286,12 @@ def compliance_status(
         )
         decision |= promotion.to_dict()
     evidence["decision"] = decision
-    files = write_report(evidence, paths.reports_dir / as_of, forbidden_values=_identifier_values(raw_window, loaded))
+    files = write_report(
+        evidence,
+        paths.reports_dir / as_of,
+        forbidden_values=_identifier_values(raw_window, loaded),
+        documents=bool(failed),  # a passing model's documents are written once, by compliance_report
+    )
     if failed:  # compliance_report will not run: the refused version gets its signed pack here
         build_evidence_pack(
             context,
