@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 
-.PHONY: install install-dev demo test test-fast lint ui bench bench-anonymization bench-training clean
+.PHONY: install install-dev demo test test-fast lint ui bench bench-anonymization bench-training bench-serving clean
 
 $(VENV)/.base:
 	$(PYTHON) -m venv $(VENV)
@@ -42,13 +42,16 @@ lint: install-dev
 ui: install
 	$(VENV)/bin/ppml ui
 
-bench: bench-anonymization bench-training
+bench: bench-anonymization bench-training bench-serving
 
 bench-anonymization: install-dev
 	$(PY) bench/anonymization_bench.py
 
 bench-training: install-dev
 	$(PY) bench/training_bench.py
+
+bench-serving: install-dev
+	$(PY) bench/serving_bench.py
 
 clean:
 	rm -rf .ppml

@@ -490,8 +490,16 @@ class ReleaseSettings(Strict):
 
 
 class Monitoring(Strict):
-    drift_psi_threshold: float = Field(default=0.2, gt=0)
+    """Training-data drift, and the served model's monitoring over the prediction log (docs/serving.md)."""
+
+    drift_psi_threshold: float = Field(default=0.2, gt=0, description="Input drift: PSI per feature above it.")
     retrain_cron: str = Field(default="0 3 * * 1", min_length=9)
+    prediction_psi_threshold: float = Field(default=0.2, gt=0, description="Served vs evaluation score PSI.")
+    serving_window_days: float = Field(default=7.0, gt=0, le=366, description="Log rows monitored: the last days.")
+    min_serving_rows: int = Field(default=500, ge=1, description="Predictions needed before drift is judged.")
+    min_feedback_rows: int = Field(default=200, ge=1, description="Labels needed before accuracy is judged.")
+    min_group_rows: int = Field(default=20, ge=1, description="Smaller groups are suppressed, never shown.")
+    max_model_age_days: float = Field(default=14.0, gt=0, description="Retrain when the served version is older.")
 
 
 class ServingSettings(Strict):

@@ -29,6 +29,7 @@ from ppml_assets.common import latest_metadata
 from ppml_assets.document_facts import document_facts
 from ppml_assets.evidence import build_evidence_pack
 from ppml_assets.graph import policy_asset, policy_asset_check
+from ppml_assets.serving_monitoring import latest_serving_monitoring
 from ppml_assets.settings import window_partition_keys
 from resources import AssetStore, LedgerResource, MlflowResource, PolicyResource, PseudonymizationKey, WorkspacePaths
 
@@ -263,6 +264,7 @@ def compliance_status(
             "experiment_id": mlflow.client().get_run(dp_model["mlflow_run_id"]).info.experiment_id,
         },
         "data_quality_checks": data_quality_results(instance, context.run.run_id),
+        "serving_monitoring": latest_serving_monitoring(instance, key("serving_monitoring")),
         **document_facts(instance, loaded, anonymized_records, asset_store, ledger.url, days),
     }
     verdicts = evaluate_requirements(loaded.policy, evidence)

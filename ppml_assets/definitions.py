@@ -23,10 +23,19 @@ from ppml_assets import (
     preparation,
     reporting,
     requirements,
+    serving_monitoring,
     training,
 )
 from ppml_assets.graph import DEFAULT_GRAPH, PolicyGraph, graph_assets, policy_graphs_from_env
-from ppml_assets.jobs import celery_jobs, collection_job, jobs_for, reevaluation_job, requirements_job, training_job
+from ppml_assets.jobs import (
+    celery_jobs,
+    collection_job,
+    jobs_for,
+    reevaluation_job,
+    requirements_job,
+    serving_monitoring_job,
+    training_job,
+)
 from ppml_assets.settings import POLICY_PATH, PPML_HOME, default_ledger_url, default_mlflow_tracking_uri
 from resources import (
     AssetStore,
@@ -40,7 +49,13 @@ from resources import (
     SqlTableSource,
     WorkspacePaths,
 )
-from sensors import daily_collection_schedule, drift_sensor, weekly_retraining_schedule
+from sensors import (
+    daily_collection_schedule,
+    drift_sensor,
+    serving_monitoring_schedule,
+    serving_monitoring_sensor,
+    weekly_retraining_schedule,
+)
 from sensors.automation import automation_for
 
 STAGE_MODULES = [
@@ -55,6 +70,7 @@ STAGE_MODULES = [
     deployment,
     reporting,
     monitoring,
+    serving_monitoring,
 ]
 
 
@@ -187,8 +203,14 @@ def graph_definitions(graph: PolicyGraph) -> tuple[list[Any], list[Any], list[An
     """One graph's assets, checks, jobs and automation (the default graph's are the module-level objects)."""
     assets, checks = graph_assets(graph)
     if graph == DEFAULT_GRAPH:
-        jobs = [requirements_job, collection_job, training_job, reevaluation_job]
-        automation = [daily_collection_schedule, weekly_retraining_schedule, drift_sensor]
+        jobs = [requirements_job, collection_job, training_job, reevaluation_job, serving_monitoring_job]
+        automation = [
+            daily_collection_schedule,
+            weekly_retraining_schedule,
+            drift_sensor,
+            serving_monitoring_sensor,
+            serving_monitoring_schedule,
+        ]
         return assets, checks, [*jobs, *celery_jobs(graph)], automation
     jobs = jobs_for(graph)
     unprefixed = {job.name.removeprefix(graph.name("")): job for job in jobs}

@@ -63,10 +63,11 @@ def model_evaluation(
     splits = feature_splits(training_features)
     model = ServedModel(dp_model["model_uri"], mlflow.tracking_uri)
     test = splits["test"]
-    probabilities = model.predict_proba(test.X)
+    scores = model.predict_proba(test.X)
+    record_score_reference(mlflow, dp_model, scores)
     measured = utility_report(
         test.y,
-        probabilities,
+        scores,
         model="dp",
         groups=protected_groups(cleaned_records, loaded, "test"),
         seed=loaded.policy.training.seed,
@@ -97,7 +98,7 @@ def model_evaluation(
         "baseline_ci": baseline["ci"] if baseline else None,
         "baseline_model": None if non_private_baseline.get("skipped") else non_private_baseline.get("tuning"),
         "trivial": trivial_predictor(test.y, test.n_classes),
-        "curves": model_curves(test.y, probabilities),  # ROC and reliability diagram for the report's plots
+        "curves": model_curves(test.y, scores),  # ROC and reliability diagram for the report's plots
         "classes": loaded.policy.schema_.label_classes(),
         "group_error_rates": error_rates,
         "objectives": {"accuracy": objectives.min_accuracy, "roc_auc": objectives.min_roc_auc},
@@ -140,6 +141,15 @@ def model_evaluation(
         }
     )
     return result
+
+
+def record_score_reference(mlflow: MlflowResource, dp_model: dict, scores) -> None:  # type: ignore[no-untyped-def]
+    """The test split's score distribution with the training run: what serving monitoring compares the served
+    predictions with (binary models, the ones ppml serve serves)."""
+    from ppml.serving.monitoring import log_score_reference, score_reference
+
+    if dp_model.get("mlflow_run_id") and getattr(scores, "ndim", 1) == 1 and len(scores):
+        log_score_reference(mlflow.client(), dp_model["mlflow_run_id"], score_reference(scores))
 
 
 def recorded_serving_spec(client, run_id: str | None) -> dict | None:  # type: ignore[no-untyped-def]

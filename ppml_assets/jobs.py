@@ -41,7 +41,7 @@ REEVALUATION_ASSETS = [
 
 
 def jobs_for(graph: PolicyGraph) -> list[Any]:
-    """The requirements, collection, training and re-evaluation jobs of one policy graph, in that order."""
+    """The requirements, collection, training, re-evaluation and serving-monitoring jobs of one policy graph."""
 
     def select(names: list[str]) -> AssetSelection:
         return AssetSelection.assets(*[graph.key(name) for name in names])
@@ -70,10 +70,15 @@ def jobs_for(graph: PolicyGraph) -> list[Any]:
             partitions_def=daily_partitions,
             description="Re-run evaluation and the compliance gate for an as-of day (requested by the drift sensor).",
         ),
+        define_asset_job(
+            graph.name("serving_monitoring_job"),
+            selection=select(["serving_monitoring"]),
+            description="Monitor the served production version over the prediction log (drift, accuracy, age).",
+        ),
     ]
 
 
-requirements_job, collection_job, training_job, reevaluation_job = jobs_for(DEFAULT_GRAPH)
+requirements_job, collection_job, training_job, reevaluation_job, serving_monitoring_job = jobs_for(DEFAULT_GRAPH)
 
 
 def celery_jobs(graph: PolicyGraph) -> list[Any]:

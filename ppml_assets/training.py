@@ -13,6 +13,7 @@ from ppml.errors import PPMLError
 from ppml.evaluation import utility_report
 from ppml.ledger import LifetimeBudget
 from ppml.policy import LoadedPolicy
+from ppml.serving.monitoring import input_reference
 from ppml.serving.spec import log_serving_spec, serving_spec
 from ppml.tracking import TAG_DAGSTER_RUN, TAG_DATA_HASH, TAG_PARTITIONS, TAG_POLICY_HASH, TrainingTracker
 from ppml.training.accountable import train_within_budget
@@ -219,6 +220,7 @@ def record_serving_spec(  # type: ignore[no-untyped-def]
         list(train.feature_names),
         policy_sha256=loaded.content_hash,
         missing_value_marker=loaded.policy.schema_.missing_value_marker,
+        reference=input_reference(train.X, train.feature_names),  # what serving monitoring compares inputs with
     )
     log_serving_spec(client, run_id, spec)
 

@@ -5,6 +5,7 @@
   the privacy-budget ledger refuses the run when the lifetime budget would be exceeded.
 - ``drift_sensor`` compares the newest collected partition with the training reference (PSI per feature) and
   requests a re-evaluation run when the largest PSI passes the policy's threshold.
+- ``serving_monitoring_sensor`` and ``serving_monitoring_schedule`` watch the served model (sensors/serving.py).
 
 ``automation_for`` builds the three for one policy graph (its jobs, its policy's cron, its resources); the
 module-level ones are the single-policy default graph's.
@@ -30,8 +31,9 @@ from dagster import (
 from ppml.monitoring import drift_against
 from ppml.policy import load_policy
 from ppml_assets.graph import DEFAULT_GRAPH, PolicyGraph, rename_resources
-from ppml_assets.jobs import collection_job, reevaluation_job, training_job
+from ppml_assets.jobs import collection_job, reevaluation_job, serving_monitoring_job, training_job
 from resources import AssetStore, PolicyResource
+from sensors.serving import serving_monitoring_sensor_fn
 
 
 def weekly_retraining(context: ScheduleEvaluationContext) -> RunRequest:
@@ -79,8 +81,9 @@ def drift(context: SensorEvaluationContext, asset_store: AssetStore, policy: Pol
 
 
 def automation_for(graph: PolicyGraph, jobs: dict[str, Any]) -> list[Any]:
-    """Daily collection, weekly retraining on the graph's policy cron, and the drift sensor, for one graph
-    (``jobs`` by their unprefixed names); all start stopped, as an operator turns them on."""
+    """Daily collection, weekly retraining on the graph's policy cron, the drift sensor and the serving monitoring
+    sensor and schedule, for one graph (``jobs`` by their unprefixed names); all start stopped, as an operator
+    turns them on."""
     cron = load_policy(graph.policy_path, check_files=False).policy.monitoring.retrain_cron
     collection: ScheduleDefinition = build_schedule_from_partitioned_job(
         jobs["collection_job"],
@@ -100,10 +103,39 @@ def automation_for(graph: PolicyGraph, jobs: dict[str, Any]) -> list[Any]:
         name=graph.name("drift_sensor"),
         default_status=DefaultSensorStatus.STOPPED,
     )(rename_resources(drift, graph))
-    return [collection, retraining, drift_sensor_def]
+    return [collection, retraining, drift_sensor_def, *serving_automation_for(graph, jobs)]
 
 
-daily_collection_schedule, weekly_retraining_schedule, drift_sensor = automation_for(
+def serving_automation_for(graph: PolicyGraph, jobs: dict[str, Any]) -> list[Any]:
+    """The served model's monitoring sensor (re-evaluation, retraining) and hourly monitoring schedule."""
+    targets = ["reevaluation_job", "training_job", "serving_monitoring_job"]
+    monitoring_sensor: SensorDefinition = sensor(
+        jobs=[jobs[name] for name in targets],
+        minimum_interval_seconds=300,
+        name=graph.name("serving_monitoring_sensor"),
+        default_status=DefaultSensorStatus.STOPPED,
+    )(rename_resources(serving_monitoring_sensor_fn({name: jobs[name].name for name in targets}), graph))
+    monitoring_schedule = ScheduleDefinition(
+        job=jobs["serving_monitoring_job"],
+        cron_schedule="17 * * * *",
+        name=graph.name("serving_monitoring_schedule"),
+        default_status=DefaultScheduleStatus.STOPPED,
+    )
+    return [monitoring_sensor, monitoring_schedule]
+
+
+(
+    daily_collection_schedule,
+    weekly_retraining_schedule,
+    drift_sensor,
+    serving_monitoring_sensor,
+    serving_monitoring_schedule,
+) = automation_for(
     DEFAULT_GRAPH,
-    {"collection_job": collection_job, "training_job": training_job, "reevaluation_job": reevaluation_job},
+    {
+        "collection_job": collection_job,
+        "training_job": training_job,
+        "reevaluation_job": reevaluation_job,
+        "serving_monitoring_job": serving_monitoring_job,
+    },
 )

@@ -65,6 +65,7 @@ def test_drift_sensor_requests_reevaluation_only_after_drift(tmp_path: Path, lan
         # model is required, not its promotion.
         trained = workspace.run("training_job", instance, partition_key=window[-1])
         assert trained.asset_materializations_for_node("model_evaluation")
+        _assert_serving_references(workspace, trained)
         sensor_resources = {"asset_store": workspace.resources["asset_store"], "policy": workspace.resources["policy"]}
 
         assert workspace.run("collection_job", instance, partition_key="2026-03-04").success
@@ -91,3 +92,20 @@ def test_drift_sensor_requests_reevaluation_only_after_drift(tmp_path: Path, lan
         assert drifted["partition"] == "2026-03-05" and drifted["records"] > 300
         assert drifted["features"] == "serving spec"  # the release's handle generalizations, as served
         assert 0.0 <= drifted["accuracy"] <= 1.0
+
+
+def _assert_serving_references(workspace, trained) -> None:  # type: ignore[no-untyped-def]
+    """dp_model records the training split's released-label counts in the serving spec, model_evaluation the test
+    split's score distribution: what serving monitoring compares the served inputs and predictions with."""
+    from ppml.serving.monitoring import input_reference_of, load_score_reference
+    from ppml.serving.spec import load_serving_spec
+
+    run_id = trained.asset_materializations_for_node("dp_model")[0].metadata["mlflow_run_id"].value
+    client = workspace.resources["mlflow"].client()
+    spec = load_serving_spec(client, run_id, "dp_model")
+    reference = input_reference_of(spec, "dp_model")
+    assert reference["rows"] > 0 and set(reference["counts"]) <= set(spec["columns"])
+    evaluation = trained.asset_materializations_for_node("model_evaluation")[0]
+    scores = load_score_reference(client, run_id)
+    assert scores is not None and scores["rows"] > 0 and sum(scores["counts"].values()) == scores["rows"]
+    assert evaluation is not None

@@ -49,6 +49,7 @@ LIFECYCLE_ASSETS = {
     "registered_model",
     "compliance_report",
     "drift_reference",
+    "serving_monitoring",
 }
 
 
@@ -69,7 +70,7 @@ def test_definitions_load_with_every_stage_and_blocking_gate() -> None:
         "cleaned_records_expectations",
     ]:
         assert checks[name].blocking
-    assert {"collection_job", "training_job", "reevaluation_job", "requirements_job"} <= {
+    assert {"collection_job", "training_job", "reevaluation_job", "requirements_job", "serving_monitoring_job"} <= {
         job.name for job in repository.get_all_jobs()
     }
     # the training asset asks the deployment for a GPU in a way it can act on

@@ -90,6 +90,8 @@ def test_make_demo_path_promotes_the_dp_model(tmp_path: Path) -> None:
         statuses = [row[0] for row in connection.execute(sa.text("SELECT status FROM ppml_ledger_runs"))]
     assert statuses and all(status == "completed" for status in statuses)
     html = report.read_text()
+    assert evidence["serving_monitoring"] is None  # nothing was served yet: the report's section says so
+    assert "No monitoring of a served version is recorded yet" in html
     raw = pd.read_csv(tmp_path / "ppml-home" / "landing" / "event_date=2026-04-30" / "records.csv", dtype=str)
     for column in ("name", "ssn", "email", "phone", "street_address"):
         assert not any(value in html for value in raw[column]), column

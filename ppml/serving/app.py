@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader
@@ -26,7 +27,7 @@ from mlflow import MlflowClient
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from ppml.errors import PPMLError
-from ppml.policy import IdentifierAction, LoadedPolicy, Policy, ReleaseAction
+from ppml.policy import IdentifierAction, LoadedPolicy, Policy, Regulation, ReleaseAction
 from ppml.serving.prediction_log import PredictionLog
 from ppml.serving.registry import ServedVersion, load_version, production_version
 
@@ -220,10 +221,16 @@ class PredictionService:
         self.negative, self.positive = label_names(self.policy)
         roles = self.policy.schema_
         self.identifiers = {*roles.direct_identifiers, roles.subject_id}
+        self.fields = list(record_model(self.policy).model_fields)
+        # the identifiers de-identification generalizes (ZIP3, YEAR) that are also model inputs: usually none
+        self.generalized_identifiers = any(
+            action in (IdentifierAction.ZIP3, IdentifierAction.YEAR) and column in self.fields
+            for column, action in roles.direct_identifiers.items()
+        ) or (self.policy.use_case.regulation is Regulation.HIPAA and "age" in self.fields)
 
     def screen(self, record: BaseModel, position: int) -> dict[str, Any]:
         """Refuse (or drop) direct identifiers and unknown fields, naming the field only; de-identify the rest."""
-        values = {name: getattr(record, name) for name in type(record).model_fields}
+        values = {name: record.__dict__[name] for name in self.fields}  # pydantic keeps the fields in __dict__
         for column in sorted(record.model_extra or {}):
             if column in self.identifiers and self.settings.identifiers == "drop":
                 continue
@@ -234,7 +241,7 @@ class PredictionService:
                     "and the service refuses it; fix: remove it from the request",
                 )
             raise HTTPException(422, f"record {position}: field '{column}' is not a model input; fix: remove it")
-        return deidentify_record(self.policy, values, position)
+        return deidentify_record(self.policy, values, position) if self.generalized_identifiers else values
 
     def score(self, client: str, records: list[BaseModel]) -> tuple[str, ServedVersion, list[Prediction]]:
         self.limits.admit(client, len(records))
@@ -293,7 +300,7 @@ def create_app(
         details = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in error.errors()]
         return JSONResponse({"detail": details}, status_code=422)
 
-    def authenticate(key: Annotated[str | None, Depends(key_header)]) -> str:
+    async def authenticate(key: Annotated[str | None, Depends(key_header)]) -> str:  # no I/O: on the event loop
         for client, expected in api_keys.items():
             if key is not None and hmac.compare_digest(key.encode(), expected.encode()):
                 return client
@@ -308,16 +315,18 @@ def create_app(
         served = follower.current
         return {"status": "ready", "model_name": served.model_name, "model_version": served.version}
 
+    # The endpoints are coroutines that hand only the scoring (model and log I/O) to the thread pool: a plain
+    # ``def`` endpoint costs FastAPI a second thread hand-off to validate the response (bench/serving_bench.py).
     @app.post("/predict", response_model=PredictionResponse, response_model_exclude_none=True)
-    def predict(record: Record, client: Annotated[str, Depends(authenticate)]) -> PredictionResponse:  # type: ignore[valid-type]
-        request_id, served, out = service.score(client, [record])
+    async def predict(record: Record, client: Annotated[str, Depends(authenticate)]) -> PredictionResponse:  # type: ignore[valid-type]
+        request_id, served, out = await run_in_threadpool(service.score, client, [record])
         return PredictionResponse(
             request_id=request_id, model_name=served.model_name, model_version=served.version, prediction=out[0]
         )
 
     @app.post("/predict/batch", response_model=BatchResponse, response_model_exclude_none=True)
-    def predict_batch(batch: Batch, client: Annotated[str, Depends(authenticate)]) -> BatchResponse:  # type: ignore[valid-type]
-        request_id, served, out = service.score(client, list(batch.records))
+    async def predict_batch(batch: Batch, client: Annotated[str, Depends(authenticate)]) -> BatchResponse:  # type: ignore[valid-type]
+        request_id, served, out = await run_in_threadpool(service.score, client, list(batch.records))
         return BatchResponse(
             request_id=request_id, model_name=served.model_name, model_version=served.version, predictions=out
         )

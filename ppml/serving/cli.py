@@ -36,22 +36,26 @@ def serve_command(
     demo: Annotated[bool, typer.Option(help="Generate an API key when PPML_SERVE_API_KEY is unset.")] = False,
 ) -> None:
     """Serve the policy's production model version (OpenAPI docs at /docs) until stopped."""
+    import torch
     import uvicorn
     from mlflow import MlflowClient
 
     from ppml.policy import load_policy
     from ppml.serving.app import RegistryFollower, create_app
-    from ppml.serving.prediction_log import LOG_URL_ENV, PredictionLog, default_log_url
+    from ppml.serving.prediction_log import PredictionLog, log_url_from_env
     from ppml.serving.registry import load_production
     from ppml.workspace import Workspace, default_home
 
     loaded = load_policy(policy)
     home = default_home()
     keys = _api_keys(home, demo)
+    # one intra-op thread: requests run in parallel on the server's threads, each matrix is small, and torch's
+    # own thread pool on top of them only contends for the cores (bench/serving_bench.py)
+    torch.set_num_threads(1)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     client = MlflowClient(tracking_uri=Workspace(home).mlflow_tracking_uri)
     served = load_production(client, f"ppml-{loaded.policy.name}")
-    prediction_log = PredictionLog(os.environ.get(LOG_URL_ENV) or default_log_url(home))
+    prediction_log = PredictionLog(log_url_from_env(home))
     follower = RegistryFollower(client, served, loaded.policy.serving.poll_seconds)
     app = create_app(loaded, follower, prediction_log, keys)
     typer.echo(f"serving {served.model_name} v{served.version} on http://{host}:{port} (OpenAPI docs: /docs)")

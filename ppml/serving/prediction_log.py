@@ -10,10 +10,12 @@ production (``PPML_SERVE_LOG_URL``).
 from __future__ import annotations
 
 import json
+import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -41,8 +43,23 @@ predictions = sa.Table(
 )
 
 
+def _sqlite_wal(connection: Any, _: Any) -> None:
+    """Write-ahead log with synchronous=NORMAL: a commit is an append to the WAL, not an fsync of the database
+    (durable when the process dies; the last commits may be lost only if the machine itself loses power), and
+    monitoring's reads do not block the server's writes."""
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
 def default_log_url(home: Path) -> str:
     return f"sqlite:///{home / 'serving' / 'predictions.db'}"
+
+
+def log_url_from_env(home: Path, environ: Mapping[str, str] | None = None) -> str:
+    """The log ppml serve writes and monitoring reads: PPML_SERVE_LOG_URL, else SQLite under PPML_HOME."""
+    return (os.environ if environ is None else environ).get(LOG_URL_ENV) or default_log_url(home)
 
 
 class PredictionLog:
@@ -53,6 +70,8 @@ class PredictionLog:
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
             self.engine = sa.create_engine(url)
+            if self.engine.dialect.name == "sqlite":
+                sa.event.listen(self.engine, "connect", _sqlite_wal)
             metadata.create_all(self.engine)
         except Exception as error:
             first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
@@ -61,6 +80,8 @@ class PredictionLog:
                 "SQLAlchemy URL (sqlite:///PATH or postgresql+psycopg2://...)"
             ) from None
         self._lock = threading.Lock()  # SQLite allows one writer; PostgreSQL does not mind
+        self._writer = GroupCommitWriter(self._insert)
+        self._json: dict[tuple[tuple[str, str], ...], str] = {}
 
     def record(
         self,
@@ -81,12 +102,25 @@ class PredictionLog:
                 "model_name": model_name,
                 "model_version": version,
                 "created_at": now,
-                "released_input": json.dumps(values, sort_keys=True),
+                "released_input": self._serialized(values),
                 "score": float(score),
                 "predicted_label": int(label),
             }
             for index, (values, score, label) in enumerate(zip(released, scores, labels, strict=True))
         ]
+        self._writer.write(rows)  # returns once the rows are committed: an answered request is in the log
+
+    def _serialized(self, values: dict[str, str]) -> str:
+        """The released record as JSON (sorted keys), memoized: released records repeat (generalized labels)."""
+        key = tuple(values.items())
+        text = self._json.get(key)
+        if text is None:
+            text = json.dumps(values, sort_keys=True)
+            if len(self._json) < 100_000:
+                self._json[key] = text
+        return text
+
+    def _insert(self, rows: list[dict[str, Any]]) -> None:
         with self._lock, self.engine.begin() as connection:
             connection.execute(predictions.insert(), rows)
 
@@ -110,9 +144,84 @@ class PredictionLog:
         with self.engine.connect() as connection:
             return {client: int(count) for client, count in connection.execute(statement)}
 
+    def served_rows(self, model_name: str, version: str, since: datetime) -> Iterator[tuple[Any, ...]]:
+        """(released_input, score, predicted_label, feedback_label, created_at) of one version's rows since a time,
+        streamed (monitoring aggregates them; no row leaves the engine)."""
+        columns = predictions.c
+        statement = (
+            sa.select(
+                columns.released_input,
+                columns.score,
+                columns.predicted_label,
+                columns.feedback_label,
+                columns.created_at,
+            )
+            .where(columns.model_name == model_name, columns.model_version == version, columns.created_at >= since)
+            .execution_options(yield_per=5000)
+        )
+        with self.engine.connect() as connection:
+            yield from connection.execute(statement)
+
+    def last_row_id(self) -> int:
+        """The newest row's id (0 for an empty log): the monitoring sensor's cursor."""
+        with self.engine.connect() as connection:
+            return int(connection.execute(sa.select(sa.func.max(predictions.c.id))).scalar() or 0)
+
     def count(self) -> int:
         with self.engine.connect() as connection:
             return int(connection.execute(sa.select(sa.func.count()).select_from(predictions)).scalar_one())
 
     def close(self) -> None:
+        self._writer.close()
         self.engine.dispose()
+
+
+class _Pending:
+    __slots__ = ("done", "error", "rows")
+
+    def __init__(self, rows: list[dict[str, Any]]) -> None:
+        self.rows, self.done, self.error = rows, False, None
+
+
+class GroupCommitWriter:
+    """Group commit: the rows of requests that arrive while a commit is running go to the database together.
+
+    The request thread that gets the commit lock commits every row queued so far (its own included) in one
+    transaction; the others wait for the lock and find their rows committed. Uncontended, a request commits its
+    own rows with no hand-off to another thread; under load one commit serves many requests. A request returns
+    only once its rows are committed, so nothing is answered before it is logged and nothing is dropped (the
+    queue holds at most one entry per server thread, each waiting for its own).
+    """
+
+    def __init__(self, insert: Any) -> None:
+        self._insert = insert
+        self._guard = threading.Lock()
+        self._commit_lock = threading.Lock()
+        self._queued: list[_Pending] = []
+
+    def write(self, rows: list[dict[str, Any]]) -> None:
+        pending = _Pending(rows)
+        with self._guard:
+            self._queued.append(pending)
+        with self._commit_lock:
+            if not pending.done:
+                with self._guard:
+                    group, self._queued = self._queued, []
+                self._commit(group)
+        if pending.error is not None:
+            raise pending.error
+
+    def close(self) -> None:
+        """Nothing is left queued: every write commits before it returns."""
+
+    def _commit(self, group: list[_Pending]) -> None:
+        try:
+            self._insert([row for pending in group for row in pending.rows])
+        except Exception:  # one request's failure must not fail the others: each alone, its own error
+            for pending in group:
+                try:
+                    self._insert(pending.rows)
+                except Exception as error:
+                    pending.error = error
+        for pending in group:
+            pending.done = True

@@ -23,6 +23,7 @@ from ppml.errors import PPMLError
 
 SPEC_ARTIFACT = "serving/preprocessing.json"
 SPEC_FORMAT = 1
+RELEASED_CACHE_ENTRIES = 50_000  # per column
 MISSING_CATEGORY = "Unknown"  # ppml.preparation.MISSING_CATEGORY (not imported: pandas-free at request time)
 _RANGE = re.compile(r"^(-?\d+)(?:-(-?\d+))?$")
 
@@ -57,8 +58,11 @@ def serving_spec(
     *,
     policy_sha256: str,
     missing_value_marker: str,
+    reference: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The whole recipe from a raw (de-identified) record to the model's feature vector."""
+    """The whole recipe from a raw (de-identified) record to the model's feature vector; ``reference`` is the
+    training split's label counts per input column (ppml.serving.monitoring.input_reference), what input-drift
+    monitoring compares the served inputs with."""
     decisions = preparation_report["decisions"]
     columns = [d["feature"] for d in decisions if d["decision"] != "dropped"]
     return {
@@ -69,6 +73,7 @@ def serving_spec(
         "bin_edges": {c: list(e) for c, e in preparation_report.get("bin_edges", {}).items() if c in columns},
         "missing_value_marker": missing_value_marker,
         "feature_names": list(feature_names),
+        **({"reference": dict(reference)} if reference is not None else {}),
     }
 
 
@@ -104,21 +109,42 @@ class FeatureBuilder:
         self.bin_edges: dict[str, list[float]] = dict(spec["bin_edges"])
         self.marker: str = spec["missing_value_marker"]
         self.index = {name: position for position, name in enumerate(spec["feature_names"])}
+        self._positions: dict[str, dict[str, int]] = {}  # column -> label -> one-hot position
+        for name, position in self.index.items():
+            column, _, label = name.partition("=")
+            self._positions.setdefault(column, {})[label] = position
         self._rules: dict[str, Any] = {}
         self._bins = {c: _bin_ranges(e["mapping"]) for c, e in self.generalization.items() if e.get("binned")}
+        # the released label of each raw value seen, per column: a request's hot path is then one dict lookup per
+        # column (value domains are small: ages, categories); bounded, so odd values cannot grow it without end
+        self._released: dict[str, dict[Any, str]] = {column: {} for column in self.columns}
 
     def released_values(self, record: Mapping[str, Any]) -> dict[str, str]:
         """The record as the model's training data held it: the released label of every input column."""
-        return {column: self._value(column, record.get(column)) for column in self.columns}
+        out = {}
+        for column in self.columns:
+            value = record.get(column)
+            seen = self._released[column]
+            cacheable = type(value) in (str, int)  # not bool (True == 1) and not float (1.0 == 1, other text)
+            label = seen.get(value) if cacheable else None
+            if label is None:
+                label = self._value(column, value)
+                if cacheable and len(seen) < RELEASED_CACHE_ENTRIES:
+                    seen[value] = label
+            out[column] = label
+        return out
 
     def matrix(self, released: Sequence[Mapping[str, str]]) -> np.ndarray:
         """One-hot rows aligned with the model's feature names (a label training never saw sets no column)."""
         X = np.zeros((len(released), len(self.index)), dtype=np.float32)
+        rows, columns = [], []
         for row, values in enumerate(released):
             for column, label in values.items():
-                position = self.index.get(f"{column}={label}")
+                position = self._positions.get(column, {}).get(label)
                 if position is not None:
-                    X[row, position] = 1.0
+                    rows.append(row)
+                    columns.append(position)
+        X[rows, columns] = 1.0
         return X
 
     def _value(self, column: str, value: Any) -> str:

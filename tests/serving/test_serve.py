@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import numbers
 import os
 import signal
 import socket
@@ -20,15 +19,12 @@ import pytest
 import requests
 import sqlalchemy as sa
 
-from tests.graph_support import write_policy
-from tests.serving.serving_support import Registered, promote_again, register_small_model, server_env
+from tests.serving.serving_support import BUDGET, RATE, Registered, promote_again, raw_record, server_env
 
 pytestmark = pytest.mark.slow  # a training, a registration and a server start: ~20-40 s on 2 shared cores
 
 KEYS = [f"key-{name}-{uuid.uuid4().hex}" for name in ("main", "rate", "budget", "switch")]
 CLI = "import sys; from ppml.cli import app; sys.argv[0] = 'ppml'; app()"
-RATE = 30  # serving.requests_per_minute
-BUDGET = 60  # serving.queries_per_client (rows)
 
 
 def free_port() -> int:
@@ -58,22 +54,6 @@ def wait_for_version(base: str, version: str, timeout: float = 30.0) -> None:
             return
         time.sleep(0.2)
     raise AssertionError(f"server did not switch to v{version}")
-
-
-@pytest.fixture(scope="module")
-def registered(tmp_path_factory: pytest.TempPathFactory, landing_zone: Path) -> Registered:
-    folder = tmp_path_factory.mktemp("serving")
-    policy = write_policy(
-        folder,
-        serving__output="probability",
-        serving__probability_decimals=4,
-        serving__requests_per_minute=RATE,
-        serving__queries_per_client=BUDGET,
-        serving__max_batch_rows=50,
-        serving__poll_seconds=0.3,
-    )
-    policy.write_text(policy.read_text().replace("name: adult-income-gdpr", f"name: serving-{uuid.uuid4().hex[:8]}"))
-    return register_small_model(landing_zone, policy)
 
 
 @pytest.fixture(scope="module")
@@ -108,16 +88,6 @@ def stop_group(process: subprocess.Popen) -> None:
             return
         except subprocess.TimeoutExpired:
             continue
-
-
-def raw_record(registered: Registered, row: int) -> dict[str, Any]:
-    """A de-identified training record's model inputs in their raw form (ints as ints), as a client sends them."""
-    from ppml.policy import load_policy
-    from ppml.serving.app import request_columns
-
-    record = registered.deidentified.iloc[row]
-    columns = request_columns(load_policy(registered.policy).policy)
-    return {c: (int(record[c]) if isinstance(record[c], numbers.Number) else str(record[c])) for c in columns}
 
 
 def expected_probabilities(registered: Registered, released_rows: list[int]) -> list[float]:
