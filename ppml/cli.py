@@ -357,6 +357,9 @@ def _register_optional_commands() -> None:
     from ppml.cli_inspect import register_inspect_commands
 
     register_inspect_commands(app)
+    from ppml.evidence.cli import verify_command
+
+    app.command("verify")(verify_command)
 
 
 _register_optional_commands()

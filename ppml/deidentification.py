@@ -180,6 +180,12 @@ class DeidentificationReport:
         }
 
 
+def safe_harbor_name_category(column: str) -> str | None:
+    """The Safe Harbor class a column's name says it carries (A-Q), or None when no name pattern matches."""
+    lowered = column.lower()
+    return next((category for pattern, category in _CATEGORY_BY_COLUMN if pattern.search(lowered)), None)
+
+
 def _category_of(column: str) -> str:
     lowered = column.lower()
     for pattern, category in _CATEGORY_BY_COLUMN:

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ppml.errors import PPMLError, PPMLErrors
 from ppml.federated.settings import FederationSettings
+from ppml.special_categories import SpecialCategoryBasis, special_category_columns
 from ppml.strict_yaml import load_strict_yaml
 
 #: The data shipped inside the ppml package (generic hierarchies, the bundled data set): always readable.
@@ -90,6 +91,18 @@ class UseCase(Strict):
     data_subjects: str = Field(min_length=3, description="Whose personal data this is.")
     retention_days: int = Field(gt=0, le=36500, description="How long raw records may be kept.")
     controller: str = Field(default="", description="The organisation responsible for the processing.")
+    dpo: str = Field(default="", description="Contact of the data protection officer (GDPR Art. 30(1)(a)).")
+    recipients: list[str] = Field(
+        default_factory=list, description="Who receives the data or the model's outputs (GDPR Art. 30(1)(d))."
+    )
+    transfers: list[str] = Field(
+        default_factory=list,
+        description="Transfers to third countries with their safeguards (GDPR Art. 30(1)(e)); empty: none.",
+    )
+    special_category_basis: SpecialCategoryBasis | None = Field(
+        default=None,
+        description="The GDPR Art. 9(2) condition; required when a special-category column (race, health ...) is used.",
+    )
 
 
 class QuasiIdentifier(Strict):
@@ -572,6 +585,7 @@ class Policy(Strict):
                     f"release.columns names '{column}', a quasi-identifier, direct identifier, subject id or event "
                     "date; fix: remove it (those are generalized or de-identified by their own stage)"
                 )
+        self._special_categories_have_a_basis()
         if self.privacy.max_reidentification_risk + 1e-12 < 1 / self.privacy.k:
             # k-anonymity alone guarantees prosecutor risk <= 1/k; a stricter limit needs a larger k.
             raise ValueError(
@@ -580,6 +594,25 @@ class Policy(Strict):
                 f"{math.ceil(1 / self.privacy.max_reidentification_risk - 1e-9)} or relax the limit"
             )
         return self
+
+    def special_category_columns(self) -> dict[str, str]:
+        """Columns the model uses (features, quasi-identifiers, sensitive attributes, label) that hold an
+        Art. 9(1) special category, by name."""
+        roles = self.schema_
+        used = [*roles.features, *roles.quasi_identifiers, *roles.sensitive_attributes, roles.label.column]
+        return special_category_columns(list(dict.fromkeys(used)))
+
+    def _special_categories_have_a_basis(self) -> None:
+        if self.use_case.regulation is not Regulation.GDPR or self.use_case.special_category_basis is not None:
+            return
+        found = self.special_category_columns()
+        if found:
+            listed = ", ".join(f"{column} ({category})" for column, category in found.items())
+            raise ValueError(
+                f"special-category data is used ({listed}) but use_case.special_category_basis is not set; fix: "
+                "state the GDPR Art. 9(2) condition (e.g. explicit_consent, archiving_research_statistics) or "
+                "remove those columns"
+            )
 
 
 class LoadedPolicy(BaseModel):

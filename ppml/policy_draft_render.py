@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from ppml.special_categories import special_category_columns
+
 if TYPE_CHECKING:
     from ppml.policy_draft import DraftRoles
 
@@ -122,6 +124,25 @@ def _window_days(roles: DraftRoles, frame: pd.DataFrame) -> int:
     return int((days.max() - days.min()).days + 1) if len(days) else 90
 
 
+def _accountability_lines(roles: DraftRoles) -> list[str]:
+    """What the records of processing and the DPIA need that no measurement tells; a special-category column
+    (by name) needs an Art. 9(2) condition, which only the controller can state."""
+    lines = [
+        '  dpo: ""  # CONFIRM: contact of the data protection officer',
+        "  recipients: []  # CONFIRM: who receives the data or the model's outputs",
+        "  transfers: []  # CONFIRM: transfers to third countries and their safeguards (empty: none)",
+    ]
+    used = [*roles.features, *roles.quasi, roles.label]
+    found = special_category_columns(list(dict.fromkeys(c for c in used if c)))
+    if found:
+        listed = ", ".join(f"{column} ({category})" for column, category in found.items())
+        lines.append(
+            f"  special_category_basis: archiving_research_statistics  # CONFIRM: {listed} look like GDPR Art. 9 "
+            "data; state the Art. 9(2) condition that allows it, or remove the columns"
+        )
+    return lines
+
+
 def render_policy(roles: DraftRoles, name: str, data: Path, frame: pd.DataFrame) -> str:
     """The whole draft policy as YAML text."""
     positive = _majority_share(roles, frame)
@@ -149,7 +170,8 @@ def render_policy(roles: DraftRoles, name: str, data: Path, frame: pd.DataFrame)
         "  lawful_basis: legitimate_interests",
         f"  data_subjects: {quote(f'The people in {data.name}')}",
         "  retention_days: 365",
-        '  controller: ""',
+        '  controller: ""  # CONFIRM: the organisation responsible (GDPR Art. 30(1)(a))',
+        *_accountability_lines(roles),
         *_schema_lines(roles),
         "collection:",
         "  # CONFIRM: days of data one training run uses (drafted: the span of the data).",

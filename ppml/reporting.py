@@ -5,8 +5,9 @@ partitions, row counts, anonymization result, epsilon/delta spent, metrics, chec
 run id). report.html renders the same evidence for a person to read and sign. Both hold aggregates only; the
 writer refuses evidence that contains a value from the caller's list of forbidden (personal) strings.
 
-Jinja2 renders the page because it autoescapes and is already a dependency of Dagster; the ROC curves are
-inline SVG so the report is a single self-contained file that can be archived.
+Jinja2 renders the page because it autoescapes and is already a dependency of Dagster; the attack ROC curves are
+inline SVG. Beside it go the regulatory documents, their plots and report.pdf (:mod:`ppml.documents`); the
+evidence pack that signs all of them is written by the reporting asset once they exist (:mod:`ppml.evidence`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from typing import Any
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from ppml import __version__
+from ppml.documents.guarantees import audit_strength
+from ppml.documents.pdf import write_pdf
+from ppml.documents.render import document_links, write_documents
 from ppml.errors import PPMLError
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -31,6 +35,11 @@ TEMPLATES = Path(__file__).resolve().parent / "templates"
 class ReportFiles:
     html: Path
     evidence: Path
+    documents: tuple[Path, ...] = ()
+
+    def all(self) -> list[Path]:
+        """Every file written, evidence.json first: what the evidence pack hashes."""
+        return [self.evidence, self.html, *self.documents]
 
 
 def roc_svg(curves: dict[str, dict[str, list[float]]], size: int = 320) -> str:
@@ -101,8 +110,12 @@ def release_safety_html(release_safety: dict[str, Any]) -> str:
     return _environment().get_template("release_safety.html.j2").render(rs=release_safety)
 
 
-def write_report(evidence: dict[str, Any], directory: Path, forbidden_values: Iterable[str] = ()) -> ReportFiles:
-    """Write evidence.json and report.html into ``directory`` (atomically, both or neither is updated)."""
+def write_report(
+    evidence: dict[str, Any], directory: Path, forbidden_values: Iterable[str] = (), *, documents: bool = True
+) -> ReportFiles:
+    """Write evidence.json and report.html into ``directory`` (atomically, both or neither is updated), and unless
+    ``documents`` is false the documents, plots and report.pdf (the gate skips them when the model passed: the
+    reporting asset writes the final ones)."""
     evidence = {"ppml_version": __version__, "generated_at": datetime.now(UTC).isoformat(), **evidence}
     document = json.dumps(evidence, indent=2, sort_keys=True, default=str)
     if _find_forbidden(document, forbidden_values):
@@ -110,9 +123,18 @@ def write_report(evidence: dict[str, Any], directory: Path, forbidden_values: It
             "compliance report: field '(content)': the evidence contains a value of a direct identifier; "
             "fix: report aggregates only (this is a bug in the stage that produced the value)"
         )
-    html = _environment().get_template("report.html.j2").render(e=evidence, roc_svg=roc_svg)
     directory.mkdir(parents=True, exist_ok=True)
-    files = ReportFiles(html=directory / "report.html", evidence=directory / "evidence.json")
+    written, bodies = write_documents(evidence, directory) if documents else ([], {})
+    written += [write_pdf(evidence, bodies, directory)] if documents else []
+    pack = {
+        "documents": [(name, page.title) for name, (page, _) in bodies.items()],
+        "plots": [p.stem for p in written if p.suffix == ".png"],
+        "pdf": documents,
+        "links": document_links(evidence),
+        "audit_strength": audit_strength(evidence["audit"]) if evidence.get("audit") else None,
+    }
+    html = _environment().get_template("report.html.j2").render(e=evidence, roc_svg=roc_svg, pack=pack)
+    files = ReportFiles(html=directory / "report.html", evidence=directory / "evidence.json", documents=tuple(written))
     _atomic_write_text(files.evidence, document)
     _atomic_write_text(files.html, html)
     return files

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from ppml.deidentification import HMAC_KEY_ENV, hmac_key_from_env
+from ppml.evidence.signing import SIGNING_KEY_ENV, ensure_demo_key, signing_key_from_env
 from ppml.private_files import private_dir, tighten_tree, use_private_umask
 
 EMBEDDED_DAGSTER_YAML = """# Embedded default: SQLite storage under this folder, written by ppml.
@@ -80,13 +81,17 @@ def prepare_workspace(
 
     Only the demo may generate a pseudonymization key (``create``); ``ppml ui`` may reuse the key the demo made
     (``reuse``); every other command needs PPML_HMAC_KEY (``never``). A key that is set but weak is always an
-    error, never replaced by the demo key.
+    error, never replaced by the demo key. The evidence-signing key (PPML_SIGNING_KEY) follows the same rules.
     """
     workspace = Workspace((home or default_home()).resolve())
     key_file = workspace.home / "secrets" / "demo_hmac_key"
     usable_demo_key = demo_key == "create" or (demo_key == "reuse" and key_file.is_file())
     if os.environ.get(HMAC_KEY_ENV) or not usable_demo_key:
         hmac_key_from_env()  # checked before anything is created
+    signing_file = workspace.home / "secrets" / "demo_signing_key"
+    usable_demo_signing = demo_key == "create" or (demo_key == "reuse" and signing_file.is_file())
+    if os.environ.get(SIGNING_KEY_ENV) or demo_key == "never":
+        signing_key_from_env()  # the evidence pack is signed at the end of every run: refuse before it starts
     notes: list[str] = []
     use_private_umask()
     private_dir(workspace.home)
@@ -110,5 +115,11 @@ def prepare_workspace(
             f"DEMO KEY: {HMAC_KEY_ENV} is not set, so pseudonyms use a generated demo key kept in {key_file} "
             f"(mode 0600) - for the bundled synthetic data only; for real data export {HMAC_KEY_ENV} from your "
             "secret store."
+        )
+    if not os.environ.get(SIGNING_KEY_ENV) and usable_demo_signing:
+        os.environ[SIGNING_KEY_ENV], key_path = ensure_demo_key(private_dir(signing_file.parent))
+        notes.append(
+            f"DEMO KEY: {SIGNING_KEY_ENV} is not set, so the evidence pack is signed with a generated demo key kept "
+            f"in {key_path} (mode 0600); for real data export {SIGNING_KEY_ENV} from your secret store."
         )
     return workspace, notes

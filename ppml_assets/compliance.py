@@ -28,11 +28,13 @@ from ppml.policy import IdentifierAction, LoadedPolicy
 from ppml.reporting import write_report
 from ppml_assets.common import latest_metadata
 from ppml_assets.data_quality import PAGE_KEY
+from ppml_assets.document_facts import document_facts
+from ppml_assets.evidence import build_evidence_pack
 from ppml_assets.graph import policy_asset, policy_multi_asset_check
 from ppml_assets.mlflow_evidence import record_in_mlflow
 from ppml_assets.serving_monitoring import latest_serving_monitoring
 from ppml_assets.settings import window_partition_keys
-from resources import AssetStore, MlflowResource, PolicyResource, PseudonymizationKey, WorkspacePaths
+from resources import AssetStore, LedgerResource, MlflowResource, PolicyResource, PseudonymizationKey, WorkspacePaths
 
 
 def _l_diversity_evidence(anonymized: pd.DataFrame, loaded: LoadedPolicy, violations: dict[str, int]) -> list[dict]:
@@ -172,6 +174,19 @@ def window_summary(instance: Any, as_of: str, days: list[str], asset_store: Asse
     return {"first": days[0], "last": days[-1], "partitions": len(days), "collected": collected, "excluded": excluded}
 
 
+#: compliance_status's upstream assets: the sinks of a refused version's lineage (its own output is not yet stored).
+GATE_INPUTS = [
+    "privacy_requirements",
+    "anonymized_records",
+    "training_features",
+    "dp_model",
+    "model_evaluation",
+    "privacy_evaluation",
+    "privacy_audit",
+    "privacy_budget",
+]
+
+
 @policy_asset(group_name="compliance", kinds={"json"})
 def compliance_status(
     context: AssetExecutionContext,
@@ -188,6 +203,7 @@ def compliance_status(
     asset_store: AssetStore,
     paths: WorkspacePaths,
     pseudonym_key: PseudonymizationKey,
+    ledger: LedgerResource,
 ) -> dict:
     """Every requirement of the policy judged on the run's evidence; the table the gate's checks enforce."""
     loaded = policy.load()
@@ -252,9 +268,13 @@ def compliance_status(
         "leakage": leakage_evidence(
             loaded, raw_window, feature_names, list(anonymized_records.columns), mlflow, dp_model["mlflow_run_id"]
         ),
-        "mlflow": {"tracking_uri_redacted": _redact(mlflow.tracking_uri)},
+        "mlflow": {
+            "tracking_uri_redacted": _redact(mlflow.tracking_uri),
+            "experiment_id": mlflow.client().get_run(dp_model["mlflow_run_id"]).info.experiment_id,
+        },
         "data_quality_checks": data_quality_results(instance, context.run.run_id),
         "serving_monitoring": latest_serving_monitoring(instance, key("serving_monitoring")),
+        **document_facts(instance, loaded, anonymized_records, asset_store, ledger.url, days),
     }
     verdicts = evaluate_requirements(loaded.policy, evidence)
     evidence["checks"] = [verdict.to_dict() for verdict in verdicts]
@@ -277,7 +297,23 @@ def compliance_status(
         )
         decision |= promotion.to_dict()
     evidence["decision"] = decision
-    files = write_report(evidence, paths.reports_dir / as_of, forbidden_values=_identifier_values(raw_window, loaded))
+    files = write_report(
+        evidence,
+        paths.reports_dir / as_of,
+        forbidden_values=_identifier_values(raw_window, loaded),
+        documents=bool(failed),  # a passing model's documents are written once, by compliance_report
+    )
+    if failed:  # compliance_report will not run: the refused version gets its signed pack here
+        build_evidence_pack(
+            context,
+            loaded=loaded,
+            asset_store=asset_store,
+            mlflow=mlflow,
+            sinks=GATE_INPUTS,
+            report_files=files.all(),
+            decision=decision,
+            mlflow_run_id=dp_model["mlflow_run_id"],
+        )
     context.add_output_metadata(
         {
             "passed_checks": len(verdicts) - len(failed),

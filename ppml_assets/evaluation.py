@@ -11,6 +11,7 @@ import pandas as pd
 from dagster import AssetExecutionContext, Config, MetadataValue
 
 from ppml.deployment import ServedModel
+from ppml.documents.measurements import model_curves
 from ppml.evaluation import (
     AuditSettings,
     group_error_rates,
@@ -99,6 +100,7 @@ def model_evaluation(
         "baseline_ci": baseline["ci"] if baseline else None,
         "baseline_model": None if non_private_baseline.get("skipped") else non_private_baseline.get("tuning"),
         "trivial": trivial_predictor(test.y, test.n_classes),
+        "curves": model_curves(test.y, scores),  # ROC and reliability diagram for the report's plots
         "classes": loaded.policy.schema_.label_classes(),
         "group_error_rates": error_rates,
         "objectives": {"accuracy": objectives.min_accuracy, "roc_auc": objectives.min_roc_auc},

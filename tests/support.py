@@ -6,6 +6,7 @@ window: partitions start on TEST_FIRST_DAY, so an as-of partition a few days lat
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import tempfile
@@ -19,6 +20,8 @@ os.environ["PPML_PARTITIONS_START"] = TEST_FIRST_DAY
 os.environ["PPML_PARTITIONS_END"] = "open"  # not derived from the session's landing zone (import order)
 # A fixed test key keeps splits (and therefore attack results) reproducible across sessions.
 os.environ["PPML_HMAC_KEY"] = hashlib.sha256(b"ppml test suite").hexdigest()
+# The evidence pack's Ed25519 signing key: base64 of a fixed 32-byte seed (tests only).
+os.environ["PPML_SIGNING_KEY"] = base64.b64encode(hashlib.sha256(b"ppml test suite signing").digest()).decode()
 os.environ["GX_ANALYTICS_ENABLED"] = "False"
 os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{SESSION_HOME / 'mlflow' / 'mlflow.db'}"
 os.environ.pop("DAGSTER_HOME", None)

@@ -49,6 +49,7 @@ def _deploy_environment(tmp_path: Path, dagster_url: str, mlflow_url: str, sourc
         "PPML_CELERY_BROKER": "amqp://guest:guest@127.0.0.1:5672//",
         "PPML_CELERY_BACKEND": "rpc://",
         "PPML_HMAC_KEY": "k" * 40,
+        "PPML_SIGNING_KEY": os.environ["PPML_SIGNING_KEY"],
         "PPML_SOURCE": "sql",
         "PPML_SOURCE_URL": source_url,
         "PPML_SOURCE_TABLE": "patient_events",

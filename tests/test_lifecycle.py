@@ -22,6 +22,7 @@ from mlflow.exceptions import MlflowException
 
 from ppml.compliance import REQUIREMENTS
 from resources import MlflowResource
+from tests.evidence.checks import assert_pack_verifies_then_names_a_changed_byte
 from tests.graph_support import graph_workspace, write_policy
 from tests.support import REPO_ROOT, TEST_FIRST_DAY, days
 
@@ -62,6 +63,16 @@ def test_make_demo_path_promotes_the_dp_model(tmp_path: Path) -> None:
     assert f"{total} of {total} requirements passed" in completed.stdout
     report = tmp_path / "ppml-home" / "reports" / "2026-04-30" / "report.html"
     assert report.is_file() and str(report) in completed.stdout.replace("\n", "")
+    # the evidence pack's path is printed, and the auditor's command passes on the fresh workspace
+    assert f"Evidence pack: {report.parent}" in completed.stdout.replace("\n", "")
+    verified = subprocess.run(
+        [str(Path(sys.executable).parent / "ppml"), "verify", str(report.parent)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert verified.returncode == 0 and "OK" in verified.stdout, verified.stdout + verified.stderr
     evidence = _evidence(tmp_path / "ppml-home", "2026-04-30")
     assert evidence["window"]["partitions"] == 90
     assert all(check["passed"] for check in evidence["checks"])
@@ -203,6 +214,14 @@ def test_hipaa_safe_harbor_lifecycle(tmp_path: Path, landing_zone: Path, monkeyp
     linked = {c["name"]: c["page"] for c in evidence["data_quality_checks"]}
     assert linked["cleaned_records_expectations"] == str(page)
     assert f'href="file://{page}"' in (workspace.home / "reports" / window[-1] / "report.html").read_text()
+
+    # the signed evidence pack: verifies, names a changed byte of a day's de-identified records, tags the version
+    report_dir = workspace.home / "reports" / window[-1]
+    first_day = workspace.home / "assets" / "deidentified_records" / f"{window[0]}.parquet"
+    assert_pack_verifies_then_names_a_changed_byte(report_dir, first_day, f"deidentified_records/{window[0]}")
+    root = json.loads((report_dir / "evidence_pack.json").read_text())["root_sha256"]
+    version = client.get_model_version("ppml-adult-income-hipaa", str(evidence["decision"]["version"]))
+    assert version.tags["ppml.evidence_root_sha256"] == root
 
 
 def _inspect_with_the_cli(monkeypatch: pytest.MonkeyPatch, instance, workspace, as_of: str) -> None:  # type: ignore[no-untyped-def]
@@ -409,3 +428,10 @@ def test_broken_dp_training_is_caught_by_the_empirical_audit(tmp_path: Path, lan
     assert evidence["audit"]["epsilon_lower_bound"] > evidence["audit"]["claimed_epsilon"]
     assert "empirical_epsilon_audit" in evidence["decision"]["failing_checks"]
     _assert_the_audit_is_its_own_mlflow_run(MlflowClient(workspace.resources["mlflow"].tracking_uri), evidence)
+    # the refused version's signed evidence pack comes from the gate itself (nothing after it ran)
+    from ppml.evidence.verify import verify_pack
+
+    report_dir = workspace.home / "reports" / window[-1]
+    assert verify_pack(report_dir).ok
+    assert json.loads((report_dir / "evidence_pack.json").read_text())["model"]["status"] == "refused"
+    assert (report_dir / "documents" / "dpia.html").is_file() and (report_dir / "report.pdf").is_file()

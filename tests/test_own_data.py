@@ -104,6 +104,9 @@ def test_init_on_health_insurance_validates_against_the_data(tmp_path: Path) -> 
     assert {"gender", "ethnicity", "education", "region", "married"} <= set(schema["quasi_identifiers"])
     assert schema["numeric_columns"] == ["age", "family"]
     _assert_hierarchies_cover(draft, data)
+    # ethnicity is GDPR Art. 9 data: the draft names a condition and marks it CONFIRM (validated above)
+    basis = next(line for line in draft.read_text().splitlines() if "special_category_basis:" in line)
+    assert "# CONFIRM:" in basis and "ethnicity (racial or ethnic origin)" in basis
 
 
 def test_init_says_when_the_data_has_no_date_column(tmp_path: Path) -> None:
@@ -273,6 +276,16 @@ def test_run_on_health_insurance_to_the_report(tmp_path: Path) -> None:
     assert evidence["training"]["target_delta"] < 1 / evidence["features"]["rows"]["train"]
     assert "Compliance report:" in completed.stdout
     assert not list(zone.glob("*.tmp")) and sorted(p.name for p in zone.iterdir())[0] == "event_date=2020-03-01"
+    # the signed pack and the documents on the second data set, where ethnicity is GDPR Art. 9 data
+    from ppml.evidence.verify import verify_pack
+
+    assert verify_pack(report.parent).ok
+    dpia = (report.parent / "documents" / "dpia.html").read_text()
+    assert "ethnicity (racial or ethnic origin)" in dpia and "Art. 9(2)(j)" in dpia
+    assert (
+        str(evidence["anonymization"]["min_class_size"])
+        in (report.parent / "documents" / "guarantees.html").read_text()
+    )
 
 
 def test_sql_source_days_and_as_of_check(tmp_path: Path) -> None:
