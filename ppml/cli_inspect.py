@@ -210,7 +210,8 @@ def report_command(
     as_of: Annotated[str, typer.Option(help="The as-of day whose report to render again (YYYY-MM-DD).")],
     scope: Annotated[str, typer.Option(help="A policy graph's prefix (PPML_POLICY_DIR); default: none.")] = "",
 ) -> None:
-    """Render report.html again from the day's evidence.json (e.g. after an upgrade of the template)."""
+    """Render the day's report again from its evidence.json (e.g. after an upgrade of the template), into a
+    ``rerendered/`` folder beside it: the signed originals stay byte for byte as ``ppml verify`` checks them."""
     from ppml.cli import parse_day
     from ppml.reporting import write_report
 
@@ -224,8 +225,9 @@ def report_command(
             f"{evidence_file}: field '--as-of': no evidence for {day} (days with a report: {known}); "
             "fix: pass one of those days"
         )
-    files = write_report(json.loads(evidence_file.read_text()), folder)
+    files = write_report(json.loads(evidence_file.read_text()), folder / "rerendered")
     console.print(f"Compliance report: {files.html}", markup=False)  # folded at 80 columns, like the demo
+    console.print("(the signed report and evidence pack beside it are unchanged)", markup=False)
 
 
 def register_inspect_commands(app: typer.Typer) -> None:
