@@ -385,8 +385,5 @@ def _print_summary(console: Console, instance: Any, outcome: DemoOutcome, report
         outcome.report = report
         console.print(f"Compliance report: [bold]{report}[/] (evidence: {report_dir / 'evidence.json'})")
         if (report_dir / "evidence_pack.json").exists():
-            console.print(
-                f"Evidence pack: [bold]{report_dir}[/] (signed; check it with: ppml verify {report_dir})",
-                soft_wrap=True,
-            )
+            console.print(f"Evidence pack: [bold]{report_dir}[/] (signed; check it with: ppml verify {report_dir})")
     console.print(f"Finished in {outcome.summary['seconds']} s. Explore the lineage with: .venv/bin/ppml ui")
