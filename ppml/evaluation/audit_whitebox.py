@@ -54,7 +54,8 @@ from ppml.evaluation.fdp_audit import (
     guess_counts,
     max_certifiable,
 )
-from ppml.training.dp_sgd import DPPlan, StepHook
+from ppml.training.accounting import DPPlan
+from ppml.training.dp_steps import StepHook
 
 SOURCE = "white-box audit"
 NOISE_FLOOR = 1e-3  # smallest noise scale (in units of C) a score assumes: noise 0 gives finite, huge scores
