@@ -2,10 +2,11 @@
 
 Setting (small but real): raw UCI Adult (``ppml.preparation.raw_adult_feature_matrix``), a random sample of
 ``--records`` training records, an MLP(``--hidden``) trained by ``ppml.training.train_dp`` (book-keeping
-clipping, Opacus noise and PRV accountant) with the white-box audit's settings (Poisson rate 0.2, 10 epochs =
-50 steps, ``--canaries`` gradient canaries). Each bug is a planted fault (ppml.evaluation.planted_bugs) at
-claimed epsilon 1; honest runs at epsilon 1 and 4. "caught" = the gate's verdict refuses promotion (bound above
-the claim, or a mechanism check rejecting the claim at p < 0.001); the columns say which fired.
+clipping, Opacus noise and the PRV accountant, or ``--accountant rdp``) with the white-box audit's settings
+(Poisson rate 0.2, 10 epochs = 50 steps, ``--canaries`` gradient canaries). Each bug is a planted fault
+(ppml.evaluation.planted_bugs) at claimed epsilon 1; honest runs at ``--epsilons`` (1 and 4). "caught" = the
+gate's verdict refuses promotion (bound above the claim, or a mechanism check rejecting the claim at p < 0.001);
+the columns say which fired.
 
     nice -n 10 .venv/bin/python bench/audit_bench.py --seeds 10 --honest-seeds 20 --out bench/results/audit.md
 """
@@ -36,7 +37,7 @@ def one_run(train: TabularSplit, args: argparse.Namespace, bug: PlantedBug | Non
     config = TrainingConfig(
         model=ModelSpec("mlp", (args.hidden,)), learning_rate=0.1, optimizer="sgd", seed=seed, device="cpu"
     )
-    dp = DPConfig(target_epsilon=epsilon, target_delta=1e-5, dp_seed=1000 + seed)
+    dp = DPConfig(target_epsilon=epsilon, target_delta=1e-5, dp_seed=1000 + seed, accountant=args.accountant)
     settings = WhiteBoxSettings(n_canaries=args.canaries, max_base_records=args.records, seed=seed)
     result = run_whitebox_audit(train, config, dp, settings=settings, fault=planted_bug(bug) if bug else None)
     failed = [name for name, check in result.mechanism.items() if check["p_value"] < result.mechanism_alpha]
@@ -62,7 +63,7 @@ def row(name: str, epsilon: float, runs: list[dict]) -> str:
     )
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--honest-seeds", type=int, default=20)
@@ -70,8 +71,10 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--canaries", type=int, default=4000)
     parser.add_argument("--bugs", nargs="*", default=[b.value for b in PlantedBug])
+    parser.add_argument("--epsilons", type=float, nargs="+", default=[1.0, 4.0], help="claimed epsilons of honest runs")
+    parser.add_argument("--accountant", choices=["prv", "rdp"], default="prv", help="rdp: the quick smoke test's")
     parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     logging.disable(logging.WARNING)  # the planted bugs' "fault injection" warnings
     X, y = raw_adult_feature_matrix().split("train")
     train = TabularSplit(X=X.astype(np.float32), y=y.astype(np.int64))
@@ -82,7 +85,7 @@ def main() -> None:
         "|---|---|---|---|---|---|",
     ]
     runs: list[dict] = []
-    for epsilon in (1.0, 4.0):
+    for epsilon in args.epsilons:
         runs = [one_run(train, args, None, epsilon, seed) for seed in range(args.honest_seeds)]
         lines.append(row("honest", epsilon, runs))
         print(lines[-1], flush=True)
@@ -97,7 +100,8 @@ def main() -> None:
     table = "\n".join(lines) + "\n" + footer + "\n"
     print(footer)
     if args.out:
-        args.out.write_text(f"# White-box audit detection power\n\n`{' '.join(sys.argv)}`\n\n{table}")
+        command = " ".join(["bench/audit_bench.py", *(sys.argv[1:] if argv is None else argv)])
+        args.out.write_text(f"# White-box audit detection power\n\n`{command}`\n\n{table}")
 
 
 if __name__ == "__main__":

@@ -167,7 +167,7 @@ def _binary_labels(data: Path, policy: Any) -> Any:
 
 
 def _objective_warnings(policy: Any, source: str, labels: Any, data: str) -> list[str]:
-    from ppml.evaluation.utility import objective_warnings
+    from ppml.evaluation.objectives import objective_warnings
 
     return objective_warnings(policy.objectives.model_dump(), source, labels=labels, data=data)
 

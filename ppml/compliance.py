@@ -72,15 +72,23 @@ def _not_required(name: str) -> Verdict:
 
 
 def evaluate_requirements(policy: Policy, evidence: dict[str, Any]) -> list[Verdict]:
-    """Judge every requirement on the collected evidence (the sections of evidence.json)."""
+    """Judge every requirement on the collected evidence (the sections of evidence.json), in REQUIREMENTS order."""
+    audit = evidence.get("audit")
+    return [
+        *_anonymization_verdicts(policy, evidence["anonymization"]),
+        *_budget_verdicts(policy, evidence["training"], evidence["ledger"]),
+        *_attack_verdicts(policy, evidence["privacy_evaluation"]),
+        _audit_verdict(audit) if audit else _not_required("empirical_epsilon_audit"),
+        *utility_gate_verdicts(policy, evidence["model_evaluation"]),
+        _leakage_verdict(evidence["leakage"]),
+    ]
+
+
+def _anonymization_verdicts(policy: Policy, anonymization: dict[str, Any]) -> list[Verdict]:
+    """k-anonymity, l-diversity, t-closeness, the suppression limit and the re-identification risk."""
     privacy = policy.privacy
-    anonymization = evidence["anonymization"]
-    training = evidence["training"]
-    ledger = evidence["ledger"]
-    utility = evidence["model_evaluation"]
-    attacks = evidence["privacy_evaluation"]
     covered = anonymization.get("k_attributes") or list(policy.schema_.quasi_identifiers)
-    verdicts: list[Verdict] = [
+    return [
         _at_least(
             "k_anonymity",
             anonymization["min_class_size"],
@@ -89,48 +97,14 @@ def evaluate_requirements(policy: Policy, evidence: dict[str, Any]) -> list[Verd
             classes=anonymization["classes"],
             attributes=covered,
         ),
-    ]
-
-    l_results = anonymization.get("l_diversity", [])
-    if privacy.l_diversity:
-        failing = [r for r in l_results if not r["satisfied"]]
-        worst = min((r["achieved"] for r in l_results), default=None)
-        verdicts.append(
-            Verdict(
-                "l_diversity",
-                REQUIREMENTS["l_diversity"],
-                worst,
-                ", ".join(f"{m.variant} l={m.l:g} on {m.attribute}" for m in privacy.l_diversity),
-                bool(l_results) and not failing,
-                "; ".join(f"{r['attribute']}: {r['achieved']:g}" for r in l_results),
-                {"per_attribute": l_results},
-            )
-        )
-    else:
-        verdicts.append(_not_required("l_diversity"))
-
-    t_results = anonymization.get("t_closeness", [])
-    if privacy.t_closeness:
-        worst = max((r["achieved"] for r in t_results), default=None)
-        passed = bool(t_results) and all(r["satisfied"] for r in t_results)
-        limit = ", ".join(f"t={m.t:g} on {m.attribute}" for m in privacy.t_closeness)
-        verdicts.append(
-            Verdict(
-                "t_closeness", REQUIREMENTS["t_closeness"], worst, limit, passed, evidence={"per_attribute": t_results}
-            )
-        )
-    else:
-        verdicts.append(_not_required("t_closeness"))
-
-    verdicts.append(
+        _l_diversity_verdict(policy, anonymization.get("l_diversity", [])),
+        _t_closeness_verdict(policy, anonymization.get("t_closeness", [])),
         _at_most(
             "suppression_limit",
             anonymization["suppressed_share"],
             privacy.suppression_limit,
             f"{anonymization['suppressed_records']} of {anonymization['input_records']} records suppressed",
-        )
-    )
-    verdicts.append(
+        ),
         _at_most(
             "reidentification_risk",
             anonymization["risk_after"]["prosecutor_highest"],
@@ -138,9 +112,43 @@ def evaluate_requirements(policy: Policy, evidence: dict[str, Any]) -> list[Verd
             f"before anonymization: {anonymization['risk_before']['prosecutor_highest']:.4f}",
             before=anonymization["risk_before"],
             after=anonymization["risk_after"],
-        )
+        ),
+    ]
+
+
+def _l_diversity_verdict(policy: Policy, l_results: list[dict[str, Any]]) -> Verdict:
+    models = policy.privacy.l_diversity
+    if not models:
+        return _not_required("l_diversity")
+    failing = [r for r in l_results if not r["satisfied"]]
+    worst = min((r["achieved"] for r in l_results), default=None)
+    return Verdict(
+        "l_diversity",
+        REQUIREMENTS["l_diversity"],
+        worst,
+        ", ".join(f"{m.variant} l={m.l:g} on {m.attribute}" for m in models),
+        bool(l_results) and not failing,
+        "; ".join(f"{r['attribute']}: {r['achieved']:g}" for r in l_results),
+        {"per_attribute": l_results},
     )
-    verdicts.append(
+
+
+def _t_closeness_verdict(policy: Policy, t_results: list[dict[str, Any]]) -> Verdict:
+    models = policy.privacy.t_closeness
+    if not models:
+        return _not_required("t_closeness")
+    worst = max((r["achieved"] for r in t_results), default=None)
+    passed = bool(t_results) and all(r["satisfied"] for r in t_results)
+    limit = ", ".join(f"t={m.t:g} on {m.attribute}" for m in models)
+    return Verdict(
+        "t_closeness", REQUIREMENTS["t_closeness"], worst, limit, passed, evidence={"per_attribute": t_results}
+    )
+
+
+def _budget_verdicts(policy: Policy, training: dict[str, Any], ledger: dict[str, Any]) -> list[Verdict]:
+    """The model's epsilon against the per-run target, and everything composed against the lifetime budget."""
+    privacy = policy.privacy
+    return [
         _at_most(
             "epsilon_within_target",
             training["epsilon"],
@@ -148,9 +156,7 @@ def evaluate_requirements(policy: Policy, evidence: dict[str, Any]) -> list[Verd
             f"delta {training['delta']:g} (target {training.get('target_delta', privacy.delta)}), "
             f"accountant {training['accountant']}",
             delta=training["delta"],
-        )
-    )
-    verdicts.append(
+        ),
         _at_most(
             "lifetime_budget",
             ledger.get("spent_all_runs", ledger["spent_after"]),
@@ -158,42 +164,41 @@ def evaluate_requirements(policy: Policy, evidence: dict[str, Any]) -> list[Verd
             f"spent before this run {ledger['spent_before']:.4f}; this model {ledger['charged']:.4f}; "
             "every run composed (audit included)",
             scope=ledger.get("scope", {}),
-        )
-    )
+        ),
+    ]
+
+
+def _attack_verdicts(policy: Policy, attacks: dict[str, Any]) -> list[Verdict]:
+    """The strongest membership-inference attack on the DP model: its AUC and its TPR at a low FPR."""
+    privacy = policy.privacy
     attack = attacks["strongest_attack_on_dp_model"]
-    verdicts.append(
+    return [
         _at_most(
             "membership_inference_auc",
             attack["auc"],
             privacy.max_membership_inference_auc,
             f"strongest attack: {attack['name']}",
             attacks=attacks["summary"],
-        )
-    )
-    verdicts.append(
+        ),
         _at_most(
             "membership_inference_tpr_at_low_fpr",
             attack["tpr_at_low_fpr"],
             privacy.max_membership_inference_tpr_at_low_fpr,
             f"TPR at FPR {privacy.low_fpr:g}, attack {attack['name']}",
-        )
+        ),
+    ]
+
+
+def _leakage_verdict(leakage: dict[str, Any]) -> Verdict:
+    return Verdict(
+        "no_identifier_leakage",
+        REQUIREMENTS["no_identifier_leakage"],
+        len(leakage["findings"]),
+        0,
+        not leakage["findings"],
+        f"scanned: {', '.join(leakage['scanned'])}",
+        {"findings": leakage["findings"]},
     )
-    audit = evidence.get("audit")
-    verdicts.append(_audit_verdict(audit) if audit else _not_required("empirical_epsilon_audit"))
-    verdicts.extend(utility_gate_verdicts(policy, utility))
-    leakage = evidence["leakage"]
-    verdicts.append(
-        Verdict(
-            "no_identifier_leakage",
-            REQUIREMENTS["no_identifier_leakage"],
-            len(leakage["findings"]),
-            0,
-            not leakage["findings"],
-            f"scanned: {', '.join(leakage['scanned'])}",
-            {"findings": leakage["findings"]},
-        )
-    )
-    return verdicts
 
 
 def utility_gate_verdicts(policy: Policy, utility: dict[str, Any]) -> list[Verdict]:

@@ -125,38 +125,14 @@ def dp_summary(
 
     released_categories = []
     for column, public in categories.items():
-        values = df[column].astype(str).tolist()
-        category_set = [str(c) for c in public] if public is not None else sorted(set(values))
-
-        def histogram(scale: float, cats: list[str] = category_set):
-            return (
-                text_space
-                >> dp.t.then_count_by_categories(categories=cats, null_category=True)
-                >> dp.m.then_laplace(scale)
-            )
-
-        scale = dp.binary_search_param(histogram, d_in=1, d_out=share)
-        measurement = histogram(scale)
-        spent += measurement.map(1)
-        noisy = measurement(values)
-        counts = {c: int(v) for c, v in zip(category_set, noisy, strict=False)}
-        counts["(other)"] = int(noisy[-1])
-        released_categories.append(CategoryCounts(column, counts, share, float(scale), public is not None))
-
-    float_space = dp.vector_domain(dp.atom_domain(T=float, nan=False)), dp.symmetric_distance()
+        counts, cost = _noisy_histogram(dp, text_space, column, df[column], public, share)
+        spent += cost
+        released_categories.append(counts)
     released_means = []
     for column, (lower, upper) in bounds.items():
-        values = pd.to_numeric(df[column], errors="coerce").astype(float).fillna(float(lower)).to_numpy()
-
-        def clamped_sum(scale: float, lo: float = float(lower), hi: float = float(upper)):
-            return float_space >> dp.t.then_clamp((lo, hi)) >> dp.t.then_sum() >> dp.m.then_laplace(scale)
-
-        scale = dp.binary_search_param(clamped_sum, d_in=1, d_out=share)
-        measurement = clamped_sum(scale)
-        spent += measurement.map(1)
-        noisy_sum = float(measurement(values.tolist()))
-        mean = float(np.clip(noisy_sum / max(total, 1), lower, upper))
-        released_means.append(NumericMean(column, mean, float(lower), float(upper), share, float(scale)))
+        mean, cost = _noisy_mean(dp, column, df[column], float(lower), float(upper), total, share)
+        spent += cost
+        released_means.append(mean)
 
     return DPSummary(
         total_count=total,
@@ -168,6 +144,43 @@ def dp_summary(
         epsilon_per_query=share,
         queries=queries,
     )
+
+
+def _noisy_histogram(  # type: ignore[no-untyped-def]
+    dp: Any, text_space: Any, name: str, column: pd.Series, public: Sequence[str] | None, share: float
+):
+    """Laplace counts per category (plus one for values outside a public set) at ``share`` epsilon, and its cost."""
+    values = column.astype(str).tolist()
+    category_set = [str(c) for c in public] if public is not None else sorted(set(values))
+
+    def histogram(scale: float, cats: list[str] = category_set):  # type: ignore[no-untyped-def]
+        return (
+            text_space >> dp.t.then_count_by_categories(categories=cats, null_category=True) >> dp.m.then_laplace(scale)
+        )
+
+    scale = dp.binary_search_param(histogram, d_in=1, d_out=share)
+    measurement = histogram(scale)
+    noisy = measurement(values)
+    counts = {c: int(v) for c, v in zip(category_set, noisy, strict=False)}
+    counts["(other)"] = int(noisy[-1])
+    return CategoryCounts(name, counts, share, float(scale), public is not None), measurement.map(1)
+
+
+def _noisy_mean(  # type: ignore[no-untyped-def]
+    dp: Any, name: str, column: pd.Series, lower: float, upper: float, total: int, share: float
+):
+    """A clamped Laplace sum at ``share`` epsilon divided by the noisy total count, and its cost."""
+    float_space = dp.vector_domain(dp.atom_domain(T=float, nan=False)), dp.symmetric_distance()
+    values = pd.to_numeric(column, errors="coerce").astype(float).fillna(lower).to_numpy()
+
+    def clamped_sum(scale: float):  # type: ignore[no-untyped-def]
+        return float_space >> dp.t.then_clamp((lower, upper)) >> dp.t.then_sum() >> dp.m.then_laplace(scale)
+
+    scale = dp.binary_search_param(clamped_sum, d_in=1, d_out=share)
+    measurement = clamped_sum(scale)
+    noisy_sum = float(measurement(values.tolist()))
+    mean = float(np.clip(noisy_sum / max(total, 1), lower, upper))
+    return NumericMean(name, mean, lower, upper, share, float(scale)), measurement.map(1)
 
 
 def release_dp_summary(

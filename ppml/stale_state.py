@@ -70,8 +70,8 @@ def reconcile_ledger(
     """Fail ledger runs whose owner is ``stale`` (they keep their pre-charge); close requests left running."""
     import sqlalchemy as sa
 
+    from ppml.ledger.records import FAILED, RUNNING
     from ppml.ledger.schema import requests
-    from ppml.ledger.store import FAILED, RUNNING
 
     done = Reconciled()
     for run in ledger.runs():

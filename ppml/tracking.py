@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ppml.training.dp_sgd import EpochReport, TrainedModel
+from ppml.training.trained_model import EpochReport, TrainedModel
 
 #: Tag keys shared with the Dagster layer and ppml.deployment.
 TAG_DAGSTER_RUN = "dagster.run_id"

@@ -219,30 +219,8 @@ def compliance_status(
         "as_of": as_of,
         "dagster_run_id": context.run.run_id,
         "window": {"first": window["first"], "last": window["last"], "partitions": window["partitions"]},
-        "policy": {
-            "name": loaded.policy.name,
-            "hash": loaded.content_hash,
-            "path": str(loaded.path),
-            "regulation": loaded.policy.use_case.regulation.value,
-            "lawful_basis": loaded.policy.use_case.lawful_basis.value,
-            "purpose": loaded.policy.use_case.purpose,
-            "data_subjects": loaded.policy.use_case.data_subjects,
-            "retention_days": loaded.policy.use_case.retention_days,
-        },
-        "data": {
-            "rows_collected": window["collected"],
-            "rows_excluded_by_erasure": window["excluded"],
-            "rows_deidentified": anonymization_report["records_in"],
-            "identifier_actions": {k: v.value for k, v in loaded.policy.schema_.direct_identifiers.items()},
-            "hashes": {
-                "anonymized_records": latest_metadata(instance, key("anonymized_records"), as_of).get(
-                    "content_sha256", ""
-                ),
-                "training_features": latest_metadata(instance, key("training_features"), as_of).get(
-                    "content_sha256", ""
-                ),
-            },
-        },
+        "policy": _policy_evidence(loaded),
+        "data": _data_evidence(instance, asset_store, as_of, window, anonymization_report, loaded),
         "anonymization": anonymization_evidence(anonymized_records, anonymization_report, loaded),
         "preparation": {
             **latest_metadata(instance, key("cleaned_records"), as_of).get("preparation_report", {}),
@@ -279,6 +257,79 @@ def compliance_status(
     verdicts = evaluate_requirements(loaded.policy, evidence)
     evidence["checks"] = [verdict.to_dict() for verdict in verdicts]
     failed = failing(verdicts)
+    evidence["decision"] = _promotion_decision(context, loaded, mlflow, dp_model, failed)
+    files = write_report(
+        evidence,
+        paths.reports_dir / as_of,
+        forbidden_values=_identifier_values(raw_window, loaded),
+        documents=bool(failed),  # a passing model's documents are written once, by compliance_report
+    )
+    if failed:  # compliance_report will not run: the refused version gets its signed pack here
+        build_evidence_pack(
+            context,
+            loaded=loaded,
+            asset_store=asset_store,
+            mlflow=mlflow,
+            sinks=GATE_INPUTS,
+            report_files=files.all(),
+            decision=evidence["decision"],
+            mlflow_run_id=dp_model["mlflow_run_id"],
+        )
+    context.add_output_metadata(_gate_metadata(verdicts, failed, evidence, record_in_mlflow(mlflow, evidence, files)))
+    return {"checks": evidence["checks"], "failing": failed, "evidence": evidence}
+
+
+def _gate_metadata(verdicts: list, failed: list, evidence: dict[str, Any], mlflow_links: dict) -> dict[str, Any]:
+    return {
+        "passed_checks": len(verdicts) - len(failed),
+        "total_checks": len(verdicts),
+        "failing_checks": MetadataValue.json(failed),
+        "verdicts": MetadataValue.md(_verdict_table(evidence["checks"])),
+        **mlflow_links,
+    }
+
+
+def _policy_evidence(loaded: LoadedPolicy) -> dict[str, Any]:
+    """Which policy version judged the run, and the use case it declares (purpose, lawful basis, retention)."""
+    use_case = loaded.policy.use_case
+    return {
+        "name": loaded.policy.name,
+        "hash": loaded.content_hash,
+        "path": str(loaded.path),
+        "regulation": use_case.regulation.value,
+        "lawful_basis": use_case.lawful_basis.value,
+        "purpose": use_case.purpose,
+        "data_subjects": use_case.data_subjects,
+        "retention_days": use_case.retention_days,
+    }
+
+
+def _data_evidence(
+    instance: Any,
+    asset_store: AssetStore,
+    as_of: str,
+    window: dict[str, Any],
+    anonymization_report: dict[str, Any],
+    loaded: LoadedPolicy,
+) -> dict[str, Any]:
+    """Row counts through the window (collected, erased, de-identified), identifier actions and content hashes."""
+    key = asset_store.asset_key
+    return {
+        "rows_collected": window["collected"],
+        "rows_excluded_by_erasure": window["excluded"],
+        "rows_deidentified": anonymization_report["records_in"],
+        "identifier_actions": {k: v.value for k, v in loaded.policy.schema_.direct_identifiers.items()},
+        "hashes": {
+            "anonymized_records": latest_metadata(instance, key("anonymized_records"), as_of).get("content_sha256", ""),
+            "training_features": latest_metadata(instance, key("training_features"), as_of).get("content_sha256", ""),
+        },
+    }
+
+
+def _promotion_decision(
+    context: AssetExecutionContext, loaded: LoadedPolicy, mlflow: MlflowResource, dp_model: dict, failed: list
+) -> dict[str, Any]:
+    """Pending when every check passed (the gate promotes); refused, with the registry told why, otherwise."""
     decision = {
         "model_name": dp_model["model_name"],
         "version": dp_model["model_version"],
@@ -296,34 +347,7 @@ def compliance_status(
             {"ppml.policy_sha256": loaded.content_hash, "dagster.run_id": context.run.run_id},
         )
         decision |= promotion.to_dict()
-    evidence["decision"] = decision
-    files = write_report(
-        evidence,
-        paths.reports_dir / as_of,
-        forbidden_values=_identifier_values(raw_window, loaded),
-        documents=bool(failed),  # a passing model's documents are written once, by compliance_report
-    )
-    if failed:  # compliance_report will not run: the refused version gets its signed pack here
-        build_evidence_pack(
-            context,
-            loaded=loaded,
-            asset_store=asset_store,
-            mlflow=mlflow,
-            sinks=GATE_INPUTS,
-            report_files=files.all(),
-            decision=decision,
-            mlflow_run_id=dp_model["mlflow_run_id"],
-        )
-    context.add_output_metadata(
-        {
-            "passed_checks": len(verdicts) - len(failed),
-            "total_checks": len(verdicts),
-            "failing_checks": MetadataValue.json(failed),
-            "verdicts": MetadataValue.md(_verdict_table(evidence["checks"])),
-            **record_in_mlflow(mlflow, evidence, files),
-        }
-    )
-    return {"checks": evidence["checks"], "failing": failed, "evidence": evidence}
+    return decision
 
 
 def _identifier_window(

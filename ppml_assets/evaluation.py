@@ -107,41 +107,13 @@ def model_evaluation(
         "max_utility_gap": objectives.max_utility_gap,
         "min_margin_over_trivial": objectives.min_margin_over_trivial,
         "max_group_error_rate_gap": objectives.max_group_error_rate_gap,
-        "groups": [
-            {
-                "attribute": g["attribute"],
-                "group": g["group"],
-                "n": g["n"],
-                "dp_accuracy": g["accuracy"],
-                "baseline_accuracy": next(
-                    (
-                        b["accuracy"]
-                        for b in (baseline or {}).get("groups", [])
-                        if (b["attribute"], b["group"]) == (g["attribute"], g["group"])
-                    ),
-                    None,
-                ),
-            }
-            for g in dp["groups"]
-        ],
+        "groups": _group_accuracies(dp["groups"], baseline),
         "group_accuracy_gaps": dp["group_gaps"],
         "test_records": len(test.y),
         "report": report,
         "drifted_partition": newest,
     }
-    context.add_output_metadata(
-        {
-            "accuracy": round(dp["point"]["accuracy"], 4),
-            "roc_auc": round(dp["point"]["roc_auc"], 4),
-            "baseline_accuracy": round(baseline["point"]["accuracy"], 4) if baseline else None,
-            "min_accuracy": objectives.min_accuracy,
-            "min_roc_auc": objectives.min_roc_auc,
-            "group_accuracy_gaps": MetadataValue.json(dp["group_gaps"]),
-            "largest_group_error_rate_gap": round(error_rates["largest_gap"], 4),
-            "confidence_intervals": MetadataValue.json(dp["ci"]),
-            **({"drifted_partition": MetadataValue.json(newest)} if newest else {}),
-        }
-    )
+    context.add_output_metadata(_evaluation_metadata(dp, baseline, objectives, error_rates, newest))
     return result
 
 
@@ -152,6 +124,43 @@ def record_score_reference(mlflow: MlflowResource, dp_model: dict, scores) -> No
 
     if dp_model.get("mlflow_run_id") and getattr(scores, "ndim", 1) == 1 and len(scores):
         log_score_reference(mlflow.client(), dp_model["mlflow_run_id"], score_reference(scores))
+
+
+def _group_accuracies(groups: list[dict], baseline: dict | None) -> list[dict]:
+    """Per protected group, the DP model's accuracy next to the baseline's on the same group (None without one)."""
+    return [
+        {
+            "attribute": g["attribute"],
+            "group": g["group"],
+            "n": g["n"],
+            "dp_accuracy": g["accuracy"],
+            "baseline_accuracy": next(
+                (
+                    b["accuracy"]
+                    for b in (baseline or {}).get("groups", [])
+                    if (b["attribute"], b["group"]) == (g["attribute"], g["group"])
+                ),
+                None,
+            ),
+        }
+        for g in groups
+    ]
+
+
+def _evaluation_metadata(  # type: ignore[no-untyped-def]
+    dp: dict, baseline: dict | None, objectives, error_rates: dict, newest: dict | None
+) -> dict:
+    return {
+        "accuracy": round(dp["point"]["accuracy"], 4),
+        "roc_auc": round(dp["point"]["roc_auc"], 4),
+        "baseline_accuracy": round(baseline["point"]["accuracy"], 4) if baseline else None,
+        "min_accuracy": objectives.min_accuracy,
+        "min_roc_auc": objectives.min_roc_auc,
+        "group_accuracy_gaps": MetadataValue.json(dp["group_gaps"]),
+        "largest_group_error_rate_gap": round(error_rates["largest_gap"], 4),
+        "confidence_intervals": MetadataValue.json(dp["ci"]),
+        **({"drifted_partition": MetadataValue.json(newest)} if newest else {}),
+    }
 
 
 def recorded_serving_spec(client, run_id: str | None) -> dict | None:  # type: ignore[no-untyped-def]

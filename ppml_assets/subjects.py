@@ -186,8 +186,7 @@ def _subject_summary(
     """The same keys as the record unit's summary (evaluation, gate and report read them), plus the per-person facts."""
     model, privacy = result.model, loaded.policy.privacy
     reservation = result.reservation.to_dict()
-    accounts = result.accounts
-    spent_after = float(accounts["max_subject_epsilon"])
+    spent_after = float(result.accounts["max_subject_epsilon"])
     return {
         "training_identity": "",
         "reused": False,
@@ -221,20 +220,7 @@ def _subject_summary(
         "candidates": [{"index": i, "validation_accuracy": a} for i, a in enumerate(result.validation_accuracies)],
         "feature_names": list(splits["train"].feature_names),
         "resumed": False,
-        "subjects": {
-            "epsilon_per_person": float(model.epsilon),
-            "eligible_subjects": reservation["eligible_subjects"],
-            "excluded_subjects": reservation["excluded_subjects"],
-            "subjects_trained": result.subjects_trained,
-            "records_trained": result.records_trained,
-            "max_records_per_subject": privacy.max_records_per_subject,
-            "min_eligible_subjects": privacy.min_eligible_subjects,
-            "max_subject_epsilon_before": reservation["max_subject_epsilon_before"],
-            "max_subject_epsilon_after": spent_after,
-            "filter_order": reservation["filter_order"],
-            "accounts": {k: accounts[k] for k in ("subjects", "cohorts", "lifetime_delta")},
-            "notes": result.notes,
-        },
+        "subjects": _per_person_facts(result, privacy, reservation, spent_after),
         "ledger": {
             "scope": {
                 "dataset": scope.dataset,
@@ -251,6 +237,25 @@ def _subject_summary(
             "remaining": max(lifetime.epsilon - spent_after, 0.0),
             "composition": f"per-subject Renyi filter at order {reservation['filter_order']:g}",
         },
+    }
+
+
+def _per_person_facts(result: Any, privacy: Any, reservation: dict[str, Any], spent_after: float) -> dict[str, Any]:
+    """Who was eligible, trained or excluded, and the highest per-person epsilon before and after (aggregates)."""
+    accounts = result.accounts
+    return {
+        "epsilon_per_person": float(result.model.epsilon),
+        "eligible_subjects": reservation["eligible_subjects"],
+        "excluded_subjects": reservation["excluded_subjects"],
+        "subjects_trained": result.subjects_trained,
+        "records_trained": result.records_trained,
+        "max_records_per_subject": privacy.max_records_per_subject,
+        "min_eligible_subjects": privacy.min_eligible_subjects,
+        "max_subject_epsilon_before": reservation["max_subject_epsilon_before"],
+        "max_subject_epsilon_after": spent_after,
+        "filter_order": reservation["filter_order"],
+        "accounts": {k: accounts[k] for k in ("subjects", "cohorts", "lifetime_delta")},
+        "notes": result.notes,
     }
 
 

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
@@ -11,12 +12,18 @@ from ppml.deployment import register_version
 from ppml.erasure import bind_run, index_root, propagate, snapshot_erased
 from ppml.errors import PPMLError
 from ppml.evaluation import utility_report
-from ppml.ledger import LifetimeBudget
+from ppml.ledger import DataScope, LifetimeBudget
 from ppml.policy import LoadedPolicy
 from ppml.serving.monitoring import input_reference
 from ppml.serving.spec import log_serving_spec, serving_spec
 from ppml.tracking import TAG_AS_OF, TAG_DAGSTER_RUN, TAG_DATA_HASH, TAG_POLICY_HASH, TAG_WINDOW, TrainingTracker
-from ppml.training.accountable import train_within_budget
+from ppml.training.accountable import (
+    AccountableTrainingResult,
+    charge_selection,
+    plan_request,
+    reserve_request,
+    train_candidates,
+)
 from ppml.training.baseline import train_tuned_baseline
 from ppml.training.selection_tracking import window_tag
 from ppml_assets.common import (
@@ -110,24 +117,41 @@ def dp_model(
     store = open_ledger(ledger.url, loaded)
     try:
         spent_before = store.spent(scope, dp.target_delta).epsilon
-        result = train_within_budget(
+        request = plan_request(  # plan: validate and calibrate every candidate; nothing reserved yet
             splits["train"],
             splits["validation"],
             configs,
             dp,
-            ledger=store,
             scope=scope,
             lifetime_epsilon=loaded.policy.privacy.lifetime_epsilon_budget,
             checkpoint_dir=paths.checkpoints_dir / loaded.policy.name,
-            tracker=tracker,
-            tags=tags,
             candidate_budget="composed",
             selection_metric=loaded.policy.training.selection_metric,
             dagster_run_id=context.run.run_id,
         )
+        booking = reserve_request(request, store)  # reserve: the whole plan, or refuse over budget
+        trained = train_candidates(request, booking, store, tracker=tracker, tags=tags)  # train: pre-charged
+        result = charge_selection(request, booking, trained, store, tracker=tracker)  # charge: the selection
     finally:
         store.close()
-    record_serving_spec(context, loaded, asset_store, mlflow.client(), result.mlflow_run_id, splits["train"])
+    model_name, version = _log_dp_model(context, loaded, asset_store, mlflow, splits["train"], result, tags)  # log
+    facts = _RunFacts(identity, scope, dp.target_delta, spent_before, erasure, list(splits["train"].feature_names))
+    summary = _dp_summary(loaded, result, model_name, version, facts)
+    context.add_output_metadata({**_dp_metadata(summary), "reused": False})
+    return summary
+
+
+def _log_dp_model(  # type: ignore[no-untyped-def]
+    context: AssetExecutionContext,
+    loaded: LoadedPolicy,
+    asset_store: AssetStore,
+    mlflow: MlflowResource,
+    train,
+    result: AccountableTrainingResult,
+    tags: dict[str, str],
+) -> tuple[str, Any]:
+    """The selected model's serving spec and registry version, bound to the window for erasure requests."""
+    record_serving_spec(context, loaded, asset_store, mlflow.client(), result.mlflow_run_id, train)
     model_name = f"ppml-{loaded.policy.name}"
     version = register_version(
         mlflow.client(),
@@ -137,7 +161,7 @@ def dp_model(
         {**tags, "ppml.epsilon": f"{result.epsilon:.6f}"},
     )
     bind_run(
-        erasure_root,
+        index_root(asset_store.base_dir, loaded.policy),
         context.partition_key,
         {
             "model_name": model_name,
@@ -149,10 +173,28 @@ def dp_model(
             "privacy_unit": loaded.policy.privacy.privacy_unit,
         },
     )
-    selected = result.model
-    spent = result.lifetime_spent.epsilon
-    summary = {
-        "training_identity": identity,
+    return model_name, version
+
+
+@dataclass(frozen=True)
+class _RunFacts:
+    """What dp_model knew before training that its stored summary repeats."""
+
+    identity: str
+    scope: DataScope
+    target_delta: float
+    spent_before: float
+    erasure: Any
+    feature_names: list[str]
+
+
+def _dp_summary(
+    loaded: LoadedPolicy, result: AccountableTrainingResult, model_name: str, version: Any, facts: _RunFacts
+) -> dict:
+    """What dp_model stores: the selected model's facts, every candidate, and the ledger's figures (aggregates)."""
+    selected, scope = result.model, facts.scope
+    return {
+        "training_identity": facts.identity,
         "reused": False,
         "validation_accuracy": selected.history[-1].validation_accuracy if selected.history else None,
         "model": selected.config.model.describe(),
@@ -165,7 +207,7 @@ def dp_model(
         "delta": result.delta,
         "epsilon_including_selection": result.epsilon_including_selection,
         "target_epsilon": loaded.policy.privacy.epsilon,
-        "target_delta": dp.target_delta,
+        "target_delta": facts.target_delta,
         "noise_multiplier": selected.noise_multiplier,
         "sample_rate": selected.sample_rate,
         "steps": selected.steps,
@@ -181,9 +223,9 @@ def dp_model(
         "device": selected.device,
         "candidates_trained": len(result.candidates),
         "candidates": [candidate.to_dict() for candidate in result.candidates],
-        "feature_names": list(splits["train"].feature_names),
+        "feature_names": facts.feature_names,
         "resumed": result.resumed,
-        "erasure": erasure,
+        "erasure": facts.erasure,
         "ledger": {
             "scope": {
                 "dataset": scope.dataset,
@@ -192,16 +234,14 @@ def dp_model(
             },
             "scope_label": f"{scope.dataset}, {len(scope.partitions)} daily partitions",
             "request_id": result.request_id,
-            "spent_after": spent,
+            "spent_after": result.lifetime_spent.epsilon,
             "charged": result.epsilon_including_selection,
-            "spent_before": spent_before,
+            "spent_before": facts.spent_before,
             "lifetime_budget": loaded.policy.privacy.lifetime_epsilon_budget,
             "remaining": result.lifetime_remaining,
             "composition": result.lifetime_spent.method,
         },
     }
-    context.add_output_metadata({**_dp_metadata(summary), "reused": False})
-    return summary
 
 
 def record_serving_spec(  # type: ignore[no-untyped-def]

@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from tests.support import GDPR_POLICY
+from tests.support import GDPR_POLICY, mlflow_sqlite_uri
 
 
 @dataclass
@@ -67,7 +67,7 @@ def graph_workspace(
         policy,
         LandingZoneSource(root=str(landing)),
         os.environ["PPML_HMAC_KEY"],
-        mlflow_uri or f"sqlite:///{home / 'mlflow' / 'mlflow.db'}",
+        mlflow_uri or mlflow_sqlite_uri(home),
         (home / "mlflow" / "artifacts").as_uri(),
         ledger_url or f"sqlite:///{home / 'ledger.db'}",
     )

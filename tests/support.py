@@ -37,3 +37,52 @@ LANDING_TEST_DAYS = 14
 def days(first: str, count: int) -> list[str]:
     start = date.fromisoformat(first)
     return [(start + timedelta(days=offset)).isoformat() for offset in range(count)]
+
+
+# ------------------------------------------------------------------------------------ child processes' environment
+
+#: What a child ``ppml`` must not inherit from this session: it derives them from its own --policy and home.
+SESSION_ONLY_VARIABLES = ("DAGSTER_HOME", "PPML_POLICY", "PPML_PARTITIONS_START", "PPML_PARTITIONS_END")
+
+
+def mlflow_sqlite_uri(home: Path) -> str:
+    """The MLflow tracking store ppml keeps under a home by default."""
+    return f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
+
+
+def cli_environment(home: Path, **extra: str) -> dict[str, str]:
+    """The environment of a child ``ppml`` working in ``home``: the session's variables (the HMAC key among them)
+    without the session-only ones, PPML_HOME, MLflow under the home, this checkout importable; then ``extra``."""
+    env = {k: v for k, v in os.environ.items() if k not in SESSION_ONLY_VARIABLES}
+    env.update(PPML_HOME=str(home), MLFLOW_TRACKING_URI=mlflow_sqlite_uri(home), PYTHONPATH=str(REPO_ROOT))
+    env.update(COLUMNS="200")
+    return {**env, **extra}
+
+
+def postgres_variables(dagster_url: str) -> dict[str, str]:
+    """The PPML_PG_* variables deploy/dagster.yaml reads the Dagster instance's PostgreSQL database from."""
+    import sqlalchemy as sa
+
+    pg = sa.engine.make_url(dagster_url)
+    return {
+        "PPML_PG_HOST": pg.host or "127.0.0.1",
+        "PPML_PG_PORT": str(pg.port or 5432),
+        "PPML_PG_DB": pg.database or "",
+        "PPML_PG_USER": pg.username or "postgres",
+        "PPML_PG_PASSWORD": pg.password or "",
+    }
+
+
+def postgres_deployment(dagster_home: Path, dagster_url: str, mlflow_url: str) -> dict[str, str]:
+    """A DAGSTER_HOME holding deploy/dagster.yaml (the instance on ``dagster_url``), the ledger in the same database
+    and MLflow on ``mlflow_url``: the variables a ``ppml`` process needs to run like the PostgreSQL deployment."""
+    import shutil
+
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO_ROOT / "deploy" / "dagster.yaml", dagster_home / "dagster.yaml")
+    return {
+        "DAGSTER_HOME": str(dagster_home),
+        **postgres_variables(dagster_url),
+        "PPML_LEDGER_URL": dagster_url,
+        "MLFLOW_TRACKING_URI": mlflow_url,
+    }

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import GDPR_POLICY, REPO_ROOT, TEST_FIRST_DAY, days
+from tests.support import GDPR_POLICY, REPO_ROOT, TEST_FIRST_DAY, days, mlflow_sqlite_uri
 
 BROKER_HOST, BROKER_PORT = "127.0.0.1", 5672
 WORKERS = 2
@@ -82,7 +82,7 @@ def test_celery_collection_job_runs_on_two_workers(tmp_path: Path, landing_zone:
         "DAGSTER_HOME": str(dagster_home),
         "PPML_POLICY": str(GDPR_POLICY),
         "PPML_LANDING_ZONE": str(landing_zone),
-        "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow' / 'mlflow.db'}",
+        "MLFLOW_TRACKING_URI": mlflow_sqlite_uri(home),
         "PPML_LEDGER_URL": f"sqlite:///{home / 'ledger.db'}",
         "PPML_CELERY_BROKER": broker,
         "PPML_CELERY_BACKEND": "rpc://",

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from tests.support import REPO_ROOT
+from tests.support import REPO_ROOT, postgres_variables
 
 DEPLOY = REPO_ROOT / "deploy"
 DAEMON_WAIT_S = 420
@@ -34,13 +34,8 @@ def _example_variables() -> list[str]:
 
 
 def _deploy_environment(tmp_path: Path, dagster_url: str, mlflow_url: str, source_url: str) -> dict[str, str]:
-    pg = sa.engine.make_url(dagster_url)
     values = {
-        "PPML_PG_HOST": pg.host or "127.0.0.1",
-        "PPML_PG_PORT": str(pg.port or 5432),
-        "PPML_PG_DB": pg.database or "",
-        "PPML_PG_USER": pg.username or "postgres",
-        "PPML_PG_PASSWORD": pg.password or "",
+        **postgres_variables(dagster_url),
         "PPML_LEDGER_URL": dagster_url,
         "MLFLOW_TRACKING_URI": mlflow_url,
         "PPML_MLFLOW_ARTIFACTS": (tmp_path / "artifacts").as_uri(),

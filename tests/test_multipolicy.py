@@ -15,7 +15,7 @@ from dagster import AssetKey, instance_for_test
 from ppml.errors import PPMLError
 from ppml.ledger import PrivacyLedger
 from tests.graph_support import write_policy
-from tests.support import GDPR_POLICY, HIPAA_POLICY, REPO_ROOT, TEST_FIRST_DAY, days
+from tests.support import GDPR_POLICY, HIPAA_POLICY, REPO_ROOT, TEST_FIRST_DAY, days, mlflow_sqlite_uri
 
 GDPR, HIPAA = "adult_income_gdpr", "adult_income_hipaa"
 HIPAA_DATASET = "adult-census-1994-hipaa-study"
@@ -149,7 +149,7 @@ def _definitions(folder: Path, home: Path, landing: Path) -> tuple[list, Any]:
         home,
         LandingZoneSource(root=str(landing)),
         os.environ["PPML_HMAC_KEY"],
-        f"sqlite:///{home / 'mlflow' / 'mlflow.db'}",
+        mlflow_sqlite_uri(home),
         (home / "mlflow" / "artifacts").as_uri(),
         f"sqlite:///{home / 'ledger.db'}",
     )

@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-import os
 import shutil
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from ppml.collection import LandingZoneReader, collect_partition
 from ppml.errors import PPMLError
 from ppml.landing_zone import landing_file
 from ppml.policy import auto_delta, load_policy, parse_policy
-from tests.support import GDPR_POLICY, REPO_ROOT
+from tests.support import GDPR_POLICY, cli_environment, postgres_deployment
 
 runner = CliRunner()
 FIRST_DAY = dt.date(2020, 3, 1)
@@ -204,11 +203,7 @@ def test_bundled_policy_trains_at_ten_times_the_data() -> None:
 
 
 def _ppml(*args: str, home: Path, cwd: Path, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "PPML_POLICY", "PPML_PARTITIONS_START")}
-    env.update(PPML_HOME=str(home), MLFLOW_TRACKING_URI=f"sqlite:///{home / 'mlflow' / 'mlflow.db'}", COLUMNS="200")
-    env.pop("PPML_PARTITIONS_END", None)
-    env["PYTHONPATH"] = str(REPO_ROOT)
-    env.update(extra_env or {})
+    env = cli_environment(home, **(extra_env or {}))
     return subprocess.run(
         [str(Path(sys.executable).parent / "ppml"), *args],
         capture_output=True,
@@ -335,20 +330,7 @@ def test_run_on_postgresql_from_an_sql_source(tmp_path: Path, postgres_databases
     frame = health_insurance(days=12)
     _, draft = _init(tmp_path, frame, "health_insurance")
     load_records_into_table(source_url, "events", frame.astype(str))
-    dagster_home = tmp_path / "dagster_home"
-    dagster_home.mkdir()
-    shutil.copy(REPO_ROOT / "deploy" / "dagster.yaml", dagster_home / "dagster.yaml")
-    pg = sa.engine.make_url(dagster_url)
-    env = {
-        "DAGSTER_HOME": str(dagster_home),
-        "PPML_PG_HOST": pg.host or "127.0.0.1",
-        "PPML_PG_PORT": str(pg.port or 5432),
-        "PPML_PG_DB": pg.database or "",
-        "PPML_PG_USER": pg.username or "postgres",
-        "PPML_PG_PASSWORD": pg.password or "",
-        "PPML_LEDGER_URL": dagster_url,
-        "MLFLOW_TRACKING_URI": mlflow_url,
-    }
+    env = postgres_deployment(tmp_path / "dagster_home", dagster_url, mlflow_url)
     home = tmp_path / "home"
     completed = _ppml(
         "run",
@@ -462,20 +444,7 @@ def test_run_on_covid_testing_on_postgresql(tmp_path: Path, postgres_databases) 
     document = yaml.safe_load(draft.read_text())
     document["evaluation"]["reference_models"] = 0
     draft.write_text(yaml.safe_dump(document, sort_keys=False))
-    dagster_home = tmp_path / "dagster_home"
-    dagster_home.mkdir()
-    shutil.copy(REPO_ROOT / "deploy" / "dagster.yaml", dagster_home / "dagster.yaml")
-    pg = sa.engine.make_url(dagster_url)
-    env = {
-        "DAGSTER_HOME": str(dagster_home),
-        "PPML_PG_HOST": pg.host or "127.0.0.1",
-        "PPML_PG_PORT": str(pg.port or 5432),
-        "PPML_PG_DB": pg.database or "",
-        "PPML_PG_USER": pg.username or "postgres",
-        "PPML_PG_PASSWORD": pg.password or "",
-        "PPML_LEDGER_URL": dagster_url,
-        "MLFLOW_TRACKING_URI": mlflow_url,
-    }
+    env = postgres_deployment(tmp_path / "dagster_home", dagster_url, mlflow_url)
     home = tmp_path / "home"
     completed = _ppml(
         "run", "--policy", str(draft), "--landing-zone", str(zone), home=home, cwd=tmp_path, extra_env=env

@@ -10,7 +10,6 @@ registry and the files are asserted afterwards.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -21,7 +20,7 @@ import pytest
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus
 
 from tests.graph_support import write_policy
-from tests.support import REPO_ROOT, TEST_FIRST_DAY, days
+from tests.support import TEST_FIRST_DAY, cli_environment, days
 
 AS_OF = days(TEST_FIRST_DAY, 3)[-1]
 #: (stage, the step whose start is the kill point, the signal)
@@ -57,16 +56,7 @@ class Workspace:
         self._instance: DagsterInstance | None = None
 
     def env(self, **extra: str) -> dict[str, str]:
-        drop = ("DAGSTER_HOME", "PPML_POLICY", "PPML_PARTITIONS_START", "PPML_PARTITIONS_END")
-        env = {k: v for k, v in os.environ.items() if k not in drop}
-        env.update(
-            PPML_HOME=str(self.home),
-            MLFLOW_TRACKING_URI=f"sqlite:///{self.home / 'mlflow' / 'mlflow.db'}",
-            PYTHONPATH=str(REPO_ROOT),
-            COLUMNS="200",
-            PYTHONUNBUFFERED="1",
-        )
-        return {**env, **extra}
+        return cli_environment(self.home, PYTHONUNBUFFERED="1", **extra)
 
     def start(self, name: str, **extra: str) -> tuple[subprocess.Popen[bytes], Path, Path]:
         out, err = self.logs / f"{name}.out", self.logs / f"{name}.err"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from tests.support import REPO_ROOT
+from tests.support import REPO_ROOT, postgres_deployment
 
 RACERS = 3
 RACER = """
@@ -86,20 +85,9 @@ def test_racing_processes_prepare_fresh_sqlite_and_postgresql_storage(
 ) -> None:
     sqlite_home = tmp_path / "sqlite-home"
     dagster_url, mlflow_url = postgres_databases(), postgres_databases()
-    pg = sa.engine.make_url(dagster_url)
-    dagster_home = tmp_path / "dagster_home"
-    dagster_home.mkdir()
-    shutil.copy(REPO_ROOT / "deploy" / "dagster.yaml", dagster_home / "dagster.yaml")
     postgres_round = {
         "PPML_HOME": str(tmp_path / "pg-home"),
-        "DAGSTER_HOME": str(dagster_home),
-        "PPML_PG_HOST": pg.host or "127.0.0.1",
-        "PPML_PG_PORT": str(pg.port or 5432),
-        "PPML_PG_DB": pg.database or "",
-        "PPML_PG_USER": pg.username or "postgres",
-        "PPML_PG_PASSWORD": pg.password or "",
-        "PPML_LEDGER_URL": dagster_url,
-        "MLFLOW_TRACKING_URI": mlflow_url,
+        **postgres_deployment(tmp_path / "dagster_home", dagster_url, mlflow_url),
     }
     results = _race(tmp_path, [{"PPML_HOME": str(sqlite_home)}, postgres_round])
     assert all(result.returncode == 0 for result in results), [result.stderr[-1500:] for result in results]

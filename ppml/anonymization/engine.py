@@ -21,10 +21,11 @@ import pyarrow.compute as pc
 from ppml.anonymization._kernels import kernels
 from ppml.anonymization.encoding import EncodedAttribute, encode_column
 from ppml.anonymization.hierarchy import Hierarchy, HierarchySpec
-from ppml.anonymization.lattice import ClassTable, Problem, heuristic_search, optimal_search
+from ppml.anonymization.lattice import ClassTable, Problem
 from ppml.anonymization.metrics import METRICS, make_metric
 from ppml.anonymization.models import KAnonymity, LDiversity, TCloseness
 from ppml.anonymization.risk import RiskProfile, risk_from_sizes
+from ppml.anonymization.search import heuristic_search, optimal_search
 from ppml.errors import PPMLError, input_error
 
 __all__ = ["AnonymizationConfig", "AnonymizationResult", "anonymize"]

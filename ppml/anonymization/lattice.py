@@ -1,4 +1,4 @@
-"""The generalization lattice, class tables with roll-up, and the optimal and heuristic searches.
+"""The generalization lattice and class tables with roll-up (the searches over it: :mod:`ppml.anonymization.search`).
 
 A *node* (transformation) assigns a generalization level to every quasi-identifier. Its equivalence classes are
 held in a *class table*: the distinct generalized QI tuples with their record counts and, per sensitive attribute,
@@ -6,37 +6,23 @@ the histogram of sensitive values. A node's table is computed from the table of 
 roll-up ARX also uses): map each column to the higher level and group equal tuples by a mixed-radix key in a hash
 table (_kernels.py). Near the top of the lattice these tables have tens of rows.
 
-Optimal search (``optimal_search``): after a marginal pre-filter (records whose generalized value alone violates
-k or distinct l are suppressed by every node using that level) and its pairwise version for k (records whose
-generalized pair of values has fewer than k records), nodes are visited in increasing order of the
-quality metric's lower bound (the information loss ignoring suppression, monotone over the lattice). The first
-node whose bound reaches the best value found so far ends the search: no later node can be better. Which nodes are
-accepted is decided with the privacy models' monotonicity, in the spirit of ARX's Flash (Kohlmayer et al. 2012):
-for an unknown node, a path to the top of the lattice is binary-searched for the boundary between rejected and
-accepted nodes; a rejected node rejects everything below it and (for monotone models) an accepted node accepts
-everything above it, so most of the lattice is classified without computing its classes. Once few nodes are left
-open (``DIRECT_OPEN``), a node is checked directly instead of climbing from it. With a suppression
-limit the metric is not monotone, so every accepted node whose bound is below the best value is evaluated exactly.
-
-Heuristic search (``heuristic_search``, for lattices above ``max_optimal_nodes``): two greedy climbs, local search
-and a budgeted best-first search; see its docstring and docs/anonymization.md. Its report says whether it could
-prove the result optimal.
+The optimal and heuristic searches over the lattice are in :mod:`ppml.anonymization.search`.
 """
 
 from __future__ import annotations
 
-import heapq
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from ppml.anonymization._kernels import kernels
 from ppml.anonymization.encoding import EncodedAttribute
-from ppml.anonymization.models import KAnonymity, LDiversity, TCloseness, is_monotone
+from ppml.anonymization.models import KAnonymity, LDiversity, TCloseness
 
-__all__ = ["Assessment", "ClassTable", "Problem", "SearchOutcome", "heuristic_search", "optimal_search"]
+__all__ = ["Assessment", "ClassTable", "Problem", "SearchOutcome"]
 
 CACHE_CELLS = 40_000_000  # upper bound on cached class-table cells (about 320 MB of int64)
 HEURISTIC_CHECKS = 300  # transformations the heuristic's best-first phase may check before giving up on a proof
@@ -359,322 +345,16 @@ class _TableCache:
         return table
 
 
-def _floor(marginal: list[np.ndarray], max_outliers: int) -> np.ndarray | None:
-    """Lowest level per attribute whose values alone do not force more suppression than allowed (None: none)."""
-    floor = []
-    for per_level in marginal:
-        allowed = np.flatnonzero(per_level <= max_outliers)
-        if allowed.size == 0:
-            return None
-        floor.append(int(allowed[0]))
-    return np.array(floor, dtype=np.int64)
-
-
 def all_nodes(heights: list[int]) -> np.ndarray:
     """Every node of the lattice, row-major (the flat index is ``np.ravel_multi_index``)."""
     return np.indices(heights).reshape(len(heights), -1).T.astype(np.int64)
 
 
-def optimal_search(problem: Problem, metric) -> SearchOutcome:
-    """Find the accepted node with the lowest metric value (ties: lower lattice level, then lexicographic)."""
-    heights = problem.heights
-    d = len(heights)
-    nodes = all_nodes(heights)
-    total = len(nodes)
-    monotone = is_monotone(problem.l_models, problem.t_models, problem.max_outliers)
-    metric_monotone = problem.max_outliers == 0  # no suppression: generalizing never improves any metric
-    extend_rejections = monotone and problem.max_outliers == 0
-    # monotone-part status: 1 holds, -1 fails (propagated down), 0 unknown; shaped like the lattice
-    mono = np.zeros(total, dtype=np.int8)
-    mono_view = mono.reshape(heights)
-    # Pre-filters: nodes with an attribute level (or a pair of levels) whose values alone force more suppression
-    # than allowed are rejected without computing their classes.
-    forced = np.zeros(heights, dtype=bool)
-    marginal = problem.marginal_suppression()
-    level_rejected = [per_level > problem.max_outliers for per_level in marginal]
-    for i, rejected in enumerate(level_rejected):
-        shape = [1] * d
-        shape[i] = heights[i]
-        forced |= rejected.reshape(shape)
-    floor = _floor(marginal, problem.max_outliers)
-    floor_table = problem.base
-    if floor is not None and floor.any():
-        floor_table = problem.rollup(problem.base, floor)
-    if floor is not None:
-        for i, j, grid in problem.pair_suppression(floor_table):
-            rejected = grid > problem.max_outliers
-            if not (rejected & ~level_rejected[i][:, None] & ~level_rejected[j][None, :]).any():
-                continue  # nothing beyond what single attributes reject
-            shape = [1] * d
-            shape[i], shape[j] = heights[i], heights[j]
-            forced |= rejected.reshape(shape)
-    mono[forced.reshape(-1)] = -1
-    # Only nodes the pre-filters left open are ever visited: order just those by (bound, lattice level, index).
-    candidates = np.flatnonzero(mono != -1)
-    candidate_nodes = nodes[candidates]
-    height_sum = candidate_nodes.sum(axis=1)
-    candidate_bounds = metric.lower_bounds(candidate_nodes)
-    if candidate_bounds is None:
-        bounds = None
-        order = candidates[np.lexsort((height_sum,))]
-    else:
-        bounds = np.full(total, math.inf)
-        bounds[candidates] = candidate_bounds
-        order = candidates[np.lexsort((height_sum, candidate_bounds))]
-    # full status: 1 accepted, -1 rejected, 2 dominated (cannot be better than an accepted node below it)
-    full = np.zeros(total, dtype=np.int8)
-    full_view = full.reshape(heights)
-    full[mono == -1] = -1
-    top_list = [h - 1 for h in heights]
-    strides = [math.prod(heights[i + 1 :]) for i in range(d)]
-    cache = _TableCache(problem, metric.class_bound)
-    values: dict[int, float] = {}
-    best_index, best_value = -1, math.inf
+def __getattr__(name: str) -> Any:
+    """The searches moved to :mod:`ppml.anonymization.search`; still importable from here for this session's other
+    branches (lazily: that module imports this one)."""
+    if name in ("heuristic_search", "optimal_search"):
+        from ppml.anonymization import search
 
-    if floor_table is not problem.base:
-        cache.add_source(floor_table)
-    if len(order):
-        # The first nodes in bound order are checked first, from the smallest cached table below them; when the
-        # pre-filters leave only high nodes open, the table of their meet is much smaller than the floor's.
-        meet = nodes[order[:MEET_OF_FIRST]].min(axis=0)
-        if (meet != floor_table.levels).any():
-            cache.add_source(problem.rollup(floor_table, meet))
-    down_slices = [slice(0, level + 1) for level in range(max(heights))]
-    up_slices = [slice(level, None) for level in range(max(heights))]
-
-    def down(levels: np.ndarray) -> tuple[slice, ...]:
-        return tuple([down_slices[x] for x in levels.tolist()])
-
-    def up(levels: np.ndarray) -> tuple[slice, ...]:
-        return tuple([up_slices[x] for x in levels.tolist()])
-
-    def evaluate(index: int) -> bool:
-        """Compute the node's classes; record statuses and, when accepted, its value."""
-        levels = nodes[index]
-        table = cache.get(levels)
-        assessment = problem.assess(table)
-        holds = assessment.accepted if monotone else assessment.monotone_ok
-        if not holds:
-            mono_view[down(levels)] = -1
-            full_view[down(levels)] = -1
-            return False
-        region = mono_view[up(levels)]
-        region[region == 0] = 1
-        if not assessment.accepted:
-            full[index] = -1
-            return False
-        full[index] = 1
-        if monotone:
-            region = full_view[up(levels)]
-            region[region == 0] = 1
-        if bounds is not None and metric.exact_without_suppression and assessment.suppressed_records == 0:
-            values[index] = metric.value_without_suppression(levels)
-        else:
-            values[index] = metric.value(table, assessment.suppressed)
-        return True
-
-    def climb(index: int) -> None:
-        """Binary search for the rejected/accepted boundary on a path from the node to the top."""
-        levels = [int(x) for x in nodes[index]]
-        flat = int(index)
-        path = [flat]
-        # Head first for the nearest cached node with a small class table: path nodes above it roll up cheaply.
-        target = top_list
-        used = len(cache.tables)
-        small = cache.sizes[:used] <= JOIN_TABLE_SIZE
-        if small.any():
-            joins = np.maximum(cache.levels[:used][small], nodes[index])
-            target = joins[int(np.argmin(joins.sum(axis=1)))].tolist()
-        while True:
-            step = -1
-            for i in range(d):
-                if levels[i] < target[i] and (step < 0 or levels[i] * top_list[step] <= levels[step] * top_list[i]):
-                    step = i
-            if step < 0:
-                if target is not top_list:
-                    target = top_list
-                    continue
-                break
-            levels[step] += 1
-            flat += strides[step]
-            path.append(flat)
-        lo, hi = 0, len(path) - 1
-        while lo <= hi:
-            mid = (lo + hi) // 2
-            node = path[mid]
-            state = mono[node]
-            if state == 0:
-                if monotone:
-                    evaluate(node)
-                else:
-                    assessment = problem.assess(cache.get(nodes[node]), full=False)
-                    if assessment.monotone_ok:
-                        region = mono_view[up(nodes[node])]
-                        region[region == 0] = 1
-                    else:
-                        mono_view[down(nodes[node])] = -1
-                        full_view[down(nodes[node])] = -1
-                state = mono[node]
-            if state == 1:
-                hi = mid - 1
-            else:
-                lo = mid + 1
-        if extend_rejections and lo > 0:
-            # Without suppression the rejected region is large: grow the highest rejected node on the path to a
-            # maximal rejected node (each step a cheap roll-up from it), so that one down-set covers more.
-            current = nodes[path[lo - 1]]
-            flat = path[lo - 1]
-            moved = True
-            while moved:
-                moved = False
-                for i in range(d):
-                    if current[i] < top_list[i]:
-                        successor = flat + strides[i]
-                        if mono[successor] == 0:
-                            evaluate(successor)
-                        if mono[successor] == -1:
-                            current, flat, moved = nodes[successor], successor, True
-                            break
-
-    position = 0
-    few_open = False
-    while position < len(order):
-        chunk = order[position : position + 512]
-        open_mask = (mono[chunk] != -1) & (full[chunk] != -1) & (full[chunk] != 2)
-        hits = np.flatnonzero(open_mask)
-        if hits.size == 0:
-            position += len(chunk)
-            continue
-        position += int(hits[0])
-        index = int(order[position])
-        position += 1
-        if bounds is not None and bounds[index] >= best_value:
-            break
-        if metric.class_bound is not None and best_index >= 0 and cache.dominated(nodes[index], best_value):
-            full[index] = 2
-            continue
-        # While many nodes are open, a climb classifies large regions with few checks; once the pre-filters or
-        # earlier checks have left few (Adult without suppression: under 200 of 12,960), checking the node itself
-        # is cheaper than probing a path above it, most of whose nodes are accepted and tell nothing new. Open
-        # nodes only ever become fewer, so they are no longer counted once few.
-        if mono[index] == 0 and not few_open:
-            few_open = np.count_nonzero(mono == 0) <= DIRECT_OPEN
-        if mono[index] == 0 and not few_open:
-            climb(index)
-            if mono[index] == -1:
-                continue
-        if (full[index] == 0 or (full[index] == 1 and index not in values)) and not evaluate(index):
-            continue
-        if full[index] != 1:
-            continue
-        value = values[index]
-        if value < best_value:
-            best_index, best_value = index, value
-        if metric_monotone and bounds is None:
-            region = full_view[up(nodes[index])]
-            region[region != -1] = 2
-            full[index] = 1
-    if best_index < 0:
-        return SearchOutcome(None, math.inf, len(cache.requested), False, total)
-    levels = tuple(int(x) for x in nodes[best_index])
-    return SearchOutcome(levels, best_value, len(cache.requested), False, total, cache.cached(levels))
-
-
-def heuristic_search(problem: Problem, metric, check_budget: int = HEURISTIC_CHECKS) -> SearchOutcome:
-    """Greedy climbs, local search, then a budgeted best-first search; for lattices too large to enumerate.
-
-    Phase 1 climbs from the floor to an accepted node twice: at each step to the accepted successor with the lowest
-    value or else, once, to the successor with the fewest violating records and, once, to the successor with the
-    lowest lower bound. Phase 2 improves it locally: lower one attribute, or
-    lower one and raise another, while the models hold and the value drops. Phase 3 (in the spirit of ARX's
-    Lightning) expands the lattice lazily from the floor in lower-bound order, pruned by the best value so far,
-    for at most ``check_budget`` transformations; if it runs out of nodes that could be better, the result is
-    proven optimal and reported as such, otherwise it is labelled heuristic.
-    """
-    heights = problem.heights
-    top = np.array(heights, dtype=np.int64) - 1
-    cache = _TableCache(problem)
-    floor = _floor(problem.marginal_suppression(), problem.max_outliers)
-    if floor is None:  # some attribute forces too much suppression even fully generalized
-        return SearchOutcome(None, math.inf, 0, True, problem.lattice_size)
-
-    def score(candidate: np.ndarray) -> tuple[bool, int, float]:
-        table = cache.get(candidate)
-        assessment = problem.assess(table)
-        if not assessment.monotone_ok:
-            # rank by the records violating the monotone part; full models are checked once it holds
-            return False, assessment.suppressed_records, math.inf
-        value = metric.value(table, assessment.suppressed) if assessment.accepted else math.inf
-        return assessment.accepted, assessment.suppressed_records, value
-
-    def climb_and_improve(by_bound: bool) -> tuple[np.ndarray | None, float]:
-        """Phase 1: climb from the floor to an accepted node; phase 2: improve it by local moves."""
-        levels = floor
-        accepted, _, value = score(levels)
-        while not accepted and not (levels >= top).all():
-            options = []
-            for i in np.flatnonzero(levels < top):
-                candidate = levels.copy()
-                candidate[i] += 1
-                ok, suppressed, candidate_value = score(candidate)
-                rank = metric.bound(candidate) if by_bound else float(suppressed if not ok else 0)
-                options.append((not ok, rank, candidate_value, int(i), candidate))
-            options.sort(key=lambda o: (o[0], o[1], o[2], o[3]))
-            _, _, value, _, levels = options[0]
-            accepted = not options[0][0]
-        if not accepted:
-            return None, math.inf
-        d = len(heights)
-        improved = True
-        while improved:
-            improved = False
-            moves = [(i, -1) for i in range(d)] + [(i, j) for i in range(d) for j in range(d) if i != j]
-            for lower, raise_ in moves:
-                candidate = levels.copy()
-                candidate[lower] -= 1
-                if raise_ >= 0:
-                    candidate[raise_] += 1
-                if (candidate < floor).any() or (candidate > top).any():
-                    continue
-                ok, _, candidate_value = score(candidate)
-                if ok and candidate_value < value:
-                    levels, value, improved = candidate, candidate_value, True
-                    break
-        return levels, value
-
-    best_levels, best_value = climb_and_improve(by_bound=False)
-    other_levels, other_value = climb_and_improve(by_bound=True)
-    if other_value < best_value:
-        best_levels, best_value = other_levels, other_value
-
-    # Phase 3: best-first expansion from the floor in lower-bound order, pruned by the best value so far; when it
-    # runs out of nodes that could be better, the result is proven optimal.
-    dominated_above = problem.max_outliers == 0  # without suppression no successor of an accepted node is better
-    heap: list[tuple[float, int, tuple[int, ...]]] = []
-    start = tuple(int(x) for x in floor)
-    seen = {start}
-    heapq.heappush(heap, (metric.bound(floor), int(floor.sum()), start))
-    budget = len(cache.requested) + check_budget
-    completed = False
-    while len(cache.requested) < budget:
-        if not heap or heap[0][0] >= best_value:
-            completed = True
-            break
-        _, _, key = heapq.heappop(heap)
-        candidate = np.array(key, dtype=np.int64)
-        ok, _, candidate_value = score(candidate)
-        if ok and candidate_value < best_value:
-            best_levels, best_value = candidate, candidate_value
-        if ok and dominated_above:
-            continue
-        for i in np.flatnonzero(candidate < top):
-            successor = candidate.copy()
-            successor[i] += 1
-            successor_key = tuple(int(x) for x in successor)
-            if successor_key not in seen:
-                seen.add(successor_key)
-                heapq.heappush(heap, (metric.bound(successor), int(successor.sum()), successor_key))
-    levels_out = None if best_levels is None else tuple(int(x) for x in best_levels)
-    return SearchOutcome(
-        levels_out, best_value, len(cache.requested), not completed, problem.lattice_size, cache.cached(levels_out)
-    )
+        return getattr(search, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -95,24 +95,13 @@ def verify_release(
     qis = [q for q in qis if q in df.columns]
     rows_in = original_rows if original_rows is not None else (len(original) if original is not None else None)
     if rows_in is not None:
-        removed = rows_in - len(df)
-        allowed = math.floor(config.suppression_limit * rows_in + 1e-9)
-        if removed > allowed:
-            violations.append(
-                Violation(
-                    "suppression_limit",
-                    None,
-                    f"{removed} of {rows_in} records removed; the limit of {config.suppression_limit:.2%} allows "
-                    f"{allowed}",
-                    records=removed,
-                )
-            )
+        violations.extend(_suppression_violations(rows_in, len(df), config))
     if df.empty or not qis:
         return violations
     grouped = df.groupby(qis, dropna=False, sort=False, observed=True)
     class_id = grouped.ngroup().to_numpy()
-    sizes = np.bincount(class_id)
-    keys = grouped.size().index  # same order as ngroup numbering when sort=False
+    classes = _Classes(class_id, np.bincount(class_id), grouped.size().index, qis)  # same order: sort=False
+    sizes = classes.sizes
     small = np.flatnonzero(sizes < config.k)
     if small.size:
         violations.append(
@@ -122,14 +111,50 @@ def verify_release(
                 f"{small.size} equivalence classes are smaller than k = {config.k} (smallest: {int(sizes.min())})",
                 classes=int(small.size),
                 records=int(sizes[small].sum()),
-                examples=_examples(keys, qis, small, sizes),
+                examples=classes.examples(small),
             )
         )
+    violations.extend(_l_diversity_violations(df, config, classes))
+    violations.extend(_t_closeness_violations(df, config, classes, original))
+    return violations
+
+
+@dataclass(frozen=True)
+class _Classes:
+    """The released table's equivalence classes: each record's class, the class keys, and their sizes."""
+
+    class_id: np.ndarray
+    sizes: np.ndarray
+    keys: pd.Index
+    qis: list[str]
+
+    def examples(self, indices: np.ndarray) -> list[dict[str, Any]]:
+        return _examples(self.keys, self.qis, indices, self.sizes)
+
+
+def _suppression_violations(rows_in: int, rows_out: int, config: AnonymizationConfig) -> list[Violation]:
+    removed = rows_in - rows_out
+    allowed = math.floor(config.suppression_limit * rows_in + 1e-9)
+    if removed <= allowed:
+        return []
+    return [
+        Violation(
+            "suppression_limit",
+            None,
+            f"{removed} of {rows_in} records removed; the limit of {config.suppression_limit:.2%} allows {allowed}",
+            records=removed,
+        )
+    ]
+
+
+def _l_diversity_violations(df: pd.DataFrame, config: AnonymizationConfig, classes: _Classes) -> list[Violation]:
+    violations = []
+    sizes = classes.sizes
     for model in config.l_diversity:
         if model.attribute not in df.columns:
             violations.append(Violation("l_diversity", model.attribute, "sensitive attribute not in release"))
             continue
-        histogram, _ = _histogram(df[model.attribute], class_id, len(sizes))
+        histogram, _ = _histogram(df[model.attribute], classes.class_id, len(sizes))
         failing = np.flatnonzero(model.violations(histogram))
         if failing.size:
             violations.append(
@@ -139,14 +164,22 @@ def verify_release(
                     f"{failing.size} classes violate {model.describe()}",
                     classes=int(failing.size),
                     records=int(sizes[failing].sum()),
-                    examples=_examples(keys, qis, failing, sizes),
+                    examples=classes.examples(failing),
                 )
             )
+    return violations
+
+
+def _t_closeness_violations(
+    df: pd.DataFrame, config: AnonymizationConfig, classes: _Classes, original: pd.DataFrame | None
+) -> list[Violation]:
+    violations = []
+    sizes = classes.sizes
     for model in config.t_closeness:
         if model.attribute not in df.columns:
             violations.append(Violation("t_closeness", model.attribute, "sensitive attribute not in release"))
             continue
-        distances = _t_distances(df, model, config, class_id, len(sizes), original)
+        distances = _t_distances(df, model, config, classes.class_id, len(sizes), original)
         failing = np.flatnonzero(distances > model.t + 1e-12)
         if failing.size:
             violations.append(
@@ -156,7 +189,7 @@ def verify_release(
                     f"{failing.size} classes violate {model.describe()} (largest distance {distances.max():.4f})",
                     classes=int(failing.size),
                     records=int(sizes[failing].sum()),
-                    examples=_examples(keys, qis, failing, sizes),
+                    examples=classes.examples(failing),
                 )
             )
     return violations

@@ -35,6 +35,12 @@ from ppml.evaluation.membership_inference import (
     strongest_attack,
     write_roc_curves,
 )
+from ppml.evaluation.objectives import (
+    objective_warnings,
+    trivial_margin_verdicts,
+    trivial_predictor,
+    utility_verdicts,
+)
 from ppml.evaluation.utility import (
     GroupBreakdown,
     MetricEstimate,
@@ -42,11 +48,7 @@ from ppml.evaluation.utility import (
     UtilityReport,
     compare_models,
     evaluate_utility,
-    objective_warnings,
-    trivial_margin_verdicts,
-    trivial_predictor,
     utility_report,
-    utility_verdicts,
 )
 
 __all__ = [

@@ -54,7 +54,8 @@ from ppml.evaluation.fdp_audit import (
     guess_counts,
     max_certifiable,
 )
-from ppml.training.dp_sgd import DPPlan, StepHook
+from ppml.training.accounting import DPPlan
+from ppml.training.dp_steps import StepHook
 
 SOURCE = "white-box audit"
 NOISE_FLOOR = 1e-3  # smallest noise scale (in units of C) a score assumes: noise 0 gives finite, huge scores
@@ -238,26 +239,11 @@ def run_whitebox_audit(
     defaults to ``train_dp``; the pipeline passes one that charges the ledger.
     """
     from ppml.evaluation.planted_bugs import ChainedHooks
-    from ppml.training import TabularSplit, train_dp
-    from ppml.training.models import build_model
+    from ppml.training import train_dp
 
     _check_settings(settings)
-    rng = np.random.default_rng(settings.seed)
-    X = np.asarray(train.X, dtype=np.float32)
-    n_classes = int(getattr(train, "n_classes", 2))  # a multi-class model has K outputs: more coordinates
-    y = check_labels(train.y, SOURCE, n_classes)
-    if settings.max_base_records is not None and len(y) > settings.max_base_records:
-        keep = rng.choice(len(y), size=settings.max_base_records, replace=False)
-        X, y = X[keep], y[keep]
-    n_parameters = sum(p.numel() for p in build_model(config.model, X.shape[1], n_classes).parameters())
-    m = min(settings.n_canaries, n_parameters)  # one coordinate per canary: no cross-talk between canaries
-    canaries = GradientCanaries(len(y), n_parameters, m, dp.max_grad_norm, settings, rng)
-    split = TabularSplit(
-        X=np.vstack([X, np.zeros((m, X.shape[1]), dtype=np.float32)]),
-        y=np.concatenate([y, np.zeros(m, dtype=np.int64)]),
-        feature_names=tuple(getattr(train, "feature_names", ()) or ()),
-        n_classes=n_classes,
-    )
+    split, canaries, base_records, n_parameters = _canary_split(train, config, dp, settings)
+    m = canaries.m
     batch = max(1, round(settings.sample_rate * split.n))
     audit_config = dataclasses.replace(config, epochs=settings.epochs, batch_size=batch, device="cpu")
     hook = canaries if fault is None else ChainedHooks([fault, canaries])
@@ -296,7 +282,7 @@ def run_whitebox_audit(
         steps=len(canaries.projections),
         details={
             "settings": settings.to_dict(),
-            "base_records": len(y),
+            "base_records": base_records,
             "parameters": n_parameters,
             "sample_rate": model.sample_rate,
             "noise_multiplier": model.noise_multiplier,
@@ -307,6 +293,31 @@ def run_whitebox_audit(
             "fault_injection": type(fault).__name__ if fault is not None else None,
         },
     )
+
+
+def _canary_split(train: LabelledSplit, config: Any, dp: Any, settings: WhiteBoxSettings) -> tuple[Any, Any, int, int]:
+    """(A sample of) the base records plus one zero-feature slot per canary, the canaries, the number of base
+    records and of model parameters (one coordinate per canary: no cross-talk between canaries)."""
+    from ppml.training import TabularSplit
+    from ppml.training.models import build_model
+
+    rng = np.random.default_rng(settings.seed)
+    X = np.asarray(train.X, dtype=np.float32)
+    n_classes = int(getattr(train, "n_classes", 2))  # a multi-class model has K outputs: more coordinates
+    y = check_labels(train.y, SOURCE, n_classes)
+    if settings.max_base_records is not None and len(y) > settings.max_base_records:
+        keep = rng.choice(len(y), size=settings.max_base_records, replace=False)
+        X, y = X[keep], y[keep]
+    n_parameters = sum(p.numel() for p in build_model(config.model, X.shape[1], n_classes).parameters())
+    m = min(settings.n_canaries, n_parameters)
+    canaries = GradientCanaries(len(y), n_parameters, m, dp.max_grad_norm, settings, rng)
+    split = TabularSplit(
+        X=np.vstack([X, np.zeros((m, X.shape[1]), dtype=np.float32)]),
+        y=np.concatenate([y, np.zeros(m, dtype=np.int64)]),
+        feature_names=tuple(getattr(train, "feature_names", ()) or ()),
+        n_classes=n_classes,
+    )
+    return split, canaries, len(y), n_parameters
 
 
 def whitebox_verdict(result: WhiteBoxResult) -> Verdict:

@@ -19,7 +19,9 @@ from typing import Any
 from ppml.ledger import DataScope, LifetimeBudget, PlannedRun, PrivacyLedger
 from ppml.training.config import DPConfig, TrainingConfig, fingerprint
 from ppml.training.data import TabularSplit
-from ppml.training.dp_sgd import TrainedModel, plan_dp_training, train_dp
+from ppml.training.dp_sgd import train_dp
+from ppml.training.planning import plan_dp_training
+from ppml.training.trained_model import TrainedModel
 
 
 @dataclass

@@ -203,35 +203,7 @@ def scan_for_identifiers(
                     findings.append(Finding(column, "value", where, location, count))
 
     if artifact_dir is not None:
-        root = Path(artifact_dir)
-        if not root.is_dir():
-            raise input_error(
-                SOURCE,
-                "artifact_dir",
-                f"{root} is not a directory",
-                "pass the folder the model artifacts were written to",
-            )
-        for path in sorted(p for p in root.rglob("*") if p.is_file()):
-            relative = path.relative_to(root).as_posix()
-            if path.stat().st_size > max_file_bytes:
-                skipped["large_files"] += 1
-                continue
-            scanned["files"] += 1
-            name_hits = index.search(relative.encode("utf-8", "replace")) if index else {}
-            if name_hits:  # the path itself holds a value: report the file by number, not by name
-                relative = f"file #{scanned['files']} (name withheld)"
-                for column, count in name_hits.items():
-                    findings.append(Finding(column, "value", "artifact", relative, count))
-            for identifier in identifiers:
-                if _name_hits(identifier, path.name):
-                    findings.append(Finding(identifier, "column_name", "artifact", relative))
-            # Contents are searched for values only: column names such as "name" or "zip" are ordinary
-            # words in YAML and JSON metadata; feature lists are checked through ``feature_names``.
-            for member, payload in _file_payloads(path, max_file_bytes):
-                location = relative + member
-                if index:
-                    for column, count in index.search(payload).items():
-                        findings.append(Finding(column, "value", "artifact", location, count))
+        findings += _scan_artifacts(Path(artifact_dir), identifiers, index, scanned, skipped, max_file_bytes)
 
     for where, mapping in (("mlflow_param", params), ("mlflow_tag", tags)):
         for key, value in (mapping or {}).items():
@@ -244,6 +216,47 @@ def scan_for_identifiers(
                 for column, count in index.search(f"{key} {value}".encode("utf-8", "replace")).items():
                     findings.append(Finding(column, "value", where, str(key), count))
     return LeakageReport(findings, scanned, skipped)
+
+
+def _scan_artifacts(
+    root: Path,
+    identifiers: list[str],
+    index: _ValueIndex,
+    scanned: dict[str, int],
+    skipped: dict[str, int],
+    max_file_bytes: int,
+) -> list[Finding]:
+    """Every artifact file (and archive member): names for identifier names and values, contents for values."""
+    if not root.is_dir():
+        raise input_error(
+            SOURCE,
+            "artifact_dir",
+            f"{root} is not a directory",
+            "pass the folder the model artifacts were written to",
+        )
+    findings: list[Finding] = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        relative = path.relative_to(root).as_posix()
+        if path.stat().st_size > max_file_bytes:
+            skipped["large_files"] += 1
+            continue
+        scanned["files"] += 1
+        name_hits = index.search(relative.encode("utf-8", "replace")) if index else {}
+        if name_hits:  # the path itself holds a value: report the file by number, not by name
+            relative = f"file #{scanned['files']} (name withheld)"
+            for column, count in name_hits.items():
+                findings.append(Finding(column, "value", "artifact", relative, count))
+        for identifier in identifiers:
+            if _name_hits(identifier, path.name):
+                findings.append(Finding(identifier, "column_name", "artifact", relative))
+        # Contents are searched for values only: column names such as "name" or "zip" are ordinary
+        # words in YAML and JSON metadata; feature lists are checked through ``feature_names``.
+        for member, payload in _file_payloads(path, max_file_bytes):
+            location = relative + member
+            if index:
+                for column, count in index.search(payload).items():
+                    findings.append(Finding(column, "value", "artifact", location, count))
+    return findings
 
 
 def leakage_verdict(report: LeakageReport) -> Verdict:

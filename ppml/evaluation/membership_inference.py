@@ -318,34 +318,11 @@ def lira_offline_attack(
     y_eval = np.concatenate([ym, yn])
 
     order = rng.permutation(n_pool)
-    classes = _n_classes(reference_pool)
-    pool_x, pool_y = np.asarray(reference_pool.X), check_labels(reference_pool.y, source, classes)
-    split_type = type(reference_pool)
-    feature_names = getattr(reference_pool, "feature_names", ())
-    # a multi-class split keeps its class count, so a reference model scores every class like the target
-    extra = {"n_classes": classes} if classes > 2 else {}
-    phi_ref = np.empty((n_reference_models, len(y_eval)))
     started = time.perf_counter()
-    for i in range(n_reference_models):
-        idx = order[i * size : (i + 1) * size]
-        part = split_type(X=pool_x[idx], y=pool_y[idx], feature_names=tuple(feature_names), **extra)
-        reference = train_reference(part)
-        phi_ref[i] = true_label_logit(predict_scores(reference, x_eval), y_eval)
+    phi_ref = _reference_logits(reference_pool, order, size, n_reference_models, train_reference, x_eval, y_eval)
     training_seconds = time.perf_counter() - started
-
     phi_target = true_label_logit(predict_scores(model, x_eval), y_eval)
-    mean = phi_ref.mean(axis=0)
-    use_global = variance == "global" or (variance == "auto" and n_reference_models < 32)
-    if n_reference_models == 1:
-        std = np.ones_like(mean)  # only the ranking matters, and it is phi - mean
-    elif use_global:
-        std = np.full_like(mean, np.sqrt(phi_ref.var(axis=0, ddof=1).mean()))
-    else:
-        std = phi_ref.std(axis=0, ddof=1)
-    std = np.maximum(std, 1e-6)
-    # One-sided test: members have phi above the OUT distribution. The log-probability that an OUT model is
-    # at least this unconfident is the score; logcdf keeps resolution in the tail, where low FPR lives.
-    scores = stats.norm.logcdf((phi_target - mean) / std)
+    scores, use_global = _lira_scores(phi_target, phi_ref, variance)
     n = len(ym)
     return attack_metrics(
         scores[:n],
@@ -361,6 +338,49 @@ def lira_offline_attack(
             "statistic": "phi = log(p_y / (1 - p_y)) of the true label; one-sided Gaussian test vs OUT models",
         },
     )
+
+
+def _reference_logits(
+    reference_pool: LabelledSplit,
+    order: np.ndarray,
+    size: int,
+    n_reference_models: int,
+    train_reference: Callable[[Any], ProbabilisticModel],
+    x_eval: np.ndarray,
+    y_eval: np.ndarray,
+) -> np.ndarray:
+    """phi of the true label under each reference model, each trained on its own disjoint slice of the pool."""
+    source = "LiRA"
+    classes = _n_classes(reference_pool)
+    pool_x, pool_y = np.asarray(reference_pool.X), check_labels(reference_pool.y, source, classes)
+    split_type = type(reference_pool)
+    feature_names = getattr(reference_pool, "feature_names", ())
+    # a multi-class split keeps its class count, so a reference model scores every class like the target
+    extra = {"n_classes": classes} if classes > 2 else {}
+    phi_ref = np.empty((n_reference_models, len(y_eval)))
+    for i in range(n_reference_models):
+        idx = order[i * size : (i + 1) * size]
+        part = split_type(X=pool_x[idx], y=pool_y[idx], feature_names=tuple(feature_names), **extra)
+        reference = train_reference(part)
+        phi_ref[i] = true_label_logit(predict_scores(reference, x_eval), y_eval)
+    return phi_ref
+
+
+def _lira_scores(phi_target: np.ndarray, phi_ref: np.ndarray, variance: str) -> tuple[np.ndarray, bool]:
+    """The one-sided Gaussian test against the OUT models, and whether one pooled variance was used."""
+    n_reference_models = len(phi_ref)
+    mean = phi_ref.mean(axis=0)
+    use_global = variance == "global" or (variance == "auto" and n_reference_models < 32)
+    if n_reference_models == 1:
+        std = np.ones_like(mean)  # only the ranking matters, and it is phi - mean
+    elif use_global:
+        std = np.full_like(mean, np.sqrt(phi_ref.var(axis=0, ddof=1).mean()))
+    else:
+        std = phi_ref.std(axis=0, ddof=1)
+    std = np.maximum(std, 1e-6)
+    # One-sided test: members have phi above the OUT distribution. The log-probability that an OUT model is
+    # at least this unconfident is the score; logcdf keeps resolution in the tail, where low FPR lives.
+    return stats.norm.logcdf((phi_target - mean) / std), use_global
 
 
 def partition_holdout(

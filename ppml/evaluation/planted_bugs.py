@@ -1,6 +1,6 @@
 """The planted-bug corpus: fault injection that tests the audit itself (never reachable from a policy).
 
-Each bug is a :class:`~ppml.training.dp_sgd.StepHook` passed as ``train_dp(..., step_hook=...)``: a keyword
+Each bug is a :class:`~ppml.training.dp_steps.StepHook` passed as ``train_dp(..., step_hook=...)``: a keyword
 argument of the trainer only. ``ppml.policy`` forbids unknown fields, so no policy can name one, and the
 Dagster assets never build one. The claimed epsilon stays the one the (possibly misled) accountant reports, as
 in a real bug; what differs is the mechanism that actually ran:
@@ -25,7 +25,8 @@ from collections.abc import Callable, Sequence
 import torch
 from opacus.accountants.utils import get_noise_multiplier
 
-from ppml.training.dp_sgd import DPPlan, StepHook, epsilon_of_history
+from ppml.training.accounting import DPPlan, epsilon_of_history
+from ppml.training.dp_steps import StepHook
 
 
 class PlantedBug(enum.Enum):

@@ -24,7 +24,6 @@ from ppml.errors import input_error
 from ppml.evaluation._common import (
     LabelledSplit,
     ProbabilisticModel,
-    Verdict,
     check_fraction,
     check_labels,
     finite_or_none,
@@ -44,16 +43,6 @@ HIGHER_IS_BETTER = {
 }
 #: Balanced accuracy and ROC AUC of every trivial predictor (a constant, or a score independent of the record).
 TRIVIAL_LEVEL = 0.5
-
-# Objective key -> (metric, comparison). "max_utility_gap" and "max_group_gap" need more than one report.
-OBJECTIVE_KEYS: dict[str, tuple[str, str]] = {
-    "min_accuracy": ("accuracy", ">="),
-    "min_balanced_accuracy": ("balanced_accuracy", ">="),
-    "min_roc_auc": ("roc_auc", ">="),
-    "min_f1": ("f1", ">="),
-    "max_ece": ("ece", "<="),
-}
-GAP_KEYS = ("max_utility_gap", "max_group_gap", "min_margin_over_trivial", "max_group_error_rate_gap")
 
 
 @dataclass(frozen=True)
@@ -325,6 +314,36 @@ def utility_report(
     are listed with their size only: metrics on a handful of people are noise and can single them out.
     """
     source = f"utility report '{model}'"
+    y, p, n_classes = _checked_scores(y_true, y_prob, source)
+    check_fraction(threshold, source, "threshold", low=0, high=1, closed="neither")
+    check_fraction(confidence, source, "confidence", low=0, high=1, closed="neither")
+    if n_resamples < 0:
+        raise input_error(source, "n_resamples", f"{n_resamples} is negative", "use 0 (no intervals) or more")
+    rng = np.random.default_rng(seed)
+    kwargs = {"threshold": threshold, "n_resamples": n_resamples, "confidence": confidence, "n_bins": n_bins}
+    overall = _estimates(y, p, rng=rng, **kwargs)
+    breakdowns = {  # after the overall estimates: the bootstrap draws follow in this order
+        attribute: _group_breakdown(attribute, labels, y, p, n_classes, min_group_size, source, rng, kwargs)
+        for attribute, labels in (groups or {}).items()
+    }
+
+    shares = np.bincount(y, minlength=n_classes) / len(y)
+    return UtilityReport(
+        model=model,
+        n=len(y),
+        positive_rate=float(y.mean()) if n_classes == 2 else float(shares.max()),
+        n_classes=n_classes,
+        class_shares=tuple(float(v) for v in shares) if n_classes > 2 else (),
+        threshold=threshold,
+        confidence=confidence,
+        n_resamples=n_resamples,
+        metrics=overall,
+        groups=breakdowns,
+    )
+
+
+def _checked_scores(y_true: np.ndarray, y_prob: np.ndarray, source: str) -> tuple[np.ndarray, np.ndarray, int]:
+    """Labels and scores checked against each other: (y, P(y = 1) of shape (n,) or class probabilities (n, K), K)."""
     p = np.asarray(y_prob, dtype=np.float64)
     n_classes = p.shape[1] if p.ndim == 2 and p.shape[1] > 2 else 2
     p = p if n_classes > 2 else p.reshape(-1)
@@ -341,63 +360,54 @@ def utility_report(
         raise input_error(
             source, "y_prob", "class probabilities do not sum to 1 per record", "pass softmax outputs (n, K)"
         )
-    check_fraction(threshold, source, "threshold", low=0, high=1, closed="neither")
-    check_fraction(confidence, source, "confidence", low=0, high=1, closed="neither")
-    if n_resamples < 0:
-        raise input_error(source, "n_resamples", f"{n_resamples} is negative", "use 0 (no intervals) or more")
-    rng = np.random.default_rng(seed)
-    kwargs = {"threshold": threshold, "n_resamples": n_resamples, "confidence": confidence, "n_bins": n_bins}
-    overall = _estimates(y, p, rng=rng, **kwargs)
+    return y, p, n_classes
 
-    breakdowns: dict[str, GroupBreakdown] = {}
-    for attribute, labels in (groups or {}).items():
-        labels = np.asarray(labels, dtype=object)
-        if len(labels) != len(y):
-            raise input_error(
-                source,
-                f"groups.{attribute}",
-                f"{len(labels)} group labels for {len(y)} records",
-                "pass one group label per test record",
-            )
-        labels = np.array(["(missing)" if v is None or v != v else str(v) for v in labels], dtype=object)
-        per_group: dict[str, GroupMetrics] = {}
-        for name in sorted(set(labels)):
-            mask = labels == name
-            size = int(mask.sum())
-            if size < min_group_size:
-                per_group[name] = GroupMetrics(size, {}, reported=False)
-                continue
-            estimates = _estimates(y[mask], p[mask], rng=rng, **kwargs)
-            counts = np.bincount(y[mask], minlength=n_classes)
-            per_group[name] = GroupMetrics(
-                size,
-                estimates,
-                reported=True,
-                n_positive=int(counts[1]) if n_classes == 2 else int(counts.min()),
-                class_counts=tuple(int(c) for c in counts) if n_classes > 2 else (),
-            )
-        reported = {k: g for k, g in per_group.items() if g.reported}
-        gaps: dict[str, float | None] = {}
-        for metric in METRICS:
-            values = [g.metrics[metric].value for g in reported.values() if g.metrics[metric].value is not None]
-            gaps[metric] = finite_or_none(_gap(values, metric)) if len(values) >= 2 else None
-        accuracies = {k: g.metrics["accuracy"].value for k, g in reported.items()}
-        worst = min(accuracies, key=lambda k: accuracies[k]) if accuracies else None
-        breakdowns[attribute] = GroupBreakdown(attribute, per_group, worst, gaps, min_group_size)
 
-    shares = np.bincount(y, minlength=n_classes) / len(y)
-    return UtilityReport(
-        model=model,
-        n=len(y),
-        positive_rate=float(y.mean()) if n_classes == 2 else float(shares.max()),
-        n_classes=n_classes,
-        class_shares=tuple(float(v) for v in shares) if n_classes > 2 else (),
-        threshold=threshold,
-        confidence=confidence,
-        n_resamples=n_resamples,
-        metrics=overall,
-        groups=breakdowns,
-    )
+def _group_breakdown(
+    attribute: str,
+    labels: Sequence[Any] | np.ndarray,
+    y: np.ndarray,
+    p: np.ndarray,
+    n_classes: int,
+    min_group_size: int,
+    source: str,
+    rng: np.random.Generator,
+    kwargs: dict[str, Any],
+) -> GroupBreakdown:
+    """Metrics per group of one protected attribute; groups under ``min_group_size`` are listed by size only."""
+    labels = np.asarray(labels, dtype=object)
+    if len(labels) != len(y):
+        raise input_error(
+            source,
+            f"groups.{attribute}",
+            f"{len(labels)} group labels for {len(y)} records",
+            "pass one group label per test record",
+        )
+    labels = np.array(["(missing)" if v is None or v != v else str(v) for v in labels], dtype=object)
+    per_group: dict[str, GroupMetrics] = {}
+    for name in sorted(set(labels)):
+        mask = labels == name
+        size = int(mask.sum())
+        if size < min_group_size:
+            per_group[name] = GroupMetrics(size, {}, reported=False)
+            continue
+        estimates = _estimates(y[mask], p[mask], rng=rng, **kwargs)
+        counts = np.bincount(y[mask], minlength=n_classes)
+        per_group[name] = GroupMetrics(
+            size,
+            estimates,
+            reported=True,
+            n_positive=int(counts[1]) if n_classes == 2 else int(counts.min()),
+            class_counts=tuple(int(c) for c in counts) if n_classes > 2 else (),
+        )
+    reported = {k: g for k, g in per_group.items() if g.reported}
+    gaps: dict[str, float | None] = {}
+    for metric in METRICS:
+        values = [g.metrics[metric].value for g in reported.values() if g.metrics[metric].value is not None]
+        gaps[metric] = finite_or_none(_gap(values, metric)) if len(values) >= 2 else None
+    accuracies = {k: g.metrics["accuracy"].value for k, g in reported.items()}
+    worst = min(accuracies, key=lambda k: accuracies[k]) if accuracies else None
+    return GroupBreakdown(attribute, per_group, worst, gaps, min_group_size)
 
 
 def evaluate_utility(
@@ -445,167 +455,21 @@ def compare_models(model: UtilityReport, baseline: UtilityReport) -> ModelCompar
     )
 
 
-def utility_verdicts(
-    report: UtilityReport,
-    objectives: Mapping[str, float],
-    *,
-    baseline: UtilityReport | None = None,
-    source: str = "policy objectives",
-) -> list[Verdict]:
-    """One verdict per objective, e.g. ``{"min_accuracy": 0.8, "min_roc_auc": 0.85, "max_utility_gap": 0.05}``.
+def __getattr__(name: str) -> Any:
+    """The verdicts moved to :mod:`ppml.evaluation.objectives`; still importable from here for this session's other
+    branches (lazily: that module imports this one)."""
+    if name in _MOVED_TO_OBJECTIVES:
+        from ppml.evaluation import objectives
 
-    ``max_utility_gap`` compares accuracy with ``baseline`` (required for it); ``max_group_gap`` limits the
-    accuracy gap between the best and worst group of every protected attribute. Unknown keys are errors, so a
-    misspelt objective cannot silently pass.
-    """
-    verdicts: list[Verdict] = []
-    for key, limit in objectives.items():
-        if key in OBJECTIVE_KEYS:
-            metric, comparison = OBJECTIVE_KEYS[key]
-            limit = check_fraction(limit, source, key, low=0, high=1, closed="both")
-            estimate = report.metrics[metric]
-            verdicts.append(
-                Verdict.check(
-                    key,
-                    estimate.value,
-                    limit,
-                    comparison,  # type: ignore[arg-type]
-                    f"{report.model} {metric} {_fmt(estimate.value)} "
-                    f"(95% CI {_fmt(estimate.ci_low)}-{_fmt(estimate.ci_high)}) on {report.n} records",
-                )
-            )
-        elif key == "max_utility_gap":
-            limit = check_fraction(limit, source, key, low=0, high=1, closed="both")
-            if baseline is None:
-                verdicts.append(Verdict.check(key, None, limit, "<=", "no non-private baseline to compare with"))
-                continue
-            comparison = compare_models(report, baseline)
-            verdicts.append(
-                Verdict.check(
-                    key,
-                    comparison.accuracy_gap,
-                    limit,
-                    "<=",
-                    f"accuracy {_fmt(baseline.value('accuracy'))} ({baseline.model}) minus "
-                    f"{_fmt(report.value('accuracy'))} ({report.model})",
-                )
-            )
-        elif key == "max_group_gap":
-            limit = check_fraction(limit, source, key, low=0, high=1, closed="both")
-            if not report.groups:
-                verdicts.append(Verdict.check(key, None, limit, "<=", "no protected attributes were evaluated"))
-                continue
-            worst_attr = max(report.groups, key=lambda a: report.groups[a].gaps["accuracy"] or 0.0)
-            breakdown = report.groups[worst_attr]
-            verdicts.append(
-                Verdict.check(
-                    key,
-                    breakdown.gaps["accuracy"] or 0.0,
-                    limit,
-                    "<=",
-                    f"largest accuracy gap between groups of '{worst_attr}' (worst group: {breakdown.worst_group})",
-                )
-            )
-        elif key == "min_margin_over_trivial":
-            margin = check_fraction(limit, source, key, low=0, high=TRIVIAL_LEVEL, closed="low")
-            verdicts.extend(trivial_margin_verdicts(report, margin))
-        elif key == "max_group_error_rate_gap":
-            from ppml.evaluation.error_rates import group_error_rates
-
-            limit = check_fraction(limit, source, key, low=0, high=1, closed="both")
-            rates = group_error_rates(report)
-            verdicts.append(
-                Verdict.check(
-                    key,
-                    rates.largest_evidenced_gap if report.groups else None,
-                    limit,
-                    "<=",
-                    rates.describe() if report.groups else "no protected attributes were evaluated",
-                )
-            )
-        else:
-            raise input_error(
-                source, key, "unknown utility objective", f"use one of {sorted([*OBJECTIVE_KEYS, *GAP_KEYS])}"
-            )
-    return verdicts
+        return getattr(objectives, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def trivial_predictor(y_true: np.ndarray, n_classes: int = 2) -> dict[str, float]:
-    """What a model that ignores the record reaches on these labels: the majority share as accuracy, balanced
-    accuracy 1/K (0.5 for a binary label) and ROC AUC 0.5 (a constant or record-independent score ranks no
-    member of a class above a non-member; for K classes, each one-vs-rest AUC)."""
-    y = check_labels(y_true, "trivial predictor", n_classes)
-    if n_classes > 2:
-        shares = np.bincount(y, minlength=n_classes) / len(y) if len(y) else np.full(n_classes, np.nan)
-        return {
-            "accuracy": float(shares.max()),
-            "balanced_accuracy": 1.0 / n_classes,
-            "roc_auc": TRIVIAL_LEVEL,
-            "n_classes": n_classes,
-            "class_shares": [float(v) for v in shares],
-        }
-    share = float(y.mean()) if len(y) else float("nan")
-    return {
-        "accuracy": max(share, 1 - share),
-        "balanced_accuracy": TRIVIAL_LEVEL,
-        "roc_auc": TRIVIAL_LEVEL,
-        "positive_rate": share,
-    }
-
-
-def trivial_margin_verdicts(report: UtilityReport, margin: float) -> list[Verdict]:
-    """The model beats the class prior with confidence: the lower bounds of the bootstrap intervals of balanced
-    accuracy and ROC AUC are at least the trivial level plus ``margin`` (0.5 for both on a binary label; 1/K for
-    balanced accuracy and 0.5 for the one-vs-rest macro AUC on K classes). Accuracy cannot show this (a
-    majority-class predictor is 80% accurate on an 80/20 label); with no interval (``n_resamples=0``) the
-    verdict fails."""
-    verdicts = []
-    levels = {"balanced_accuracy": report.trivial_balanced_accuracy, "roc_auc": TRIVIAL_LEVEL}
-    for metric, level in levels.items():
-        estimate = report.metrics[metric]
-        verdicts.append(
-            Verdict.check(
-                f"min_margin_over_trivial:{metric}",
-                estimate.ci_low,
-                level + margin,
-                ">=",
-                f"{report.model} {metric} {_fmt(estimate.value)}, {report.confidence:.0%} CI lower bound "
-                f"{_fmt(estimate.ci_low)}; the trivial predictor reaches {level:.4g}",
-            )
-        )
-    return verdicts
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
-
-
-def objective_warnings(
-    objectives: Mapping[str, float], source: str, *, labels: np.ndarray | None = None, data: str = "the data"
-) -> list[str]:
-    """Objectives a trivial predictor already meets, as one line each (file, field, fix) for policy validation.
-
-    Not errors: the gate refuses a trivial model through its built-in verdicts anyway. But an objective at or
-    below the trivial level states nothing, which is usually a mistake (an accuracy target copied from a data
-    set with a different class balance). ``labels`` (0/1, or class indices) are the data's labels, when known.
-    """
-    margin = float(objectives.get("min_margin_over_trivial", 0.02))
-    found = []
-    auc = objectives.get("min_roc_auc")
-    if auc is not None and auc <= TRIVIAL_LEVEL + margin + 1e-12:
-        found.append(
-            f"{source}: field 'objectives.min_roc_auc': {auc:g} is at or below what a constant score reaches "
-            f"(ROC AUC {TRIVIAL_LEVEL:g}, plus the gate's margin {margin:g}); fix: set it above "
-            f"{TRIVIAL_LEVEL + margin:g}, at the ROC AUC the use case needs"
-        )
-    accuracy = objectives.get("min_accuracy")
-    if labels is not None and len(labels) and accuracy is not None:
-        labels = np.asarray(labels, dtype=np.int64)
-        majority = trivial_predictor(labels, max(2, int(labels.max()) + 1))["accuracy"]
-        if accuracy <= majority + 1e-12:
-            found.append(
-                f"{source}: field 'objectives.min_accuracy': {accuracy:g} is at or below the accuracy of predicting "
-                f"the majority class for everyone ({majority:.4f} on {data}); fix: set it above {majority:.4f}, "
-                "or state the objective as min_roc_auc"
-            )
-    return found
+_MOVED_TO_OBJECTIVES = (
+    "GAP_KEYS",
+    "OBJECTIVE_KEYS",
+    "objective_warnings",
+    "trivial_margin_verdicts",
+    "trivial_predictor",
+    "utility_verdicts",
+)

@@ -1,7 +1,7 @@
 """Lifetime privacy-budget ledger (issue 4, item 3). See docs/training.md for the composition rule."""
 
 from ppml.ledger.composition import Charge, Composition, compose
-from ppml.ledger.store import (
+from ppml.ledger.records import (
     DEFAULT_STALE_AFTER_S,
     BudgetExceededError,
     BudgetStatus,
@@ -9,9 +9,9 @@ from ppml.ledger.store import (
     LedgerRun,
     LifetimeBudget,
     PlannedRun,
-    PrivacyLedger,
     Reservation,
 )
+from ppml.ledger.store import PrivacyLedger
 
 __all__ = [
     "DEFAULT_STALE_AFTER_S",

@@ -44,17 +44,17 @@ from sqlalchemy.engine import Connection
 
 from ppml.errors import PPMLError, input_error
 from ppml.ledger.composition import PURE_DP, RDP_ORDERS, Charge
-from ppml.ledger.schema import datasets, requests, runs, subject_cohorts, subjects
-from ppml.ledger.store import (
+from ppml.ledger.records import (
     REFUSED,
     RUNNING,
     DataScope,
     LedgerRun,
     LifetimeBudget,
     PlannedRun,
-    PrivacyLedger,
-    _now,
 )
+from ppml.ledger.records import utc_now as _now
+from ppml.ledger.schema import datasets, requests, runs, subject_cohorts, subjects
+from ppml.ledger.store import PrivacyLedger
 
 #: ``ppml_ledger_runs.privacy_unit`` of a user-level run.
 SUBJECT_UNIT = "subject"

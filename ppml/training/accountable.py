@@ -1,6 +1,7 @@
 """Accountable training: model selection on the validation split, every candidate charged to the lifetime ledger.
 
-This is the one call the Dagster asset makes (:func:`train_within_budget`). In order:
+:func:`train_within_budget` runs four steps, which the Dagster asset calls one by one (plan, reserve, train,
+charge):
 
 1. validate every input (nothing is reserved, logged or trained on bad input);
 2. calibrate each candidate's noise (Opacus) and **reserve** all candidates' full spend in the ledger in one
@@ -41,15 +42,16 @@ from ppml.ledger import (
 )
 from ppml.ledger.spend import LedgerSpendSink
 from ppml.training.checkpoint import checkpoint_path, load_checkpoint
-from ppml.training.config import DPConfig, TrainingConfig, fingerprint
+from ppml.training.config import DPConfig, TrainingConfig
 from ppml.training.data import TabularSplit
-from ppml.training.dp_sgd import TrainedModel, train_dp, train_non_private
+from ppml.training.dp_sgd import train_dp
 from ppml.training.planning import (
     CandidateBudget,
     SelectionMetric,
     SelectionPlan,
     mean_prediction_noise,
     plan_selection,
+    validate_request,
 )
 from ppml.training.progress import report_epoch
 from ppml.training.selection import CandidateResult, balanced_at_mean_prediction, select_best, validation_scores
@@ -60,6 +62,7 @@ from ppml.training.selection_tracking import (
     open_selection_run,
     window_tag,
 )
+from ppml.training.trained_model import TrainedModel
 
 if TYPE_CHECKING:
     from ppml.tracking import TrainingTracker
@@ -115,15 +118,6 @@ class AccountableTrainingResult:
         }
 
 
-@dataclass
-class BaselineResult:
-    """The non-private reference model (never deployed)."""
-
-    model: TrainedModel
-    ledger_run_id: str | None
-    mlflow_run_id: str | None
-
-
 def train_within_budget(
     train: TabularSplit,
     validation: TabularSplit,
@@ -151,27 +145,131 @@ def train_within_budget(
     candidates jointly so that the ledger's composition of the whole selection is at most the target. Either way
     every candidate is reserved and charged. ``lifetime_delta`` defaults to ``dp.target_delta``. With a
     ``tracker`` each candidate is an MLflow run nested under one selection run and the selected model is logged.
+
+    The four steps (:func:`plan_request`, :func:`reserve_request`, :func:`train_candidates`,
+    :func:`charge_selection`) can also be called one by one, as the ``dp_model`` asset does.
     """
-    candidate_list = _validate(train, validation, candidates, dp, candidate_budget, selection_metric, checkpoint_dir)
+    request = plan_request(
+        train,
+        validation,
+        candidates,
+        dp,
+        scope=scope,
+        lifetime_epsilon=lifetime_epsilon,
+        checkpoint_dir=checkpoint_dir,
+        lifetime_delta=lifetime_delta,
+        candidate_budget=candidate_budget,
+        selection_metric=selection_metric,
+        dagster_run_id=dagster_run_id or (tags or {}).get("dagster.run_id"),
+        stale_after_s=stale_after_s,
+    )
+    booking = reserve_request(request, ledger)
+    trained = train_candidates(request, booking, ledger, tracker=tracker, tags=tags)
+    return charge_selection(request, booking, trained, ledger, tracker=tracker, log_model=log_model)
+
+
+@dataclass(frozen=True)
+class TrainingRequest:
+    """A validated, calibrated request: every candidate's plan, known before the ledger is asked."""
+
+    train: TabularSplit
+    validation: TabularSplit
+    dp: DPConfig
+    scope: DataScope
+    lifetime: LifetimeBudget
+    plan: SelectionPlan
+    checkpoint_dir: Path
+    dagster_run_id: str | None
+    stale_after_s: float
+
+
+def plan_request(
+    train: TabularSplit,
+    validation: TabularSplit,
+    candidates: Sequence[TrainingConfig],
+    dp: DPConfig,
+    *,
+    scope: DataScope,
+    lifetime_epsilon: float,
+    checkpoint_dir: Path,
+    lifetime_delta: float | None = None,
+    candidate_budget: CandidateBudget = "each",
+    selection_metric: SelectionMetric = "accuracy",
+    dagster_run_id: str | None = None,
+    stale_after_s: float = DEFAULT_STALE_AFTER_S,
+) -> TrainingRequest:
+    """Step 1, plan: validate every input and calibrate the candidates (nothing reserved, logged or trained)."""
+    candidate_list = validate_request(
+        train, validation, candidates, dp, candidate_budget, selection_metric, checkpoint_dir
+    )
     lifetime = _lifetime_budget(lifetime_epsilon, lifetime_delta, dp)
     plan = plan_selection(train, validation, candidate_list, dp, candidate_budget, selection_metric, scope)
-    dagster_run_id = dagster_run_id or (tags or {}).get("dagster.run_id")
-    checkpoint_dir = Path(checkpoint_dir)
-    booking = _book(ledger, scope, lifetime, plan, checkpoint_dir, dagster_run_id, stale_after_s)
+    return TrainingRequest(
+        train, validation, dp, scope, lifetime, plan, Path(checkpoint_dir), dagster_run_id, stale_after_s
+    )
+
+
+def reserve_request(request: TrainingRequest, ledger: PrivacyLedger) -> Booking:
+    """Step 2, reserve: every candidate's full plan in one ledger transaction (or take over an unfinished one);
+    refused with the spent / requested / limit figures when the lifetime budget would be exceeded."""
+    return _book(
+        ledger,
+        request.scope,
+        request.lifetime,
+        request.plan,
+        request.checkpoint_dir,
+        request.dagster_run_id,
+        request.stale_after_s,
+    )
+
+
+@dataclass(frozen=True)
+class TrainedCandidates:
+    """Every candidate trained (and charged per epoch in its ledger row), before one is selected."""
+
+    results: list[CandidateResult]
+    parent_run_id: str | None
+
+
+def train_candidates(
+    request: TrainingRequest,
+    booking: Booking,
+    ledger: PrivacyLedger,
+    *,
+    tracker: TrainingTracker | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> TrainedCandidates:
+    """Step 3, train: each candidate with DP-SGD, every epoch pre-charged before it runs (a kill over-counts)."""
     run_tags = {k: str(v) for k, v in (tags or {}).items()}
-    parent_run_id = open_selection_run(tracker, ledger, booking.request_id, scope, plan, lifetime, run_tags)
-    session = _Session(train, validation, ledger, scope, checkpoint_dir, tracker, parent_run_id, run_tags)
-    results = _train_all(session, plan, booking)
-    selected = select_best(results, plan.metric)
+    plan, scope = request.plan, request.scope
+    parent_run_id = open_selection_run(tracker, ledger, booking.request_id, scope, plan, request.lifetime, run_tags)
+    session = _Session(
+        request.train, request.validation, ledger, scope, request.checkpoint_dir, tracker, parent_run_id, run_tags
+    )
+    return TrainedCandidates(_train_all(session, plan, booking), parent_run_id)
+
+
+def charge_selection(
+    request: TrainingRequest,
+    booking: Booking,
+    trained: TrainedCandidates,
+    ledger: PrivacyLedger,
+    *,
+    tracker: TrainingTracker | None = None,
+    log_model: bool = True,
+) -> AccountableTrainingResult:
+    """Step 4, charge: select on validation, compose everything the request charged, close the request."""
+    plan, scope, lifetime, parent_run_id = request.plan, request.scope, request.lifetime, trained.parent_run_id
+    selected = select_best(trained.results, plan.metric)
     including = _selection_spend(ledger, scope, booking.request_id, plan)
-    model_uri = close_candidate_runs(tracker, results, selected, including, log_model)
+    model_uri = close_candidate_runs(tracker, trained.results, selected, including, log_model)
     ledger.finish_request(booking.request_id, selected_run_id=selected.ledger_run_id)
     spent = ledger.spent(scope, lifetime.delta)
     close_selection_run(tracker, parent_run_id, selected, including, spent, lifetime)
     return AccountableTrainingResult(
         model=selected.model,
         selected_index=selected.index,
-        candidates=results,
+        candidates=trained.results,
         request_id=booking.request_id,
         ledger_run_id=selected.ledger_run_id,
         mlflow_run_id=selected.mlflow_run_id,
@@ -184,7 +282,7 @@ def train_within_budget(
         lifetime_spent=spent,
         lifetime_limit=lifetime,
         resumed=booking.resumed,
-        notes=[*booking.notes, *_selection_notes(plan, dp, including)],
+        notes=[*booking.notes, *_selection_notes(plan, request.dp, including)],
     )
 
 
@@ -207,7 +305,7 @@ def _lifetime_budget(lifetime_epsilon: float, lifetime_delta: float | None, dp: 
 
 
 @dataclass
-class _Booking:
+class Booking:
     """The ledger's side of a request: its id, one ledger run per candidate, and whether it was taken over."""
 
     request_id: str
@@ -224,14 +322,14 @@ def _book(
     checkpoint_dir: Path,
     dagster_run_id: str | None,
     stale_after_s: float,
-) -> _Booking:
+) -> Booking:
     """Reserve every candidate's full plan in one transaction, or take over an unfinished identical request."""
     open_request = ledger.open_request(scope.dataset, plan.request_key)
     if open_request is None:
         reservation = ledger.reserve(
             scope, plan.planned, lifetime, request_key=plan.request_key, dagster_run_id=dagster_run_id
         )
-        booking = _Booking(reservation.request_id, dict(enumerate(reservation.run_ids)), False, [])
+        booking = Booking(reservation.request_id, dict(enumerate(reservation.run_ids)), False, [])
     else:
         request_id, existing = open_request
         resume, replace = _resume_or_replace(request_id, existing, plan.planned, checkpoint_dir)
@@ -249,7 +347,7 @@ def _book(
             f"resumed request {request_id}: {len(resume)} run(s) from checkpoints, {len(replace)} "
             "restarted (their earlier charges stay in the ledger)"
         )
-        booking = _Booking(request_id, {r.candidate_index: r.id for r in current.values()}, True, [note])
+        booking = Booking(request_id, {r.candidate_index: r.id for r in current.values()}, True, [note])
     log.info(
         "ledger %s: spent %.4g, requested %.4g, projected %.4g of %.4g",
         booking.request_id,
@@ -329,7 +427,7 @@ class _Session:
     tags: Mapping[str, str]
 
 
-def _train_all(session: _Session, plan: SelectionPlan, booking: _Booking) -> list[CandidateResult]:
+def _train_all(session: _Session, plan: SelectionPlan, booking: Booking) -> list[CandidateResult]:
     """Train the candidates in order; a failure marks the request failed (every charge stays) and re-raises."""
     results: list[CandidateResult] = []
     try:
@@ -427,46 +525,6 @@ def _noisy_mean_predictions(
     return [min(max(value / session.train.n, 0.01), 0.99) for value in noisy]
 
 
-def train_baseline(
-    train: TabularSplit,
-    config: TrainingConfig,
-    *,
-    validation: TabularSplit | None = None,
-    ledger: PrivacyLedger | None = None,
-    scope: DataScope | None = None,
-    tracker: TrainingTracker | None = None,
-    tags: Mapping[str, str] | None = None,
-    dagster_run_id: str | None = None,
-) -> BaselineResult:
-    """The non-private model on the same features, for the utility gap and the privacy audit.
-
-    Call it only when the policy allows a baseline. It has no DP guarantee: it is logged as its own MLflow run
-    tagged ``never-deploy`` (parameters and metrics only, no weights), recorded in the ledger as a non-private
-    run outside DP composition, and its model must never leave the trusted boundary.
-    """
-    model = train_non_private(train, config, validation=validation)
-    mlflow_run_id = None
-    if tracker is not None:
-        mlflow_run_id = tracker.start_run(
-            "non-private-baseline", tags={**{k: str(v) for k, v in (tags or {}).items()}, **tracker.baseline_tags()}
-        )
-        for report in model.history:
-            tracker.log_epoch(mlflow_run_id, report)
-        tracker.log_training(mlflow_run_id, model)
-        tracker.end_run(mlflow_run_id)
-    ledger_run_id = None
-    if ledger is not None and scope is not None:
-        ledger_run_id = ledger.record_non_private(
-            scope,
-            config=config.to_params(),
-            config_fingerprint=fingerprint("baseline", config),
-            steps=model.steps,
-            mlflow_run_id=mlflow_run_id,
-            dagster_run_id=dagster_run_id or (tags or {}).get("dagster.run_id"),
-        )
-    return BaselineResult(model, ledger_run_id, mlflow_run_id)
-
-
 # --------------------------------------------------------------------------------------------------- internals
 
 
@@ -492,65 +550,6 @@ def _open_candidate_run(
     return mlflow_run_id
 
 
-def _validate(
-    train: TabularSplit,
-    validation: TabularSplit | None,
-    candidates: Sequence[TrainingConfig],
-    dp: DPConfig,
-    candidate_budget: str,
-    selection_metric: str,
-    checkpoint_dir: Path | None,
-) -> list[TrainingConfig]:
-    if not isinstance(train, TabularSplit):
-        raise input_error(
-            "train",
-            "X",
-            f"expected a TabularSplit, got {type(train).__name__}",
-            "wrap the features in ppml.training.TabularSplit",
-        )
-    train.require_trainable()
-    dp.check_delta_for(train.n, train.name)
-    if validation is None or not isinstance(validation, TabularSplit) or validation.n == 0:
-        raise input_error(
-            getattr(validation, "name", "validation split"),
-            "rows",
-            "model selection needs a non-empty validation split",
-            "keep a validation share in the policy's split ratios",
-        )
-    if validation.n_features != train.n_features:
-        raise input_error(
-            validation.name,
-            "X",
-            f"{validation.n_features} features, training has {train.n_features}",
-            "encode both splits with the same feature pipeline",
-        )
-    candidate_list = list(candidates)
-    if not candidate_list or not all(isinstance(c, TrainingConfig) for c in candidate_list):
-        raise input_error(
-            "training request",
-            "candidates",
-            "no candidate configuration",
-            "give at least one TrainingConfig (policy: training.candidates)",
-        )
-    if candidate_budget not in ("each", "split", "composed"):
-        raise input_error(
-            "training request",
-            "candidate_budget",
-            f"unknown mode {candidate_budget!r}",
-            "use 'each', 'split' or 'composed'",
-        )
-    if selection_metric not in ("accuracy", "auc", "balanced_accuracy"):
-        raise input_error(
-            "training request",
-            "selection_metric",
-            f"unknown metric {selection_metric!r}",
-            "use 'accuracy', 'auc' or 'balanced_accuracy'",
-        )
-    if checkpoint_dir is None:
-        raise input_error("training request", "checkpoint_dir", "missing", "pass a folder for checkpoints")
-    return candidate_list
-
-
 def _current_runs(runs: Sequence[LedgerRun]) -> dict[int, LedgerRun]:
     """Per candidate, the newest run that was not abandoned (abandoned rows are history, still charged)."""
     current: dict[int, LedgerRun] = {}
@@ -563,3 +562,23 @@ def _current_runs(runs: Sequence[LedgerRun]) -> dict[int, LedgerRun]:
 def _finished_checkpoint(checkpoint_dir: Path, run_id: str) -> bool:
     stored = load_checkpoint(checkpoint_path(checkpoint_dir / run_id))
     return bool(stored and stored.get("completed"))
+
+
+# Moved to ppml.training.non_private (the non-private reference); still importable from here for this session's
+# other branches.
+from ppml.training.non_private import BaselineResult, train_baseline  # noqa: E402
+
+__all__ = [
+    "AccountableTrainingResult",
+    "BaselineResult",
+    "Booking",
+    "CandidateResult",
+    "TrainedCandidates",
+    "TrainingRequest",
+    "charge_selection",
+    "plan_request",
+    "reserve_request",
+    "train_baseline",
+    "train_candidates",
+    "train_within_budget",
+]

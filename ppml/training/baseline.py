@@ -364,7 +364,7 @@ def single_threaded() -> Iterator[None]:
 def _torch_positive(module: Any, X: np.ndarray) -> np.ndarray:
     import torch
 
-    from ppml.training.dp_sgd import class_probabilities
+    from ppml.training.trained_model import class_probabilities
 
     was_training = module.training
     module.eval()

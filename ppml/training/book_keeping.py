@@ -14,7 +14,7 @@ re-weighted loss to form the clipped sum. Book-keeping keeps ("books") each Line
 The result is written to ``p.grad`` (fresh tensors, or in place into buffers the training loop owns); the noise,
 the division by the expected batch size and the accountant step are then Opacus' ``DPOptimizerFastGradientClipping``
 (the optimizer ``make_private(grad_sample_mode="ghost")`` returns), or for single-process training
-``ppml.training.dp_sgd``'s lean replica of its step with the very same noise draws. Tests check the clipped sum
+``ppml.training.dp_steps``' lean replica of its step with the very same noise draws. Tests check the clipped sum
 against Opacus hooks and ghost clipping to 1e-5.
 """
 

@@ -9,11 +9,15 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from ppml.errors import input_error
+
+if TYPE_CHECKING:
+    from ppml.training.config import DPConfig
 
 
 @dataclass(frozen=True)
@@ -195,3 +199,24 @@ def encoded_splits(
     X = encoded.to_numpy(dtype=np.float32)
     names = tuple(encoded.columns)
     return {split: TabularSplit(X[rows], y[rows], names, f"{name}/{split}") for split, rows in parts.items()}
+
+
+def check_training_inputs(train: TabularSplit, validation: TabularSplit | None, dp: DPConfig | None) -> None:
+    """The inputs every trainer refuses up front, with one line naming the split and field (not a tensor error)."""
+    if not isinstance(train, TabularSplit):
+        raise input_error(
+            "train",
+            "X",
+            f"expected a TabularSplit, got {type(train).__name__}",
+            "wrap the features in ppml.training.TabularSplit",
+        )
+    train.require_trainable()
+    if dp is not None:
+        dp.check_delta_for(train.n, train.name)
+    if validation is not None and validation.n_features != train.n_features:
+        raise input_error(
+            validation.name,
+            "X",
+            f"{validation.n_features} features, training has {train.n_features}",
+            "encode validation with the same feature pipeline as training",
+        )

@@ -39,8 +39,8 @@ from ppml.ledger import DataScope, LifetimeBudget, PrivacyLedger
 from ppml.ledger.spend import LedgerSpendSink
 from ppml.training.config import DPConfig, ModelSpec, TrainingConfig, fingerprint
 from ppml.training.data import TabularSplit
-from ppml.training.dp_sgd import plan_dp_training, train_dp
-from ppml.training.planning import planned_run
+from ppml.training.dp_sgd import train_dp
+from ppml.training.planning import plan_dp_training, planned_run
 
 
 def load_run_config(path: Path) -> tuple[TrainingConfig, DPConfig]:

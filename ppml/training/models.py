@@ -10,13 +10,14 @@ otherwise.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import torch
 from opacus.validators import ModuleValidator
 from torch import nn
 
 from ppml.errors import PPMLError, input_error
-from ppml.training.config import ModelSpec
+from ppml.training.config import ModelSpec, TrainingConfig
 
 log = logging.getLogger(__name__)
 
@@ -87,3 +88,26 @@ def resolve_device(requested: str) -> torch.device:
             "training config", "device", "CUDA was requested but no GPU is visible", "use device: auto or cpu"
         )
     return torch.device(requested)
+
+
+def resolve_clipping(requested: str, model: nn.Module) -> str:
+    """``auto`` is book-keeping where the model allows it (one backward pass), else Opacus' ghost clipping."""
+    if requested == "auto":
+        return "bk" if supports_book_keeping(model) else "ghost"
+    if requested == "bk" and not supports_book_keeping(model):
+        raise input_error(
+            "dp config",
+            "clipping",
+            "book-keeping clipping needs a stack of Linear layers",
+            "use clipping: ghost (or auto)",
+        )
+    return requested
+
+
+def make_optimizer(parameters: Any, config: TrainingConfig) -> torch.optim.Optimizer:
+    """The config's optimizer; DP and non-private runs build it alike so their comparison is fair."""
+    if config.optimizer == "adam":
+        return torch.optim.Adam(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
+    return torch.optim.SGD(
+        parameters, lr=config.learning_rate, momentum=config.momentum, weight_decay=config.weight_decay
+    )

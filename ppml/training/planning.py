@@ -16,13 +16,14 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 from ppml.errors import input_error
 from ppml.ledger import Charge, DataScope, PlannedRun, compose
+from ppml.training.accounting import DPPlan, calibrated_noise_multiplier, epsilon_of_history
 from ppml.training.config import DPConfig, ModelSpec, TrainingConfig, fingerprint
 from ppml.training.data import TabularSplit
-from ppml.training.dp_sgd import DPPlan, calibrated_noise_multiplier, epsilon_of_history, plan_dp_training
 
 CandidateBudget = Literal["each", "split", "composed"]
 SelectionMetric = Literal["accuracy", "auc", "balanced_accuracy"]
@@ -98,6 +99,50 @@ def derive_candidates(
         hidden = 64 if n_features >= 32 else 32
         return [config(ModelSpec("mlp", (hidden,)), 0.5), config(ModelSpec("logistic"), 1.0)]
     return [config(ModelSpec("logistic"), 1.0), config(ModelSpec("logistic"), 0.3)]
+
+
+# ------------------------------------------------------------------------------------- one run's plan
+
+
+def plan_dp_training(n_records: int, config: TrainingConfig, dp: DPConfig, *, unit: str = "sample rate") -> DPPlan:
+    """Calibrate exactly as ``make_private_with_epsilon`` will (same sample rate, epochs and accountant).
+
+    One epoch is the real number of batches, ``ceil(n / batch_size)``: the loop runs that many logical steps per
+    epoch and the plan (what the ledger reserves) counts every one of them. (``int(1 / sample_rate)`` would round
+    ``1 / (1 / 93)`` down to 92.) ``n_records`` counts subjects for user-level DP; ``unit`` names the rate in the
+    error message.
+    """
+    batches = math.ceil(n_records / config.batch_size)
+    sample_rate = 1 / batches
+    steps_per_epoch = batches
+    planned = steps_per_epoch * config.epochs
+    try:
+        sigma = calibrated_noise_multiplier(
+            float(dp.target_epsilon), float(dp.target_delta), sample_rate, config.epochs, dp.accountant
+        )
+    except ValueError as error:
+        raise input_error(
+            "dp config",
+            "target_epsilon",
+            f"epsilon {dp.target_epsilon:g} is too small for {config.epochs} epochs at {unit} "
+            f"{sample_rate:.3g} ({error})",
+            "raise epsilon, or train fewer epochs",
+        ) from error
+    applied = sigma if dp.noise_multiplier_override is None else float(dp.noise_multiplier_override)
+    eps_planned = epsilon_of_history([(sigma, sample_rate, planned)], dp.target_delta, dp.accountant)
+    eps_charged = epsilon_of_history([(applied, sample_rate, planned)], dp.target_delta, dp.accountant)
+    return DPPlan(
+        n_records,
+        sample_rate,
+        steps_per_epoch,
+        planned,
+        sigma,
+        applied,
+        eps_planned,
+        eps_charged,
+        float(dp.target_delta),
+        dp.accountant,
+    )
 
 
 # ------------------------------------------------------------------------------------- the selection's budget
@@ -213,6 +258,66 @@ class SelectionPlan:
     metric: SelectionMetric
     target_delta: float
     mean_prediction: Charge | None = None  # the noisy mean predictions of a balanced selection (one run)
+
+
+def validate_request(
+    train: TabularSplit,
+    validation: TabularSplit | None,
+    candidates: Sequence[TrainingConfig],
+    dp: DPConfig,
+    candidate_budget: str,
+    selection_metric: str,
+    checkpoint_dir: Path | None,
+) -> list[TrainingConfig]:
+    """Every input of a training request, refused with one line before anything is planned or reserved."""
+    if not isinstance(train, TabularSplit):
+        raise input_error(
+            "train",
+            "X",
+            f"expected a TabularSplit, got {type(train).__name__}",
+            "wrap the features in ppml.training.TabularSplit",
+        )
+    train.require_trainable()
+    dp.check_delta_for(train.n, train.name)
+    if validation is None or not isinstance(validation, TabularSplit) or validation.n == 0:
+        raise input_error(
+            getattr(validation, "name", "validation split"),
+            "rows",
+            "model selection needs a non-empty validation split",
+            "keep a validation share in the policy's split ratios",
+        )
+    if validation.n_features != train.n_features:
+        raise input_error(
+            validation.name,
+            "X",
+            f"{validation.n_features} features, training has {train.n_features}",
+            "encode both splits with the same feature pipeline",
+        )
+    candidate_list = list(candidates)
+    if not candidate_list or not all(isinstance(c, TrainingConfig) for c in candidate_list):
+        raise input_error(
+            "training request",
+            "candidates",
+            "no candidate configuration",
+            "give at least one TrainingConfig (policy: training.candidates)",
+        )
+    if candidate_budget not in ("each", "split", "composed"):
+        raise input_error(
+            "training request",
+            "candidate_budget",
+            f"unknown mode {candidate_budget!r}",
+            "use 'each', 'split' or 'composed'",
+        )
+    if selection_metric not in ("accuracy", "auc", "balanced_accuracy"):
+        raise input_error(
+            "training request",
+            "selection_metric",
+            f"unknown metric {selection_metric!r}",
+            "use 'accuracy', 'auc' or 'balanced_accuracy'",
+        )
+    if checkpoint_dir is None:
+        raise input_error("training request", "checkpoint_dir", "missing", "pass a folder for checkpoints")
+    return candidate_list
 
 
 def plan_selection(

@@ -18,7 +18,7 @@ from torch import nn
 
 from ppml.training.config import DPConfig, TrainingConfig
 from ppml.training.data import TabularSplit
-from ppml.training.dp_sgd import TrainedModel
+from ppml.training.trained_model import TrainedModel
 
 
 @dataclass

@@ -28,8 +28,8 @@ from ppml.ledger.subjects import SubjectAccounts, SubjectReservation
 from ppml.training.config import DPConfig, TrainingConfig
 from ppml.training.contribution import subject_index
 from ppml.training.data import TabularSplit
-from ppml.training.dp_sgd import TrainedModel
 from ppml.training.planning import planned_run
+from ppml.training.trained_model import TrainedModel
 from ppml.training.user_level import describe, plan_user_level, train_user_level
 
 

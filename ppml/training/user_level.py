@@ -30,17 +30,12 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
 from ppml.errors import input_error
+from ppml.training.accounting import DPPlan, PrivacySpendSink, epsilon_of_history
 from ppml.training.config import DPConfig, TrainingConfig
 from ppml.training.data import TabularSplit
-from ppml.training.dp_sgd import (
-    DPPlan,
-    EpochReport,
-    PrivacySpendSink,
-    TrainedModel,
-    calibrated_noise_multiplier,
-    epsilon_of_history,
-)
 from ppml.training.models import build_model
+from ppml.training.planning import plan_dp_training
+from ppml.training.trained_model import EpochReport, TrainedModel, class_probabilities, classification_metrics
 
 #: The clipping mode recorded for user-level runs (MLflow, metadata, the report).
 USER_LEVEL = "user_level"
@@ -49,41 +44,12 @@ USER_LEVEL = "user_level"
 def plan_user_level(n_subjects: int, config: TrainingConfig, dp: DPConfig) -> DPPlan:
     """Calibrate the noise for Poisson sampling of subjects at ``q = 1 / ceil(m / batch_size)``.
 
-    ``batch_size`` counts subjects here. The plan's ``n_records`` is the number of subjects ``m``.
+    ``batch_size`` counts subjects here. The plan's ``n_records`` is the number of subjects ``m``. The one planner
+    of every DP-SGD run (:func:`ppml.training.planning.plan_dp_training`) does the calibration.
     """
     if n_subjects < 1:
         raise input_error("training window", "subjects", "no subject to train on", "collect data first")
-    batches = math.ceil(n_subjects / config.batch_size)
-    sample_rate = 1 / batches
-    steps_per_epoch = batches
-    planned = steps_per_epoch * config.epochs
-    try:
-        sigma = calibrated_noise_multiplier(
-            float(dp.target_epsilon), float(dp.target_delta), sample_rate, config.epochs, dp.accountant
-        )
-    except ValueError as error:
-        raise input_error(
-            "dp config",
-            "target_epsilon",
-            f"epsilon {dp.target_epsilon:g} is too small for {config.epochs} epochs at subject sample rate "
-            f"{sample_rate:.3g} ({error})",
-            "raise epsilon, or train fewer epochs",
-        ) from error
-    applied = sigma if dp.noise_multiplier_override is None else float(dp.noise_multiplier_override)
-    epsilon = epsilon_of_history([(sigma, sample_rate, planned)], dp.target_delta, dp.accountant)
-    charged = epsilon_of_history([(applied, sample_rate, planned)], dp.target_delta, dp.accountant)
-    return DPPlan(
-        n_subjects,
-        sample_rate,
-        steps_per_epoch,
-        planned,
-        sigma,
-        applied,
-        epsilon,
-        charged,
-        float(dp.target_delta),
-        dp.accountant,
-    )
+    return plan_dp_training(n_subjects, config, dp, unit="subject sample rate")
 
 
 def train_user_level(
@@ -234,13 +200,11 @@ def _report(
 ) -> EpochReport:
     accuracy = auc = None
     if validation is not None and validation.n:
-        from ppml.training.dp_sgd import _metrics, class_probabilities
-
         model.eval()
         with torch.no_grad():
             proba = class_probabilities(model(torch.from_numpy(validation.X)))  # (n,) binary, (n, K) multi-class
         model.train()
-        metrics = _metrics(proba, validation.y, None)
+        metrics = classification_metrics(proba, validation.y, None)
         accuracy = metrics["accuracy"]
         auc = None if math.isnan(metrics["auc"]) else metrics["auc"]
     return EpochReport(

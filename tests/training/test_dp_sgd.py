@@ -82,7 +82,7 @@ def test_index_batches_equal_opacus_batch_memory_manager() -> None:
     from opacus.utils.batch_memory_manager import BatchMemoryManager
     from torch.utils.data import DataLoader, TensorDataset
 
-    from ppml.training.dp_sgd import IndexBatchMemoryManager
+    from ppml.training.dp_steps import IndexBatchMemoryManager
     from ppml.training.sampling import bernoulli_indices
 
     def run(manager_class):
@@ -250,9 +250,45 @@ def test_book_keeping_noisy_step_equals_opacus_optimizer_step(splits, monkeypatc
     for dp in (DP, dataclasses.replace(DP, noise_multiplier_override=0.0)):
         lean = train_dp(train, config, dp)
         with monkeypatch.context() as patch:
-            patch.setattr(dp_sgd, "_BookKeepingNoisyStep", lambda optimizer: None)
+            patch.setattr(dp_sgd, "BookKeepingNoisyStep", lambda optimizer: None)
             opacus = train_dp(train, config, dp)
         for ours, theirs in zip(lean.module.parameters(), opacus.module.parameters(), strict=True):
             torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=1e-5)
         facts = [(m.steps, m.epsilon, m.epsilon_charged) for m in (lean, opacus)]
         assert facts[0] == facts[1]
+
+
+class _RecordingSink:
+    """A spend sink that keeps what it is told (the ledger's view of the run)."""
+
+    def __init__(self) -> None:
+        self.before: list[tuple[int, float]] = []
+        self.after: list[tuple[int, float]] = []
+
+    def before_steps(self, *, steps: int, epsilon: float) -> None:
+        self.before.append((steps, epsilon))
+
+    def after_steps(self, *, steps: int, epsilon: float) -> None:
+        self.after.append((steps, epsilon))
+
+
+def test_an_epoch_is_every_batch_and_the_accountant_counts_each_step() -> None:
+    """93 batches per epoch: ``int(1 / (1 / 93))`` is 92 in floating point, so the old plan dropped a step per epoch.
+    The plan, the loop, the accountant and the pre-charge must all count all 93."""
+    from ppml.training.accounting import epsilon_of_history
+
+    train, _ = make_splits(n_train=930, n_validation=10, n_features=4)
+    config = TrainingConfig(
+        model=ModelSpec("logistic"), epochs=1, batch_size=10, learning_rate=0.1, seed=1, device="cpu"
+    )
+    assert int(1 / (1 / 93)) == 92  # the rounding this test guards against
+    plan = plan_dp_training(train.n, config, DP)
+    assert plan.steps_per_epoch == plan.planned_steps == 93
+    sink = _RecordingSink()
+    model = train_dp(train, config, DP, spend_sink=sink)
+    assert model.steps == model.planned_steps == 93
+    accounted = epsilon_of_history([(plan.noise_multiplier, plan.sample_rate, 93)], DP.target_delta, DP.accountant)
+    assert model.epsilon == pytest.approx(accounted) and model.epsilon_charged == pytest.approx(accounted)
+    assert sink.after[-1] == (93, pytest.approx(accounted))
+    assert max(steps for steps, _ in sink.before) == 93  # pre-charged before they ran: never under-counted
+    assert all(eps >= spent - 1e-12 for (steps, eps), (_, spent) in zip(sink.before, sink.after, strict=True))

@@ -11,13 +11,13 @@ import pytest
 
 from ppml.ledger import DataScope, PrivacyLedger, compose
 from ppml.training import DPConfig, ModelSpec, TrainingConfig, train_within_budget
-from ppml.training.dp_sgd import plan_dp_training
 from ppml.training.planning import (
     MAX_STEPS,
     MIN_STEPS,
     candidate_dp_configs,
     derive_candidates,
     derive_step_plan,
+    plan_dp_training,
     selection_epsilon,
 )
 from tests.training.conftest import make_splits
