@@ -271,7 +271,10 @@ def test_the_code_location_lists_both_graphs_over_graphql(tmp_path: Path, monkey
         assert nodes[f"{prefix}/anonymized_records"]["groupName"] == f"{prefix}__03_anonymization"
         deps = {"/".join(d["path"]) for d in nodes[f"{prefix}/anonymized_records"]["dependencyKeys"]}
         assert deps == {f"{prefix}/deidentified_records"}
-    assert len(nodes) == 2 * 17
+    # every asset of the lifecycle, once per policy, and nothing else
+    per_graph = {key.split("/", 1)[1] for key in nodes if key.startswith(f"{GDPR}/")}
+    assert {"serving_monitoring", "compliance_report", "raw_records"} <= per_graph
+    assert len(nodes) == 2 * len(per_graph) == 2 * 18
     (repository,) = entry["locationOrLoadError"]["repositories"]
     names = {item["name"] for kind in ("jobs", "schedules", "sensors") for item in repository[kind]}
     for prefix in (GDPR, HIPAA):
