@@ -24,6 +24,7 @@ datasets = sa.Table(
     sa.Column("scope_kind", sa.String(24)),
     sa.Column("merged_into", sa.String(200)),
     sa.Column("filter_order", sa.Float),  # 0003: the Renyi order of the per-subject privacy filter, fixed once
+    sa.Column("filter_delta", sa.Float),  # 0004: the filter's lifetime delta, fixed once (never grows)
 )
 
 #: A training request: the candidates trained for one model selection (each candidate is a run).
