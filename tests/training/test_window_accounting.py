@@ -15,11 +15,21 @@ from ppml.ledger.composition import Charge, compose
 from ppml.policy import load_policy
 from ppml_assets.common import data_scope
 from tests.graph_support import write_policy
-from tests.support import TEST_FIRST_DAY
+from tests.support import REPO_ROOT, TEST_FIRST_DAY
 
 LIFETIME = LifetimeBudget(2.5, 1e-5)
 SIGMA, RATE, STEPS, EPSILON = 1.2, 0.02, 300, 1.735  # one run: epsilon ~1.5-1.7, two ~2.2, three ~2.6
 WINDOW, WEEKS = 14, 3
+
+
+def _weekly_bench():  # type: ignore[no-untyped-def]
+    """bench/weekly_bench.py as a module (bench/ is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("weekly_bench", REPO_ROOT / "bench" / "weekly_bench.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _planned() -> PlannedRun:
@@ -67,6 +77,13 @@ def test_window_accounting_charges_a_day_only_for_the_runs_that_held_it(tmp_path
             assert statuses[day].spent.epsilon == pytest.approx(expected, rel=1e-6)
             assert statuses[day].spent.epsilon <= LIFETIME.epsilon
         assert max(holding.values()) == 2  # ceil(14 / 7): the rule the weekly schedule's budget is sized by
+        # bench/weekly_bench.py's independent per-day recomputation (raw rows, Opacus RDP) agrees
+        recomputed = _weekly_bench().independent_max_epsilon(
+            f"sqlite:///{tmp_path / 'window.db'}", "weekly-people", LIFETIME.delta, False, 1, per_day=True
+        )
+        two = compose([one_run] * 2, LIFETIME.delta)
+        assert recomputed == pytest.approx(two.rdp_epsilon, rel=1e-3)
+        assert max(s.spent.epsilon for s in statuses.values()) <= recomputed + 1e-9 <= LIFETIME.epsilon
     finally:
         windowed.close()
         whole.close()
