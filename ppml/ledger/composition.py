@@ -86,7 +86,13 @@ class Composition:
 
 def compose(charges: Iterable[Charge], delta: float) -> Composition:
     """Compose ``charges`` at ``delta`` with the tightest of basic, RDP and PRV composition that is valid."""
-    charged = [c for c in charges if c.steps > 0]
+    return _compose(tuple(c for c in charges if c.steps > 0), float(delta))
+
+
+@functools.lru_cache(maxsize=2048)
+def _compose(charged: tuple[Charge, ...], delta: float) -> Composition:
+    """Cached: a pure function of the charges, and every asset of a run composes the same sets of runs again (one
+    per scope, day and request; a PRV composition takes seconds)."""
     if not charged:
         return Composition(0.0, delta, "none", 0, 0.0, 0.0, 0.0, 0.0)
     basic_epsilon = math.fsum(c.epsilon for c in charged)
