@@ -139,7 +139,8 @@ HEADER = (
 
 def report(results: list[dict[str, Any]], command: str, load: str) -> str:
     lines = [
-        f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, load average before: {load}",
+        f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {os.cpu_count()} cores, load average at the start: "
+        f"{load}, at the end: {' '.join(_load())}",
         f"`{command}`",
         "",
         HEADER,
@@ -158,6 +159,11 @@ def report(results: list[dict[str, Any]], command: str, load: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _load() -> list[str]:
+    path = Path("/proc/loadavg")
+    return path.read_text().split()[:3] if path.exists() else ["?"]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--subjects", type=int, nargs="+", default=[50_000, 1_000_000])
@@ -169,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.runs < 1 or args.phases < 2 or min(args.subjects) < args.phases:
         parser.error("need --runs >= 1, --phases >= 2 and at least --phases subjects")
-    load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else ["?"]
+    load = _load()
     print(HEADER)
     results = []
     for subjects in args.subjects:
