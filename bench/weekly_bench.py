@@ -52,10 +52,11 @@ SUBJECT_POLICY = {
 #: the record-unit policy of the bundled variant: the budget is kept per day (a record lies in one daily
 #: partition, so it is charged only by the ~ceil(window / 7) weekly runs whose window held it), and each week's
 #: releases are sized so that that many weeks fit in the lifetime budget (the rule in docs/training.md): the model
-#: and the one-run audit at the policy's epsilon, a small OpenDP summary, no LiRA reference models.
+#: and the white-box audit at the policy's epsilon, a small OpenDP summary, no black-box canary audit and no LiRA
+#: reference models (each would be one more DP run a week: 13 weeks would then pass the budget).
 RECORD_POLICY = {
     "privacy": {"record_accounting": "window", "dp_statistics_epsilon": 0.05},
-    "evaluation": {"reference_models": 0},
+    "evaluation": {"reference_models": 0, "audit_canaries": 0},
 }
 
 
