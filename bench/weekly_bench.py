@@ -240,6 +240,12 @@ def week_row(home: Path, as_of: str, loaded: Any, ledger_url: str, trained_now: 
     return row
 
 
+def _load_average() -> str:
+    """Beside every timing (the machine is shared)."""
+    path = Path("/proc/loadavg")
+    return " ".join(path.read_text().split()[:3]) if path.exists() else "?"
+
+
 def _json(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
@@ -313,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
             row = {"week": week + 1, **week_row(home, as_of.isoformat(), loaded, ledger_url, trained)}
             row |= {"run_succeeded": success, "seconds": round(time.perf_counter() - week_started, 1)}
             row["step_seconds"] = dict(sorted(step_seconds.items(), key=lambda item: -item[1]))
+            row["load_average"] = _load_average()
             if not trained:
                 row["refused"] = failures[0] if failures else "dp_model did not materialize"
             rows.append(row)
