@@ -779,13 +779,9 @@ class PrivacyLedger:
         disjoint = bool(row["partitions_disjoint"]) if row else False
         keys: list[str | None] = sorted({p for r in existing for p in r.partitions}) if disjoint else [None]
         statuses = []
-        composed: dict[frozenset[str], Composition] = {}  # days touched by the same runs compose once
         for key in keys or [None]:
             touching = [r for r in existing if _touches(r, key)]
-            signature = frozenset(r.id for r in touching)
-            if signature not in composed:
-                composed[signature] = compose([c for r in touching if (c := r.charge())], lifetime.delta)
-            spent = composed[signature]
+            spent = compose([c for r in touching if (c := r.charge())], lifetime.delta)
             fraction = spent.epsilon / lifetime.epsilon
             statuses.append(
                 BudgetStatus(
