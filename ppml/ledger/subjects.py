@@ -43,6 +43,7 @@ from opacus.accountants.analysis import rdp as rdp_analysis
 from sqlalchemy.engine import Connection
 
 from ppml.errors import PPMLError, input_error
+from ppml.ledger import subject_moves as cohort_sql
 from ppml.ledger.composition import PURE_DP, RDP_ORDERS, Charge
 from ppml.ledger.schema import datasets, requests, runs, subject_cohorts, subjects
 from ppml.ledger.store import (
@@ -54,15 +55,6 @@ from ppml.ledger.store import (
     PlannedRun,
     PrivacyLedger,
     _now,
-)
-from ppml.ledger.subject_moves import (
-    REQUEST_TABLE,
-    CohortMove,
-    apply_moves,
-    drop_request,
-    load_request,
-    requested_in,
-    requested_per_cohort,
 )
 
 #: ``ppml_ledger_runs.privacy_unit`` of a user-level run.
@@ -210,7 +202,7 @@ class SubjectAccounts:
             cohort_rdp, cohort_rows = self._cohort_state(
                 connection, scope.dataset, existing, order, record_unit_group_size
             )
-            load_request(connection, keys)
+            cohort_sql.load_request(connection, keys)
             decision = _decide(
                 connection, scope.dataset, cohort_rdp, planned, order, rdp_budget(lifetime, order) * (1 + 1e-12)
             )
@@ -234,16 +226,16 @@ class SubjectAccounts:
                 self.ledger._event(connection, scope.dataset, None, REFUSED, None, None, dagster_run_id, message)
             else:
                 moves = [
-                    CohortMove(c, *_known_cohort(cohort_rows, c, scope.dataset), included=n)
+                    cohort_sql.CohortMove(c, *_known_cohort(cohort_rows, c, scope.dataset), included=n)
                     for c, n in decision.per_cohort.items()
                     if decision.fits[c]
                 ]
                 new = decision.new_subjects if decision.new_fits else 0
-                apply_moves(connection, scope.dataset, moves, new, run_ids, EMPTY_COHORT, _now())
+                cohort_sql.apply_moves(connection, scope.dataset, moves, new, run_ids, EMPTY_COHORT, _now())
                 self.ledger._event(
                     connection, scope.dataset, None, "subject_filter", None, None, dagster_run_id, json.dumps(detail)
                 )
-            drop_request(connection)
+            cohort_sql.drop_request(connection)
         if refused:
             raise SubjectsExhaustedError(message, eligible=len(eligible), excluded=excluded, required=min_eligible)
         return SubjectReservation(
@@ -432,7 +424,7 @@ class _Decision:
     def excluded_keys(self, connection: Connection, dataset: str) -> set[str]:
         bad = [c for c, ok in self.fits.items() if not ok]
         new = bool(self.new_subjects) and not self.new_fits
-        return requested_in(connection, dataset, bad, new=new) if bad or new else set()
+        return cohort_sql.requested_in(connection, dataset, bad, new=new) if bad or new else set()
 
     def worst_before(self) -> float:
         values = [self.cohort_rdp.get(c, self.base) for c in self.per_cohort]
@@ -454,8 +446,8 @@ def _decide(
     order: float,
     limit: float,
 ) -> _Decision:
-    per_cohort = requested_per_cohort(connection, dataset)
-    total = connection.execute(sa.text(f"SELECT count(*) FROM {REQUEST_TABLE}")).scalar_one()
+    per_cohort = cohort_sql.requested_per_cohort(connection, dataset)
+    total = connection.execute(sa.text(f"SELECT count(*) FROM {cohort_sql.REQUEST_TABLE}")).scalar_one()
     run_rdp = math.fsum(charge_rdp(p.charge(), order) for p in planned)
     return _Decision(per_cohort, int(total) - sum(per_cohort.values()), cohort_rdp, run_rdp, limit)
 
