@@ -103,3 +103,18 @@ def test_the_policy_declares_window_accounting_for_the_record_unit_only(tmp_path
         load_policy(path)
     message = str(error.value)
     assert "\n" not in message and str(path) in message and "record_accounting" in message and "fix:" in message
+
+
+def test_the_weekly_bench_policies_follow_the_rule(tmp_path: Path) -> None:
+    """bench/weekly_bench.py's bundled policy keeps the budget per day and leaves out the releases that would make
+    13 weeks pass the budget; its repeated policy is per subject with the audit off (docs/training.md)."""
+    bench = _weekly_bench()
+    (tmp_path / "bundled").mkdir()
+    (tmp_path / "repeated").mkdir()
+    bundled = load_policy(bench.write_policy(tmp_path / "bundled", "bundled", 90)).policy
+    assert bundled.privacy.record_accounting == "window" and bundled.privacy.privacy_unit == "record"
+    assert bundled.collection.training_window_days == 90 and bundled.privacy.dp_statistics_epsilon == 0.05
+    assert bundled.evaluation.audit_canaries == 0 and bundled.evaluation.reference_models == 0
+    assert bundled.evaluation.gradient_canaries > 0  # the white-box audit still runs and is charged
+    repeated = load_policy(bench.write_policy(tmp_path / "repeated", "repeated", 90)).policy
+    assert repeated.privacy.privacy_unit == "subject" and repeated.privacy.record_accounting == "dataset"
