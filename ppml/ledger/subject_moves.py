@@ -47,11 +47,12 @@ def load_request(connection: Connection, keys: list[str]) -> None:
     postgres = connection.dialect.name == "postgresql"
     if postgres:
         connection.execute(sa.text(f"CREATE TEMP TABLE {REQUEST_TABLE} (subject text NOT NULL) ON COMMIT DROP"))
-        cursor = connection.connection.cursor()
-        try:
-            cursor.copy_expert(f"COPY {REQUEST_TABLE} (subject) FROM STDIN", io.StringIO("\n".join(keys) + "\n"))
-        finally:
-            cursor.close()
+        if keys:  # (an empty COPY body would read as one empty key)
+            cursor = connection.connection.cursor()
+            try:
+                cursor.copy_expert(f"COPY {REQUEST_TABLE} (subject) FROM STDIN", io.StringIO("\n".join(keys) + "\n"))
+            finally:
+                cursor.close()
         connection.execute(sa.text(f"ANALYZE {REQUEST_TABLE}"))
         return
     connection.execute(sa.text(f"DROP TABLE IF EXISTS temp.{REQUEST_TABLE}"))
