@@ -97,8 +97,9 @@ events = sa.Table(
 )
 
 #: 0003. A cohort: the subjects that share one history of subject-unit runs (every run that could have included
-#: them). ``cohort`` is the hash of that history, ``runs`` the JSON list of its run ids; storage grows with the
-#: number of distinct histories, not with runs x subjects.
+#: them). ``cohort`` is the hash of its history when it was created (stable while the history grows, see
+#: ppml.ledger.subject_moves), ``runs`` the JSON list of its run ids; storage grows with the number of distinct
+#: histories, not with runs x subjects.
 subject_cohorts = sa.Table(
     f"{PREFIX}subject_cohorts",
     metadata,

@@ -3,8 +3,8 @@
 The data-set ledger (:mod:`ppml.ledger.store`) composes every run on a data set, as if every person were in every
 run. Here each subject's account holds only the subject-unit runs that could have included them: a run includes
 exactly the *eligible* subjects of its training window, and the others' data never reach it. Subjects with the
-same history form a **cohort** keyed by the hash of that history, so storage grows with distinct histories, not
-with runs x subjects.
+same history form a **cohort** (its id: the hash of its history when it was created; the set-based moves are in
+:mod:`ppml.ledger.subject_moves`), so storage grows with distinct histories, not with runs x subjects.
 
 **The filter** (soundness in docs/training.md). Every run is charged by its Renyi-DP at one order ``alpha``
 fixed per data set when its first subject-unit reservation is made (from the lifetime budget alone, never from
