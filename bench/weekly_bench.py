@@ -33,7 +33,9 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-FIRST_DAY = date(2026, 1, 1)
+#: far enough back that all of a 52-week run's days (447) lie before today: Dagster has no partition for a day that
+#: has not ended yet, so a simulated week after today's date cannot be collected
+FIRST_DAY = date(2025, 1, 1)
 ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)) + [128, 256]
 
 #: the subject-unit policy of the repeated variant: per person, c records per window, a cheap OpenDP summary
@@ -265,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     args.days = args.days or max(400, needed)
     if args.weeks < 1 or args.days < needed:
         parser.error(f"--days {args.days} is too short for a {args.window}-day window and {args.weeks} weeks")
+    if FIRST_DAY + timedelta(days=args.days) >= date.today():
+        parser.error(f"--days {args.days} from {FIRST_DAY} reaches today or later: those days have no partition yet")
     home = (args.home or Path(tempfile.mkdtemp(prefix="ppml-weekly-"))).resolve()
     home.mkdir(parents=True, exist_ok=True)
     policy = write_policy(home, args.variant, args.window)
