@@ -33,7 +33,9 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-FIRST_DAY = date(2026, 1, 1)
+#: far enough back that all of a 52-week run's days (447) lie before today: Dagster has no partition for a day that
+#: has not ended yet, so a simulated week after today's date cannot be collected
+FIRST_DAY = date(2025, 1, 1)
 ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)) + [128, 256]
 
 #: the subject-unit policy of the repeated variant: per person, c records per window, a cheap OpenDP summary
@@ -45,7 +47,18 @@ SUBJECT_POLICY = {
         "dp_statistics_epsilon": 0.02,
     },
     # the white-box audit and LiRA's reference models are record-unit DP runs: they would count for every subject
+    # as a group of c, every week, without amplification (docs/training.md, "the weekly simulation")
     "evaluation": {"audit_canaries": 0, "gradient_canaries": 0, "reference_models": 0},
+}
+
+#: the record-unit policy of the bundled variant: the budget is kept per day (a record lies in one daily
+#: partition, so it is charged only by the ~ceil(window / 7) weekly runs whose window held it), and each week's
+#: releases are sized so that that many weeks fit in the lifetime budget (the rule in docs/training.md): the model
+#: and the white-box audit at the policy's epsilon, a small OpenDP summary, no black-box canary audit and no LiRA
+#: reference models (each would be one more DP run a week: 13 weeks would then pass the budget).
+RECORD_POLICY = {
+    "privacy": {"record_accounting": "window", "dp_statistics_epsilon": 0.05},
+    "evaluation": {"reference_models": 0, "audit_canaries": 0},
 }
 
 
@@ -59,9 +72,8 @@ def write_policy(home: Path, variant: str, window_days: int) -> Path:
     document["collection"]["erasure_list"] = str((base.parent / document["collection"]["erasure_list"]).resolve())
     document["collection"]["training_window_days"] = window_days
     document["allow_absolute_paths"] = True
-    if variant == "repeated":
-        for section, values in SUBJECT_POLICY.items():
-            document.setdefault(section, {}).update(values)
+    for section, values in (SUBJECT_POLICY if variant == "repeated" else RECORD_POLICY).items():
+        document.setdefault(section, {}).update(values)
     path = home / "policy.yaml"
     path.write_text(yaml.safe_dump(document, sort_keys=False))
     return path
@@ -80,10 +92,13 @@ def write_landing(root: Path, variant: str, days: int) -> dict[str, Any]:
     return {"records": summary.records, "days": summary.days, "people": int(records["record_id"].nunique())}
 
 
-def independent_max_epsilon(ledger_url: str, dataset: str, delta: float, subject_unit: bool, group: int) -> float:
+def independent_max_epsilon(
+    ledger_url: str, dataset: str, delta: float, subject_unit: bool, group: int, per_day: bool = False
+) -> float:
     """The highest per-subject epsilon from the ledger's raw rows (its tables read directly, not its accounts):
     each subject's own subject-unit runs (its cohort's history) plus every record-unit run (as a group of
-    ``group`` records for the subject unit), composed with Opacus' RDP analysis, best order per subject."""
+    ``group`` records for the subject unit), composed with Opacus' RDP analysis, best order per subject; with
+    ``per_day`` (the record unit's window accounting) per daily partition, the most exposed day's records."""
     import numpy as np
     import sqlalchemy as sa
     from opacus.accountants.analysis import rdp as rdp_analysis
@@ -119,15 +134,32 @@ def independent_max_epsilon(ledger_url: str, dataset: str, delta: float, subject
         (rdp_of(r, group if subject_unit else 1) for r in rows if r.get("privacy_unit") != "subject"),
         start=np.zeros_like(orders),
     )
-    histories = cohorts if subject_unit else [[]]
+    if subject_unit:
+        totals = [base + sum((per_run.get(r, 0.0) for r in h), start=np.zeros_like(orders)) for h in cohorts or [[]]]
+    elif per_day:
+        totals = list(_per_day_totals(rows, rdp_of).values())  # a record is charged by the runs holding its day
+    else:
+        totals = [base]
     worst = 0.0
-    for history in histories or [[]]:
-        total = base + sum((per_run.get(run, 0.0) for run in history), start=np.zeros_like(orders))
+    for total in totals:
         if not np.any(total > 0):
             continue
         epsilon, _ = rdp_analysis.get_privacy_spent(orders=orders, rdp=total, delta=delta)
         worst = max(worst, float(epsilon))
     return worst
+
+
+def _per_day_totals(rows: list[dict[str, Any]], rdp_of: Any) -> dict[str, Any]:
+    """``record_accounting: window``: per daily partition, the RDP of every run whose partitions include it (a
+    run over the whole data set, ``[]``, counts for every day)."""
+    curves = {r["id"]: rdp_of(r, 1) for r in rows}
+    days = {d for r in rows for d in json.loads(r["partitions"])}
+    everywhere = [r["id"] for r in rows if not json.loads(r["partitions"])]
+    totals = {}
+    for day in days:
+        ids = [r["id"] for r in rows if day in json.loads(r["partitions"])] + everywhere
+        totals[day] = sum((curves[i] for i in ids), start=0.0)
+    return totals
 
 
 def execute(resources: dict[str, Any], job_name: str, instance: Any, **kwargs: Any) -> Any:
@@ -141,14 +173,22 @@ def execute(resources: dict[str, Any], job_name: str, instance: Any, **kwargs: A
     )
 
 
-def run_week(resources: dict[str, Any], instance: Any, new_days: list[str], as_of: str) -> tuple[bool, list[str]]:
-    """Collect the week's new days (one backfill run), then the training job as of the week's last day."""
+def run_week(
+    resources: dict[str, Any], instance: Any, new_days: list[str], as_of: str
+) -> tuple[bool, list[str], dict[str, float]]:
+    """Collect the week's new days (one backfill run), then the training job as of the week's last day; with the
+    seconds of each step (where a week's time goes)."""
     tags = {"dagster/asset_partition_range_start": new_days[0], "dagster/asset_partition_range_end": new_days[-1]}
+    started = time.perf_counter()
     collected = execute(resources, "collection_job", instance, tags=tags)
+    seconds = {"collection_job": round(time.perf_counter() - started, 1)}
     if not collected.success:
-        return False, [str(e.message).splitlines()[0] for e in collected.all_events if e.is_failure][:1]
+        return False, [str(e.message).splitlines()[0] for e in collected.all_events if e.is_failure][:1], seconds
     result = execute(resources, "training_job", instance, partition_key=as_of)
-    return result.success, [str(e.message).splitlines()[0] for e in result.all_events if e.is_failure][:2]
+    for event in result.all_events:
+        if event.event_type_value == "STEP_SUCCESS":
+            seconds[event.step_key] = round(event.event_specific_data.duration_ms / 1000, 1)
+    return result.success, [str(e.message).splitlines()[0] for e in result.all_events if e.is_failure][:2], seconds
 
 
 def week_row(home: Path, as_of: str, loaded: Any, ledger_url: str, trained_now: bool) -> dict[str, Any]:
@@ -191,10 +231,21 @@ def week_row(home: Path, as_of: str, loaded: Any, ledger_url: str, trained_now: 
     finally:
         ledger.close()
     row["recomputed_max_subject_epsilon"] = independent_max_epsilon(
-        ledger_url, loaded.policy.dataset.id, delta, subject_unit, privacy.max_records_per_subject
+        ledger_url,
+        loaded.policy.dataset.id,
+        delta,
+        subject_unit,
+        privacy.max_records_per_subject,
+        per_day=privacy.record_accounting == "window",
     )
     row["budget"] = privacy.lifetime_epsilon_budget
     return row
+
+
+def _load_average() -> str:
+    """Beside every timing (the machine is shared)."""
+    path = Path("/proc/loadavg")
+    return " ".join(path.read_text().split()[:3]) if path.exists() else "?"
 
 
 def _json(path: Path) -> dict[str, Any] | None:
@@ -216,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     args.days = args.days or max(400, needed)
     if args.weeks < 1 or args.days < needed:
         parser.error(f"--days {args.days} is too short for a {args.window}-day window and {args.weeks} weeks")
+    if FIRST_DAY + timedelta(days=args.days) >= date.today():
+        parser.error(f"--days {args.days} from {FIRST_DAY} reaches today or later: those days have no partition yet")
     home = (args.home or Path(tempfile.mkdtemp(prefix="ppml-weekly-"))).resolve()
     home.mkdir(parents=True, exist_ok=True)
     policy = write_policy(home, args.variant, args.window)
@@ -264,15 +317,18 @@ def main(argv: list[str] | None = None) -> int:
                 (collected_until + timedelta(days=d)).isoformat() for d in range(1, (as_of - collected_until).days + 1)
             ]
             week_started = time.perf_counter()
-            success, failures = run_week(resources, instance, new_days, as_of.isoformat())
+            success, failures, step_seconds = run_week(resources, instance, new_days, as_of.isoformat())
             collected_until = as_of
             trained = (home / "assets" / "dp_model" / f"{as_of.isoformat()}.json").is_file()
             row = {"week": week + 1, **week_row(home, as_of.isoformat(), loaded, ledger_url, trained)}
             row |= {"run_succeeded": success, "seconds": round(time.perf_counter() - week_started, 1)}
+            row["step_seconds"] = dict(sorted(step_seconds.items(), key=lambda item: -item[1]))
+            row["load_average"] = _load_average()
             if not trained:
                 row["refused"] = failures[0] if failures else "dp_model did not materialize"
             rows.append(row)
             print(_line(row), flush=True)
+            _write_json(args.json, args.variant, rows, time.perf_counter() - started, landing, complete=False)
     total = time.perf_counter() - started
     trained_weeks = sum(r["trained"] for r in rows)
     worst = max((r["recomputed_max_subject_epsilon"] for r in rows), default=0.0)
@@ -280,12 +336,19 @@ def main(argv: list[str] | None = None) -> int:
         f"{trained_weeks} of {len(rows)} weeks trained; highest per-subject epsilon {worst:.3f} "
         f"(budget {loaded.policy.privacy.lifetime_epsilon_budget}); wall {total:.0f} s"
     )
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(
-            json.dumps({"variant": args.variant, "weeks": rows, "wall_seconds": total, "landing": landing}, indent=2)
-        )
+    _write_json(args.json, args.variant, rows, total, landing, complete=True)
     return 0
+
+
+def _write_json(
+    path: Path | None, variant: str, rows: list[dict[str, Any]], wall: float, landing: dict, *, complete: bool
+) -> None:
+    """The table so far (rewritten after every week, so a long run's partial results survive)."""
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    document = {"variant": variant, "complete": complete, "weeks": rows, "wall_seconds": wall, "landing": landing}
+    path.write_text(json.dumps(document, indent=2))
 
 
 def _line(row: dict[str, Any]) -> str:

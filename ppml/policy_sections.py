@@ -304,6 +304,12 @@ class PrivacyRequirements(Strict):
     contribution_seed: int = Field(
         default=0, ge=0, description="Seeds which records a subject keeps when it has more than c (reproducible)."
     )
+    record_accounting: Literal["dataset", "window"] = Field(
+        default="dataset",
+        description="privacy_unit record: 'dataset' composes every run on the data set for everyone; 'window' keeps "
+        "the budget per daily partition (a record lies in one day, so it is charged only by the runs whose window "
+        "held that day; docs/training.md).",
+    )
 
     @field_validator("delta", mode="before")
     @classmethod
@@ -311,6 +317,15 @@ class PrivacyRequirements(Strict):
         if isinstance(value, str) and value != "auto":
             raise ValueError(f"{value!r} is neither a number nor 'auto'; fix: write e.g. 1.0e-6, or auto")
         return value
+
+    @model_validator(mode="after")
+    def _window_accounting_is_per_record(self) -> PrivacyRequirements:
+        if self.record_accounting == "window" and self.privacy_unit != "record":
+            raise ValueError(
+                "record_accounting 'window' applies to privacy_unit 'record' only (the subject unit keeps "
+                "per-subject accounts); fix: remove record_accounting or set privacy_unit: record"
+            )
+        return self
 
     def delta_for(self, n_records: int) -> float:
         """The delta of a training run on ``n_records`` records: the policy's value, or the auto rule."""

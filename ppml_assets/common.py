@@ -89,20 +89,30 @@ def dp_config(loaded: LoadedPolicy, n_train: int) -> DPConfig:
 
 def data_scope(loaded: LoadedPolicy, as_of: str, train: TabularSplit | None = None) -> DataScope:
     """The people a run touches: keyed by the policy's data-set identity (``dataset.id``), never by its name, so a
-    renamed or re-versioned policy keeps the account. Everything on one data set composes: time partitions are
-    not disjoint in people."""
+    renamed or re-versioned policy keeps the account. By default everything on one data set composes (time
+    partitions are not disjoint in people); ``record_accounting: window`` keeps it per day instead, sound for the
+    record unit because a record lies in exactly one daily partition."""
     return DataScope(
         dataset=loaded.policy.dataset.id,
         partitions=tuple(window_partition_keys(as_of, loaded.policy.collection.training_window_days)),
         record_set_hash=train.record_set_hash() if train is not None else "",
+        partitions_disjoint=per_day_accounting(loaded),
     )
+
+
+def per_day_accounting(loaded: LoadedPolicy) -> bool:
+    """Whether the ledger keeps this policy's budget per daily partition (``privacy.record_accounting: window``)."""
+    return loaded.policy.privacy.record_accounting == "window"
 
 
 def open_ledger(url: str, loaded: LoadedPolicy) -> PrivacyLedger:
     """The ledger, with any pre-0002 account kept under this policy's name merged into its data-set identity."""
     store = PrivacyLedger(url)
     try:
-        store.adopt_policy_name_scope(loaded.policy.name, DataScope(dataset=loaded.policy.dataset.id))
+        store.adopt_policy_name_scope(
+            loaded.policy.name,
+            DataScope(dataset=loaded.policy.dataset.id, partitions_disjoint=per_day_accounting(loaded)),
+        )
     except BaseException:
         store.close()
         raise

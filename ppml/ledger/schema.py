@@ -24,6 +24,7 @@ datasets = sa.Table(
     sa.Column("scope_kind", sa.String(24)),
     sa.Column("merged_into", sa.String(200)),
     sa.Column("filter_order", sa.Float),  # 0003: the Renyi order of the per-subject privacy filter, fixed once
+    sa.Column("filter_delta", sa.Float),  # 0004: the filter's lifetime delta, fixed once (never grows)
 )
 
 #: A training request: the candidates trained for one model selection (each candidate is a run).
@@ -96,8 +97,9 @@ events = sa.Table(
 )
 
 #: 0003. A cohort: the subjects that share one history of subject-unit runs (every run that could have included
-#: them). ``cohort`` is the hash of that history, ``runs`` the JSON list of its run ids; storage grows with the
-#: number of distinct histories, not with runs x subjects.
+#: them). ``cohort`` is the hash of its history when it was created (stable while the history grows, see
+#: ppml.ledger.subject_moves), ``runs`` the JSON list of its run ids; storage grows with the number of distinct
+#: histories, not with runs x subjects.
 subject_cohorts = sa.Table(
     f"{PREFIX}subject_cohorts",
     metadata,

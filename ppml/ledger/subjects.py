@@ -3,8 +3,8 @@
 The data-set ledger (:mod:`ppml.ledger.store`) composes every run on a data set, as if every person were in every
 run. Here each subject's account holds only the subject-unit runs that could have included them: a run includes
 exactly the *eligible* subjects of its training window, and the others' data never reach it. Subjects with the
-same history form a **cohort** keyed by the hash of that history, so storage grows with distinct histories, not
-with runs x subjects.
+same history form a **cohort** (its id: the hash of its history when it was created; the set-based moves are in
+:mod:`ppml.ledger.subject_moves`), so storage grows with distinct histories, not with runs x subjects.
 
 **The filter** (soundness in docs/training.md). Every run is charged by its Renyi-DP at one order ``alpha``
 fixed per data set when its first subject-unit reservation is made (from the lifetime budget alone, never from
@@ -43,6 +43,7 @@ from opacus.accountants.analysis import rdp as rdp_analysis
 from sqlalchemy.engine import Connection
 
 from ppml.errors import PPMLError, input_error
+from ppml.ledger import subject_moves as cohort_sql
 from ppml.ledger.composition import PURE_DP, RDP_ORDERS, Charge
 from ppml.ledger.records import (
     REFUSED,
@@ -157,6 +158,17 @@ def subject_key(dataset: str, pseudonym: str) -> str:
     return hashlib.sha256(f"ppml-subject:{dataset}\x1f{pseudonym}".encode()).hexdigest()
 
 
+def subject_keys(dataset: str, pseudonyms: list[str]) -> list[str]:
+    """:func:`subject_key` of many pseudonyms (the common prefix hashed once: a million in about a second)."""
+    prefix = hashlib.sha256(f"ppml-subject:{dataset}\x1f".encode())
+    keys = []
+    for pseudonym in pseudonyms:
+        digest = prefix.copy()
+        digest.update(pseudonym.encode())
+        keys.append(digest.hexdigest())
+    return keys
+
+
 class SubjectAccounts:
     """The per-subject side of a :class:`PrivacyLedger` (same database, same lock, same runs table)."""
 
@@ -183,17 +195,19 @@ class SubjectAccounts:
         """
         _check_reserve(planned, pseudonyms, min_eligible, record_unit_group_size)
         wanted = list(dict.fromkeys(str(p) for p in pseudonyms))
-        keys = [subject_key(scope.dataset, p) for p in wanted]
+        keys = subject_keys(scope.dataset, wanted)
         with self.ledger._locked(scope) as connection:
-            order = self._fixed_order(connection, scope.dataset, lifetime)
+            order, lifetime = self._fixed_order(connection, scope.dataset, lifetime)
             existing = self.ledger._runs(connection, scope.dataset)
-            cohort_rdp = self._cohort_rdp(connection, scope.dataset, existing, order, record_unit_group_size)
-            current = self._cohorts_of(connection, scope.dataset, keys)
-            run_rdp = math.fsum(charge_rdp(p.charge(), order) for p in planned)
-            limit = rdp_budget(lifetime, order) * (1 + 1e-12)
-            before = {k: cohort_rdp.get(current.get(k, EMPTY_COHORT), cohort_rdp[EMPTY_COHORT]) for k in keys}
-            ok = [before[k] + run_rdp <= limit for k in keys]
-            eligible = [p for p, fits in zip(wanted, ok, strict=True) if fits]
+            cohort_rdp, cohort_rows = self._cohort_state(
+                connection, scope.dataset, existing, order, record_unit_group_size
+            )
+            cohort_sql.load_request(connection, keys)
+            decision = _decide(
+                connection, scope.dataset, cohort_rdp, planned, order, rdp_budget(lifetime, order) * (1 + 1e-12)
+            )
+            excluded_keys = decision.excluded_keys(connection, scope.dataset)
+            eligible = [p for p, k in zip(wanted, keys, strict=True) if k not in excluded_keys]
             excluded = len(wanted) - len(eligible)
             refused = len(eligible) < min_eligible
             request_id = self._insert_request(connection, scope, request_key, planned, refused, dagster_run_id)
@@ -204,21 +218,26 @@ class SubjectAccounts:
                 for p in planned
             )
             connection.execute(runs.update().where(runs.c.id.in_(run_ids)).values(privacy_unit=SUBJECT_UNIT))
-            worst_before = max(before.values(), default=cohort_rdp[EMPTY_COHORT])
             detail = {"eligible": len(eligible), "excluded": excluded, "required": min_eligible, "order": order}
+            worst_before = decision.worst_before()
             if refused:
                 message = _refusal(scope, detail, lifetime, epsilon_at_order(worst_before, order, lifetime.delta))
                 connection.execute(requests.update().where(requests.c.id == request_id).values(message=message))
                 self.ledger._event(connection, scope.dataset, None, REFUSED, None, None, dagster_run_id, message)
             else:
-                moved = [k for k, fits in zip(keys, ok, strict=True) if fits]
-                self._move(connection, scope.dataset, moved, current, run_ids)
+                moves = [
+                    cohort_sql.CohortMove(c, *_known_cohort(cohort_rows, c, scope.dataset), included=n)
+                    for c, n in decision.per_cohort.items()
+                    if decision.fits[c]
+                ]
+                new = decision.new_subjects if decision.new_fits else 0
+                cohort_sql.apply_moves(connection, scope.dataset, moves, new, run_ids, EMPTY_COHORT, _now())
                 self.ledger._event(
                     connection, scope.dataset, None, "subject_filter", None, None, dagster_run_id, json.dumps(detail)
                 )
+            cohort_sql.drop_request(connection)
         if refused:
             raise SubjectsExhaustedError(message, eligible=len(eligible), excluded=excluded, required=min_eligible)
-        after = max((before[k] + run_rdp for k, fits in zip(keys, ok, strict=True) if fits), default=0.0)
         return SubjectReservation(
             request_id=request_id,
             run_ids=run_ids,
@@ -226,8 +245,8 @@ class SubjectAccounts:
             excluded=excluded,
             filter_order=order,
             max_epsilon_before=epsilon_at_order(worst_before, order, lifetime.delta),
-            max_epsilon_after=epsilon_at_order(after, order, lifetime.delta),
-            run_epsilon=epsilon_at_order(run_rdp, order, lifetime.delta),
+            max_epsilon_after=epsilon_at_order(decision.worst_after(), order, lifetime.delta),
+            run_epsilon=epsilon_at_order(decision.run_rdp, order, lifetime.delta),
         )
 
     # ------------------------------------------------------------------------------------------- reading
@@ -239,9 +258,7 @@ class SubjectAccounts:
         wanted = list(dict.fromkeys(str(p) for p in pseudonyms))
         keys = {subject_key(dataset, p): p for p in wanted}
         with self.ledger.engine.connect() as connection:
-            order = connection.execute(
-                sa.select(datasets.c.filter_order).where(datasets.c.dataset == dataset)
-            ).scalar_one_or_none() or filter_order(lifetime)
+            order, lifetime = self._stored_filter(connection, dataset, lifetime)
             existing = self.ledger._runs(connection, dataset)
             cohort_rdp = self._cohort_rdp(connection, dataset, existing, order, record_unit_group_size)
             current = self._cohorts_of(connection, dataset, list(keys))
@@ -261,9 +278,7 @@ class SubjectAccounts:
     def summary(self, dataset: str, lifetime: LifetimeBudget, *, record_unit_group_size: int) -> dict[str, Any]:
         """Subjects, cohorts and the highest per-subject epsilon against the budget (for the report)."""
         with self.ledger.engine.connect() as connection:
-            order = connection.execute(
-                sa.select(datasets.c.filter_order).where(datasets.c.dataset == dataset)
-            ).scalar_one_or_none() or filter_order(lifetime)
+            order, lifetime = self._stored_filter(connection, dataset, lifetime)
             existing = self.ledger._runs(connection, dataset)
             cohort_rdp = self._cohort_rdp(connection, dataset, existing, order, record_unit_group_size)
             counts = dict(
@@ -285,21 +300,47 @@ class SubjectAccounts:
 
     # ------------------------------------------------------------------------------------------- internals
 
-    def _fixed_order(self, connection: Connection, dataset: str, lifetime: LifetimeBudget) -> float:
-        """The data set's filter order: fixed at its first subject-unit reservation, from the budget alone."""
-        stored = connection.execute(
-            sa.select(datasets.c.filter_order).where(datasets.c.dataset == dataset)
-        ).scalar_one_or_none()
-        if stored is not None:
-            return float(stored)
-        order = filter_order(lifetime)
-        connection.execute(datasets.update().where(datasets.c.dataset == dataset).values(filter_order=order))
-        return order
+    def _fixed_order(
+        self, connection: Connection, dataset: str, lifetime: LifetimeBudget
+    ) -> tuple[float, LifetimeBudget]:
+        """The data set's filter order and lifetime delta: fixed at its first subject-unit reservation, from the
+        budget alone. A later, smaller delta (more people under ``delta: auto``) is used as it is stricter; a
+        larger one never is: the filter's Renyi budget never grows (docs/training.md)."""
+        row = connection.execute(
+            sa.select(datasets.c.filter_order, datasets.c.filter_delta).where(datasets.c.dataset == dataset)
+        ).one_or_none()
+        order = row.filter_order if row is not None else None
+        delta = row.filter_delta if row is not None else None
+        if order is None or delta is None:
+            order = filter_order(lifetime) if order is None else float(order)
+            delta = lifetime.delta
+            connection.execute(
+                datasets.update().where(datasets.c.dataset == dataset).values(filter_order=order, filter_delta=delta)
+            )
+        return float(order), _at_delta(lifetime, min(float(delta), lifetime.delta))
+
+    def _stored_filter(
+        self, connection: Connection, dataset: str, lifetime: LifetimeBudget
+    ) -> tuple[float, LifetimeBudget]:
+        """Read-only :meth:`_fixed_order` (the order and delta a reservation would use now)."""
+        row = connection.execute(
+            sa.select(datasets.c.filter_order, datasets.c.filter_delta).where(datasets.c.dataset == dataset)
+        ).one_or_none()
+        order = row.filter_order if row is not None and row.filter_order is not None else filter_order(lifetime)
+        delta = row.filter_delta if row is not None and row.filter_delta is not None else lifetime.delta
+        return float(order), _at_delta(lifetime, min(float(delta), lifetime.delta))
 
     def _cohort_rdp(
         self, connection: Connection, dataset: str, existing: list[LedgerRun], order: float, group: int
     ) -> dict[str, float]:
         """Each cohort's RDP at ``order``: every record-unit run (as a group of ``group``) plus its own runs."""
+        return self._cohort_state(connection, dataset, existing, order, group)[0]
+
+    def _cohort_state(
+        self, connection: Connection, dataset: str, existing: list[LedgerRun], order: float, group: int
+    ) -> tuple[dict[str, float], dict[str, tuple[list[str], int]]]:
+        """Each cohort's RDP at ``order`` (record-unit runs as a group of ``group``, plus its own runs) and its
+        (history, size)."""
         per_run: dict[str, float] = {}
         base = 0.0
         for run in existing:
@@ -311,12 +352,15 @@ class SubjectAccounts:
             else:
                 base += charge_rdp(charge, order, group)
         result = {EMPTY_COHORT: base}
-        rows = connection.execute(
-            sa.select(subject_cohorts.c.cohort, subject_cohorts.c.runs).where(subject_cohorts.c.dataset == dataset)
+        rows: dict[str, tuple[list[str], int]] = {}
+        query = sa.select(subject_cohorts.c.cohort, subject_cohorts.c.runs, subject_cohorts.c.subjects).where(
+            subject_cohorts.c.dataset == dataset
         )
-        for cohort, run_list in rows:
-            result[cohort] = base + math.fsum(per_run.get(run_id, 0.0) for run_id in json.loads(run_list))
-        return result
+        for cohort, run_list, size in connection.execute(query):
+            history = json.loads(run_list)
+            rows[cohort] = (history, int(size))
+            result[cohort] = base + math.fsum(per_run.get(run_id, 0.0) for run_id in history)
+        return result, rows
 
     @staticmethod
     def _cohorts_of(connection: Connection, dataset: str, keys: list[str]) -> dict[str, str]:
@@ -354,74 +398,71 @@ class SubjectAccounts:
         )
         return request_id
 
-    @staticmethod
-    def _move(
-        connection: Connection, dataset: str, keys: list[str], current: dict[str, str], run_ids: tuple[str, ...]
-    ) -> None:
-        """Eligible subjects move from their cohort ``h`` to ``hash(h, runs)``; new subjects from the empty one."""
-        now = _now()
-        by_cohort: dict[str, list[str]] = {}
-        for key in keys:
-            by_cohort.setdefault(current.get(key, EMPTY_COHORT), []).append(key)
-        histories = dict(
-            connection.execute(
-                sa.select(subject_cohorts.c.cohort, subject_cohorts.c.runs).where(
-                    subject_cohorts.c.dataset == dataset, subject_cohorts.c.cohort.in_(list(by_cohort))
-                )
-            ).all()
-        )
-        for old, members in by_cohort.items():
-            history = [*json.loads(histories.get(old, "[]")), *run_ids]
-            new = hashlib.sha256(f"{old}:{','.join(run_ids)}".encode()).hexdigest()
-            _add_to_cohort(connection, dataset, new, history, len(members), now)
-            known = [k for k in members if k in current]
-            fresh = [k for k in members if k not in current]
-            if old in histories and known:
-                connection.execute(
-                    subject_cohorts.update()
-                    .where(subject_cohorts.c.dataset == dataset, subject_cohorts.c.cohort == old)
-                    .values(subjects=subject_cohorts.c.subjects - len(known), updated_at=now)
-                )
-                connection.execute(
-                    subject_cohorts.delete().where(
-                        subject_cohorts.c.dataset == dataset,
-                        subject_cohorts.c.cohort == old,
-                        subject_cohorts.c.subjects <= 0,
-                    )
-                )  # nobody has this history any more: storage follows the cohorts that exist
-            for start in range(0, len(known), _CHUNK):
-                connection.execute(
-                    subjects.update()
-                    .where(subjects.c.dataset == dataset, subjects.c.subject.in_(known[start : start + _CHUNK]))
-                    .values(cohort=new, updated_at=now)
-                )
-            for start in range(0, len(fresh), _CHUNK):
-                connection.execute(
-                    subjects.insert(),
-                    [
-                        {"dataset": dataset, "subject": k, "cohort": new, "updated_at": now}
-                        for k in fresh[start : start + _CHUNK]
-                    ],
-                )
+
+@dataclass
+class _Decision:
+    """The filter's decision for one request, per cohort (subjects sharing a history share their RDP)."""
+
+    per_cohort: dict[str, int]  # requested subjects per existing cohort
+    new_subjects: int
+    cohort_rdp: dict[str, float]
+    run_rdp: float
+    limit: float
+
+    @property
+    def base(self) -> float:
+        return self.cohort_rdp[EMPTY_COHORT]
+
+    @property
+    def fits(self) -> dict[str, bool]:
+        return {c: self.cohort_rdp.get(c, self.base) + self.run_rdp <= self.limit for c in self.per_cohort}
+
+    @property
+    def new_fits(self) -> bool:
+        return self.base + self.run_rdp <= self.limit
+
+    def excluded_keys(self, connection: Connection, dataset: str) -> set[str]:
+        bad = [c for c, ok in self.fits.items() if not ok]
+        new = bool(self.new_subjects) and not self.new_fits
+        return cohort_sql.requested_in(connection, dataset, bad, new=new) if bad or new else set()
+
+    def worst_before(self) -> float:
+        values = [self.cohort_rdp.get(c, self.base) for c in self.per_cohort]
+        return max([*values, *([self.base] if self.new_subjects else [])], default=self.base)
+
+    def worst_after(self) -> float:
+        fits = self.fits
+        values = [self.cohort_rdp.get(c, self.base) + self.run_rdp for c in self.per_cohort if fits[c]]
+        if self.new_subjects and self.new_fits:
+            values.append(self.base + self.run_rdp)
+        return max(values, default=0.0)
 
 
-def _add_to_cohort(connection: Connection, dataset: str, cohort: str, history: list[str], count: int, now: Any) -> None:
-    updated = connection.execute(
-        subject_cohorts.update()
-        .where(subject_cohorts.c.dataset == dataset, subject_cohorts.c.cohort == cohort)
-        .values(subjects=subject_cohorts.c.subjects + count, updated_at=now)
-    ).rowcount
-    if not updated:
-        connection.execute(
-            subject_cohorts.insert().values(
-                dataset=dataset,
-                cohort=cohort,
-                runs=json.dumps(history),
-                subjects=count,
-                created_at=now,
-                updated_at=now,
-            )
+def _decide(
+    connection: Connection,
+    dataset: str,
+    cohort_rdp: dict[str, float],
+    planned: Sequence[PlannedRun],
+    order: float,
+    limit: float,
+) -> _Decision:
+    per_cohort = cohort_sql.requested_per_cohort(connection, dataset)
+    total = connection.execute(sa.text(f"SELECT count(*) FROM {cohort_sql.REQUEST_TABLE}")).scalar_one()
+    run_rdp = math.fsum(charge_rdp(p.charge(), order) for p in planned)
+    return _Decision(per_cohort, int(total) - sum(per_cohort.values()), cohort_rdp, run_rdp, limit)
+
+
+def _known_cohort(rows: dict[str, tuple[list[str], int]], cohort: str, dataset: str) -> tuple[list[str], int]:
+    if cohort not in rows:
+        raise PPMLError(
+            f"privacy ledger: field 'ppml_ledger_subject_cohorts': data set {dataset!r} has subjects in a cohort "
+            "with no row; fix: restore the ledger from a backup (it was edited by hand)"
         )
+    return rows[cohort]
+
+
+def _at_delta(lifetime: LifetimeBudget, delta: float) -> LifetimeBudget:
+    return LifetimeBudget(lifetime.epsilon, delta, lifetime.warn_fraction)
 
 
 def _check_reserve(

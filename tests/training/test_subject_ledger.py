@@ -58,8 +58,12 @@ def _ledger(tmp_path, name: str = "ledger.db") -> PrivacyLedger:
     return PrivacyLedger(f"sqlite:///{tmp_path / name}")
 
 
-def test_filter_excludes_exhausted_subjects_and_matches_an_independent_recomputation(tmp_path) -> None:
-    ledger = _ledger(tmp_path)
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_filter_excludes_exhausted_subjects_and_matches_an_independent_recomputation(
+    tmp_path, request, backend
+) -> None:  # type: ignore[no-untyped-def]
+    # both back ends: PostgreSQL loads the request with COPY, SQLite with executemany (ppml.ledger.subject_moves)
+    ledger = _ledger(tmp_path) if backend == "sqlite" else PrivacyLedger(request.getfixturevalue("postgres_database"))
     accounts = SubjectAccounts(ledger)
     people = [f"pseudonym-{i:03d}" for i in range(80)]
     included: dict[str, int] = dict.fromkeys(people, 0)
@@ -207,7 +211,7 @@ def test_a_ledger_of_the_previous_version_is_migrated_and_keeps_its_runs(tmp_pat
     ledger = PrivacyLedger(url)  # migrates 0002 -> head
     with ledger.engine.connect() as connection:
         version = connection.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar_one()
-        assert version == "0003_subject_accounts"
+        assert version == "0004_filter_delta"
         assert set(sa.inspect(connection).get_table_names()) >= {"ppml_ledger_subjects", "ppml_ledger_subject_cohorts"}
     [old] = ledger.runs("clinic-people")
     assert old.id == "old-run" and old.privacy_unit is None  # a record-unit run, still charged

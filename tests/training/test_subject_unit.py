@@ -64,6 +64,27 @@ def test_the_policy_chooses_the_privacy_unit_and_refuses_a_bound_below_one_recor
         assert "\n" not in str(caught.value) and "fix:" in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("subject_id", "field"),
+    [(None, "schema.subject_id"), ("", "schema"), ("no_such_column", "schema")],
+    ids=["missing", "empty", "not a declared column"],
+)
+def test_a_subject_unit_policy_without_a_usable_subject_id_is_refused_in_one_line(
+    tmp_path: Path, subject_id: str | None, field: str
+) -> None:
+    path = _policy_variant(tmp_path, privacy_unit="subject", max_records_per_subject=2)
+    document = yaml.safe_load(path.read_text())
+    if subject_id is None:
+        del document["schema"]["subject_id"]
+    else:
+        document["schema"]["subject_id"] = subject_id
+    path.write_text(yaml.safe_dump(document))
+    with pytest.raises(PPMLError) as caught:
+        load_policy(path, check_files=False)
+    message = str(caught.value)
+    assert "\n" not in message and str(path) in message and f"field '{field}" in message and "fix:" in message
+
+
 # ------------------------------------------------------------------------------------------ contribution bounding
 
 
