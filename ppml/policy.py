@@ -230,7 +230,10 @@ def parse_policy(document: Any, source: str) -> Policy:
     try:
         return Policy.model_validate(document)
     except ValidationError as exc:
-        lines = [f"{source}: field '{_field_path(e['loc'])}': {_describe(e)}" for e in exc.errors()]
+        first_per_field: dict[str, dict[str, Any]] = {}
+        for error in exc.errors():  # a union field fails once per member: its first (most specific) reason
+            first_per_field.setdefault(_field_path(error["loc"]), error)
+        lines = [f"{source}: field '{field}': {_describe(error)}" for field, error in first_per_field.items()]
         raise (PPMLErrors(lines) if len(lines) > 1 else PPMLError(lines[0])) from None
 
 
