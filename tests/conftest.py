@@ -76,3 +76,17 @@ def postgres_databases(postgres_server: str) -> Iterator[Callable[[], str]]:
 def postgres_database(postgres_databases: Callable[[], str]) -> str:
     """One fresh database (see postgres_databases)."""
     return postgres_databases()
+
+
+@pytest.fixture(autouse=True)
+def _no_stale_dagster_state_storage() -> Iterator[None]:
+    """Dagster keeps the entered instance's defs-state storage in a context variable; a test that leaves an
+    instance context out of order can leave it pointing at a collected instance, and the next ``Definitions``
+    load in this process then fails ("undefined DagsterInstance weakref"). Each test starts without a stale one."""
+    from dagster._core.storage.defs_state.base import DefsStateStorage, _current_storage
+
+    current = DefsStateStorage.get()
+    weakref = getattr(current, "_instance_weakref", None)
+    if current is not None and (weakref is None or weakref() is None):
+        _current_storage.set(None)
+    yield

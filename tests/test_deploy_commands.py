@@ -5,7 +5,6 @@ Each bad input ends in one line naming the file, the field and the fix, before a
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -14,8 +13,6 @@ from typer.testing import CliRunner
 
 from ppml.cli import app
 from tests.support import GDPR_POLICY, HIPAA_POLICY
-
-MLFLOW = os.environ["MLFLOW_TRACKING_URI"]
 
 
 def _one_line(output: str, field: str) -> str:
@@ -43,13 +40,17 @@ def embedded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def test_prepare_storage_creates_every_store_of_the_workspace(embedded: Path) -> None:
+def test_prepare_storage_creates_every_store_of_the_workspace(embedded: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a store of its own: the session's MLflow store may already exist (another test created it), and then this
+    # call would rightly not list it as prepared
+    mlflow_uri = f"sqlite:///{embedded / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_uri)
     prepared = CliRunner().invoke(app, ["deploy", "prepare-storage"])
     assert prepared.exit_code == 0, prepared.output
     assert "Storage ready: Dagster instance storage, MLflow tracking store, privacy-budget ledger" in " ".join(
         prepared.output.split()
     )
-    for url, table in [(f"sqlite:///{embedded / 'ledger.db'}", "ppml_ledger_runs"), (MLFLOW, "alembic_version")]:
+    for url, table in [(f"sqlite:///{embedded / 'ledger.db'}", "ppml_ledger_runs"), (mlflow_uri, "alembic_version")]:
         engine = sa.create_engine(url)
         assert table in sa.inspect(engine).get_table_names()
         engine.dispose()
