@@ -23,7 +23,7 @@ from ppml.errors import input_error
 from ppml.ledger import Charge, DataScope, PlannedRun, compose
 from ppml.training.accounting import DPPlan, calibrated_noise_multiplier, epsilon_of_history
 from ppml.training.config import DPConfig, ModelSpec, TrainingConfig, fingerprint
-from ppml.training.data import TabularSplit
+from ppml.training.data import TabularSplit, check_training_inputs
 
 CandidateBudget = Literal["each", "split", "composed"]
 SelectionMetric = Literal["accuracy", "auc", "balanced_accuracy"]
@@ -270,15 +270,7 @@ def validate_request(
     checkpoint_dir: Path | None,
 ) -> list[TrainingConfig]:
     """Every input of a training request, refused with one line before anything is planned or reserved."""
-    if not isinstance(train, TabularSplit):
-        raise input_error(
-            "train",
-            "X",
-            f"expected a TabularSplit, got {type(train).__name__}",
-            "wrap the features in ppml.training.TabularSplit",
-        )
-    train.require_trainable()
-    dp.check_delta_for(train.n, train.name)
+    check_training_inputs(train, None, dp)  # the validation split is checked more strictly below
     if validation is None or not isinstance(validation, TabularSplit) or validation.n == 0:
         raise input_error(
             getattr(validation, "name", "validation split"),
