@@ -36,6 +36,10 @@ sys.path.insert(0, str(REPO))
 #: far enough back that all of a 52-week run's days (447) lie before today: Dagster has no partition for a day that
 #: has not ended yet, so a simulated week after today's date cannot be collected
 FIRST_DAY = date(2025, 1, 1)
+#: the fixed held-out people of the accuracy target (never in the landing zone, scored every week)
+HELD_OUT_FRACTION = 0.15
+HELD_OUT_PEOPLE = 8_000
+HELD_OUT_SEED = 20261201
 ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)) + [128, 256]
 
 #: the subject-unit policy of the repeated variant: per person, c records per window, a cheap OpenDP summary
@@ -79,17 +83,66 @@ def write_policy(home: Path, variant: str, window_days: int) -> Path:
     return path
 
 
-def write_landing(root: Path, variant: str, days: int) -> dict[str, Any]:
+def write_landing(root: Path, variant: str, days: int) -> tuple[dict[str, Any], Any]:
+    """The landing zone, and the fixed held-out people every week's model is also scored on."""
     from ppml.landing_zone import synthesize_records, write_landing_zone
     from ppml.landing_zone_repeated import synthesize_repeated_subject_records
 
-    records = (
-        synthesize_repeated_subject_records(first_day=FIRST_DAY, days=days)
-        if variant == "repeated"
-        else synthesize_records(first_day=FIRST_DAY, days=days)
-    )
+    if variant == "repeated":
+        records = synthesize_repeated_subject_records(first_day=FIRST_DAY, days=days)
+        held_out = _unused_adult_rows(days)
+    else:
+        records, held_out = _hold_out_people(synthesize_records(first_day=FIRST_DAY, days=days))
     summary = write_landing_zone(root, records)
-    return {"records": summary.records, "days": summary.days, "people": int(records["record_id"].nunique())}
+    landing = {"records": summary.records, "days": summary.days, "people": int(records["record_id"].nunique())}
+    return landing | {"held_out_people": len(held_out)}, held_out
+
+
+def _hold_out_people(records: Any) -> tuple[Any, Any]:
+    """Bundled variant: a seeded HELD_OUT_FRACTION of the people never lands (one record per person here)."""
+    import numpy as np
+
+    people = np.sort(records["record_id"].unique())
+    held = set(people[np.random.default_rng(HELD_OUT_SEED).random(len(people)) < HELD_OUT_FRACTION])
+    mask = records["record_id"].isin(held).to_numpy()
+    return records[~mask].reset_index(drop=True), records[mask].reset_index(drop=True)
+
+
+def _unused_adult_rows(days: int) -> Any:
+    """Repeated variant: the zone's people are a third of the Adult rows; HELD_OUT_PEOPLE of the other rows (people
+    who never appear in it) are the held-out set."""
+    import numpy as np
+
+    from ppml.landing_zone import read_bundled_adult
+    from ppml.landing_zone_repeated import plan_repeated_subjects
+
+    adult = read_bundled_adult().drop(columns=["official_split"])
+    plan = plan_repeated_subjects(len(adult), 20260101, days)  # the seed synthesize_repeated_subject_records uses
+    unused = np.setdiff1d(np.arange(len(adult)), plan.base_rows)
+    chosen = np.sort(np.random.default_rng(HELD_OUT_SEED).choice(unused, size=HELD_OUT_PEOPLE, replace=False))
+    return adult.iloc[chosen].reset_index(drop=True)
+
+
+def held_out_accuracy(home: Path, evidence: dict[str, Any] | None, held_out: Any, loaded: Any) -> dict | None:
+    """The week's registered version (promoted or not) scored on the fixed held-out people, through its serving
+    spec as `ppml serve` would: the week-to-week comparison the target asks for, free of the test split's noise
+    (each week's test split is ~1,500 different records: its 95% CI is +-2 points, wider than the target)."""
+    decision = (evidence or {}).get("decision") or {}
+    if not decision.get("model_name") or decision.get("version") is None:
+        return None
+    from mlflow import MlflowClient
+
+    from ppml.evaluation.utility import utility_report
+    from ppml.serving.registry import load_version
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow' / 'mlflow.db'}")
+    served = load_version(client, decision["model_name"], str(decision["version"]))
+    records = held_out.astype(object).where(held_out.notna(), None).to_dict("records")
+    probabilities = served.predict([served.builder.released_values(record) for record in records])
+    label = loaded.policy.schema_.label
+    truth = (held_out[label.column].astype(str) == label.positive_value).to_numpy().astype(int)
+    accuracy = utility_report(truth, probabilities, model="dp", seed=0).to_dict()["metrics"]["accuracy"]
+    return {"value": accuracy["value"], "ci_low": accuracy["ci_low"], "ci_high": accuracy["ci_high"]}
 
 
 def independent_max_epsilon(
@@ -191,7 +244,9 @@ def run_week(
     return result.success, [str(e.message).splitlines()[0] for e in result.all_events if e.is_failure][:2], seconds
 
 
-def week_row(home: Path, as_of: str, loaded: Any, ledger_url: str, trained_now: bool) -> dict[str, Any]:
+def week_row(
+    home: Path, as_of: str, loaded: Any, ledger_url: str, trained_now: bool, held_out: Any
+) -> dict[str, Any]:
     """One line of the table, from what the assets stored for this as-of day."""
     from ppml.ledger import LifetimeBudget, PrivacyLedger
     from ppml.ledger.subjects import SubjectAccounts
@@ -217,6 +272,7 @@ def week_row(home: Path, as_of: str, loaded: Any, ledger_url: str, trained_now: 
     if evidence:
         row["promoted"] = bool(evidence.get("decision", {}).get("promoted"))
         row["failing"] = [c["name"] for c in evidence.get("checks", []) if not c["passed"]]
+        row["held_out_accuracy"] = held_out_accuracy(home, evidence, held_out, loaded)
     ledger = PrivacyLedger(ledger_url)
     try:
         lifetime = LifetimeBudget(privacy.lifetime_epsilon_budget, delta)
@@ -283,10 +339,14 @@ def main(argv: list[str] | None = None) -> int:
             "DAGSTER_HOME": str(home / "dagster"),
         }
     )
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # the held-out scoring loads each version
     os.environ.setdefault("PPML_HMAC_KEY", hashlib.sha256(f"weekly bench {home}".encode()).hexdigest())
     started = time.perf_counter()
-    landing = write_landing(home / "landing", args.variant, args.days)
-    print(f"landing zone: {landing['records']} records of {landing['people']} people over {landing['days']} days")
+    landing, held_out = write_landing(home / "landing", args.variant, args.days)
+    print(
+        f"landing zone: {landing['records']} records of {landing['people']} people over {landing['days']} days; "
+        f"{landing['held_out_people']} held-out people"
+    )
 
     from dagster import instance_for_test
 
@@ -320,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
             success, failures, step_seconds = run_week(resources, instance, new_days, as_of.isoformat())
             collected_until = as_of
             trained = (home / "assets" / "dp_model" / f"{as_of.isoformat()}.json").is_file()
-            row = {"week": week + 1, **week_row(home, as_of.isoformat(), loaded, ledger_url, trained)}
+            row = {"week": week + 1, **week_row(home, as_of.isoformat(), loaded, ledger_url, trained, held_out)}
             row |= {"run_succeeded": success, "seconds": round(time.perf_counter() - week_started, 1)}
             row["step_seconds"] = dict(sorted(step_seconds.items(), key=lambda item: -item[1]))
             row["load_average"] = _load_average()
@@ -354,12 +414,14 @@ def _write_json(
 def _line(row: dict[str, Any]) -> str:
     state = "trained" if row["trained"] else f"refused ({row.get('refused', '')[:120]})"
     accuracy = row.get("accuracy")
+    held = (row.get("held_out_accuracy") or {}).get("value")
     failing = f" (failing: {', '.join(row['failing'])})" if row.get("failing") else ""
     return (
         f"week {row['week']:>2} as of {row['as_of']}: {state}; eligible {row.get('eligible_subjects', '-')}, "
         f"excluded {row.get('excluded_subjects', '-')}; max subject epsilon ledger "
         f"{row['ledger_max_subject_epsilon']:.3f} / recomputed {row['recomputed_max_subject_epsilon']:.3f} of "
-        f"{row['budget']}; accuracy {accuracy if accuracy is None else round(accuracy, 4)}; "
+        f"{row['budget']}; accuracy {accuracy if accuracy is None else round(accuracy, 4)} "
+        f"(held out {held if held is None else round(held, 4)}); "
         f"promoted {row.get('promoted')}{failing}; {row['seconds']} s"
     )
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import json
 import math
 import uuid
@@ -56,6 +57,7 @@ from ppml.ledger.records import (
 from ppml.ledger.records import utc_now as _now
 from ppml.ledger.schema import datasets, requests, runs, subject_cohorts, subjects
 from ppml.ledger.store import PrivacyLedger
+from ppml.ledger.subject_moves import subject_key
 
 #: ``ppml_ledger_runs.privacy_unit`` of a user-level run.
 SUBJECT_UNIT = "subject"
@@ -153,22 +155,6 @@ def _step_rdp(rate: float, sigma: float, order: float) -> float:
     return float(np.asarray(value, dtype=float).reshape(-1)[0])
 
 
-def subject_key(dataset: str, pseudonym: str) -> str:
-    """What the ledger stores for a subject: a hash of the data set and the pseudonym (never the id)."""
-    return hashlib.sha256(f"ppml-subject:{dataset}\x1f{pseudonym}".encode()).hexdigest()
-
-
-def subject_keys(dataset: str, pseudonyms: list[str]) -> list[str]:
-    """:func:`subject_key` of many pseudonyms (the common prefix hashed once: a million in about a second)."""
-    prefix = hashlib.sha256(f"ppml-subject:{dataset}\x1f".encode())
-    keys = []
-    for pseudonym in pseudonyms:
-        digest = prefix.copy()
-        digest.update(pseudonym.encode())
-        keys.append(digest.hexdigest())
-    return keys
-
-
 class SubjectAccounts:
     """The per-subject side of a :class:`PrivacyLedger` (same database, same lock, same runs table)."""
 
@@ -193,21 +179,20 @@ class SubjectAccounts:
 
         Refused when fewer than ``min_eligible`` subjects remain; the refusal is recorded (zero charge).
         """
-        _check_reserve(planned, pseudonyms, min_eligible, record_unit_group_size)
-        wanted = list(dict.fromkeys(str(p) for p in pseudonyms))
-        keys = subject_keys(scope.dataset, wanted)
+        _check_reserve(planned, min_eligible, record_unit_group_size)
+        wanted = unique_pseudonyms(pseudonyms)
         with self.ledger._locked(scope) as connection:
             order, lifetime = self._fixed_order(connection, scope.dataset, lifetime)
             existing = self.ledger._runs(connection, scope.dataset)
             cohort_rdp, cohort_rows = self._cohort_state(
                 connection, scope.dataset, existing, order, record_unit_group_size
             )
-            cohort_sql.load_request(connection, keys)
+            cohort_sql.load_request(connection, scope.dataset, wanted)
             decision = _decide(
                 connection, scope.dataset, cohort_rdp, planned, order, rdp_budget(lifetime, order) * (1 + 1e-12)
             )
-            excluded_keys = decision.excluded_keys(connection, scope.dataset)
-            eligible = [p for p, k in zip(wanted, keys, strict=True) if k not in excluded_keys]
+            excluded_pseudonyms = decision.excluded_pseudonyms(connection, scope.dataset)
+            eligible = [p for p in wanted if p not in excluded_pseudonyms] if excluded_pseudonyms else wanted
             excluded = len(wanted) - len(eligible)
             refused = len(eligible) < min_eligible
             request_id = self._insert_request(connection, scope, request_key, planned, refused, dagster_run_id)
@@ -421,7 +406,7 @@ class _Decision:
     def new_fits(self) -> bool:
         return self.base + self.run_rdp <= self.limit
 
-    def excluded_keys(self, connection: Connection, dataset: str) -> set[str]:
+    def excluded_pseudonyms(self, connection: Connection, dataset: str) -> set[str]:
         bad = [c for c, ok in self.fits.items() if not ok]
         new = bool(self.new_subjects) and not self.new_fits
         return cohort_sql.requested_in(connection, dataset, bad, new=new) if bad or new else set()
@@ -465,9 +450,7 @@ def _at_delta(lifetime: LifetimeBudget, delta: float) -> LifetimeBudget:
     return LifetimeBudget(lifetime.epsilon, delta, lifetime.warn_fraction)
 
 
-def _check_reserve(
-    planned: Sequence[PlannedRun], pseudonyms: Sequence[str], min_eligible: int, group_size: int
-) -> None:
+def _check_reserve(planned: Sequence[PlannedRun], min_eligible: int, group_size: int) -> None:
     if not planned:
         raise input_error("ledger", "candidates", "nothing to reserve", "pass at least one planned run")
     if isinstance(min_eligible, bool) or not isinstance(min_eligible, int) or min_eligible < 1:
@@ -481,13 +464,30 @@ def _check_reserve(
             f"must be an integer >= 1, got {group_size!r}",
             "pass the most records one subject had in a record-unit run (the policy's max_records_per_subject)",
         )
-    if any(p is None or str(p).strip() == "" for p in pseudonyms):
-        raise input_error(
-            "training window",
-            "schema.subject_id",
-            "a record without a subject pseudonym reached per-subject accounting",
-            "fill the subject id of every record (it is pseudonymized before training)",
-        )
+
+
+def unique_pseudonyms(pseudonyms: Sequence[Any]) -> list[str]:
+    """The request's distinct pseudonyms as text, refused in one line when one is missing or blank.
+
+    C-level passes only (``dict.fromkeys``, ``map``): at a million subjects a Python-level check per pseudonym
+    cost more than the ledger's SQL."""
+    unique = dict.fromkeys(pseudonyms)
+    if None in unique:
+        raise _missing_pseudonym()
+    if not all(map(isinstance, unique, itertools.repeat(str))):  # not all text: compare as text, as the keys are formed
+        unique = dict.fromkeys(map(str, unique))
+    if "" in unique or any(map(str.isspace, unique)):
+        raise _missing_pseudonym()
+    return list(unique)
+
+
+def _missing_pseudonym() -> PPMLError:
+    return input_error(
+        "training window",
+        "schema.subject_id",
+        "a record without a subject pseudonym reached per-subject accounting",
+        "fill the subject id of every record (it is pseudonymized before training)",
+    )
 
 
 def _refusal(scope: DataScope, detail: dict[str, Any], lifetime: LifetimeBudget, worst: float) -> str:

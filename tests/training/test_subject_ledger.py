@@ -170,12 +170,40 @@ def test_bad_inputs_are_refused_in_one_line(tmp_path) -> None:
         ({"min_eligible": 0, "record_unit_group_size": 1}, ["a"], "min_eligible_subjects"),
         ({"min_eligible": 1, "record_unit_group_size": 0}, ["a"], "record_unit_group_size"),
         ({"min_eligible": 1, "record_unit_group_size": 1}, ["a", ""], "schema.subject_id"),
+        ({"min_eligible": 1, "record_unit_group_size": 1}, ["a", " \t "], "schema.subject_id"),
+        ({"min_eligible": 1, "record_unit_group_size": 1}, ["a", None, "b"], "schema.subject_id"),
+        ({"min_eligible": 1, "record_unit_group_size": 1}, ["a\nb", "  "], "schema.subject_id"),
     ]
     for kwargs, people, field in cases:
         with pytest.raises(PPMLError, match=field) as caught:
             accounts.reserve(SCOPE, [_planned()], LIFETIME, people, request_key="bad", **kwargs)
         assert "\n" not in str(caught.value) and "fix:" in str(caught.value)
     assert accounts.ledger.runs(SCOPE.dataset) == []  # nothing reserved on bad input
+
+
+#: pseudonyms with COPY's special characters, non-ASCII text, a number and a repeat: each must reach the same key
+ODD_PEOPLE = ["plain", "tab\there", "back\\slash", "new\nline", "cr\rhere", "\u00e9l\u00e8ve-\u4e2d", 42, "plain"]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_every_pseudonym_reaches_the_same_subject_key_on_either_database(tmp_path, request, backend) -> None:
+    """PostgreSQL hashes the pseudonyms itself (one COPY, sha256 in the server); SQLite's keys are hashed in
+    Python: both must store exactly ``subject_key`` of each distinct pseudonym, and exclude by pseudonym."""
+    ledger = _ledger(tmp_path) if backend == "sqlite" else PrivacyLedger(request.getfixturevalue("postgres_database"))
+    accounts = SubjectAccounts(ledger)
+    try:
+        reservation = accounts.reserve(
+            SCOPE, [_planned()], LIFETIME, ODD_PEOPLE, min_eligible=1, request_key="odd", record_unit_group_size=1
+        )
+        distinct = list(dict.fromkeys(str(p) for p in ODD_PEOPLE))
+        assert list(reservation.eligible) == distinct
+        with ledger.engine.connect() as connection:
+            stored = set(connection.execute(sa.text("SELECT subject FROM ppml_ledger_subjects")).scalars())
+        assert stored == {subject_key(SCOPE.dataset, p) for p in distinct}
+        epsilons = accounts.subject_epsilons(SCOPE.dataset, LIFETIME, distinct, record_unit_group_size=1)
+        assert len(set(epsilons.values())) == 1 and min(epsilons.values()) > 0  # one cohort, charged
+    finally:
+        ledger.close()
 
 
 def test_a_ledger_of_the_previous_version_is_migrated_and_keeps_its_runs(tmp_path) -> None:
