@@ -288,6 +288,14 @@ class PrivacyRequirements(Strict):
     max_membership_inference_tpr_at_low_fpr: float = Field(default=0.05, gt=0, lt=1)
     low_fpr: float = Field(default=0.01, gt=0, lt=1, description="FPR at which the attack TPR is limited.")
     dp_statistics_epsilon: float = Field(default=0.5, gt=0, description="Epsilon of the OpenDP summary release.")
+    keep_previous_generalization_within: float = Field(
+        default=0.1,
+        ge=0,
+        le=1,
+        description="A retrain keeps the previous release's generalization while it still satisfies k, l, t and the "
+        "suppression limit on the new window and loses at most this fraction more information than the new optimum "
+        "(stable features week to week; 0: only on a tie).",
+    )
     privacy_unit: Literal["record", "subject"] = Field(
         default="record",
         description="Whom epsilon protects: one record, or one data subject with all their records (user-level "

@@ -1,7 +1,17 @@
 """Step 2c: anonymization of the training window with the ARX-compatible engine, and the OpenDP summary."""
 
+from dataclasses import replace
+
 import pandas as pd
-from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetExecutionContext, MetadataValue
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetExecutionContext,
+    AssetKey,
+    AssetRecordsFilter,
+    DagsterInstance,
+    MetadataValue,
+)
 
 from ppml.anonymization.policy_config import config_from_policy, rules_from_policy, with_missing_values
 from ppml.anonymization.release_safety import safe_release
@@ -20,6 +30,9 @@ from ppml_assets.graph import policy_asset, policy_asset_check
 from ppml_assets.settings import window_partition_keys
 from ppml_assets.subjects import bounded_window, is_subject_unit, write_release_subjects
 from resources import AssetStore, LedgerResource, PolicyResource, PseudonymizationKey, WorkspacePaths
+
+#: how many recent releases are looked through for the previous as-of day's (a backfill may have written later ones)
+PREVIOUS_RELEASES_READ = 50
 
 
 def released_columns(loaded: LoadedPolicy, deidentified_columns: list[str]) -> list[str]:
@@ -71,6 +84,11 @@ def anonymized_records(
     columns = released_columns(loaded, list(deidentified_records.columns))
     config = config_from_policy(loaded, source=f"anonymized_records[{context.partition_key}]")
     config = with_missing_values(config, deidentified_records, loaded.policy.schema_.missing_value_marker)
+    config = replace(
+        config,
+        previous_transformation=previous_transformation(context.instance, context.asset_key, context.partition_key),
+        previous_tolerance=loaded.policy.privacy.keep_previous_generalization_within,
+    )
     safety = safe_release(deidentified_records[columns], config, rules_from_policy(loaded))
     result = safety.anonymization
     report = {**result.to_report(), "release_safety": safety.to_dict()}
@@ -93,6 +111,7 @@ def anonymized_records(
             "risk_before": MetadataValue.json(report["risk_before"]),
             "risk_after": MetadataValue.json(report["risk_after"]),
             "anonymization_report": MetadataValue.json(report),
+            "kept_previous_transformation": bool((result.stability or {}).get("kept")),
             "release_safety": MetadataValue.json(report["release_safety"]),
             "attacker_knowledge": MetadataValue.json(safety.attacker_knowledge),
             # the hierarchy's labels at the released levels: public, so the DP summary need not read them from data
@@ -108,6 +127,19 @@ def anonymized_records(
     )
     erasure.save(erasure_root, context.partition_key)
     return result.data
+
+
+def previous_transformation(instance: DagsterInstance, key: AssetKey, partition: str) -> dict[str, int] | None:
+    """The transformation of the latest release of an earlier as-of day (what a retrain keeps while valid)."""
+    records = instance.fetch_materializations(AssetRecordsFilter(asset_key=key), limit=PREVIOUS_RELEASES_READ).records
+    for record in records:  # newest first
+        materialization = record.asset_materialization
+        if materialization is None or not materialization.partition or materialization.partition >= partition:
+            continue
+        value = materialization.metadata.get("transformation")
+        if value is not None and isinstance(value.value, dict):
+            return {str(name): int(level) for name, level in value.value.items()}
+    return None
 
 
 def training_window_input(

@@ -26,6 +26,7 @@ from ppml.anonymization.metrics import METRICS, make_metric
 from ppml.anonymization.models import KAnonymity, LDiversity, TCloseness
 from ppml.anonymization.risk import RiskProfile, risk_from_sizes
 from ppml.anonymization.search import heuristic_search, optimal_search
+from ppml.anonymization.stability import prefer_previous
 from ppml.errors import PPMLError, input_error
 
 __all__ = ["AnonymizationConfig", "AnonymizationResult", "anonymize"]
@@ -53,6 +54,10 @@ class AnonymizationConfig:
     heuristic_checks: int = 300
     risk_threshold: float = 0.2
     source: str = "data"
+    #: the previous release's levels per QI (a retrain keeps them while valid; ppml.anonymization.stability)
+    previous_transformation: Mapping[str, int] | None = None
+    #: how much more information (relative) the kept previous transformation may lose than the new optimum
+    previous_tolerance: float = 0.0
 
     @property
     def sensitive_attributes(self) -> list[str]:
@@ -91,6 +96,8 @@ class AnonymizationResult:
     public_categories: dict[str, list[str]] = field(repr=False, default_factory=dict)
     #: per input record, whether it is released (False = suppressed); the release keeps the input's row order
     kept_rows: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, dtype=bool))
+    #: whether the previous release's transformation was kept, and why (None: no previous one was given)
+    stability: dict[str, Any] | None = None
 
     @property
     def transformation_levels(self) -> list[int]:
@@ -119,6 +126,7 @@ class AnonymizationResult:
             "seconds": self.seconds,
             "risk_before": self.risk_before.to_dict(),
             "risk_after": self.risk_after.to_dict(),
+            "stability": self.stability,
         }
 
 
@@ -278,6 +286,9 @@ def anonymize(df: pd.DataFrame, config: AnonymizationConfig) -> AnonymizationRes
         problem.choose_kernels(checks_per_node=10.0)
     optimal = problem.lattice_size <= config.max_optimal_nodes
     outcome = optimal_search(problem, metric) if optimal else heuristic_search(problem, metric, config.heuristic_checks)
+    outcome, stability = prefer_previous(
+        problem, metric, outcome, config.previous_transformation, config.previous_tolerance
+    )
     if outcome.levels is None:
         top = np.array(problem.heights, dtype=np.int64) - 1
         worst = problem.assess(problem.rollup(problem.base, top))
@@ -340,6 +351,7 @@ def anonymize(df: pd.DataFrame, config: AnonymizationConfig) -> AnonymizationRes
             if isinstance(config.quasi_identifiers[a.name], Hierarchy)
         },
         kept_rows=keep_rows,
+        stability=stability,
     )
 
 
