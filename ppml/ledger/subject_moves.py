@@ -25,7 +25,7 @@ from sqlalchemy.engine import Connection
 
 from ppml.ledger.schema import subject_cohorts
 
-#: Temporary table holding one request's subject keys and pseudonyms (dropped at the end of the transaction).
+#: Temporary table holding one request's subject keys (dropped at the end of the transaction).
 REQUEST_TABLE = "ppml_subject_request"
 #: The salt of a subject key (with the data set): changing it would orphan every stored subject.
 SUBJECT_KEY_PREFIX = "ppml-subject:"
@@ -60,39 +60,23 @@ def subject_keys(dataset: str, pseudonyms: list[str]) -> list[str]:
     return keys
 
 
-def load_request(connection: Connection, dataset: str, pseudonyms: list[str]) -> None:
-    """The request's subjects (unique pseudonyms) into the temporary request table as (key, pseudonym), in one
-    bulk load: PostgreSQL ``COPY``, SQLite ``executemany``. (Hashing in the server instead -- ``sha256`` in SQL --
-    was measured slower than here: bench/results/ledger.md.)"""
-    keys = subject_keys(dataset, pseudonyms)
+def load_request(connection: Connection, keys: list[str]) -> None:
+    """The request's subject keys (unique) into the temporary request table, in one bulk load."""
     if connection.dialect.name == "postgresql":
-        connection.execute(
-            sa.text(
-                f"CREATE TEMP TABLE {REQUEST_TABLE} (subject text NOT NULL, pseudonym text NOT NULL) ON COMMIT DROP"
-            )
-        )
-        if keys:  # (an empty COPY body would read as one empty row)
-            text = "\n".join(pseudonyms)
-            if any(c in text for c in "\\\t\r") or text.count("\n") != len(pseudonyms) - 1:
-                pseudonyms = [_copy_escaped(p) for p in pseudonyms]  # COPY's text format: escape its specials
-            body = "\n".join(f"{k}\t{p}" for k, p in zip(keys, pseudonyms, strict=True)) + "\n"
+        connection.execute(sa.text(f"CREATE TEMP TABLE {REQUEST_TABLE} (subject text NOT NULL) ON COMMIT DROP"))
+        if keys:  # (an empty COPY body would read as one empty key; keys are hex: nothing to escape)
             cursor = connection.connection.cursor()
             try:
-                cursor.copy_expert(f"COPY {REQUEST_TABLE} (subject, pseudonym) FROM STDIN", io.StringIO(body))
+                cursor.copy_expert(f"COPY {REQUEST_TABLE} (subject) FROM STDIN", io.StringIO("\n".join(keys) + "\n"))
             finally:
                 cursor.close()
         connection.execute(sa.text(f"ANALYZE {REQUEST_TABLE}"))
         return
     connection.execute(sa.text(f"DROP TABLE IF EXISTS temp.{REQUEST_TABLE}"))
-    connection.execute(sa.text(f"CREATE TEMP TABLE {REQUEST_TABLE} (subject TEXT PRIMARY KEY, pseudonym TEXT)"))
-    insert = sa.text(f"INSERT INTO temp.{REQUEST_TABLE} (subject, pseudonym) VALUES (:s, :p)")
+    connection.execute(sa.text(f"CREATE TEMP TABLE {REQUEST_TABLE} (subject TEXT PRIMARY KEY)"))
+    insert = sa.text(f"INSERT INTO temp.{REQUEST_TABLE} (subject) VALUES (:s)")
     for start in range(0, len(keys), _SQLITE_BATCH):
-        chunk = zip(keys[start : start + _SQLITE_BATCH], pseudonyms[start : start + _SQLITE_BATCH], strict=True)
-        connection.execute(insert, [{"s": k, "p": p} for k, p in chunk])
-
-
-def _copy_escaped(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+        connection.execute(insert, [{"s": k} for k in keys[start : start + _SQLITE_BATCH]])
 
 
 def drop_request(connection: Connection) -> None:
@@ -111,17 +95,17 @@ def requested_per_cohort(connection: Connection, dataset: str) -> dict[str, int]
 
 
 def requested_in(connection: Connection, dataset: str, cohorts: list[str], *, new: bool) -> set[str]:
-    """The pseudonyms of the request's subjects in ``cohorts`` (and, with ``new``, of those not known yet)."""
+    """The request's subject keys that are in ``cohorts`` (and, with ``new``, those not known yet)."""
     found: set[str] = set()
     if cohorts:
         query = sa.text(
-            f"SELECT r.pseudonym FROM {REQUEST_TABLE} r JOIN ppml_ledger_subjects s "
+            f"SELECT r.subject FROM {REQUEST_TABLE} r JOIN ppml_ledger_subjects s "
             "ON s.dataset = :dataset AND s.subject = r.subject WHERE s.cohort IN :cohorts"
         ).bindparams(sa.bindparam("cohorts", expanding=True))
         found.update(connection.execute(query, {"dataset": dataset, "cohorts": cohorts}).scalars())
     if new:
         query = sa.text(
-            f"SELECT r.pseudonym FROM {REQUEST_TABLE} r WHERE NOT EXISTS (SELECT 1 FROM ppml_ledger_subjects s "
+            f"SELECT r.subject FROM {REQUEST_TABLE} r WHERE NOT EXISTS (SELECT 1 FROM ppml_ledger_subjects s "
             "WHERE s.dataset = :dataset AND s.subject = r.subject)"
         )
         found.update(connection.execute(query, {"dataset": dataset}).scalars())

@@ -181,18 +181,22 @@ class SubjectAccounts:
         """
         _check_reserve(planned, min_eligible, record_unit_group_size)
         wanted = unique_pseudonyms(pseudonyms)
+        keys = cohort_sql.subject_keys(scope.dataset, wanted)
         with self.ledger._locked(scope) as connection:
             order, lifetime = self._fixed_order(connection, scope.dataset, lifetime)
             existing = self.ledger._runs(connection, scope.dataset)
             cohort_rdp, cohort_rows = self._cohort_state(
                 connection, scope.dataset, existing, order, record_unit_group_size
             )
-            cohort_sql.load_request(connection, scope.dataset, wanted)
+            cohort_sql.load_request(connection, keys)
             decision = _decide(
                 connection, scope.dataset, cohort_rdp, planned, order, rdp_budget(lifetime, order) * (1 + 1e-12)
             )
-            excluded_pseudonyms = decision.excluded_pseudonyms(connection, scope.dataset)
-            eligible = [p for p in wanted if p not in excluded_pseudonyms] if excluded_pseudonyms else wanted
+            excluded_keys = decision.excluded_keys(connection, scope.dataset)
+            # (the common case excludes nobody: no pass over a million pseudonyms then)
+            eligible = (
+                [p for p, k in zip(wanted, keys, strict=True) if k not in excluded_keys] if excluded_keys else wanted
+            )
             excluded = len(wanted) - len(eligible)
             refused = len(eligible) < min_eligible
             request_id = self._insert_request(connection, scope, request_key, planned, refused, dagster_run_id)
@@ -406,7 +410,7 @@ class _Decision:
     def new_fits(self) -> bool:
         return self.base + self.run_rdp <= self.limit
 
-    def excluded_pseudonyms(self, connection: Connection, dataset: str) -> set[str]:
+    def excluded_keys(self, connection: Connection, dataset: str) -> set[str]:
         bad = [c for c, ok in self.fits.items() if not ok]
         new = bool(self.new_subjects) and not self.new_fits
         return cohort_sql.requested_in(connection, dataset, bad, new=new) if bad or new else set()
