@@ -244,9 +244,7 @@ def run_week(
     return result.success, [str(e.message).splitlines()[0] for e in result.all_events if e.is_failure][:2], seconds
 
 
-def week_row(
-    home: Path, as_of: str, loaded: Any, ledger_url: str, trained_now: bool, held_out: Any
-) -> dict[str, Any]:
+def week_row(home: Path, as_of: str, loaded: Any, ledger_url: str, trained_now: bool, held_out: Any) -> dict[str, Any]:
     """One line of the table, from what the assets stored for this as-of day."""
     from ppml.ledger import LifetimeBudget, PrivacyLedger
     from ppml.ledger.subjects import SubjectAccounts
@@ -318,7 +316,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=int, default=90, help="the policy's training window in days")
     parser.add_argument("--home", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None, help="write the table here as well")
+    parser.add_argument("--render", type=Path, default=None, help="print the markdown table of a --json file")
     args = parser.parse_args(argv)
+    if args.render is not None:
+        print(render(json.loads(args.render.read_text())), end="")
+        return 0
     needed = args.window + 7 * (args.weeks - 1)
     args.days = args.days or max(400, needed)
     if args.weeks < 1 or args.days < needed:
@@ -409,6 +411,44 @@ def _write_json(
     path.parent.mkdir(parents=True, exist_ok=True)
     document = {"variant": variant, "complete": complete, "weeks": rows, "wall_seconds": wall, "landing": landing}
     path.write_text(json.dumps(document, indent=2))
+
+
+def render(document: dict[str, Any]) -> str:
+    """The markdown summary and table of a ``--json`` file (what docs/training.md and bench/results hold)."""
+    weeks = document["weeks"]
+    subject = document["variant"] == "repeated"
+    trained = [w for w in weeks if w["trained"]]
+    held = [(w["week"], (w.get("held_out_accuracy") or {}).get("value")) for w in weeks]
+    first = next((value for _, value in held if value is not None), None)
+    below = [week for week, value in held if value is not None and first is not None and value < first - 0.01]
+    above = [week for week, value in held if value is not None and first is not None and value > first + 0.01]
+    worst = max((w["recomputed_max_subject_epsilon"] for w in weeks), default=0.0)
+    worst_ledger = max((w["ledger_max_subject_epsilon"] for w in weeks), default=0.0)
+    values = [value for _, value in held if value is not None]
+    lines = [
+        f"{len(trained)} of {len(weeks)} weeks trained, {sum(bool(w.get('promoted')) for w in weeks)} promoted; "
+        f"highest per-subject epsilon {worst_ledger:.3f} (ledger) / {worst:.3f} (recomputed) of "
+        f"{weeks[0]['budget'] if weeks else '?'}; held-out accuracy {min(values, default=0):.4f}-"
+        f"{max(values, default=0):.4f} (week 1 {first if first is None else round(first, 4)}); weeks more than 1 "
+        f"point below week 1: {below or 'none'}; more than 1 point above: {above or 'none'}; wall "
+        f"{document['wall_seconds'] / 60:.0f} min{'' if document.get('complete') else ' (incomplete run)'}",
+        "",
+        "| week | as of | trained | "
+        + ("eligible | excluded | " if subject else "")
+        + "max ε ledger | max ε recomputed | held-out accuracy (95% CI) | test-split accuracy | promoted | s |",
+        "|---" * (11 if subject else 9) + "|",
+    ]
+    for w in weeks:
+        h = w.get("held_out_accuracy") or {}
+        cell = f"{h['value']:.4f} ({h['ci_low']:.3f}-{h['ci_high']:.3f})" if h else "-"
+        counts = f"{w.get('eligible_subjects', '-')} | {w.get('excluded_subjects', '-')} | " if subject else ""
+        test = f"{w['accuracy']:.4f}" if w.get("accuracy") is not None else "-"
+        lines.append(
+            f"| {w['week']} | {w['as_of']} | {'yes' if w['trained'] else 'no'} | {counts}"
+            f"{w['ledger_max_subject_epsilon']:.3f} | {w['recomputed_max_subject_epsilon']:.3f} | {cell} | {test} | "
+            f"{w.get('promoted')} | {w['seconds']:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def _line(row: dict[str, Any]) -> str:
