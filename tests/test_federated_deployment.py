@@ -149,3 +149,108 @@ def test_a_supernode_killed_mid_round(federated_run: dict, tmp_path: Path) -> No
         outcome.plans["east"].epsilon
     )
     assert runs["north"].status == runs["south"].status == "completed"
+
+
+def _tls_files(folder: Path) -> dict[str, str]:
+    """A throwaway CA and a SuperLink certificate for 127.0.0.1, written as PEM files (cryptography)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    folder.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key, server_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ppml test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    server = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name)
+        .public_key(server_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    files = {"ca_certificate": "ca.pem", "server_certificate": "server.pem", "server_key": "server.key"}
+    (folder / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    (folder / "server.pem").write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    (folder / "server.key").write_bytes(
+        server_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    (folder / "server.key").chmod(0o600)
+    return {name: str(folder / file) for name, file in files.items()}
+
+
+def test_client_level_dp_under_secure_aggregation_over_tls(federated_run: dict, tmp_path: Path) -> None:
+    """Every connection verified against the CA (no --insecure anywhere), SecAgg+ on, and DP-FedAvg's server
+    noise added to the secure sum: the round completes with every site and each site's ledger run settles."""
+    home = federated_run["home"]
+    tls = _tls_files(tmp_path / "tls")
+    policy_path = federated_policy(
+        tmp_path / "policy",
+        rounds=1,
+        local_epochs=1,
+        dp_mode="client",
+        secure_aggregation=True,
+        min_sites=2,
+        round_timeout_s=240,
+        tls=tls,
+    )
+    prepared = load_policy(federated_run["policy"])
+    sites = {name: site_dir(WorkspacePaths(home=str(home)), prepared, name) for name in SITES}
+    ledger = PrivacyLedger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    commands: dict[str, list[str]] = {}
+    try:
+        outcome = run_federation(
+            load_policy(policy_path),
+            sites,
+            tmp_path / "federation",
+            ledger,
+            request_key="tls",
+            on_started=lambda federation: commands.update({n: p.args for n, p in federation.processes.items()}),
+        )
+        runs = [ledger.run(run_id) for run_id in outcome.ledger_runs.values()]
+    finally:
+        ledger.close()
+    assert all("--insecure" not in args for args in commands.values()) and len(commands) == 1 + len(SITES)
+    assert tls["server_key"] in commands["superlink"]
+    assert all(tls["ca_certificate"] in commands[f"supernode-{site}"] for site in SITES)
+    config = (tmp_path / "federation" / "flwr" / "server" / "config.toml").read_text()
+    assert "root-certificates" in config and "insecure" not in config
+    assert outcome.history["rounds"][0]["results"] == len(SITES)
+    assert {plan.mode for plan in outcome.plans.values()} == {"client"}
+    assert all(run.status == "completed" and run.epsilon_charged > 0 for run in runs)
+
+
+def test_an_unreadable_tls_file_refuses_the_run_before_any_charge(tmp_path: Path) -> None:
+    tls = {"ca_certificate": "missing-ca.pem", "server_certificate": "server.pem", "server_key": "server.key"}
+    policy_path = federated_policy(tmp_path / "policy", tls=tls)
+    ledger = PrivacyLedger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    try:
+        with pytest.raises(PPMLError, match=r"training\.federation\.tls\.ca_certificate") as refused:
+            run_federation(load_policy(policy_path), {}, tmp_path / "federation", ledger, request_key="bad-tls")
+        assert "\n" not in str(refused.value) and "fix:" in str(refused.value)
+        assert ledger.runs() == []
+    finally:
+        ledger.close()

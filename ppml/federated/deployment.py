@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import tomli_w
 from ppml.errors import PPMLError
 from ppml.federated.audit_open import AUDIT_DIR_ENV
 from ppml.federated.run_config import RunConfig
+from ppml.federated.settings import FederationSettings
 from ppml.private_files import private_dir
 
 BIN = Path(sys.executable).parent
@@ -81,6 +83,31 @@ def _pgid(pid: int) -> int | None:
         return None
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """Resolved PEM files of :class:`ppml.federated.settings.TransportSecurity`."""
+
+    ca_certificate: Path
+    server_certificate: Path
+    server_key: Path
+
+
+def tls_files(fed: FederationSettings, resolve: Callable[[Path], Path], source: str) -> TlsFiles | None:
+    """The policy's TLS files as paths, each refused in one line when it is not a readable file."""
+    if fed.tls is None:
+        return None
+    files = {}
+    for name in ("ca_certificate", "server_certificate", "server_key"):
+        path = resolve(Path(getattr(fed.tls, name)))
+        if not path.is_file() or not os.access(path, os.R_OK):
+            raise PPMLError(
+                f"{source}: field 'training.federation.tls.{name}': {path} is not a readable file; "
+                "fix: point it at the PEM file (relative paths lie beside the policy)"
+            )
+        files[name] = path
+    return TlsFiles(**files)
+
+
 @dataclass
 class Federation:
     """The processes of one federation; use as a context manager so they always stop."""
@@ -88,6 +115,7 @@ class Federation:
     work_dir: Path
     site_dirs: dict[str, Path]
     audit_server_opens: Path | None = None
+    tls: TlsFiles | None = None
     superlink_port: int = 0
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
 
@@ -125,7 +153,7 @@ class Federation:
             "superlink",
             [
                 str(BIN / "flower-superlink"),
-                "--insecure",
+                *self._server_security(),
                 "--port",
                 str(self.superlink_port),
                 "--health-server-address",
@@ -145,7 +173,7 @@ class Federation:
             f"supernode-{site}",
             [
                 str(BIN / "flower-supernode"),
-                "--insecure",
+                *(["--root-certificates", str(self.tls.ca_certificate)] if self.tls else ["--insecure"]),
                 "--superlink",
                 f"127.0.0.1:{self.superlink_port}",
                 "--port",
@@ -157,6 +185,25 @@ class Federation:
             ],
             f"site-{site}",
         )
+
+    def _server_security(self) -> list[str]:
+        if self.tls is None:
+            return ["--insecure"]
+        return [
+            "--ssl-ca-certfile",
+            str(self.tls.ca_certificate),
+            "--ssl-certfile",
+            str(self.tls.server_certificate),
+            "--ssl-keyfile",
+            str(self.tls.server_key),
+        ]
+
+    def _connection(self) -> dict[str, object]:
+        """The CLI's SuperLink connection: verify the SuperLink's certificate, or (loopback tests) insecure."""
+        address = {"address": f"127.0.0.1:{self.superlink_port}"}
+        if self.tls is None:
+            return address | {"insecure": True}
+        return address | {"root-certificates": str(self.tls.ca_certificate)}
 
     def kill_site(self, site: str) -> None:
         """SIGKILL a site's SuperNode and everything it forked (a crashed site, for fault tests)."""
@@ -171,7 +218,7 @@ class Federation:
                 {
                     "superlink": {
                         "default": CONNECTION,
-                        CONNECTION: {"address": f"127.0.0.1:{self.superlink_port}", "insecure": True},
+                        CONNECTION: self._connection(),
                     }
                 }
             ),

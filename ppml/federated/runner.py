@@ -23,7 +23,7 @@ from ppml.federated.accounting import (
     example_level_plan,
     settle_sites,
 )
-from ppml.federated.deployment import Federation
+from ppml.federated.deployment import Federation, tls_files
 from ppml.federated.progress import read_rounds, reset
 from ppml.federated.run_config import RunConfig
 from ppml.federated.server_app import MODEL_FILE, RESULT_FILE
@@ -122,6 +122,7 @@ def run_federation(
     fed = policy.training.federation
     if fed is None:
         raise PPMLError(f"{loaded.path}: field 'training.mode': not federated; fix: set training.mode: federated")
+    tls = tls_files(fed, loaded.resolve, str(loaded.path))  # before any charge: a bad file refuses the run
     preparations = [SitePreparation.read(site_dirs[site.name]) for site in fed.sites]
     refuse_failed_sites(preparations)
     names = global_feature_names(preparations)
@@ -144,7 +145,7 @@ def run_federation(
     config = run_config(loaded, names, plans, result_dir)
     failure: str | None = None
     try:
-        with Federation(Path(work_dir), dict(site_dirs), audit_server_opens=audit_server_opens) as federation:
+        with Federation(Path(work_dir), dict(site_dirs), audit_server_opens=audit_server_opens, tls=tls) as federation:
             if on_started is not None:
                 on_started(federation)
             finished = federation.run(config, timeout_s=fed.round_timeout_s * (fed.rounds + 1) + 60)

@@ -39,6 +39,15 @@ class SiteSource(_Strict):
         return self
 
 
+class TransportSecurity(_Strict):
+    """TLS for every Flower connection (Fleet, Control and Runtime APIs): PEM files, relative to the policy's
+    folder. Without it the federation runs ``--insecure``, which only loopback tests should do."""
+
+    ca_certificate: str = Field(description="The CA certificate the SuperNodes and the CLI verify the SuperLink with.")
+    server_certificate: str = Field(description="The SuperLink's certificate (its host name or IP in the SAN).")
+    server_key: str = Field(description="The SuperLink's private key (readable by the SuperLink host only).")
+
+
 class FederationSettings(_Strict):
     """Rounds, sampling, local work and the DP mode of one federated training run."""
 
@@ -57,6 +66,7 @@ class FederationSettings(_Strict):
     client_clipping_norm: float = Field(default=1.0, gt=0, description="L2 bound of one site's update (client).")
     secure_aggregation: bool = Field(default=True, description="SecAgg+: the server sees only the sum of updates.")
     round_timeout_s: float = Field(default=300, gt=0, le=86400)
+    tls: TransportSecurity | None = Field(default=None, description="TLS for every connection (else --insecure).")
 
     @model_validator(mode="after")
     def _consistent(self) -> FederationSettings:
