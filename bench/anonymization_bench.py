@@ -1,4 +1,4 @@
-"""Benchmark of the anonymization engine on ARX's Adult problem (issue 3), with ARX 3.9.2's numbers beside it.
+"""Benchmark of the anonymization engine on ARX's Adult problem (issues 3, 15), ARX run beside it with --arx.
 
     .venv/bin/python bench/anonymization_bench.py           # quick: 3 timed runs per configuration
     .venv/bin/python bench/anonymization_bench.py --full    # 7 runs, exhaustive optimality proof, 1M rows
@@ -158,6 +158,12 @@ def arx_cells(
     return f"{reference[2]:.3f} (recorded)", f"{median / reference[2]:.2f}", "= ARX" if same else "DIFFERS FROM ARX"
 
 
+def load_average() -> str:
+    """The 1-minute load average: timings on a machine shared with other benchmarks are only read beside it."""
+    path = Path("/proc/loadavg")
+    return path.read_text().split()[0] if path.exists() else "n/a"
+
+
 def one_million_lines() -> list[str]:
     """The 1M-row table, measured in a child process so that its peak memory is its own."""
     child = subprocess.run(
@@ -191,6 +197,7 @@ def main() -> None:
         one_million_child()
         return
     runs = args.runs or (7 if args.full else 3)
+    load_at_start = load_average()
     df = load_adult_arx()
     arx = open_arx(df, args.arx_src, runs) if args.arx else None
     compiled = warm_up()  # part of the warm-up: load the numba kernels (about 0.5 s once per process)
@@ -230,7 +237,7 @@ def main() -> None:
     header = [
         f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.machine()} with {os.cpu_count()} CPUs, "
         f"Python {platform.python_version()}, numba {'on' if compiled else 'not installed'}, load average "
-        f"{Path('/proc/loadavg').read_text().split()[0] if Path('/proc/loadavg').exists() else 'n/a'} at the end; "
+        f"{load_at_start} at the start and {load_average()} at the end; "
         f"median of {runs} timed runs per configuration after a warm-up; command: `.venv/bin/python {command}`. "
         "*median s*: default settings in a warm process (compiled kernels loaded); *numpy s*: "
         "`PPML_ANONYMIZATION_JIT=off`, the path a one-shot process takes for problems of this size (it avoids the "
