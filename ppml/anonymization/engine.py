@@ -29,6 +29,10 @@ from ppml.anonymization.search import heuristic_search, optimal_search
 from ppml.anonymization.stability import prefer_previous
 from ppml.errors import PPMLError, input_error
 
+#: pandas' default string dtype ("str"), resolved once: resolving the name walks pandas' dtype registry, which cost
+#: about 0.1 ms per generalized column of every release (issue 15: fixed per-call overhead)
+_STR_DTYPE = pd.array([""], dtype="str").dtype
+
 __all__ = ["AnonymizationConfig", "AnonymizationResult", "anonymize"]
 
 MAX_HISTOGRAM_CELLS = 60_000_000
@@ -368,5 +372,5 @@ def _release(df: pd.DataFrame, encoded: _Encoded, levels: np.ndarray, keep_rows:
             continue
         codes = encoded.row_codes[i] if everything else encoded.row_codes[i][keep_rows]
         taken = pc.take(attribute.label_arrays[level], pa.array(attribute.leaf_to_level32[level][codes]))
-        out[attribute.name] = pd.array(taken, dtype="str")
+        out[attribute.name] = pd.array(taken, dtype=_STR_DTYPE)
     return out.reset_index(drop=True)
