@@ -1,7 +1,8 @@
 """The federated model's gate: the policy's requirements checked on what the sites and the ledger report.
 
-The evaluation engines run *inside each site* on the site's own test split and training records (utility and
-the loss-threshold membership-inference attack, ppml.evaluation), so no pooled test set is needed; the gate then
+The evaluation engines run *inside each site* on the site's own test split and training records (utility, the
+FPR/FNR gap between protected groups and the loss-threshold membership-inference attack, ppml.evaluation), so no
+pooled test set is needed; the gate then
 requires every site to meet the objectives (the model is deployed to all of them) and every site's ledger charge
 to stay within the policy's epsilon.
 """
@@ -54,4 +55,13 @@ def federated_requirements(policy: Policy, outcome: FederatedOutcome) -> list[Re
             ),
             _at_most("epsilon", site.name, plan.epsilon, policy.privacy.epsilon),
         ]
+        if policy.schema_.protected_attributes:  # as the central gate: the gap beyond the groups' intervals
+            verdicts.append(
+                _at_most(
+                    "max_group_error_rate_gap",
+                    site.name,
+                    metrics.get("group_error_rate_gap"),
+                    policy.objectives.max_group_error_rate_gap,
+                )
+            )
     return verdicts
