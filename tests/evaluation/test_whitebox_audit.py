@@ -120,6 +120,7 @@ def test_max_certifiable_grows_with_canaries() -> None:
         (WhiteBoxSettings(n_canaries=5), "n_canaries"),
         (WhiteBoxSettings(sample_rate=1.0), "sample_rate"),
         (WhiteBoxSettings(canary_norm_factor=0.5), "canary_norm_factor"),
+        (WhiteBoxSettings(batches_per_epoch=1), "batches_per_epoch"),
     ],
 )
 def test_bad_whitebox_settings_are_refused(adult, settings: WhiteBoxSettings, field: str) -> None:
