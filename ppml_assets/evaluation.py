@@ -21,15 +21,13 @@ from ppml.evaluation import (
     utility_report,
 )
 from ppml.evaluation.audit_whitebox import WhiteBoxSettings, run_whitebox_audit
+from ppml.evaluation.charged_audit import ChargedAuditTraining
 from ppml.evaluation.charged_reference import ChargedReferenceTraining
-from ppml.ledger import DataScope, LifetimeBudget, PrivacyLedger
-from ppml.ledger.spend import LedgerSpendSink
+from ppml.ledger import LifetimeBudget
 from ppml.preparation import prepare_like_training
 from ppml.tracking_evidence import log_audit_run
-from ppml.training import TabularSplit, plan_dp_training, train_dp
+from ppml.training import TabularSplit, train_dp
 from ppml.training.accountable import train_within_budget
-from ppml.training.config import fingerprint
-from ppml.training.planning import planned_run
 from ppml_assets.common import (
     attack_row,
     data_scope,
@@ -359,7 +357,7 @@ def privacy_audit(
                 training,
                 dp_config(loaded, splits["train"].n),
                 settings=WhiteBoxSettings(n_canaries=gradient_canaries, seed=loaded.policy.training.seed),
-                train_fn=_ledger_charged_train(store, scope, lifetime, context.run.run_id),
+                train_fn=ChargedAuditTraining(store, scope, lifetime, context.run.run_id),
             )
             audit["whitebox"] = whitebox.to_dict()
     finally:
@@ -397,26 +395,3 @@ def _audit_metadata(audit: dict) -> dict:
             "whitebox_mechanism_checks": MetadataValue.json(whitebox["mechanism_checks"]),
         }
     return metadata
-
-
-def _ledger_charged_train(store: PrivacyLedger, scope: DataScope, lifetime: LifetimeBudget, dagster_run_id: str):  # type: ignore[no-untyped-def]
-    """The white-box audit run through the ledger's reservation path: reserve its planned spend (or be refused),
-    pre-charge before the steps, complete with the epsilon of the noise actually added."""
-
-    def train(split: TabularSplit, audit_config, dp, *, step_hook):  # type: ignore[no-untyped-def]
-        plan = plan_dp_training(split.n, audit_config, dp)
-        planned = planned_run(0, split, audit_config, dp, plan, described={"purpose": "white-box audit"})
-        key = fingerprint("white-box audit", scope, split.record_set_hash(), audit_config, dp, dagster_run_id)
-        reservation = store.reserve(scope, [planned], lifetime, request_key=key, dagster_run_id=dagster_run_id)
-        run_id = reservation.run_ids[0]
-        try:
-            model = train_dp(split, audit_config, dp, spend_sink=LedgerSpendSink(store, run_id), step_hook=step_hook)
-        except BaseException as error:
-            store.fail_run(run_id, f"{type(error).__name__}: {error}"[:2000])
-            store.finish_request(reservation.request_id, selected_run_id=None, status="failed")
-            raise
-        store.complete_run(run_id, steps=model.steps, epsilon=float(model.epsilon_charged or 0.0))
-        store.finish_request(reservation.request_id, selected_run_id=run_id)
-        return model
-
-    return train

@@ -20,6 +20,7 @@ from dagster import (
     asset_check,
 )
 
+from ppml.federated.audit import audit_sites
 from ppml.federated.gate import federated_requirements
 from ppml.federated.report import federated_evidence, write_federated_report
 from ppml.federated.runner import run_federation
@@ -119,7 +120,8 @@ def federated_model(
     mlflow: MlflowResource,
 ) -> dict:
     """A SuperLink and one SuperNode per site on loopback run ppml's Flower App; every site's ledger scope is
-    pre-charged first; the model is gated per site, logged to MLflow and registered (promoted only if passed)."""
+    pre-charged first; with example-level DP each site then audits the mechanism on its own records (charged to
+    its scope); the model is gated per site, logged to MLflow and registered (promoted only if passed)."""
     from ppml_assets.common import open_ledger
 
     loaded = policy.load()
@@ -140,6 +142,9 @@ def federated_model(
             dagster_run_id=context.run_id,
             audit_server_opens=Path(audit) if (audit := os.environ.get(AUDIT_SERVER_OPENS_ENV)) else None,
         )
+        outcome.audits = audit_sites(  # each site's white-box audit, charged to its own scope, before the gate
+            loaded, sites, outcome, store, request_key=context.run_id, dagster_run_id=context.run_id
+        )
     finally:
         store.close()
     verdicts = federated_requirements(loaded.policy, outcome)
@@ -158,6 +163,7 @@ def federated_model(
             "requirements": MetadataValue.json([v.to_dict() for v in verdicts]),
             "site_metrics": MetadataValue.json(outcome.history.get("site_metrics", {})),
             "site_epsilon": MetadataValue.json({s: round(p.epsilon, 6) for s, p in outcome.plans.items()}),
+            "site_audits": MetadataValue.json({s: a.get("message", a.get("error")) for s, a in outcome.audits.items()}),
             "rounds": MetadataValue.json(outcome.history.get("rounds", [])),
             "seconds": outcome.history.get("seconds", 0.0),
         }

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from ppml.errors import PPMLError
 from ppml.federated.accounting import book_sites, client_level_plan, example_level_plan, settle_sites, site_scope
 from ppml.federated.runner import run_federation
-from ppml.federated.site_prep import FEATURES_FILE, SitePreparation, prepare_site
+from ppml.federated.site_prep import FEATURES_FILE, GROUPS_FILE, SitePreparation, prepare_site
 from ppml.federated.sites import assign_sites, split_summary, write_federated_landing_zones
 from ppml.landing_zone import landing_days, landing_file, synthesize_records
 from ppml.ledger import BudgetExceededError, LifetimeBudget, PrivacyLedger
@@ -107,6 +110,9 @@ def test_every_site_is_prepared_by_its_own_checks(prepared_sites: tuple[Path, Pa
         assert (folder / FEATURES_FILE).stat().st_mode & 0o077 == 0
         features = pd.read_parquet(folder / FEATURES_FILE)
         assert not {"record_id", "name", "ssn", "email"} & set(features.columns), site
+        groups = pd.read_parquet(folder / GROUPS_FILE)  # the site's own per-group evaluation reads it
+        assert (folder / GROUPS_FILE).stat().st_mode & 0o077 == 0 and len(groups) == len(features)
+        assert list(groups["split"]) == list(features["split"]) and {"sex", "race"} <= set(groups.columns)
 
 
 def test_a_site_whose_checks_fail_is_refused(tmp_path: Path, prepared_sites: tuple[Path, Path, dict]) -> None:
@@ -229,15 +235,25 @@ def test_gate_and_report_have_a_section_per_site(
     fed = loaded.policy.training.federation
     preps = {name: SitePreparation.read(folder) for name, folder in dirs.items()}
     plans = {name: example_level_plan(name, p.rows["train"], fed, 1.0, 1e-5, "prv") for name, p in preps.items()}
-    good = {"test_accuracy": 0.85, "test_roc_auc": 0.9, "mia_auc": 0.51, "test_records": 200.0}
+    good = {
+        "test_accuracy": 0.85,
+        "test_roc_auc": 0.9,
+        "mia_auc": 0.51,
+        "test_records": 200.0,
+        "group_error_rate_gap": 0.0,
+    }
     history = {"rounds": [{"round": 1, "results": 2, "failures": 1}], "site_metrics": {"north": good, "south": good}}
     outcome = FederatedOutcome([], [], plans, {"north": 5, "south": 5, "east": 0}, history, {"north": "r1"})
+    passed_audit = {"epsilon_lower_bound": 0.1, "claimed_epsilon": 1.0, "alarm": False, "message": "ok"}
+    outcome.audits = {"north": passed_audit, "south": passed_audit}  # east's audit did not run
     verdicts = federated_requirements(loaded.policy, outcome)
     assert all(v.passed for v in verdicts if v.scope != "east")
     assert [v.requirement for v in verdicts if v.scope == "east" and not v.passed] == [
         "min_accuracy",
         "min_roc_auc",
         "max_membership_inference_auc",
+        "max_group_error_rate_gap",
+        "whitebox_epsilon_within_claim",
     ]
     evidence = federated_evidence(loaded, preps, outcome, verdicts, {"registered_model": "m", "version": 1})
     assert evidence["federation"]["passed"] is False and [s["name"] for s in evidence["sites"]] == SITES
@@ -245,3 +261,106 @@ def test_gate_and_report_have_a_section_per_site(
     html = html_path.read_text()
     assert all(f"Site {name}" in html for name in SITES) and "not promoted" in html
     assert json_path.stat().st_mode & 0o077 == 0 and "feature_names" not in json_path.read_text()
+
+
+def test_each_site_measures_the_group_error_rate_gap_and_the_gate_can_refuse(
+    prepared_sites: tuple[Path, Path, dict[str, Path]], tmp_path: Path
+) -> None:
+    """The central gate's FPR/FNR rule inside a site: a model that predicts ">50K" for every man and for no woman
+    has the largest possible gap; only the gaps leave the site; a gap over the limit refuses promotion."""
+    from ppml.federated.gate import federated_requirements
+    from ppml.federated.local_training import evaluate_site, load_site_groups, load_site_splits, new_model
+    from ppml.federated.runner import FederatedOutcome
+    from ppml.federated.tracking import log_federated_run
+
+    _, policy_path, dirs = prepared_sites
+    loaded = load_policy(policy_path)
+    names = sorted({n for folder in dirs.values() for n in SitePreparation.read(folder).feature_names})
+    splits = load_site_splits(dirs["south"], names)
+    model = new_model([], len(names), seed=0)  # logistic: the "sex=Male" column alone decides
+    with torch.no_grad():
+        model[0].weight.zero_()
+        model[0].weight[1, names.index("sex=Male")] = 10.0
+        model[0].bias.copy_(torch.tensor([1.0, 0.0]))
+    fair = evaluate_site(model, splits, seed=0, groups=load_site_groups(dirs["south"], "test"))
+    assert fair["group_error_rate_gap"] == 0.0  # 25 women in the test split: too few to compare (suppressed)
+    assert set(fair) >= {"group_error_rate_gap", "group_error_rate_gap_point", "test_accuracy"}
+    on_train = {**splits, "test": splits["train"]}  # enough people of each sex in the training split
+    biased = evaluate_site(model, on_train, seed=0, groups=load_site_groups(dirs["south"], "train"))
+    assert biased["group_error_rate_gap"] > 0.8 and biased["group_error_rate_gap_point"] == pytest.approx(1.0)
+    assert all(isinstance(v, float) for v in biased.values())  # aggregates only
+    fed = loaded.policy.training.federation
+    plans = {s: example_level_plan(s, 600, fed, 1.0, 1e-5, "prv") for s in SITES}
+    good = {"test_accuracy": 0.85, "test_roc_auc": 0.9, "mia_auc": 0.5, "group_error_rate_gap": 0.0}
+    metrics = {"north": good, "east": good, "south": {**good, "group_error_rate_gap": biased["group_error_rate_gap"]}}
+    audit = {"epsilon_lower_bound": 0.1, "claimed_epsilon": 1.0, "alarm": False, "message": "ok"}
+    outcome = FederatedOutcome(
+        [np.zeros(2)],
+        names,
+        plans,
+        dict.fromkeys(SITES, 1),
+        {"site_metrics": metrics},
+        audits=dict.fromkeys(SITES, audit),
+    )
+    verdicts = federated_requirements(loaded.policy, outcome)
+    failed = [(v.scope, v.requirement) for v in verdicts if not v.passed]
+    assert failed == [("south", "max_group_error_rate_gap")]
+    assert [v.scope for v in verdicts if v.requirement == "max_group_error_rate_gap"] == SITES
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.create_experiment("fed", artifact_location=(tmp_path / "artifacts").as_uri())
+    registry = log_federated_run(client, experiment, loaded, outcome, verdicts)
+    assert registry["promoted"] is False
+    logged = client.get_run(registry["mlflow_run_id"]).data.metrics
+    assert logged["south.group_error_rate_gap"] == pytest.approx(biased["group_error_rate_gap"])
+
+
+def test_each_site_audits_its_mechanism_charged_to_its_scope(
+    prepared_sites: tuple[Path, Path, dict[str, Path]], tmp_path: Path
+) -> None:
+    """Example-level DP: each site's white-box audit runs on its own records with its own sample rate and epochs,
+    is charged to its own ledger scope (pre-charged, completed), and the gate holds its verdict: a site whose
+    audit run adds no noise (a planted bug) raises the alarm and fails the gate; a refused audit fails it too."""
+    from ppml.evaluation.planted_bugs import PlantedBug, planted_bug
+    from ppml.federated.audit import AUDIT_PURPOSE, audit_sites
+    from ppml.federated.gate import federated_requirements
+    from ppml.federated.report import federated_evidence, write_federated_report
+    from ppml.federated.runner import FederatedOutcome, plan_sites
+
+    _, _, dirs = prepared_sites  # the same sites, with two rounds of one local epoch: fewer audit steps
+    loaded = load_policy(federated_policy(tmp_path / "policy", rounds=2, local_epochs=1))
+    preps = {name: SitePreparation.read(folder) for name, folder in dirs.items()}
+    plans = plan_sites(loaded, list(preps.values()))
+    names = sorted({n for prep in preps.values() for n in prep.feature_names})
+    outcome = FederatedOutcome([], names, plans, dict.fromkeys(SITES, 5), {"site_metrics": {}})
+    ledger = PrivacyLedger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    faults = {"east": planted_bug(PlantedBug.NOISE_X0)}
+    outcome.audits = audit_sites(loaded, dirs, outcome, ledger, request_key="run-1", faults=faults)
+    assert list(outcome.audits) == SITES
+    for site, audit in outcome.audits.items():
+        run = ledger.run(audit["ledger_run"])
+        assert run.status == "completed" and run.partitions == (f"site:{site}",) and run.epsilon_charged > 0.9
+        assert AUDIT_PURPOSE in json.dumps(run.config)
+        spent = ledger.spent(site_scope(loaded.policy.dataset.id, site), plans[site].delta).epsilon
+        if site not in faults:  # (the planted bug's run is charged the epsilon of no noise: infinite)
+            assert spent == pytest.approx(run.epsilon_charged, rel=0.02)  # the audit is the scope's only charge
+        # the site's own mechanism: its planned noise, sample rate and number of steps
+        assert audit["details"]["sample_rate"] == pytest.approx(plans[site].sample_rate)
+        assert audit["details"]["noise_multiplier"] == pytest.approx(plans[site].noise_multiplier)
+        assert audit["steps"] == plans[site].steps
+    assert outcome.audits["east"]["alarm"] and outcome.audits["east"]["mechanism_checks"]["noise"]["p_value"] < 1e-3
+    verdicts = {(v.scope, v.requirement): v for v in federated_requirements(loaded.policy, outcome)}
+    for site in SITES:
+        verdict = verdicts[(site, "whitebox_epsilon_within_claim")]
+        assert verdict.passed is (not outcome.audits[site]["alarm"])
+        assert verdict.measured == outcome.audits[site]["epsilon_lower_bound"]
+    assert not verdicts[("east", "whitebox_epsilon_within_claim")].passed
+    evidence = federated_evidence(loaded, preps, outcome, list(verdicts.values()), {"version": 1})
+    html = write_federated_report(evidence, tmp_path / "report")[1].read_text()
+    assert "White-box audit" in html and outcome.audits["north"]["ledger_run"] in html
+    assert "projections" not in json.dumps(evidence)  # aggregates only: no per-canary scores
+    privacy = loaded.policy.privacy.model_copy(update={"lifetime_epsilon_budget": 1.0})  # a scope holds ~1
+    refused = loaded.model_copy(update={"policy": loaded.policy.model_copy(update={"privacy": privacy})})
+    again = audit_sites(refused, dirs, outcome, ledger, request_key="run-2")
+    assert "budget" in again["north"]["error"].lower() and again["north"]["ledger_run"] is None

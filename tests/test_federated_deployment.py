@@ -86,8 +86,33 @@ def test_federation_trains_gates_and_registers_with_per_site_charges(federated_r
         run = ledger.run(model["ledger_runs"][site])
         assert run.status == "completed" and run.partitions == (f"site:{site}",)
         assert 0 < run.epsilon_charged <= loaded.policy.privacy.epsilon
+        audit = ledger.run(model["audits"][site]["ledger_run"])  # the site's white-box audit: its own scope
+        assert audit.status == "completed" and audit.partitions == (f"site:{site}",) and audit.epsilon_charged > 0
         spent = ledger.spent(site_scope(loaded.policy.dataset.id, site), 1e-5).epsilon
-        assert spent == pytest.approx(run.epsilon_charged, rel=0.02)
+        assert run.epsilon_charged < spent <= run.epsilon_charged + audit.epsilon_charged + 1e-6  # both, composed
+
+
+def test_each_site_gates_its_group_error_rates_and_its_audit(federated_run: dict) -> None:
+    """Per site: the FPR/FNR gap between protected groups (measured inside the site) and the white-box audit of
+    its DP-SGD (run on its records); the gate holds both verdicts, and promotion follows every verdict."""
+    model = federated_run["result"].output_for_node("federated_model")
+    verdicts = {(r["scope"], r["requirement"]): r for r in model["requirements"]}
+    for site in SITES:
+        metrics = model["history"]["site_metrics"][site]
+        gap = verdicts[(site, "max_group_error_rate_gap")]
+        assert gap["measured"] == metrics["group_error_rate_gap"] and "group_error_rate_gap_point" in metrics
+        audit, verdict = model["audits"][site], verdicts[(site, "whitebox_epsilon_within_claim")]
+        assert verdict["passed"] is (not audit["alarm"]) and verdict["measured"] == audit["epsilon_lower_bound"]
+    assert model["registry"]["promoted"] is all(r["passed"] for r in model["requirements"])
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{federated_run['home'] / 'mlflow.db'}")
+    logged = client.get_run(model["registry"]["mlflow_run_id"]).data.metrics
+    assert {f"{s}.group_error_rate_gap" for s in SITES} | {f"{s}.audit_epsilon_lower_bound" for s in SITES} <= set(
+        logged
+    )
+    html = Path(model["report"]).read_text()
+    assert html.count("White-box audit (on the site's own training records") == len(SITES)
 
 
 def test_the_server_side_opens_no_site_file(federated_run: dict) -> None:

@@ -77,6 +77,9 @@ class WhiteBoxSettings:
     confidence: float = 0.95
     mechanism_alpha: float = 1e-3
     seed: int = 0
+    #: When set, the batch size that makes exactly this many batches per epoch (rate 1 / batches_per_epoch) instead
+    #: of ``sample_rate``: a federated site's audit reproduces the site's planned rate whatever the canary count.
+    batches_per_epoch: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
@@ -244,7 +247,10 @@ def run_whitebox_audit(
     _check_settings(settings)
     split, canaries, base_records, n_parameters = _canary_split(train, config, dp, settings)
     m = canaries.m
-    batch = max(1, round(settings.sample_rate * split.n))
+    if settings.batches_per_epoch is None:
+        batch = max(1, round(settings.sample_rate * split.n))
+    else:
+        batch = math.ceil(split.n / settings.batches_per_epoch)
     audit_config = dataclasses.replace(config, epochs=settings.epochs, batch_size=batch, device="cpu")
     hook = canaries if fault is None else ChainedHooks([fault, canaries])
     model = (train_fn or train_dp)(split, audit_config, dp, step_hook=hook)
@@ -329,6 +335,8 @@ def whitebox_verdict(result: WhiteBoxResult) -> Verdict:
 def _check_settings(settings: WhiteBoxSettings) -> None:
     if settings.n_canaries < 10:
         raise input_error(SOURCE, "n_canaries", f"{settings.n_canaries}", "use at least 10 (2000 recommended)")
+    if settings.batches_per_epoch is not None and settings.batches_per_epoch < 2:
+        raise input_error(SOURCE, "batches_per_epoch", f"{settings.batches_per_epoch}", "use at least 2 (rate 1/2)")
     if not 0 < settings.sample_rate < 1:
         raise input_error(SOURCE, "sample_rate", f"{settings.sample_rate}", "use a rate in (0, 1), e.g. 0.2")
     if not (math.isfinite(settings.canary_norm_factor) and settings.canary_norm_factor >= 1):

@@ -66,10 +66,11 @@ class SiteClient(NumPyClient):
         return get_weights(model), weight, {"steps": steps}
 
     def evaluate(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[float, int, dict]:
-        from ppml.federated.local_training import evaluate_site, load_site_splits
+        from ppml.federated.local_training import evaluate_site, load_site_groups, load_site_splits
 
         splits = load_site_splits(self.site_dir, self.config.feature_names)
-        metrics = evaluate_site(self._model(parameters), splits, self.config.seed)
+        groups = load_site_groups(self.site_dir, "test")
+        metrics = evaluate_site(self._model(parameters), splits, self.config.seed, groups)
         return 1.0 - metrics["test_accuracy"], int(metrics["test_records"]), {**metrics, "site": self.site}
 
 

@@ -1,9 +1,12 @@
 """The federated model's gate: the policy's requirements checked on what the sites and the ledger report.
 
-The evaluation engines run *inside each site* on the site's own test split and training records (utility and
-the loss-threshold membership-inference attack, ppml.evaluation), so no pooled test set is needed; the gate then
+The evaluation engines run *inside each site* on the site's own test split and training records (utility, the
+FPR/FNR gap between protected groups and the loss-threshold membership-inference attack, ppml.evaluation), so no
+pooled test set is needed; the gate then
 requires every site to meet the objectives (the model is deployed to all of them) and every site's ledger charge
-to stay within the policy's epsilon.
+to stay within the policy's epsilon. With example-level DP and ``evaluation.gradient_canaries``, each site's
+white-box audit (ppml.federated.audit) must not refute the site's claimed privacy curve, as the central gate
+requires of the central audit; a site whose audit did not run fails.
 """
 
 from __future__ import annotations
@@ -35,10 +38,19 @@ def _at_most(name: str, scope: str, value: float | None, limit: float) -> Requir
     return Requirement(name, scope, value, limit, value is not None and value <= limit + 1e-9)
 
 
+def _audit_requirement(site: str, audit: dict[str, Any] | None, epsilon: float) -> Requirement:
+    """The audit's lower bound against its claimed epsilon; fails on an alarm (bound or mechanism check)."""
+    if not audit or "epsilon_lower_bound" not in audit:
+        return Requirement("whitebox_epsilon_within_claim", site, None, epsilon, False)
+    bound, claimed = float(audit["epsilon_lower_bound"]), float(audit["claimed_epsilon"])
+    return Requirement("whitebox_epsilon_within_claim", site, bound, claimed, not audit["alarm"])
+
+
 def federated_requirements(policy: Policy, outcome: FederatedOutcome) -> list[Requirement]:
     """One verdict per requirement and site (a site that did not evaluate fails every utility requirement)."""
     fed = policy.training.federation
     assert fed is not None
+    audit_required = fed.dp_mode == "example" and policy.evaluation.gradient_canaries > 0
     verdicts = []
     for site in fed.sites:
         metrics = outcome.history.get("site_metrics", {}).get(site.name, {})
@@ -54,4 +66,15 @@ def federated_requirements(policy: Policy, outcome: FederatedOutcome) -> list[Re
             ),
             _at_most("epsilon", site.name, plan.epsilon, policy.privacy.epsilon),
         ]
+        if policy.schema_.protected_attributes:  # as the central gate: the gap beyond the groups' intervals
+            verdicts.append(
+                _at_most(
+                    "max_group_error_rate_gap",
+                    site.name,
+                    metrics.get("group_error_rate_gap"),
+                    policy.objectives.max_group_error_rate_gap,
+                )
+            )
+        if audit_required:
+            verdicts.append(_audit_requirement(site.name, outcome.audits.get(site.name), plan.epsilon))
     return verdicts

@@ -20,9 +20,10 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from ppml.errors import input_error
+from ppml.evaluation.error_rates import group_error_rates
 from ppml.evaluation.membership_inference import loss_threshold_attack
 from ppml.evaluation.utility import evaluate_utility
-from ppml.federated.site_prep import FEATURES_FILE
+from ppml.federated.site_prep import FEATURES_FILE, GROUPS_FILE
 from ppml.preparation import LABEL_COLUMN, SPLIT_COLUMN
 from ppml.training.config import ModelSpec
 from ppml.training.models import build_model
@@ -46,6 +47,17 @@ def load_site_splits(site_dir: Path, feature_names: list[str]) -> dict[str, Spli
         name: Split(aligned[(frame[SPLIT_COLUMN] == name).to_numpy()], labels[(frame[SPLIT_COLUMN] == name).to_numpy()])
         for name in ("train", "validation", "test")
     }
+
+
+def load_site_groups(site_dir: Path, split: str = "test") -> dict[str, list[str]]:
+    """The protected attributes' values of one split's rows, aligned with :func:`load_site_splits` (empty for a
+    site prepared before the groups were kept: its group requirement then fails as not measured)."""
+    path = Path(site_dir) / GROUPS_FILE
+    if not path.is_file():
+        return {}
+    frame = pd.read_parquet(path)
+    rows = frame[frame[SPLIT_COLUMN] == split]
+    return {column: rows[column].astype(str).tolist() for column in frame.columns if column != SPLIT_COLUMN}
 
 
 def new_model(hidden_sizes: list[int], n_features: int, seed: int) -> nn.Sequential:
@@ -136,11 +148,21 @@ class TorchScorer:
             return torch.softmax(self.model(torch.from_numpy(X)), dim=1)[:, 1].numpy()
 
 
-def evaluate_site(model: nn.Module, splits: dict[str, Split], seed: int) -> dict[str, float]:
-    """Aggregates only: utility on the site's test split, loss-threshold MIA of train versus test records."""
+def evaluate_site(
+    model: nn.Module, splits: dict[str, Split], seed: int, groups: dict[str, list[str]] | None = None
+) -> dict[str, float]:
+    """Aggregates only: utility on the site's test split, the central gate's FPR/FNR gap between the protected
+    groups of that split (``groups``: :func:`load_site_groups`), loss-threshold MIA of train versus test records.
+
+    Only the gaps leave the site, not the groups' rates: a rate of a small group of one site is a small cell."""
     scorer = TorchScorer(model)
-    report = evaluate_utility(scorer, splits["test"], name="federated", n_resamples=50, seed=seed).to_dict()
+    measured = evaluate_utility(scorer, splits["test"], name="federated", groups=groups or None, seed=seed)
+    report = measured.to_dict()
     metrics = {f"test_{k}": float(report["metrics"][k]["value"]) for k in ("accuracy", "roc_auc")}
+    if measured.groups:
+        rates = group_error_rates(measured)
+        metrics["group_error_rate_gap"] = float(rates.largest_evidenced_gap)  # what the gate judges
+        metrics["group_error_rate_gap_point"] = float(rates.largest_gap)
     attack = loss_threshold_attack(scorer, splits["train"], splits["test"], name="federated", seed=seed)
     metrics["mia_auc"] = float(attack.roc_auc)
     metrics["test_records"] = float(len(splits["test"].y))

@@ -40,6 +40,7 @@ def federated_evidence(
                 "ledger_run": outcome.ledger_runs.get(site.name),
                 "rounds_done": outcome.rounds_done.get(site.name, 0),
                 "metrics": outcome.history.get("site_metrics", {}).get(site.name, {}),
+                "audit": _audit_summary(outcome.audits.get(site.name)),
                 "requirements": [v.to_dict() for v in verdicts if v.scope == site.name],
             }
         )
@@ -61,6 +62,24 @@ def federated_evidence(
         },
         "sites": sites,
     }
+
+
+def _audit_summary(audit: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The audit's verdict and bound, its mechanism checks and its ledger run (not its per-canary details)."""
+    if audit is None:
+        return None
+    keys = (
+        *("epsilon_lower_bound", "claimed_epsilon", "max_achievable_bound", "alarm", "message", "canaries"),
+        *("mechanism_checks", "error", "site_mechanism", "ledger_run"),
+    )
+    summary = {k: audit[k] for k in keys if k in audit}
+    details = audit.get("details", {})
+    summary["audit_mechanism"] = {
+        "noise_multiplier": details.get("noise_multiplier"),
+        "sample_rate": details.get("sample_rate"),
+        "steps": audit.get("steps"),
+    }
+    return summary
 
 
 def write_federated_report(evidence: dict[str, Any], directory: Path) -> tuple[Path, Path]:

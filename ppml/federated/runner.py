@@ -42,6 +42,9 @@ class FederatedOutcome:
     rounds_done: dict[str, int]
     history: dict[str, Any]
     ledger_runs: dict[str, str] = field(default_factory=dict)
+    audits: dict[str, dict[str, Any]] = field(
+        default_factory=dict
+    )  # site -> its white-box audit (ppml.federated.audit)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -49,6 +52,7 @@ class FederatedOutcome:
             "rounds_done": self.rounds_done,
             "history": self.history,
             "ledger_runs": self.ledger_runs,
+            "audits": self.audits,
             "features": len(self.feature_names),
         }
 

@@ -33,6 +33,9 @@ from ppml.preparation import LABEL_COLUMN, SPLIT_COLUMN, SPLITS, SplitRatios, cl
 from ppml.private_files import private_dir
 
 FEATURES_FILE = "features.parquet"
+#: The protected attributes' (released) values of every row of FEATURES_FILE, same order: the site's own per-group
+#: error rates need them; they never leave the site (only the gaps do).
+GROUPS_FILE = "groups.parquet"
 SUMMARY_FILE = "summary.json"
 
 
@@ -150,7 +153,8 @@ def prepare_site(
     source = f"site {site.name}"
     prep = SitePreparation(site=site.name, passed=True)
     site_dir = private_dir(Path(site_dir))
-    (site_dir / FEATURES_FILE).unlink(missing_ok=True)  # a refused site must not keep an earlier run's features
+    for name in (FEATURES_FILE, GROUPS_FILE):  # a refused site must not keep an earlier run's features
+        (site_dir / name).unlink(missing_ok=True)
     raw = collect_site(site_reader(site, workspace), days, loaded)
     suite = raw_records_suite(policy, raw)
     if _check(prep, "raw_records_expectations", suite.success, suite.summary()):
@@ -196,6 +200,18 @@ def _features(loaded: LoadedPolicy, anonymized: pd.DataFrame, prep: SitePreparat
     prep.positive_rate = round(float(matrix.features[LABEL_COLUMN].mean()), 4)
     path = site_dir / FEATURES_FILE
     matrix.features.to_parquet(path, index=False)
+    os.chmod(path, 0o600)
+    _write_groups(loaded, cleaned, site_dir)
+
+
+def _write_groups(loaded: LoadedPolicy, cleaned: pd.DataFrame, site_dir: Path) -> None:
+    """Protected-attribute values aligned with the features' rows (encode_features keeps the cleaned order), as
+    the central evaluation reads them from cleaned_records."""
+    present = [a for a in loaded.policy.schema_.protected_attributes if a in cleaned.columns]
+    groups = cleaned[present].astype(str).reset_index(drop=True)
+    groups[SPLIT_COLUMN] = cleaned[SPLIT_COLUMN].to_numpy()
+    path = site_dir / GROUPS_FILE
+    groups.to_parquet(path, index=False)
     os.chmod(path, 0o600)
 
 

@@ -48,6 +48,12 @@ def log_federated_run(
     for site, plan in outcome.plans.items():
         client.log_metric(run_id, f"{site}.epsilon", plan.epsilon)
         client.log_metric(run_id, f"{site}.rounds_done", outcome.rounds_done.get(site, 0))
+    for site, audit in outcome.audits.items():
+        if "epsilon_lower_bound" in audit:
+            client.log_metric(run_id, f"{site}.audit_epsilon_lower_bound", float(audit["epsilon_lower_bound"]))
+            if "max_achievable_bound" in audit:
+                client.log_metric(run_id, f"{site}.audit_max_achievable_bound", float(audit["max_achievable_bound"]))
+            client.log_metric(run_id, f"{site}.audit_alarm", float(bool(audit["alarm"])))
     client.log_metric(run_id, "federation.seconds", float(outcome.history.get("seconds", 0.0)))
     passed = all(v.passed for v in verdicts)
     with tempfile.TemporaryDirectory() as folder:

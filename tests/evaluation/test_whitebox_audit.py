@@ -120,6 +120,7 @@ def test_max_certifiable_grows_with_canaries() -> None:
         (WhiteBoxSettings(n_canaries=5), "n_canaries"),
         (WhiteBoxSettings(sample_rate=1.0), "sample_rate"),
         (WhiteBoxSettings(canary_norm_factor=0.5), "canary_norm_factor"),
+        (WhiteBoxSettings(batches_per_epoch=1), "batches_per_epoch"),
     ],
 )
 def test_bad_whitebox_settings_are_refused(adult, settings: WhiteBoxSettings, field: str) -> None:
@@ -220,13 +221,13 @@ def test_second_data_set_health_insurance() -> None:
 def test_pipeline_whitebox_run_is_charged_to_the_ledger(adult, tmp_path) -> None:
     """privacy_audit's white-box run goes through the ledger's reservation path: reserved, then charged the
     epsilon of the noise it added; with the budget spent it is refused before any step runs."""
+    from ppml.evaluation.charged_audit import ChargedAuditTraining
     from ppml.ledger import BudgetExceededError, DataScope, LifetimeBudget, PrivacyLedger
-    from ppml_assets.evaluation import _ledger_charged_train
 
     ledger = PrivacyLedger(f"sqlite:///{tmp_path / 'ledger.db'}")
     scope = DataScope("adult-people")
     try:
-        train = _ledger_charged_train(ledger, scope, LifetimeBudget(1.1, 1e-5), "run-1")
+        train = ChargedAuditTraining(ledger, scope, LifetimeBudget(1.1, 1e-5), "run-1")
         dp = DPConfig(target_epsilon=1.0, target_delta=1e-5, dp_seed=3)
         settings = WhiteBoxSettings(n_canaries=500, max_base_records=500)
         result = run_whitebox_audit(adult.rows(np.arange(1000)), CONFIG, dp, settings=settings, train_fn=train)
