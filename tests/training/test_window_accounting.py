@@ -118,3 +118,31 @@ def test_the_weekly_bench_policies_follow_the_rule(tmp_path: Path) -> None:
     assert bundled.evaluation.gradient_canaries > 0  # the white-box audit still runs and is charged
     repeated = load_policy(bench.write_policy(tmp_path / "repeated", "repeated", 90)).policy
     assert repeated.privacy.privacy_unit == "subject" and repeated.privacy.record_accounting == "dataset"
+
+
+def test_the_weekly_bench_holds_people_out_and_renders_its_table(tmp_path: Path) -> None:
+    """The held-out people never land (bundled: a seeded share of the people; repeated: Adult rows that are not
+    the variant's people), and ``--render`` turns a ``--json`` file into the documented summary and table."""
+    import json
+
+    from ppml.landing_zone import synthesize_records
+    from ppml.landing_zone_repeated import synthesize_repeated_subject_records
+
+    bench = _weekly_bench()
+    landing, held_out = bench._hold_out_people(synthesize_records(days=30))
+    assert set(landing["record_id"]).isdisjoint(held_out["record_id"])
+    assert abs(len(held_out) / (len(held_out) + len(landing)) - bench.HELD_OUT_FRACTION) < 0.01
+    unused = bench._unused_adult_rows(30)
+    people = synthesize_repeated_subject_records(days=30)
+    columns = ["age", "education", "occupation", "native_country", "fnlwgt"]
+    overlap = unused[columns].merge(people[columns].drop_duplicates(), on=columns)
+    assert len(unused) == bench.HELD_OUT_PEOPLE and len(overlap) < 0.01 * len(unused)  # (Adult has duplicate rows)
+    week = {"week": 1, "as_of": "2025-03-31", "trained": True, "promoted": True, "accuracy": 0.81, "seconds": 60.0}
+    week |= {"ledger_max_subject_epsilon": 1.5, "recomputed_max_subject_epsilon": 1.6, "budget": 8.0}
+    week |= {"held_out_accuracy": {"value": 0.82, "ci_low": 0.81, "ci_high": 0.83}}
+    later = week | {"week": 2, "held_out_accuracy": {"value": 0.80, "ci_low": 0.79, "ci_high": 0.81}}
+    path = tmp_path / "weekly.json"
+    path.write_text(json.dumps({"variant": "bundled", "complete": True, "wall_seconds": 120, "weeks": [week, later]}))
+    bench.main(["--render", str(path)])
+    table = bench.render(json.loads(path.read_text()))
+    assert "2 of 2 weeks trained" in table and "below week 1: [2]" in table and "| 2 | 2025-03-31 |" in table
