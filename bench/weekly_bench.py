@@ -114,10 +114,10 @@ def _unused_adult_rows(days: int) -> Any:
     import numpy as np
 
     from ppml.landing_zone import read_bundled_adult
-    from ppml.landing_zone_repeated import plan_repeated_subjects
+    from ppml.landing_zone_repeated import DEFAULT_SEED, plan_repeated_subjects
 
     adult = read_bundled_adult().drop(columns=["official_split"])
-    plan = plan_repeated_subjects(len(adult), 20260101, days)  # the seed synthesize_repeated_subject_records uses
+    plan = plan_repeated_subjects(len(adult), DEFAULT_SEED, days)  # the variant's own people
     unused = np.setdiff1d(np.arange(len(adult)), plan.base_rows)
     chosen = np.sort(np.random.default_rng(HELD_OUT_SEED).choice(unused, size=HELD_OUT_PEOPLE, replace=False))
     return adult.iloc[chosen].reset_index(drop=True)

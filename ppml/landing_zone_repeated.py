@@ -33,6 +33,8 @@ from ppml.landing_zone import (
 )
 
 MAX_RECORDS_PER_SUBJECT = 20
+#: The variant's seed: which Adult rows are its people (bench/weekly_bench.py holds out the others).
+DEFAULT_SEED = 20260101
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,7 @@ def plan_repeated_subjects(
 
 
 def synthesize_repeated_subject_records(
-    seed: int = 20260101,
+    seed: int = DEFAULT_SEED,
     first_day: date = DEFAULT_FIRST_DAY,
     days: int = DEFAULT_DAYS,
     only_days: list[str] | None = None,
@@ -95,7 +97,7 @@ def synthesize_repeated_subject_records(
 
 
 def write_repeated_subject_landing_zone(
-    root: Path, seed: int = 20260101, days: int = DEFAULT_DAYS
+    root: Path, seed: int = DEFAULT_SEED, days: int = DEFAULT_DAYS
 ) -> LandingZoneSummary:
     """Write the variant as one CSV per day under ``root`` (the layout of the bundled landing zone)."""
     return write_landing_zone(Path(root), synthesize_repeated_subject_records(seed=seed, days=days))

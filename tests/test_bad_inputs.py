@@ -146,6 +146,18 @@ POLICY_CASES: list[tuple[str, Callable[[dict, Path], None], str, str]] = [
     ("MIA AUC below chance", _set("privacy.max_membership_inference_auc", 0.3), "privacy.max_membership", "fix:"),
     ("low FPR above one", _set("privacy.low_fpr", 1.5), "privacy.low_fpr", "fix:"),
     ("DP statistics epsilon inf", _set("privacy.dp_statistics_epsilon", INF), "privacy.dp_statistics", "finite"),
+    (
+        "generalization tolerance above one",
+        _set("privacy.keep_previous_generalization_within", 1.5),
+        "privacy.keep_previous_generalization_within",
+        "fix:",
+    ),
+    (
+        "generalization tolerance negative",
+        _set("privacy.keep_previous_generalization_within", -0.1),
+        "privacy.keep_previous_generalization_within",
+        "fix:",
+    ),
     ("unknown privacy key", _set("privacy.kk", 3), "privacy.kk", "spelling"),
     ("unknown top-level key", _set("privcy", {}), "privcy", "spelling"),
     ("bad name", _set("name", "Bad Name!"), "name", "fix:"),
