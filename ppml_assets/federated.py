@@ -24,6 +24,7 @@ from ppml.federated.audit import audit_sites
 from ppml.federated.gate import federated_requirements
 from ppml.federated.report import federated_evidence, write_federated_report
 from ppml.federated.runner import run_federation
+from ppml.federated.site_lira import lira_sites
 from ppml.federated.site_prep import SitePreparation, prepare_site
 from ppml.federated.sites import write_federated_landing_zones
 from ppml.federated.tracking import log_federated_run
@@ -145,6 +146,9 @@ def federated_model(
         outcome.audits = audit_sites(  # each site's white-box audit, charged to its own scope, before the gate
             loaded, sites, outcome, store, request_key=context.run_id, dagster_run_id=context.run_id
         )
+        outcome.lira = lira_sites(  # each site's offline LiRA, its reference models charged to its own scope
+            loaded, sites, outcome, store, request_key=context.run_id, dagster_run_id=context.run_id
+        )
     finally:
         store.close()
     verdicts = federated_requirements(loaded.policy, outcome)
@@ -164,6 +168,7 @@ def federated_model(
             "site_metrics": MetadataValue.json(outcome.history.get("site_metrics", {})),
             "site_epsilon": MetadataValue.json({s: round(p.epsilon, 6) for s, p in outcome.plans.items()}),
             "site_audits": MetadataValue.json({s: a.get("message", a.get("error")) for s, a in outcome.audits.items()}),
+            "site_lira": MetadataValue.json(outcome.lira),
             "rounds": MetadataValue.json(outcome.history.get("rounds", [])),
             "seconds": outcome.history.get("seconds", 0.0),
         }

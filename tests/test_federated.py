@@ -246,6 +246,8 @@ def test_gate_and_report_have_a_section_per_site(
     outcome = FederatedOutcome([], [], plans, {"north": 5, "south": 5, "east": 0}, history, {"north": "r1"})
     passed_audit = {"epsilon_lower_bound": 0.1, "claimed_epsilon": 1.0, "alarm": False, "message": "ok"}
     outcome.audits = {"north": passed_audit, "south": passed_audit}  # east's audit did not run
+    passed_lira = {"auc": 0.52, "tpr_at_low_fpr": 0.01, "low_fpr": 0.01, "n_reference_models": 2, "ledger_runs": []}
+    outcome.lira = {"north": passed_lira, "south": passed_lira}  # nor its LiRA
     verdicts = federated_requirements(loaded.policy, outcome)
     assert all(v.passed for v in verdicts if v.scope != "east")
     assert [v.requirement for v in verdicts if v.scope == "east" and not v.passed] == [
@@ -254,6 +256,7 @@ def test_gate_and_report_have_a_section_per_site(
         "max_membership_inference_auc",
         "max_group_error_rate_gap",
         "whitebox_epsilon_within_claim",
+        "max_membership_inference_tpr_at_low_fpr",
     ]
     evidence = federated_evidence(loaded, preps, outcome, verdicts, {"registered_model": "m", "version": 1})
     assert evidence["federation"]["passed"] is False and [s["name"] for s in evidence["sites"]] == SITES
@@ -301,6 +304,7 @@ def test_each_site_measures_the_group_error_rate_gap_and_the_gate_can_refuse(
         dict.fromkeys(SITES, 1),
         {"site_metrics": metrics},
         audits=dict.fromkeys(SITES, audit),
+        lira={key: {"auc": 0.5, "tpr_at_low_fpr": 0.0} for key in SITES},
     )
     verdicts = federated_requirements(loaded.policy, outcome)
     failed = [(v.scope, v.requirement) for v in verdicts if not v.passed]
@@ -364,3 +368,71 @@ def test_each_site_audits_its_mechanism_charged_to_its_scope(
     refused = loaded.model_copy(update={"policy": loaded.policy.model_copy(update={"privacy": privacy})})
     again = audit_sites(refused, dirs, outcome, ledger, request_key="run-2")
     assert "budget" in again["north"]["error"].lower() and again["north"]["ledger_run"] is None
+
+
+def _pooled_site(dirs: dict[str, Path], target: Path) -> Path:
+    """One site directory holding the three small sites' records: a validation split large enough for LiRA's
+    reference models (each site of the 8-day test window alone has fewer than 2 x 200 validation records)."""
+    frames = [pd.read_parquet(folder / FEATURES_FILE) for folder in dirs.values()]
+    target.mkdir(parents=True)
+    pd.concat(frames, ignore_index=True).fillna(0.0).to_parquet(target / FEATURES_FILE)
+    return target
+
+
+def test_each_site_runs_lira_with_reference_models_charged_to_its_scope(
+    prepared_sites: tuple[Path, Path, dict[str, Path]], tmp_path: Path
+) -> None:
+    """Example-level DP: every site runs offline LiRA against the federated model, its DP reference models
+    charged to its own scope (completed at the plan); a site whose validation split cannot hold the reference
+    models reports why and fails the gate's TPR requirement; client-level DP says why it runs none."""
+    from ppml.federated.gate import federated_requirements
+    from ppml.federated.local_training import get_weights, new_model
+    from ppml.federated.runner import FederatedOutcome, plan_sites
+    from ppml.federated.site_lira import CLIENT_LEVEL_NOTE, LIRA_PURPOSE, lira_sites
+
+    _, _, dirs = prepared_sites
+    loaded = load_policy(federated_policy(tmp_path / "policy", rounds=2, local_epochs=1))
+    pooled = _pooled_site(dirs, tmp_path / "pooled")
+    site_dirs = {"north": pooled, "south": dirs["south"], "east": pooled}
+    preps = {name: SitePreparation.read(folder) for name, folder in dirs.items()}
+    plans = plan_sites(loaded, list(preps.values()))
+    names = sorted({n for prep in preps.values() for n in prep.feature_names})
+    hidden = list(loaded.policy.training.hidden_sizes) if loaded.policy.training.model == "mlp" else []
+    weights = get_weights(new_model(hidden, len(names), seed=0))
+    outcome = FederatedOutcome(weights, names, plans, dict.fromkeys(SITES, 2), {"site_metrics": {}})
+    ledger = PrivacyLedger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    outcome.lira = lira_sites(loaded, site_dirs, outcome, ledger, request_key="run-1")
+    assert list(outcome.lira) == SITES
+    for site in ("north", "east"):
+        lira = outcome.lira[site]
+        assert 0 <= lira["auc"] <= 1 and 0 <= lira["tpr_at_low_fpr"] <= 1 and lira["n_reference_models"] == 2
+        (run_id,) = lira["ledger_runs"]
+        run = ledger.run(run_id)
+        assert run.status == "completed" and run.partitions == (f"site:{site}",) and run.epsilon_charged > 0.9
+        assert "LiRA reference models" in json.dumps(run.config)
+        spent = ledger.spent(site_scope(loaded.policy.dataset.id, site), plans[site].delta).epsilon
+        assert spent == pytest.approx(run.epsilon_charged, rel=0.02)
+    assert "reference_models" in outcome.lira["south"]["error"] and not outcome.lira["south"]["ledger_runs"]
+    assert LIRA_PURPOSE  # the request key's prefix, so a ledger reader sees what the charge was for
+    metrics = {"test_accuracy": 0.85, "test_roc_auc": 0.9, "mia_auc": 0.5, "group_error_rate_gap": 0.0}
+    outcome.history["site_metrics"] = dict.fromkeys(SITES, metrics)
+    verdicts = {(v.scope, v.requirement): v for v in federated_requirements(loaded.policy, outcome)}
+    tpr = "max_membership_inference_tpr_at_low_fpr"
+    assert not verdicts[("south", tpr)].passed and verdicts[("south", tpr)].measured is None
+    for site in ("north", "east"):
+        assert verdicts[(site, tpr)].measured == outcome.lira[site]["tpr_at_low_fpr"]
+        assert verdicts[(site, "max_membership_inference_auc")].measured == max(0.5, outcome.lira[site]["auc"])
+    from ppml.federated.report import federated_evidence, write_federated_report
+
+    evidence = federated_evidence(loaded, preps, outcome, list(verdicts.values()), {"version": 1})
+    html = write_federated_report(evidence, tmp_path / "report")[1].read_text()
+    assert html.count("Offline LiRA (2 DP reference models") == 2 and html.count("Offline LiRA: <b") == 1
+    # over the lifetime budget: refused before any reference model trains, and reported
+    privacy = loaded.policy.privacy.model_copy(update={"lifetime_epsilon_budget": 1.0})
+    refused = loaded.model_copy(update={"policy": loaded.policy.model_copy(update={"privacy": privacy})})
+    again = lira_sites(refused, site_dirs, outcome, ledger, request_key="run-2")
+    assert "budget" in again["north"]["error"].lower() and again["north"]["ledger_runs"] == []
+    client = load_policy(federated_policy(tmp_path / "client", dp_mode="client"))
+    assert lira_sites(client, site_dirs, outcome, ledger, request_key="run-3") == {
+        key: {"note": CLIENT_LEVEL_NOTE} for key in SITES
+    }

@@ -103,6 +103,9 @@ def test_each_site_gates_its_group_error_rates_and_its_audit(federated_run: dict
         assert gap["measured"] == metrics["group_error_rate_gap"] and "group_error_rate_gap_point" in metrics
         audit, verdict = model["audits"][site], verdicts[(site, "whitebox_epsilon_within_claim")]
         assert verdict["passed"] is (not audit["alarm"]) and verdict["measured"] == audit["epsilon_lower_bound"]
+        # the 8-day test sites have fewer than 2 x 200 validation records: LiRA says so and the site fails it
+        lira, tpr = model["lira"][site], verdicts[(site, "max_membership_inference_tpr_at_low_fpr")]
+        assert "reference_models" in lira["error"] and tpr["measured"] is None and not tpr["passed"]
     assert model["registry"]["promoted"] is all(r["passed"] for r in model["requirements"])
     from mlflow import MlflowClient
 
@@ -113,6 +116,7 @@ def test_each_site_gates_its_group_error_rates_and_its_audit(federated_run: dict
     )
     html = Path(model["report"]).read_text()
     assert html.count("White-box audit (on the site's own training records") == len(SITES)
+    assert html.count('Offline LiRA: <b class="fail">not run</b>') == len(SITES)
 
 
 def test_the_server_side_opens_no_site_file(federated_run: dict) -> None:

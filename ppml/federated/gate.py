@@ -6,7 +6,9 @@ pooled test set is needed; the gate then
 requires every site to meet the objectives (the model is deployed to all of them) and every site's ledger charge
 to stay within the policy's epsilon. With example-level DP and ``evaluation.gradient_canaries``, each site's
 white-box audit (ppml.federated.audit) must not refute the site's claimed privacy curve, as the central gate
-requires of the central audit; a site whose audit did not run fails.
+requires of the central audit; a site whose audit did not run fails. With example-level DP and
+``evaluation.reference_models``, each site's offline LiRA (ppml.federated.site_lira) must keep the TPR at the
+policy's low FPR within its limit, and the AUC judged is the stronger of the two attacks'.
 """
 
 from __future__ import annotations
@@ -46,11 +48,19 @@ def _audit_requirement(site: str, audit: dict[str, Any] | None, epsilon: float) 
     return Requirement("whitebox_epsilon_within_claim", site, bound, claimed, not audit["alarm"])
 
 
+def _strongest_auc(loss_threshold_auc: float | None, lira: dict[str, Any] | None) -> float | None:
+    """The gate judges the strongest attack, as the central gate does: the higher of the two AUCs."""
+    if loss_threshold_auc is None:
+        return None
+    return max(float(loss_threshold_auc), float((lira or {}).get("auc", 0.0)))
+
+
 def federated_requirements(policy: Policy, outcome: FederatedOutcome) -> list[Requirement]:
     """One verdict per requirement and site (a site that did not evaluate fails every utility requirement)."""
     fed = policy.training.federation
     assert fed is not None
     audit_required = fed.dp_mode == "example" and policy.evaluation.gradient_canaries > 0
+    lira_required = fed.dp_mode == "example" and policy.evaluation.reference_models > 0
     verdicts = []
     for site in fed.sites:
         metrics = outcome.history.get("site_metrics", {}).get(site.name, {})
@@ -61,7 +71,7 @@ def federated_requirements(policy: Policy, outcome: FederatedOutcome) -> list[Re
             _at_most(
                 "max_membership_inference_auc",
                 site.name,
-                metrics.get("mia_auc"),
+                _strongest_auc(metrics.get("mia_auc"), outcome.lira.get(site.name)),
                 policy.privacy.max_membership_inference_auc,
             ),
             _at_most("epsilon", site.name, plan.epsilon, policy.privacy.epsilon),
@@ -77,4 +87,13 @@ def federated_requirements(policy: Policy, outcome: FederatedOutcome) -> list[Re
             )
         if audit_required:
             verdicts.append(_audit_requirement(site.name, outcome.audits.get(site.name), plan.epsilon))
+        if lira_required:  # a site whose LiRA did not run (no entry, or an error) fails
+            verdicts.append(
+                _at_most(
+                    "max_membership_inference_tpr_at_low_fpr",
+                    site.name,
+                    (outcome.lira.get(site.name) or {}).get("tpr_at_low_fpr"),
+                    policy.privacy.max_membership_inference_tpr_at_low_fpr,
+                )
+            )
     return verdicts

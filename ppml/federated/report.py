@@ -41,6 +41,7 @@ def federated_evidence(
                 "rounds_done": outcome.rounds_done.get(site.name, 0),
                 "metrics": outcome.history.get("site_metrics", {}).get(site.name, {}),
                 "audit": _audit_summary(outcome.audits.get(site.name)),
+                "lira": outcome.lira.get(site.name),
                 "requirements": [v.to_dict() for v in verdicts if v.scope == site.name],
             }
         )

@@ -45,6 +45,7 @@ class FederatedOutcome:
     audits: dict[str, dict[str, Any]] = field(
         default_factory=dict
     )  # site -> its white-box audit (ppml.federated.audit)
+    lira: dict[str, dict[str, Any]] = field(default_factory=dict)  # site -> its offline LiRA (site_lira)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -53,6 +54,7 @@ class FederatedOutcome:
             "history": self.history,
             "ledger_runs": self.ledger_runs,
             "audits": self.audits,
+            "lira": self.lira,
             "features": len(self.feature_names),
         }
 

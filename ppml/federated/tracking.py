@@ -48,6 +48,10 @@ def log_federated_run(
     for site, plan in outcome.plans.items():
         client.log_metric(run_id, f"{site}.epsilon", plan.epsilon)
         client.log_metric(run_id, f"{site}.rounds_done", outcome.rounds_done.get(site, 0))
+    for site, lira in outcome.lira.items():
+        for name in ("auc", "tpr_at_low_fpr"):
+            if name in lira:
+                client.log_metric(run_id, f"{site}.lira_{name}", float(lira[name]))
     for site, audit in outcome.audits.items():
         if "epsilon_lower_bound" in audit:
             client.log_metric(run_id, f"{site}.audit_epsilon_lower_bound", float(audit["epsilon_lower_bound"]))
