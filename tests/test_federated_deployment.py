@@ -149,7 +149,7 @@ def _kill_when_training(federation, site: str, killed: threading.Event) -> None:
 def test_a_supernode_killed_mid_round(federated_run: dict, tmp_path: Path) -> None:
     home = federated_run["home"]
     policy_path = federated_policy(
-        tmp_path / "policy", rounds=1, local_epochs=1, secure_aggregation=False, min_sites=2, round_timeout_s=90
+        tmp_path / "policy", rounds=1, local_epochs=1, secure_aggregation=False, min_sites=2, round_timeout_s=45
     )
     loaded = load_policy(policy_path)
     prepared = load_policy(federated_run["policy"])  # the module's run prepared the sites (same people, data)
