@@ -6,7 +6,9 @@ pooled test set is needed; the gate then
 requires every site to meet the objectives (the model is deployed to all of them) and every site's ledger charge
 to stay within the policy's epsilon. With example-level DP and ``evaluation.gradient_canaries``, each site's
 white-box audit (ppml.federated.audit) must not refute the site's claimed privacy curve, as the central gate
-requires of the central audit; a site whose audit did not run fails.
+requires of the central audit; a site whose audit did not run fails. With client-level DP and
+``evaluation.gradient_canaries``, the federation's canary-client audit (ppml.federated.client_audit) must not
+refute the client-level claim (scope ``federation``); an audit that did not run fails.
 """
 
 from __future__ import annotations
@@ -46,8 +48,20 @@ def _audit_requirement(site: str, audit: dict[str, Any] | None, epsilon: float) 
     return Requirement("whitebox_epsilon_within_claim", site, bound, claimed, not audit["alarm"])
 
 
+FEDERATION_SCOPE = "federation"
+
+
+def _client_audit_requirement(audit: dict[str, Any] | None, epsilon: float) -> Requirement:
+    """The client-level audit's bound against the claimed epsilon; fails on an alarm (bound or noise check)."""
+    if not audit or "epsilon_lower_bound" not in audit:
+        return Requirement("client_level_epsilon_within_claim", FEDERATION_SCOPE, None, epsilon, False)
+    bound, claimed = float(audit["epsilon_lower_bound"]), float(audit["claimed_epsilon"])
+    return Requirement("client_level_epsilon_within_claim", FEDERATION_SCOPE, bound, claimed, not audit["alarm"])
+
+
 def federated_requirements(policy: Policy, outcome: FederatedOutcome) -> list[Requirement]:
-    """One verdict per requirement and site (a site that did not evaluate fails every utility requirement)."""
+    """One verdict per requirement and site (a site that did not evaluate fails every utility requirement), then
+    the federation's (client-level audit)."""
     fed = policy.training.federation
     assert fed is not None
     audit_required = fed.dp_mode == "example" and policy.evaluation.gradient_canaries > 0
@@ -77,4 +91,7 @@ def federated_requirements(policy: Policy, outcome: FederatedOutcome) -> list[Re
             )
         if audit_required:
             verdicts.append(_audit_requirement(site.name, outcome.audits.get(site.name), plan.epsilon))
+    if fed.dp_mode == "client" and policy.evaluation.gradient_canaries > 0:
+        claimed = outcome.plans[fed.sites[0].name].epsilon
+        verdicts.append(_client_audit_requirement(outcome.client_audit, claimed))
     return verdicts

@@ -45,6 +45,7 @@ class FederatedOutcome:
     audits: dict[str, dict[str, Any]] = field(
         default_factory=dict
     )  # site -> its white-box audit (ppml.federated.audit)
+    client_audit: dict[str, Any] | None = None  # client-level DP: the federation's canary-client audit
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -53,6 +54,7 @@ class FederatedOutcome:
             "history": self.history,
             "ledger_runs": self.ledger_runs,
             "audits": self.audits,
+            "client_audit": self.client_audit,
             "features": len(self.feature_names),
         }
 
