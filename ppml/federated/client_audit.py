@@ -12,6 +12,9 @@ probability 1/2, the included ones submitted in every round (the accounting clai
 by the inner product of the released model's total change with its direction, and the scores are analysed by
 ppml's f-DP one-run test (ppml.evaluation.fdp_audit) against the claimed curve: the Gaussian mechanism at rate 1
 composed T times. The reported bound is the epsilon of the most private member of that family the outcome refutes.
+Unlike Andrew et al. (canaries among many real clients of the one real run), a ppml federation has a few sites, so
+the canaries run in federations of their own beside the real run: the audit tests the configured mechanism, not the
+release of the model that was trained (as the per-site white-box audit does).
 
 Canary design. A round releases the mean of the updates it got (FedAvg divides by their number) plus noise for
 ``m`` updates; so a canary federation has ``m`` slots per round, the fewest sites a round may complete with (the
