@@ -8,7 +8,7 @@ to stay within the policy's epsilon. With example-level DP and ``evaluation.grad
 white-box audit (ppml.federated.audit) must not refute the site's claimed privacy curve, as the central gate
 requires of the central audit; a site whose audit did not run fails. With client-level DP and
 ``evaluation.gradient_canaries``, the federation's canary-client audit (ppml.federated.client_audit) must not
-refute the client-level claim (scope ``federation``); an audit that did not run fails.
+refute the client-level claim (scope ``(federation)``); an audit that did not run fails.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def _audit_requirement(site: str, audit: dict[str, Any] | None, epsilon: float) 
     return Requirement("whitebox_epsilon_within_claim", site, bound, claimed, not audit["alarm"])
 
 
-FEDERATION_SCOPE = "federation"
+FEDERATION_SCOPE = "(federation)"  # no site name can be it (SITE_NAME: lowercase letters, digits, _)
 
 
 def _client_audit_requirement(audit: dict[str, Any] | None, epsilon: float) -> Requirement:
