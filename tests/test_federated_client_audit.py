@@ -149,3 +149,14 @@ def test_the_gate_blocks_a_refuted_client_level_claim_and_the_report_shows_it(tm
     html = write_federated_report(evidence, tmp_path / "report")[1].read_text()
     assert "Client-level audit" in html and "ALARM: client-level epsilon lower bound" in html
     assert "not promoted" in html and "client_level_epsilon_within_claim" in html
+    from mlflow import MlflowClient
+
+    from ppml.federated.tracking import log_federated_run
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.create_experiment("fed", artifact_location=(tmp_path / "artifacts").as_uri())
+    outcome.weights = [np.zeros(2)]
+    registry = log_federated_run(client, experiment, loaded, outcome, verdicts)
+    logged = client.get_run(registry["mlflow_run_id"]).data.metrics
+    assert registry["promoted"] is False and logged["federation.client_audit_alarm"] == 1.0
+    assert logged["federation.client_audit_epsilon_lower_bound"] == pytest.approx(refused.measured)
