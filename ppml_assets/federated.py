@@ -20,7 +20,7 @@ from dagster import (
     asset_check,
 )
 
-from ppml.federated.audit import audit_sites
+from ppml.federated.audit import audit_client_dp, audit_sites
 from ppml.federated.gate import federated_requirements
 from ppml.federated.report import federated_evidence, write_federated_report
 from ppml.federated.runner import run_federation
@@ -122,7 +122,8 @@ def federated_model(
 ) -> dict:
     """A SuperLink and one SuperNode per site on loopback run ppml's Flower App; every site's ledger scope is
     pre-charged first; with example-level DP each site then audits the mechanism on its own records (charged to
-    its scope); the model is gated per site, logged to MLflow and registered (promoted only if passed)."""
+    its scope), with client-level DP canary clients audit the server's DP aggregation (no charge); the model is
+    gated per site, logged to MLflow and registered (promoted only if passed)."""
     from ppml_assets.common import open_ledger
 
     loaded = policy.load()
@@ -149,6 +150,7 @@ def federated_model(
         outcome.lira = lira_sites(  # each site's offline LiRA, its reference models charged to its own scope
             loaded, sites, outcome, store, request_key=context.run_id, dagster_run_id=context.run_id
         )
+        outcome.client_audit = audit_client_dp(loaded, outcome)  # client-level DP: canary clients, no charge
     finally:
         store.close()
     verdicts = federated_requirements(loaded.policy, outcome)
@@ -169,6 +171,9 @@ def federated_model(
             "site_epsilon": MetadataValue.json({s: round(p.epsilon, 6) for s, p in outcome.plans.items()}),
             "site_audits": MetadataValue.json({s: a.get("message", a.get("error")) for s, a in outcome.audits.items()}),
             "site_lira": MetadataValue.json(outcome.lira),
+            "client_audit": MetadataValue.json(
+                (outcome.client_audit or {}).get("message", (outcome.client_audit or {}).get("error"))
+            ),
             "rounds": MetadataValue.json(outcome.history.get("rounds", [])),
             "seconds": outcome.history.get("seconds", 0.0),
         }

@@ -270,6 +270,16 @@ def test_client_level_dp_under_secure_aggregation_over_tls(federated_run: dict, 
     assert outcome.history["rounds"][0]["results"] == len(SITES)
     assert {plan.mode for plan in outcome.plans.values()} == {"client"}
     assert all(run.status == "completed" and run.epsilon_charged > 0 for run in runs)
+    # the client-level audit of this very run (as federated_model calls it): the run's config and model shapes
+    from ppml.federated.audit import audit_client_dp
+    from ppml.federated.gate import FEDERATION_SCOPE, federated_requirements
+
+    loaded = load_policy(policy_path)
+    outcome.client_audit = audit_client_dp(loaded, outcome)
+    assert outcome.client_audit is not None and outcome.client_audit["details"]["secure_aggregation"] is True
+    assert outcome.client_audit["details"]["dimension"] == sum(w.size for w in outcome.weights)
+    [verdict] = [v for v in federated_requirements(loaded.policy, outcome) if v.scope == FEDERATION_SCOPE]
+    assert verdict.requirement == "client_level_epsilon_within_claim" and verdict.passed
 
 
 def test_an_unreadable_tls_file_refuses_the_run_before_any_charge(tmp_path: Path) -> None:

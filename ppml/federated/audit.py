@@ -1,4 +1,4 @@
-"""The empirical privacy audit of a federated run with example-level DP: the central white-box audit, per site.
+"""The empirical privacy audits of a federated run: per site for example-level DP, per federation for client-level.
 
 With example-level DP the mechanism a person's record goes through is *its site's* DP-SGD: the site's noise
 multiplier, Poisson sample rate and steps (ppml.federated.accounting). So each site runs the central lifecycle's
@@ -14,8 +14,13 @@ through the reservation path (:class:`ppml.evaluation.charged_audit.ChargedAudit
 What it audits, honestly: the claim "sigma, q and T steps at clip bound C give the site's epsilon", run by ppml's
 DP-SGD trainer (``train_dp``, Opacus' optimizer with ppml's step hook) -- not the ClientApp's own loop
 (``local_training.dp_sgd_round``), which uses the same Opacus DPOptimizer but no audit hook. A site whose whole
-training split fits one batch (planned rate 1) is audited at rate 1/2 (the audit needs a rate below 1). Client-level
-DP (DP-FedAvg: the server's noise on the clipped updates) is not audited.
+training split fits one batch (planned rate 1) is audited at rate 1/2 (the audit needs a rate below 1).
+
+Client-level DP (DP-FedAvg: the server's noise on the clipped site updates) is audited once for the federation by
+:func:`audit_client_dp` (ppml.federated.client_audit): ``evaluation.gradient_canaries`` canary *clients* through
+the strategy ``build_strategy`` builds from the run's own configuration (sigma, C, m = min_sites, the SecAgg+
+variant's client-side clipping), scored against the plan's claim (rate 1, T = rounds). Its canaries are synthetic,
+so it reads no site's records and charges no ledger.
 """
 
 from __future__ import annotations
@@ -27,8 +32,9 @@ from ppml.errors import PPMLError
 from ppml.evaluation.audit_whitebox import WhiteBoxSettings, run_whitebox_audit
 from ppml.evaluation.charged_audit import ChargedAuditTraining
 from ppml.federated.accounting import SitePlan, site_scope
-from ppml.federated.local_training import load_site_splits
-from ppml.federated.runner import FederatedOutcome
+from ppml.federated.client_audit import ClientAuditSettings, StrategyFactory, audit_client_level
+from ppml.federated.local_training import get_weights, load_site_splits, new_model
+from ppml.federated.runner import FederatedOutcome, run_config
 from ppml.ledger import LifetimeBudget, PrivacyLedger
 from ppml.policy import LoadedPolicy
 from ppml.training.config import DPConfig, ModelSpec, TrainingConfig
@@ -39,9 +45,15 @@ AUDIT_PURPOSE = "federated white-box audit"
 
 
 def audited(loaded: LoadedPolicy) -> bool:
-    """Example-level DP with gradient canaries: the policy asks for the audit (client-level DP has none)."""
+    """Example-level DP with gradient canaries: the policy asks for the per-site audit."""
     fed = loaded.policy.training.federation
     return fed is not None and fed.dp_mode == "example" and loaded.policy.evaluation.gradient_canaries > 0
+
+
+def client_audited(loaded: LoadedPolicy) -> bool:
+    """Client-level DP with gradient canaries: the policy asks for the federation's client-level audit."""
+    fed = loaded.policy.training.federation
+    return fed is not None and fed.dp_mode == "client" and loaded.policy.evaluation.gradient_canaries > 0
 
 
 def site_audit_setup(loaded: LoadedPolicy, plan: SitePlan) -> tuple[TrainingConfig, DPConfig, WhiteBoxSettings]:
@@ -141,3 +153,27 @@ def audit_sites(
         )
         for site in fed.sites
     }
+
+
+def audit_client_dp(
+    loaded: LoadedPolicy, outcome: FederatedOutcome, *, strategy_factory: StrategyFactory | None = None
+) -> dict[str, Any] | None:
+    """The client-level audit of the run the policy configured (None when not :func:`client_audited`): the same
+    RunConfig the ServerApp got and the ServerApp's initial model shapes; every site holds the same client-level
+    plan, so the claim is the first site's. A model too small for the canary slots is reported, not raised, so
+    the gate fails the run instead of losing the trained model. ``strategy_factory``: tests of the audit only."""
+    if not client_audited(loaded):
+        return None
+    fed = loaded.policy.training.federation
+    assert fed is not None
+    plan = outcome.plans[fed.sites[0].name]
+    config = run_config(loaded, outcome.feature_names, outcome.plans, Path())  # the audit writes no result
+    shapes = [w.shape for w in get_weights(new_model(config.hidden_sizes, len(config.feature_names), config.seed))]
+    settings = ClientAuditSettings(
+        n_canaries=loaded.policy.evaluation.gradient_canaries, seed=loaded.policy.training.seed
+    )
+    try:
+        result = audit_client_level(config, plan, shapes, settings, strategy_factory=strategy_factory)
+    except ValueError as error:
+        return {"error": str(error).splitlines()[0]}
+    return result.to_dict()

@@ -8,7 +8,9 @@ to stay within the policy's epsilon. With example-level DP and ``evaluation.grad
 white-box audit (ppml.federated.audit) must not refute the site's claimed privacy curve, as the central gate
 requires of the central audit; a site whose audit did not run fails. With example-level DP and
 ``evaluation.reference_models``, each site's offline LiRA (ppml.federated.site_lira) must keep the TPR at the
-policy's low FPR within its limit, and the AUC judged is the stronger of the two attacks'.
+policy's low FPR within its limit, and the AUC judged is the stronger of the two attacks'. With client-level DP
+and ``evaluation.gradient_canaries``, the federation's canary-client audit (ppml.federated.client_audit) must not
+refute the client-level claim (scope ``(federation)``); an audit that did not run fails.
 """
 
 from __future__ import annotations
@@ -55,8 +57,20 @@ def _strongest_auc(loss_threshold_auc: float | None, lira: dict[str, Any] | None
     return max(float(loss_threshold_auc), float((lira or {}).get("auc", 0.0)))
 
 
+FEDERATION_SCOPE = "(federation)"  # no site name can be it (SITE_NAME: lowercase letters, digits, _)
+
+
+def _client_audit_requirement(audit: dict[str, Any] | None, epsilon: float) -> Requirement:
+    """The client-level audit's bound against the claimed epsilon; fails on an alarm (bound or noise check)."""
+    if not audit or "epsilon_lower_bound" not in audit:
+        return Requirement("client_level_epsilon_within_claim", FEDERATION_SCOPE, None, epsilon, False)
+    bound, claimed = float(audit["epsilon_lower_bound"]), float(audit["claimed_epsilon"])
+    return Requirement("client_level_epsilon_within_claim", FEDERATION_SCOPE, bound, claimed, not audit["alarm"])
+
+
 def federated_requirements(policy: Policy, outcome: FederatedOutcome) -> list[Requirement]:
-    """One verdict per requirement and site (a site that did not evaluate fails every utility requirement)."""
+    """One verdict per requirement and site (a site that did not evaluate fails every utility requirement), then
+    the federation's (client-level audit)."""
     fed = policy.training.federation
     assert fed is not None
     audit_required = fed.dp_mode == "example" and policy.evaluation.gradient_canaries > 0
@@ -96,4 +110,7 @@ def federated_requirements(policy: Policy, outcome: FederatedOutcome) -> list[Re
                     policy.privacy.max_membership_inference_tpr_at_low_fpr,
                 )
             )
+    if fed.dp_mode == "client" and policy.evaluation.gradient_canaries > 0:
+        claimed = outcome.plans[fed.sites[0].name].epsilon
+        verdicts.append(_client_audit_requirement(outcome.client_audit, claimed))
     return verdicts

@@ -10,7 +10,7 @@ from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from ppml.federated.gate import Requirement
+from ppml.federated.gate import FEDERATION_SCOPE, Requirement
 from ppml.federated.runner import FederatedOutcome
 from ppml.federated.site_prep import SitePreparation
 from ppml.policy import LoadedPolicy
@@ -60,6 +60,8 @@ def federated_evidence(
             "seconds": outcome.history.get("seconds"),
             "passed": all(v.passed for v in verdicts),
             "registry": registry,
+            "client_audit": _client_audit_summary(outcome.client_audit),
+            "requirements": [v.to_dict() for v in verdicts if v.scope == FEDERATION_SCOPE],
         },
         "sites": sites,
     }
@@ -79,6 +81,22 @@ def _audit_summary(audit: dict[str, Any] | None) -> dict[str, Any] | None:
         "noise_multiplier": details.get("noise_multiplier"),
         "sample_rate": details.get("sample_rate"),
         "steps": audit.get("steps"),
+    }
+    return summary
+
+
+def _client_audit_summary(audit: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The client-level audit's verdict, bound, noise check and audited mechanism (no per-canary scores)."""
+    if audit is None:
+        return None
+    keys = (
+        *("epsilon_lower_bound", "claimed_epsilon", "max_achievable_bound", "alarm", "message", "canaries"),
+        *("rounds", "mechanism_checks", "error"),
+    )
+    summary = {k: audit[k] for k in keys if k in audit}
+    details = audit.get("details", {})
+    summary["audit_mechanism"] = {
+        k: details.get(k) for k in ("noise_multiplier", "clipping_norm", "slots_per_round", "secure_aggregation")
     }
     return summary
 

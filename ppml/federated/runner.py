@@ -46,6 +46,7 @@ class FederatedOutcome:
         default_factory=dict
     )  # site -> its white-box audit (ppml.federated.audit)
     lira: dict[str, dict[str, Any]] = field(default_factory=dict)  # site -> its offline LiRA (site_lira)
+    client_audit: dict[str, Any] | None = None  # client-level DP: the federation's canary-client audit
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -55,6 +56,7 @@ class FederatedOutcome:
             "ledger_runs": self.ledger_runs,
             "audits": self.audits,
             "lira": self.lira,
+            "client_audit": self.client_audit,
             "features": len(self.feature_names),
         }
 

@@ -58,6 +58,11 @@ def log_federated_run(
             if "max_achievable_bound" in audit:
                 client.log_metric(run_id, f"{site}.audit_max_achievable_bound", float(audit["max_achievable_bound"]))
             client.log_metric(run_id, f"{site}.audit_alarm", float(bool(audit["alarm"])))
+    audit = outcome.client_audit or {}
+    if "epsilon_lower_bound" in audit:  # client-level DP: the federation's canary-client audit
+        client.log_metric(run_id, "federation.client_audit_epsilon_lower_bound", float(audit["epsilon_lower_bound"]))
+        client.log_metric(run_id, "federation.client_audit_max_achievable_bound", float(audit["max_achievable_bound"]))
+        client.log_metric(run_id, "federation.client_audit_alarm", float(bool(audit["alarm"])))
     client.log_metric(run_id, "federation.seconds", float(outcome.history.get("seconds", 0.0)))
     passed = all(v.passed for v in verdicts)
     with tempfile.TemporaryDirectory() as folder:
