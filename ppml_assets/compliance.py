@@ -226,19 +226,8 @@ def compliance_status(
             **latest_metadata(instance, key("cleaned_records"), as_of).get("preparation_report", {}),
             "max_share_below_k": loaded.policy.preparation.max_share_below_k,
         },
-        "features": {
-            "count": len(feature_names),
-            "rows": {s: int((training_features["split"] == s).sum()) for s in ("train", "validation", "test")},
-        },
-        "training": {
-            **{k: v for k, v in dp_model.items() if k not in ("feature_names", "candidates", "ledger", "erasure")},
-            "baseline_run_id": None,
-        },
-        "ledger": dp_model["ledger"]
-        | {
-            "spent_all_runs": loaded.policy.privacy.lifetime_epsilon_budget - privacy_budget["remaining_epsilon"],
-            "remaining_all_runs": privacy_budget["remaining_epsilon"],
-        },
+        "features": _features_evidence(training_features, feature_names),
+        **_training_evidence(dp_model, privacy_budget, loaded.policy.privacy.lifetime_epsilon_budget),
         "erasure": dp_model.get("erasure"),  # versions an erasure request reached, and what was done (ppml/erasure.py)
         "model_evaluation": model_evaluation | {"report": None},
         "privacy_evaluation": privacy_evaluation,
@@ -277,6 +266,26 @@ def compliance_status(
         )
     context.add_output_metadata(_gate_metadata(verdicts, failed, evidence, record_in_mlflow(mlflow, evidence, files)))
     return {"checks": evidence["checks"], "failing": failed, "evidence": evidence}
+
+
+def _features_evidence(training_features: pd.DataFrame, feature_names: list[str]) -> dict[str, Any]:
+    splits = training_features["split"]
+    return {"count": len(feature_names), "rows": {s: int((splits == s).sum()) for s in ("train", "validation", "test")}}
+
+
+def _training_evidence(dp_model: dict, privacy_budget: dict, lifetime_epsilon: float) -> dict[str, Any]:
+    """The training's record (without its feature labels and candidates) and the ledger's account."""
+    return {
+        "training": {
+            **{k: v for k, v in dp_model.items() if k not in ("feature_names", "candidates", "ledger", "erasure")},
+            "baseline_run_id": None,
+        },
+        "ledger": dp_model["ledger"]
+        | {
+            "spent_all_runs": lifetime_epsilon - privacy_budget["remaining_epsilon"],
+            "remaining_all_runs": privacy_budget["remaining_epsilon"],
+        },
+    }
 
 
 def _gate_metadata(verdicts: list, failed: list, evidence: dict[str, Any], mlflow_links: dict) -> dict[str, Any]:
