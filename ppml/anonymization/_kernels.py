@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from collections.abc import Callable
+from types import ModuleType
 
 import numpy as np
 import pandas as pd
@@ -21,9 +22,10 @@ HAVE_NUMBA = importlib.util.find_spec("numba") is not None
 #: distinct QI tuples x transformations from which compiling repays loading the kernels (about 0.5 s)
 COMPILE_WORTH_IT = 2e9
 _compiled: tuple[Callable, Callable, Callable] | None = None
+_pair_grids: Callable | None = None
 _warm = False
 
-__all__ = ["HAVE_NUMBA", "kernels", "warm_up"]
+__all__ = ["HAVE_NUMBA", "kernels", "pair_grids_kernel", "string_kernels", "warm_up"]
 
 
 def _group_rollup_python(
@@ -162,6 +164,63 @@ def _pair_histograms_loop(
     return out
 
 
+def _pair_grids_loop(
+    codes: np.ndarray,
+    counts: np.ndarray,
+    first: np.ndarray,
+    second: np.ndarray,
+    widths: np.ndarray,
+    starts: np.ndarray,
+    source_levels: np.ndarray,
+    heights: np.ndarray,
+    cards: np.ndarray,
+    offsets: np.ndarray,
+    maps: np.ndarray,
+    k: int,
+) -> np.ndarray:  # pragma: no cover - compiled by numba
+    """The pairwise pre-filter's counts in one call (Problem.pair_suppression's numpy path does the same with
+    about ten numpy calls per pair): per pair p and levels (a, b) at or above the source's, the records in pair
+    cells of fewer than k records, as pair p's (heights[i] x heights[j]) grid, row-major, concatenated.
+    ``cards[i, level]`` is a cardinality, ``offsets[i, a, b]`` where attribute i's map from level a to level b
+    starts in ``maps`` (-1: the same level)."""
+    d, c = codes.shape
+    histograms = np.zeros(starts[-1], dtype=np.int64)  # the body of _pair_histograms_loop (a global numba can't call)
+    row = np.empty(d, dtype=np.int64)
+    for r in range(c):
+        for i in range(d):
+            row[i] = codes[i, r]
+        for p in range(first.shape[0]):
+            histograms[starts[p] + row[first[p]] * widths[p] + row[second[p]]] += counts[r]
+    grid_sizes = np.array([heights[first[p]] * heights[second[p]] for p in range(first.shape[0])], np.int64)
+    grid_starts = np.zeros(first.shape[0] + 1, dtype=np.int64)
+    grid_starts[1:] = np.cumsum(grid_sizes)
+    grids = np.zeros(grid_starts[-1], dtype=np.int64)
+    for p in range(first.shape[0]):
+        i, j = first[p], second[p]
+        low_i, low_j = source_levels[i], source_levels[j]
+        rows, columns = cards[i, low_i], cards[j, low_j]
+        for a in range(low_i, heights[i]):
+            width_a = cards[i, a]
+            merged = np.zeros(width_a * columns, dtype=np.int64)  # rows generalized to level a
+            for x in range(rows):
+                target = x if offsets[i, low_i, a] < 0 else maps[offsets[i, low_i, a] + x]
+                for y in range(columns):
+                    merged[target * columns + y] += histograms[starts[p] + x * columns + y]
+            for b in range(low_j, heights[j]):
+                width_b = cards[j, b]
+                cells = np.zeros(width_a * width_b, dtype=np.int64)
+                for y in range(columns):
+                    target = y if offsets[j, low_j, b] < 0 else maps[offsets[j, low_j, b] + y]
+                    for x in range(width_a):
+                        cells[x * width_b + target] += merged[x * columns + y]
+                forced = 0
+                for cell in range(cells.shape[0]):
+                    if cells[cell] < k:
+                        forced += cells[cell]
+                grids[grid_starts[p] + a * heights[j] + b] = forced
+    return grids
+
+
 def _load() -> tuple[Callable, Callable, Callable]:
     global _compiled
     if _compiled is None:
@@ -173,6 +232,16 @@ def _load() -> tuple[Callable, Callable, Callable]:
             numba.njit(cache=True, nogil=True)(_pair_histograms_loop),
         )
     return _compiled
+
+
+def _load_pair_grids() -> Callable:
+    """The compiled :func:`_pair_grids_loop`."""
+    global _pair_grids
+    if _pair_grids is None:
+        import numba
+
+        _pair_grids = numba.njit(cache=True, nogil=True)(_pair_grids_loop)
+    return _pair_grids
 
 
 def _mode() -> str:
@@ -191,8 +260,44 @@ def warm_up() -> bool:
         rows(np.zeros((2, 1), np.int64), np.zeros(2, np.int64), 1)
         zero = np.zeros(1, dtype=np.int64)
         pairs(np.zeros((2, 1), np.int64), one, zero, one, one, np.array([0, 1], np.int64))
+        levels, heights = np.zeros(2, np.int64), np.ones(2, np.int64)
+        cards, offsets = np.ones((2, 1), np.int64), np.full((2, 1, 1), -1, np.int64)
+        codes, starts = np.zeros((2, 1), np.int64), np.array([0, 1], np.int64)
+        _load_pair_grids()(codes, one, zero, one, one, starts, levels, heights, cards, offsets, zero, 2)
+        _warm_strings()
         _warm = True
     return True
+
+
+def _warm_strings() -> None:
+    """Load the string kernels with the argument types the engine passes (read-only Arrow buffers)."""
+    import pyarrow as pa
+
+    from ppml.anonymization import _arrow_strings, _string_kernels
+
+    if not _arrow_strings.LITTLE_ENDIAN:
+        return
+    values = pa.array(["a", "bcdefghij", ""], pa.large_string())
+    table = _arrow_strings.table_of(values, np.arange(3), _string_kernels)
+    codes = np.empty(3, dtype=np.int64)
+    _arrow_strings.encode(values, table, codes, _string_kernels)
+
+
+def string_kernels() -> ModuleType | None:
+    """The compiled string loops (:mod:`ppml.anonymization._string_kernels`) when the compiled kernels are in use
+    in this process (loaded, or forced on), else None: the engine then uses Arrow's index_in and take."""
+    mode = _mode()
+    if not HAVE_NUMBA or mode == "off" or not (mode == "on" or _warm) or not warm_up():
+        return None
+    from ppml.anonymization import _arrow_strings, _string_kernels
+
+    return _string_kernels if _arrow_strings.LITTLE_ENDIAN else None
+
+
+def pair_grids_kernel(work: float) -> Callable | None:
+    """The compiled pairwise pre-filter (:func:`_pair_grids_loop`) when :func:`kernels` gives compiled kernels for
+    this work, else None (Problem.pair_suppression then takes its numpy path)."""
+    return _load_pair_grids() if kernels(work)[0] is not _group_rollup_python else None
 
 
 def kernels(work: float) -> tuple[Callable, Callable, Callable]:

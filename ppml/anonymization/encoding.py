@@ -11,12 +11,15 @@ import dataclasses
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from types import ModuleType
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ppml.anonymization._arrow_strings import StringTable, encode, table_of
+from ppml.anonymization._kernels import string_kernels
 from ppml.anonymization.hierarchy import Hierarchy, missing_value_label
 from ppml.errors import input_error
 
@@ -40,6 +43,9 @@ class EncodedAttribute:
     label_arrays: list[pa.Array] = dataclasses.field(default_factory=list)
     leaf_to_level32: list[np.ndarray] = dataclasses.field(default_factory=list)
     _groups: dict[int, tuple[np.ndarray, np.ndarray]] = dataclasses.field(default_factory=dict, repr=False)
+    #: the compiled string lookup's table of the values, built on first use and shared by the renamed copies that
+    #: :meth:`build` hands out (it depends only on the hierarchy)
+    _string_tables: dict[str, StringTable] = dataclasses.field(default_factory=dict, repr=False)
 
     @property
     def height(self) -> int:
@@ -84,6 +90,14 @@ class EncodedAttribute:
             cached = (np.concatenate(starts), np.array(blocks))
             self._groups[start] = cached
         return cached
+
+    def value_table(self, kernels: ModuleType) -> StringTable:
+        """The hierarchy's level-0 values and their codes, for :func:`ppml.anonymization._arrow_strings.encode`."""
+        table = self._string_tables.get("values")
+        if table is None:
+            assert self.leaf_values is not None and self.leaf_value_codes is not None
+            table = self._string_tables["values"] = table_of(self.leaf_values, self.leaf_value_codes, kernels)
+        return table
 
     @classmethod
     def _encode(cls, name: str, hierarchy: Hierarchy) -> EncodedAttribute:
@@ -155,6 +169,11 @@ def encode_column(
         array = (
             pa.array(values.array, type=pa.large_string()) if not isinstance(values.array, pa.Array) else values.array
         )
+        compiled = string_kernels()
+        if compiled is not None and (pa.types.is_string(array.type) or pa.types.is_large_string(array.type)):
+            codes = np.empty(len(values), dtype=np.int64) if out is None else out
+            if encode(array, attribute.value_table(compiled), codes, compiled):
+                return codes
         index = pc.index_in(array, value_set=attribute.leaf_values)
         if index.null_count == 0:
             assert attribute.leaf_value_codes is not None

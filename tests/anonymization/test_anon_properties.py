@@ -22,6 +22,7 @@ from ppml.anonymization import (
     verify_release,
 )
 from ppml.anonymization._kernels import HAVE_NUMBA, group_rollup_numpy, kernels, pair_histograms_numpy
+from ppml.anonymization._kernels import pair_grids_kernel as kernels_pair_grids
 from ppml.anonymization.engine import build_problem
 from ppml.anonymization.lattice import _TableCache, all_nodes
 from ppml.anonymization.verify import exhaustive_optimum
@@ -227,6 +228,43 @@ def test_pair_prefilter_counts_forced_suppression(problem: tuple[pd.DataFrame, A
         suppressed = int(counts[problem_.k_model.violations(counts)].sum())
         for i, j, grid in problem_.pair_suppression(source):
             assert grid[levels[i], levels[j]] <= suppressed
+
+
+@pytest.mark.skipif(not HAVE_NUMBA, reason="the compiled pre-filter needs numba")
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(problems(), st.randoms(use_true_random=False))
+def test_compiled_and_numpy_pair_prefilters_agree(problem: tuple[pd.DataFrame, AnonymizationConfig], rnd) -> None:
+    """The one-call compiled pair pre-filter gives the numpy path's grids, from the base and from a higher table."""
+    df, config = problem
+    try:
+        problem_ = build_problem(df, config).problem
+    except PPMLError:
+        return
+    levels = np.array([rnd.randint(0, h - 1) for h in problem_.heights], dtype=np.int64)
+    for source in (problem_.base, problem_.rollup(problem_.base, levels)):
+        problem_._pair_grids = kernels_pair_grids(float("inf"))
+        assert problem_._pair_grids is not None
+        compiled = problem_.pair_suppression(source)
+        problem_._pair_grids = None
+        plain = problem_.pair_suppression(source)
+        assert [(i, j) for i, j, _ in compiled] == [(i, j) for i, j, _ in plain]
+        for (_, _, a), (_, _, b) in zip(compiled, plain, strict=True):
+            assert np.array_equal(a, b)
+
+
+def test_node_arrays_are_cached_read_only_and_per_shape() -> None:
+    """all_nodes depends only on the heights: cached, read-only (a search cannot alter another's), never another
+    shape's, and only for small lattices."""
+    first = all_nodes([2, 3])
+    assert all_nodes([2, 3]) is first and not first.flags.writeable
+    assert np.array_equal(first, np.indices((2, 3)).reshape(2, -1).T)
+    other = all_nodes([3, 2])
+    assert other is not first and np.array_equal(other, np.indices((3, 2)).reshape(2, -1).T)
+    big = [12] * 5  # 248,832 nodes x 5 attributes: over the cache's cell limit
+    assert all_nodes(big) is not all_nodes(big)
+    for h in range(2, 2 + lattice.NODES_CACHE_SIZE + 3):
+        all_nodes([h, 2])
+    assert len(lattice._NODES) <= lattice.NODES_CACHE_SIZE
 
 
 @pytest.mark.parametrize("direct_open", [0, 10**9])

@@ -60,6 +60,22 @@ def test_generalized_values_come_from_the_hierarchy(adult: pd.DataFrame, adult_h
     assert (result.data["fnlwgt"] == adult["fnlwgt"]).all()  # not a QI: untouched
 
 
+def test_single_label_levels_are_released_like_other_levels(adult: pd.DataFrame, adult_h: dict) -> None:
+    """Levels with one label (the release writes it without a per-record lookup) hold that label on every kept
+    record, with the same dtype as other generalized columns; with and without suppression (k=50, 5%: ARX's
+    [0, 4, 0, 1, 3, 1, 1, 2, 0], so age and education are at their one-label top)."""
+    for suppression in (0.0, 0.05):
+        result = anonymize(adult, AnonymizationConfig(adult_h, k=50, suppression_limit=suppression))
+        kept = adult[result.kept_rows].reset_index(drop=True)
+        for name, level in result.transformation.items():
+            column = result.data[name]
+            expected = kept[name].map(dict((row[0], row[level]) for row in adult_h[name].rows))
+            assert column.dtype == result.data["workclass"].dtype or level == 0
+            assert (column == expected).all(), name
+        assert len(result.data) == len(adult) - result.suppressed_records
+        assert (result.data["age"] == "*").all()
+
+
 def test_l_diversity_configuration_of_the_benchmark(adult: pd.DataFrame, adult_h: dict) -> None:
     qis = {name: h for name, h in adult_h.items() if name != "occupation"}
     config = AnonymizationConfig(qis, k=5, l_diversity=(LDiversity("occupation", 3),))
