@@ -233,6 +233,7 @@ def run_whitebox_audit(
     settings: WhiteBoxSettings = WhiteBoxSettings(),
     fault: StepHook | None = None,
     train_fn: Callable[..., Any] | None = None,
+    subjects: np.ndarray | None = None,
 ) -> WhiteBoxResult:
     """One DP-SGD run on (a sample of) ``train`` plus canary slots; bound epsilon and test the mechanism.
 
@@ -240,20 +241,26 @@ def run_whitebox_audit(
     set from ``settings``) and the DPConfig whose claim is audited. ``fault``: a planted bug
     (:mod:`ppml.evaluation.planted_bugs`), for testing the audit only. ``train_fn(split, config, dp, step_hook=)``
     defaults to ``train_dp``; the pipeline passes one that charges the ledger.
+
+    ``subjects`` (subject index per row of ``train``): audit the *user-level* trainer instead (privacy unit
+    ``subject``): each canary is a one-record subject, the batch size and rate count subjects, and
+    ``train_fn(split, config, dp, step_hook=, subjects=)`` defaults to ``train_user_level``.
     """
     from ppml.evaluation.planted_bugs import ChainedHooks
-    from ppml.training import train_dp
 
     _check_settings(settings)
-    split, canaries, base_records, n_parameters = _canary_split(train, config, dp, settings)
-    m = canaries.m
-    if settings.batches_per_epoch is None:
-        batch = max(1, round(settings.sample_rate * split.n))
+    split, canaries, codes, n_parameters = _canary_split(train, config, dp, settings, subjects)
+    units = split.n if codes is None else int(codes.max()) + 1  # what the sampler draws: records or subjects
+    if settings.batches_per_epoch is None and codes is not None:  # ceil: an odd count keeps 1/2, not 1/3
+        batch = max(1, math.ceil(settings.sample_rate * units))
+    elif settings.batches_per_epoch is None:
+        batch = max(1, round(settings.sample_rate * units))
     else:
-        batch = math.ceil(split.n / settings.batches_per_epoch)
+        batch = math.ceil(units / settings.batches_per_epoch)
     audit_config = dataclasses.replace(config, epochs=settings.epochs, batch_size=batch, device="cpu")
     hook = canaries if fault is None else ChainedHooks([fault, canaries])
-    model = (train_fn or train_dp)(split, audit_config, dp, step_hook=hook)
+    model = _audit_training(train_fn, split, audit_config, dp, hook, codes)
+    m, base_records = canaries.m, canaries.n_real
     if model.epsilon is None or not canaries.projections:
         raise input_error(SOURCE, "train_fn", "the audit run reported no DP steps", "audit train_dp")
     included = canaries.included.numpy()
@@ -289,6 +296,7 @@ def run_whitebox_audit(
         details={
             "settings": settings.to_dict(),
             "base_records": base_records,
+            "privacy_unit": "record" if codes is None else "subject",
             "parameters": n_parameters,
             "sample_rate": model.sample_rate,
             "noise_multiplier": model.noise_multiplier,
@@ -301,9 +309,26 @@ def run_whitebox_audit(
     )
 
 
-def _canary_split(train: LabelledSplit, config: Any, dp: Any, settings: WhiteBoxSettings) -> tuple[Any, Any, int, int]:
-    """(A sample of) the base records plus one zero-feature slot per canary, the canaries, the number of base
-    records and of model parameters (one coordinate per canary: no cross-talk between canaries)."""
+def _audit_training(
+    train_fn: Callable[..., Any] | None, split: Any, config: Any, dp: Any, hook: StepHook, codes: np.ndarray | None
+) -> Any:
+    """The audited run: record-level DP-SGD, or user-level DP-SGD when there are subject codes."""
+    from ppml.training import train_dp
+    from ppml.training.user_level import train_user_level
+
+    if codes is None:
+        return (train_fn or train_dp)(split, config, dp, step_hook=hook)
+    if train_fn is None:
+        return train_user_level(split, codes, config, dp, step_hook=hook)
+    return train_fn(split, config, dp, step_hook=hook, subjects=codes)
+
+
+def _canary_split(
+    train: LabelledSplit, config: Any, dp: Any, settings: WhiteBoxSettings, subjects: np.ndarray | None = None
+) -> tuple[Any, Any, np.ndarray | None, int]:
+    """(A sample of) the base records plus one zero-feature slot per canary, the canaries, the subject code of
+    every row (None for the record unit; a canary is its own subject after the real ones) and the number of model
+    parameters (one coordinate per canary: no cross-talk between canaries)."""
     from ppml.training import TabularSplit
     from ppml.training.models import build_model
 
@@ -311,9 +336,12 @@ def _canary_split(train: LabelledSplit, config: Any, dp: Any, settings: WhiteBox
     X = np.asarray(train.X, dtype=np.float32)
     n_classes = int(getattr(train, "n_classes", 2))  # a multi-class model has K outputs: more coordinates
     y = check_labels(train.y, SOURCE, n_classes)
+    if subjects is not None and np.shape(subjects) != (len(y),):
+        raise input_error(SOURCE, "subjects", f"{np.shape(subjects)} for {len(y)} rows", "one subject per row")
     if settings.max_base_records is not None and len(y) > settings.max_base_records:
         keep = rng.choice(len(y), size=settings.max_base_records, replace=False)
         X, y = X[keep], y[keep]
+        subjects = None if subjects is None else np.asarray(subjects)[keep]
     n_parameters = sum(p.numel() for p in build_model(config.model, X.shape[1], n_classes).parameters())
     m = min(settings.n_canaries, n_parameters)
     canaries = GradientCanaries(len(y), n_parameters, m, dp.max_grad_norm, settings, rng)
@@ -323,7 +351,11 @@ def _canary_split(train: LabelledSplit, config: Any, dp: Any, settings: WhiteBox
         feature_names=tuple(getattr(train, "feature_names", ()) or ()),
         n_classes=n_classes,
     )
-    return split, canaries, len(y), n_parameters
+    if subjects is None:
+        return split, canaries, None, n_parameters
+    _, real = np.unique(np.asarray(subjects), return_inverse=True)  # dense codes 0..s-1 of the kept rows
+    codes = np.concatenate([real.astype(np.int64), real.max(initial=-1) + 1 + np.arange(m, dtype=np.int64)])
+    return split, canaries, codes, n_parameters
 
 
 def whitebox_verdict(result: WhiteBoxResult) -> Verdict:

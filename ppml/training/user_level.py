@@ -33,6 +33,7 @@ from ppml.errors import input_error
 from ppml.training.accounting import DPPlan, PrivacySpendSink, epsilon_of_history
 from ppml.training.config import DPConfig, TrainingConfig
 from ppml.training.data import TabularSplit
+from ppml.training.dp_steps import StepHook
 from ppml.training.models import build_model
 from ppml.training.planning import plan_dp_training
 from ppml.training.trained_model import EpochReport, TrainedModel, class_probabilities, classification_metrics
@@ -62,24 +63,31 @@ def train_user_level(
     validation: TabularSplit | None = None,
     spend_sink: PrivacySpendSink | None = None,
     on_epoch: Callable[[EpochReport], None] | None = None,
+    step_hook: StepHook | None = None,
 ) -> TrainedModel:
     """Train with user-level DP-SGD; ``subjects[i]`` is the subject index (0..m-1) of ``train`` row ``i``.
 
     Every epoch is pre-charged through ``spend_sink`` before its steps run (a killed run over-counts, never
     under-counts). ``plan`` is the reservation's plan (by default calibrated for the subjects present): the
     sample rate stays the planned one even if fewer subjects remain, so the charge is what was reserved.
+    ``step_hook``: the white-box audit's canaries or a planted bug (tests of the audit), as for ``train_dp``:
+    ``plan``, ``clip_bound``, ``batch`` (the sampled subjects' row indices), ``before_noise`` (the flat sum of
+    clipped subject sums), ``noise_std`` and ``after_noise`` (the noisy sum); ``draw`` is not used here.
     """
     train.require_trainable()
     codes = _subject_codes(subjects, train.n)
     m = int(codes.max()) + 1
     plan = plan or plan_user_level(m, config, dp)
+    hook = step_hook or StepHook()
+    plan = hook.plan(plan)
     torch.manual_seed(config.seed)
     model = build_model(config.model, train.n_features, train.n_classes)
     optimizer = _optimizer(model, config)
     generator = torch.Generator().manual_seed(dp.dp_seed if dp.dp_seed is not None else secrets.randbits(63))
     X, y = torch.from_numpy(train.X), torch.from_numpy(train.y)
     codes_t = torch.from_numpy(codes)
-    step = _StepKernel(model, dp.max_grad_norm, plan.noise_multiplier_applied, config.max_physical_batch_size)
+    clip = hook.clip_bound(dp.max_grad_norm)
+    step = _StepKernel(model, clip, plan.noise_multiplier_applied, config.max_physical_batch_size, hook)
     history: list[EpochReport] = []
     done = 0
     for epoch in range(1, config.epochs + 1):
@@ -89,7 +97,7 @@ def train_user_level(
         started, losses, samples = time.perf_counter(), [], 0
         for _ in range(target - done):
             sampled = torch.rand(m, generator=generator) < plan.sample_rate
-            rows = torch.nonzero(sampled[codes_t]).squeeze(1)
+            rows = hook.batch(torch.nonzero(sampled[codes_t]).squeeze(1))
             loss = step.run(X[rows], y[rows], codes_t[rows], generator, plan.sample_rate * m)
             optimizer.step()
             losses.append(loss)
@@ -124,8 +132,9 @@ def train_user_level(
 class _StepKernel:
     """One user-level step: per-example gradients, summed per subject, clipped, summed, noised, averaged."""
 
-    def __init__(self, model: torch.nn.Module, clip: float, sigma: float, physical: int) -> None:
+    def __init__(self, model: torch.nn.Module, clip: float, sigma: float, physical: int, hook: StepHook) -> None:
         self.model, self.clip, self.sigma, self.physical = model, float(clip), float(sigma), int(physical)
+        self.hook = hook
         self.names = [name for name, _ in model.named_parameters()]
 
         def loss_of(params: dict[str, torch.Tensor], x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -133,6 +142,10 @@ class _StepKernel:
             return F.cross_entropy(logits, target.unsqueeze(0))
 
         self.per_example = vmap(grad(loss_of), in_dims=(None, 0, 0))
+
+    def clip_factors(self, norms: torch.Tensor) -> torch.Tensor:
+        """``min(1, C / (norm + 1e-6))`` per subject sum: Opacus' per-example formula, applied per person."""
+        return torch.clamp(self.clip / (norms + 1e-6), max=1.0)
 
     def run(
         self, X: torch.Tensor, y: torch.Tensor, subjects: torch.Tensor, generator: torch.Generator, expected: float
@@ -149,13 +162,14 @@ class _StepKernel:
                 grads = self.per_example(params, X[part], y[part])
                 flat = torch.cat([grads[name].reshape(len(X[part]), -1) for name in self.names], dim=1)
                 sums.index_add_(0, inverse[part], flat)
-            norms = sums.norm(dim=1)
-            factors = torch.clamp(self.clip / (norms + 1e-6), max=1.0)
-            total = (sums * factors.unsqueeze(1)).sum(dim=0)
+            total = (sums * self.clip_factors(sums.norm(dim=1)).unsqueeze(1)).sum(dim=0)
             with torch.no_grad():
                 loss = float(F.cross_entropy(self.model(X), y))
-        noise = torch.normal(0.0, self.sigma * self.clip, size=(size,), generator=generator)
-        noisy = (total + noise) / max(expected, 1e-12)
+        self.hook.before_noise(total, self.clip_factors)
+        std = self.hook.noise_std(self.sigma * self.clip)
+        noisy = total + torch.normal(0.0, std, size=(size,), generator=generator)
+        self.hook.after_noise(noisy)
+        noisy = noisy / max(expected, 1e-12)
         offset = 0
         for parameter in self.model.parameters():
             count = parameter.numel()
