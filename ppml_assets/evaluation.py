@@ -299,6 +299,7 @@ def privacy_audit(
     ledger: LedgerResource,
     paths: WorkspacePaths,
     mlflow: MlflowResource,
+    asset_store: AssetStore,
 ) -> dict:
     """One-run empirical epsilon audit (Steinke, Nasr & Jagielski 2023): canaries included with probability 1/2
     in a DP training run with the deployed configuration, a 95% lower bound on epsilon from how well they are
@@ -352,19 +353,53 @@ def privacy_audit(
             )
             audit |= result.to_dict()
         if gradient_canaries:
-            whitebox = run_whitebox_audit(
-                splits["train"],
-                training,
-                dp_config(loaded, splits["train"].n),
-                settings=WhiteBoxSettings(n_canaries=gradient_canaries, seed=loaded.policy.training.seed),
-                train_fn=ChargedAuditTraining(store, scope, lifetime, context.run.run_id),
-            )
-            audit["whitebox"] = whitebox.to_dict()
+            charged = ChargedAuditTraining(store, scope, lifetime, context.run.run_id)
+            audit["whitebox"] = _whitebox_audit(context, loaded, training_features, training, charged, asset_store)
     finally:
         store.close()
     audit["mlflow_run_id"] = _log_audit_run(context, mlflow, loaded, dp_model, audit)
     context.add_output_metadata({**_audit_metadata(audit), "mlflow_run": mlflow_run_url(audit["mlflow_run_id"])})
     return audit
+
+
+def _whitebox_audit(
+    context: AssetExecutionContext,
+    loaded,  # type: ignore[no-untyped-def]
+    training_features: pd.DataFrame,
+    training,  # type: ignore[no-untyped-def]
+    charged: ChargedAuditTraining,
+    asset_store: AssetStore,
+) -> dict:
+    """Record unit: gradient canaries in ``train_dp``, charged like a record-level run. Subject unit: the
+    user-level trainer audited with one-record canary subjects, reserved through the per-subject filter for
+    exactly the people in the audit run (ppml.evaluation.subject_audit)."""
+    from ppml.evaluation.subject_audit import audit_subjects_within_budget
+    from ppml_assets.subjects import is_subject_unit, lifetime_for_subjects, training_pseudonyms
+
+    splits = feature_splits(training_features)
+    privacy, seed = loaded.policy.privacy, loaded.policy.training.seed
+    settings = WhiteBoxSettings(n_canaries=loaded.policy.evaluation.gradient_canaries, seed=seed)
+    if not is_subject_unit(loaded):
+        dp = dp_config(loaded, splits["train"].n)
+        return run_whitebox_audit(splits["train"], training, dp, settings=settings, train_fn=charged).to_dict()
+    partition = context.partition_key
+    pseudonyms = training_pseudonyms(asset_store, partition, loaded, training_features)
+    people = len(set(pseudonyms.tolist()))
+    result, charge = audit_subjects_within_budget(
+        splits["train"],
+        pseudonyms,
+        training,
+        dp_config(loaded, people),  # per person: delta from the number of subjects
+        settings,
+        ledger=charged.ledger,
+        scope=charged.scope,
+        lifetime=lifetime_for_subjects(loaded, people),
+        min_eligible=privacy.min_eligible_subjects,
+        record_unit_group_size=privacy.max_records_per_subject,
+        request_key=f"privacy_audit:{partition}:{context.run.run_id}",
+        dagster_run_id=context.run.run_id,
+    )
+    return {**result.to_dict(), "subject_ledger": charge}
 
 
 def _log_audit_run(context: AssetExecutionContext, mlflow: MlflowResource, loaded, dp_model: dict, audit: dict) -> str:  # type: ignore[no-untyped-def]

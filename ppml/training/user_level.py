@@ -132,9 +132,11 @@ def train_user_level(
 class _StepKernel:
     """One user-level step: per-example gradients, summed per subject, clipped, summed, noised, averaged."""
 
-    def __init__(self, model: torch.nn.Module, clip: float, sigma: float, physical: int, hook: StepHook) -> None:
+    def __init__(
+        self, model: torch.nn.Module, clip: float, sigma: float, physical: int, hook: StepHook | None = None
+    ) -> None:
         self.model, self.clip, self.sigma, self.physical = model, float(clip), float(sigma), int(physical)
-        self.hook = hook
+        self.hook = hook or StepHook()
         self.names = [name for name, _ in model.named_parameters()]
 
         def loss_of(params: dict[str, torch.Tensor], x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -49,3 +49,39 @@ def test_subjects_must_match_the_rows(adult) -> None:  # type: ignore[no-untyped
     dp = DPConfig(target_epsilon=1.0, target_delta=1e-5)
     with pytest.raises(PPMLError, match="one subject per row"):
         run_whitebox_audit(adult.rows(np.arange(100)), CONFIG, dp, subjects=np.arange(99))
+
+
+def test_the_subject_audit_is_reserved_for_exactly_its_people_and_respects_the_filter(adult, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Reserved through the per-subject filter for the sampled people only (the others are not charged), completed
+    at the run's epsilon; a person with no budget left is excluded from the audit run, not trained on."""
+    from ppml.evaluation.subject_audit import audit_people, audit_subjects_within_budget
+    from ppml.ledger import DataScope, LifetimeBudget, PrivacyLedger
+    from ppml.ledger.subjects import SubjectAccounts
+    from ppml.training import TabularSplit
+
+    rows = adult.rows(np.arange(2400))
+    train = TabularSplit(rows.X, rows.y, tuple(f"f{i}" for i in range(rows.X.shape[1])))
+    names = np.array([f"P{i // 3:05d}" for i in range(2400)])  # 800 people, 3 records each
+    dp = DPConfig(target_epsilon=1.0, target_delta=1e-5, dp_seed=7)
+    settings = WhiteBoxSettings(n_canaries=2000, max_base_records=1200, seed=0)
+    ledger = PrivacyLedger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    scope, lifetime = DataScope("people", ("2026-01-01",)), LifetimeBudget(8.0, 1e-5)
+    accounts = SubjectAccounts(ledger)
+    chosen = audit_people(names, settings.max_base_records, settings.seed)
+    assert len(chosen) == 400 and len(set(chosen)) == 400  # whole people: 400 x 3 records = 1,200
+    kwargs = {"ledger": ledger, "scope": scope, "lifetime": lifetime, "min_eligible": 10, "record_unit_group_size": 1}
+    result, charge = audit_subjects_within_budget(train, names, CONFIG, dp, settings, request_key="a1", **kwargs)
+    assert not result.alarm and result.details["privacy_unit"] == "subject", result.message
+    run = ledger.run(charge["ledger_run"])
+    assert run.status == "completed" and run.epsilon_charged == pytest.approx(result.claimed_epsilon, rel=1e-6)
+    assert charge == {"ledger_run": run.id, "people_in_audit": 400, "excluded": 0, "records": 1200}
+    spent = accounts.subject_epsilons("people", lifetime, sorted(set(names)), record_unit_group_size=1)
+    charged = {p for p, e in spent.items() if e > 0}
+    assert charged == set(chosen)  # exactly the audit's people, nobody else
+    assert max(spent.values()) >= result.claimed_epsilon * 0.99  # the filter's bound covers the run
+    # a tight budget: the audit's people are now excluded, the run refused (fewer than min_eligible remain)
+    tight = LifetimeBudget(1.2, 1e-5)
+    with pytest.raises(PPMLError, match="min_eligible_subjects"):
+        audit_subjects_within_budget(
+            train, names, CONFIG, dp, settings, request_key="a2", **{**kwargs, "lifetime": tight}
+        )
