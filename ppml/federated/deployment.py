@@ -33,10 +33,20 @@ SERVER_SITE_DIR = Path(__file__).resolve().parent / "_server_site"
 CONNECTION = "ppml"
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """A free loopback port never handed out before in this process: the processes bind theirs only after they
+    start, so without the memory two of them could be given the same just-released port (a SuperNode then exits
+    with 'Port ... is already in use')."""
+    while True:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = int(probe.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def _wait_for_port(port: int, process: subprocess.Popen, log: Path, timeout_s: float = 60) -> None:
@@ -205,20 +215,19 @@ class Federation:
         env = self._env("server")
         env.pop(AUDIT_DIR_ENV, None)
         for site, keys in node_keys.items():
+            command = [str(BIN / "flwr"), "supernode", "register", str(keys.public_key), CONNECTION, "--name", site]
             with self.log_path("flwr-register").open("ab") as log:
-                done = subprocess.run(
-                    [str(BIN / "flwr"), "supernode", "register", str(keys.public_key), CONNECTION, "--name", site],
-                    env=env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    timeout=60,
-                    cwd=self.work_dir,
-                    check=False,
-                )
-            if done.returncode != 0:
+                try:
+                    done = subprocess.run(
+                        command, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=60, cwd=self.work_dir
+                    )
+                    code = str(done.returncode)
+                except subprocess.TimeoutExpired:
+                    code = "timeout after 60 s"
+            if code != "0":
                 raise PPMLError(
                     f"federation: field 'training.federation.node_authentication.sites.{site}': the SuperLink did not "
-                    f"register its public key (exit {done.returncode}); fix: read {self.log_path('flwr-register')}"
+                    f"register its public key (exit {code}); fix: read {self.log_path('flwr-register')}"
                 )
 
     def _write_cli_config(self) -> None:
@@ -286,7 +295,12 @@ class Federation:
                 process.wait(timeout=5)
 
     def __enter__(self) -> Federation:
-        return self.start()
+        """Start; a start that fails half-way (a refused registration) stops what it had started already."""
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
 
     def __exit__(self, *exc: object) -> None:
         self.stop()

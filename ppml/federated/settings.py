@@ -117,7 +117,7 @@ class FederationSettings(_Strict):
             return
         if self.tls is None:
             raise ValueError(
-                "node_authentication needs tls (Flower signs SuperNode requests only over TLS); "
+                "node_authentication needs tls (Flower refuses SuperNode authentication without TLS); "
                 "fix: add training.federation.tls or remove node_authentication"
             )
         keyed = set(self.node_authentication.sites)
