@@ -31,3 +31,27 @@ def federated_document(**federation: Any) -> dict[str, Any]:
     document = yaml.safe_load(FEDERATED_POLICY.read_text())
     document["training"]["federation"].update(federation)
     return document
+
+
+def node_key_pairs(folder: Path, sites: list[str]) -> dict[str, dict[str, str]]:
+    """A P-384 key pair per site in OpenSSH format (as ``ssh-keygen -t ecdsa -b 384`` writes), private keys 0600."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    folder.mkdir(parents=True, exist_ok=True)
+    pairs = {}
+    for site in sites:
+        key = ec.generate_private_key(ec.SECP384R1())
+        private, public = folder / f"{site}_key", folder / f"{site}_key.pub"
+        private.touch(mode=0o600)
+        private.chmod(0o600)
+        private.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+            )
+        )
+        public.write_bytes(
+            key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        )
+        pairs[site] = {"private_key": str(private), "public_key": str(public)}
+    return pairs

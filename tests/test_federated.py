@@ -19,9 +19,11 @@ from ppml.federated.sites import assign_sites, split_summary, write_federated_la
 from ppml.landing_zone import landing_days, landing_file, synthesize_records
 from ppml.ledger import BudgetExceededError, LifetimeBudget, PrivacyLedger
 from ppml.policy import load_policy, parse_policy
-from tests.federated_support import BUNDLED_DAYS, SITES, federated_document, federated_policy
+from tests.federated_support import BUNDLED_DAYS, SITES, federated_document, federated_policy, node_key_pairs
 
 KEY = b"federated test key, 32 bytes!!!"
+TLS = {"ca_certificate": "ca.pem", "server_certificate": "server.pem", "server_key": "server.key"}
+PAIR = {"private_key": "k", "public_key": "k.pub"}
 
 
 def test_shipped_federated_policy_is_valid() -> None:
@@ -53,6 +55,25 @@ def test_shipped_federated_policy_is_valid() -> None:
         (lambda d: d["training"]["federation"].update(dp_mode="local"), "dp_mode", "allowed values"),
         (lambda d: d["training"].pop("federation"), "no federation section", "add training.federation"),
         (lambda d: d["training"].update(mode="central"), "needs mode: federated", "training.mode: federated"),
+        (
+            lambda d: d["training"]["federation"].update(node_authentication={"sites": dict.fromkeys(SITES, PAIR)}),
+            "node_authentication needs tls",
+            "add training.federation.tls or remove node_authentication",
+        ),
+        (
+            lambda d: d["training"]["federation"].update(
+                tls=TLS, node_authentication={"sites": dict.fromkeys([*SITES, "west"], PAIR)}
+            ),
+            "names site 'west'",
+            "remove it",
+        ),
+        (
+            lambda d: d["training"]["federation"].update(
+                tls=TLS, node_authentication={"sites": dict.fromkeys(SITES[:2], PAIR)}
+            ),
+            "site 'east' has no key pair",
+            "add its private_key and public_key",
+        ),
     ],
 )
 def test_bad_federation_settings_fail_in_one_line(change, field: str, fix: str) -> None:  # type: ignore[no-untyped-def]
@@ -63,6 +84,55 @@ def test_bad_federation_settings_fail_in_one_line(change, field: str, fix: str) 
     message = str(error.value)
     assert "\n" not in message and message.startswith("policies/bad_federated.yaml: field 'training")
     assert field in message and fix in message
+
+
+def _break_missing(pair: dict[str, str], tmp: Path) -> str:
+    Path(pair["private_key"]).unlink()
+    return "private_key"
+
+
+def _break_mismatch(pair: dict[str, str], tmp: Path) -> str:
+    pair["public_key"] = node_key_pairs(tmp / "other", ["east"])["east"]["public_key"]
+    return "public_key"
+
+
+def _break_readable(pair: dict[str, str], tmp: Path) -> str:
+    Path(pair["private_key"]).chmod(0o644)
+    return "private_key"
+
+
+def _break_not_a_key(pair: dict[str, str], tmp: Path) -> str:
+    Path(pair["private_key"]).write_text("not a key\n")
+    return "private_key"
+
+
+@pytest.mark.parametrize(
+    ("damage", "fix"),
+    [
+        (_break_missing, "point it at the OpenSSH key file"),
+        (_break_mismatch, "use the .pub file written with that private key"),
+        (_break_readable, "chmod 600"),
+        (_break_not_a_key, "ssh-keygen -t ecdsa -b 384"),
+    ],
+)
+def test_a_bad_node_key_file_refuses_the_run_before_any_charge(damage, fix: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Missing, mismatched, world-readable or unparsable: refused in one line naming the field, no ledger run."""
+    tls = {name: str(tmp_path / file) for name, file in TLS.items()}
+    for path in tls.values():
+        Path(path).write_text("PEM\n")  # tls_files only checks readability; no process starts here
+    keys = node_key_pairs(tmp_path / "keys", SITES)
+    field = damage(keys["east"], tmp_path)
+    policy_path = federated_policy(tmp_path / "policy", tls=tls, node_authentication={"sites": keys})
+    ledger = PrivacyLedger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    try:
+        with pytest.raises(PPMLError) as refused:
+            run_federation(load_policy(policy_path), {}, tmp_path / "federation", ledger, request_key="bad-key")
+        message = str(refused.value)
+        assert f"field 'training.federation.node_authentication.sites.east.{field}'" in message
+        assert "\n" not in message and fix in message and "BEGIN" not in message
+        assert ledger.runs() == []
+    finally:
+        ledger.close()
 
 
 def test_site_split_is_reproducible_disjoint_and_non_iid() -> None:

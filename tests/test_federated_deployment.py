@@ -27,7 +27,7 @@ from ppml_assets.federated import (
     site_dir,
 )
 from resources import WorkspacePaths
-from tests.federated_support import AS_OF, BUNDLED_DAYS, SITES, federated_policy
+from tests.federated_support import AS_OF, BUNDLED_DAYS, SITES, federated_policy, node_key_pairs
 
 pytestmark = pytest.mark.slow
 
@@ -236,6 +236,7 @@ def test_client_level_dp_under_secure_aggregation_over_tls(federated_run: dict, 
     noise added to the secure sum: the round completes with every site and each site's ledger run settles."""
     home = federated_run["home"]
     tls = _tls_files(tmp_path / "tls")
+    keys = node_key_pairs(tmp_path / "keys", SITES)
     policy_path = federated_policy(
         tmp_path / "policy",
         rounds=1,
@@ -245,6 +246,7 @@ def test_client_level_dp_under_secure_aggregation_over_tls(federated_run: dict, 
         min_sites=2,
         round_timeout_s=240,
         tls=tls,
+        node_authentication={"sites": keys},
     )
     prepared = load_policy(federated_run["policy"])
     sites = {name: site_dir(WorkspacePaths(home=str(home)), prepared, name) for name in SITES}
@@ -263,8 +265,12 @@ def test_client_level_dp_under_secure_aggregation_over_tls(federated_run: dict, 
     finally:
         ledger.close()
     assert all("--insecure" not in args for args in commands.values()) and len(commands) == 1 + len(SITES)
-    assert tls["server_key"] in commands["superlink"]
+    assert tls["server_key"] in commands["superlink"] and "--enable-supernode-auth" in commands["superlink"]
     assert all(tls["ca_certificate"] in commands[f"supernode-{site}"] for site in SITES)
+    # node authentication: every site registered, and every SuperNode signing with its own private key
+    assert all(keys[site]["private_key"] in commands[f"supernode-{site}"] for site in SITES)
+    registered = (tmp_path / "federation" / "logs" / "flwr-register.log").read_text()
+    assert registered.count("registered successfully") == len(SITES)
     config = (tmp_path / "federation" / "flwr" / "server" / "config.toml").read_text()
     assert "root-certificates" in config and "insecure" not in config
     assert outcome.history["rounds"][0]["results"] == len(SITES)
@@ -293,3 +299,35 @@ def test_an_unreadable_tls_file_refuses_the_run_before_any_charge(tmp_path: Path
         assert ledger.runs() == []
     finally:
         ledger.close()
+
+
+def test_a_supernode_with_an_unregistered_key_is_refused(tmp_path: Path) -> None:
+    """Node authentication for real, no run: the SuperLink registers north's and south's public keys, but south's
+    SuperNode signs with another key; the SuperLink refuses to activate it (the SuperNode exits, saying so) while
+    north, signing with its registered key, is activated and stays connected."""
+    from ppml.federated.deployment import Federation, TlsFiles
+    from ppml.federated.node_auth import NodeKeyFiles
+
+    tls = TlsFiles(**{name: Path(path) for name, path in _tls_files(tmp_path / "tls").items()})
+    keys = node_key_pairs(tmp_path / "keys", ["north", "south"])
+    stranger = node_key_pairs(tmp_path / "stranger", ["south"])["south"]
+    node_keys = {
+        "north": NodeKeyFiles(Path(keys["north"]["private_key"]), Path(keys["north"]["public_key"])),
+        "south": NodeKeyFiles(Path(stranger["private_key"]), Path(keys["south"]["public_key"])),
+    }
+    sites = {site: tmp_path / site for site in node_keys}
+    with Federation(tmp_path / "federation", sites, tls=tls, node_keys=node_keys) as federation:
+        south, north = federation.processes["supernode-south"], federation.processes["supernode-north"]
+        activated = "[Fleet.ActivateNode] Activated node_id="
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and (
+            south.poll() is None or activated not in federation.log_path("superlink").read_text()
+        ):
+            time.sleep(0.2)
+        assert south.returncode not in (None, 0)
+        assert "[code: 2004] Failed to activate SuperNode" in federation.log_path("supernode-south").read_text()
+        assert north.poll() is None
+        [north_id] = [
+            line.split(activated)[1].split()[0] for line in federation.log_path("superlink").open() if activated in line
+        ]
+        assert f"SuperNode ID: {north_id}" in federation.log_path("supernode-north").read_text()

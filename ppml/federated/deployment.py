@@ -23,6 +23,7 @@ import tomli_w
 
 from ppml.errors import PPMLError
 from ppml.federated.audit_open import AUDIT_DIR_ENV
+from ppml.federated.node_auth import NodeKeyFiles
 from ppml.federated.run_config import RunConfig
 from ppml.federated.settings import FederationSettings
 from ppml.private_files import private_dir
@@ -32,10 +33,20 @@ SERVER_SITE_DIR = Path(__file__).resolve().parent / "_server_site"
 CONNECTION = "ppml"
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """A free loopback port never handed out before in this process: the processes bind theirs only after they
+    start, so without the memory two of them could be given the same just-released port (a SuperNode then exits
+    with 'Port ... is already in use')."""
+    while True:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = int(probe.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def _wait_for_port(port: int, process: subprocess.Popen, log: Path, timeout_s: float = 60) -> None:
@@ -116,6 +127,7 @@ class Federation:
     site_dirs: dict[str, Path]
     audit_server_opens: Path | None = None
     tls: TlsFiles | None = None
+    node_keys: dict[str, NodeKeyFiles] | None = None
     superlink_port: int = 0
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
 
@@ -159,10 +171,14 @@ class Federation:
                 "--health-server-address",
                 f"127.0.0.1:{free_port()}",
                 "--disable-runtime-dependency-installation",
+                *(["--enable-supernode-auth"] if self.node_keys is not None else []),
             ],
             "server",
         )
         _wait_for_port(self.superlink_port, superlink, self.log_path("superlink"))
+        self._write_cli_config()
+        if self.node_keys is not None:
+            self._register_nodes(self.node_keys)
         for site, site_dir in self.site_dirs.items():
             self.start_site(site, site_dir)
         return self
@@ -182,8 +198,43 @@ class Federation:
                 f"127.0.0.1:{free_port()}",
                 "--node-config",
                 node_config,
+                *self._node_key(site),
             ],
             f"site-{site}",
+        )
+
+    def _node_key(self, site: str) -> list[str]:
+        """The site's signing key; with node authentication on, a site without one could not connect at all."""
+        if self.node_keys is None or site not in self.node_keys:
+            return []
+        return ["--auth-supernode-private-key", str(self.node_keys[site].private_key)]
+
+    def _register_nodes(self, node_keys: dict[str, NodeKeyFiles]) -> None:
+        """Register each site's public key through the Control API, as the SuperLink's operator would with
+        ``flwr supernode register``; the SuperLink then refuses every SuperNode that signs with another key."""
+        env = self._env("server")
+        env.pop(AUDIT_DIR_ENV, None)
+        for site, keys in node_keys.items():
+            command = [str(BIN / "flwr"), "supernode", "register", str(keys.public_key), CONNECTION, "--name", site]
+            with self.log_path("flwr-register").open("ab") as log:
+                try:
+                    done = subprocess.run(
+                        command, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=60, cwd=self.work_dir
+                    )
+                    code = str(done.returncode)
+                except subprocess.TimeoutExpired:
+                    code = "timeout after 60 s"
+            if code != "0":
+                raise PPMLError(
+                    f"federation: field 'training.federation.node_authentication.sites.{site}': the SuperLink did not "
+                    f"register its public key (exit {code}); fix: read {self.log_path('flwr-register')}"
+                )
+
+    def _write_cli_config(self) -> None:
+        """The CLI's ``FLWR_HOME/config.toml``: one SuperLink connection named ``ppml``."""
+        home = self._env("server")["FLWR_HOME"]
+        (Path(home) / "config.toml").write_text(
+            tomli_w.dumps({"superlink": {"default": CONNECTION, CONNECTION: self._connection()}}), encoding="utf-8"
         )
 
     def _server_security(self) -> list[str]:
@@ -212,18 +263,7 @@ class Federation:
     def run(self, config: RunConfig, timeout_s: float) -> subprocess.CompletedProcess:
         """Submit ppml's Flower App to the SuperLink and stream its logs until the run ends."""
         app_dir = write_app(self.work_dir / "app", config)
-        home = self._env("server")["FLWR_HOME"]
-        (Path(home) / "config.toml").write_text(
-            tomli_w.dumps(
-                {
-                    "superlink": {
-                        "default": CONNECTION,
-                        CONNECTION: self._connection(),
-                    }
-                }
-            ),
-            encoding="utf-8",
-        )
+        self._write_cli_config()
         env = self._env("server")
         env.pop(AUDIT_DIR_ENV, None)  # the CLI reads the app folder it submits; it is not the server
         with self.log_path("flwr-run").open("ab") as log:
@@ -255,7 +295,12 @@ class Federation:
                 process.wait(timeout=5)
 
     def __enter__(self) -> Federation:
-        return self.start()
+        """Start; a start that fails half-way (a refused registration) stops what it had started already."""
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
 
     def __exit__(self, *exc: object) -> None:
         self.stop()

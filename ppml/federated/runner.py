@@ -24,6 +24,7 @@ from ppml.federated.accounting import (
     settle_sites,
 )
 from ppml.federated.deployment import Federation, tls_files
+from ppml.federated.node_auth import node_key_files
 from ppml.federated.progress import read_rounds, reset
 from ppml.federated.run_config import RunConfig
 from ppml.federated.server_app import MODEL_FILE, RESULT_FILE
@@ -131,6 +132,7 @@ def run_federation(
     if fed is None:
         raise PPMLError(f"{loaded.path}: field 'training.mode': not federated; fix: set training.mode: federated")
     tls = tls_files(fed, loaded.resolve, str(loaded.path))  # before any charge: a bad file refuses the run
+    node_keys = node_key_files(fed, loaded.resolve, str(loaded.path))  # likewise a bad or mismatched key
     preparations = [SitePreparation.read(site_dirs[site.name]) for site in fed.sites]
     refuse_failed_sites(preparations)
     names = global_feature_names(preparations)
@@ -153,7 +155,9 @@ def run_federation(
     config = run_config(loaded, names, plans, result_dir)
     failure: str | None = None
     try:
-        with Federation(Path(work_dir), dict(site_dirs), audit_server_opens=audit_server_opens, tls=tls) as federation:
+        with Federation(
+            Path(work_dir), dict(site_dirs), audit_server_opens=audit_server_opens, tls=tls, node_keys=node_keys
+        ) as federation:
             if on_started is not None:
                 on_started(federation)
             finished = federation.run(config, timeout_s=fed.round_timeout_s * (fed.rounds + 1) + 60)

@@ -48,6 +48,21 @@ class TransportSecurity(_Strict):
     server_key: str = Field(description="The SuperLink's private key (readable by the SuperLink host only).")
 
 
+class SiteKeyPair(_Strict):
+    """One SuperNode's identity: an EC key pair on a NIST curve (P-384 recommended) in OpenSSH format, as Flower's
+    SuperNode (``--auth-supernode-private-key``) and ``flwr supernode register`` read them."""
+
+    private_key: str = Field(description="The site's OpenSSH EC private key (0600; only its SuperNode reads it).")
+    public_key: str = Field(description="The matching OpenSSH public key, registered with the SuperLink.")
+
+
+class NodeAuthentication(_Strict):
+    """SuperNode authentication: the SuperLink accepts only the registered sites' public keys, and every request of a
+    SuperNode is signed with its site's private key. Paths lie beside the policy."""
+
+    sites: dict[str, SiteKeyPair] = Field(description="Every site's key pair, by site name.")
+
+
 class FederationSettings(_Strict):
     """Rounds, sampling, local work and the DP mode of one federated training run."""
 
@@ -67,6 +82,9 @@ class FederationSettings(_Strict):
     secure_aggregation: bool = Field(default=True, description="SecAgg+: the server sees only the sum of updates.")
     round_timeout_s: float = Field(default=300, gt=0, le=86400)
     tls: TransportSecurity | None = Field(default=None, description="TLS for every connection (else --insecure).")
+    node_authentication: NodeAuthentication | None = Field(
+        default=None, description="Only registered SuperNodes may connect (needs tls)."
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> FederationSettings:
@@ -89,7 +107,30 @@ class FederationSettings(_Strict):
             )
         if self.secure_aggregation and self.min_sites < 2:
             raise ValueError("secure aggregation needs min_sites >= 2 (one site's sum is its update); fix: raise it")
+        self._check_node_authentication(names)
         return self
+
+    def _check_node_authentication(self, names: list[str]) -> None:
+        """Flower's SuperLink refuses node authentication without TLS, and a site without a registered key could
+        never join: both are refused when the policy loads rather than when the processes start."""
+        if self.node_authentication is None:
+            return
+        if self.tls is None:
+            raise ValueError(
+                "node_authentication needs tls (Flower refuses SuperNode authentication without TLS); "
+                "fix: add training.federation.tls or remove node_authentication"
+            )
+        keyed = set(self.node_authentication.sites)
+        unknown, unkeyed = sorted(keyed - set(names)), [n for n in names if n not in keyed]
+        if unknown:
+            raise ValueError(
+                f"node_authentication names site '{unknown[0]}', which is not a federation site; fix: remove it"
+            )
+        if unkeyed:
+            raise ValueError(
+                f"site '{unkeyed[0]}' has no key pair in node_authentication.sites; fix: add its private_key and "
+                "public_key"
+            )
 
     @property
     def sampled_sites(self) -> int:
