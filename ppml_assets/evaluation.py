@@ -23,7 +23,7 @@ from ppml.evaluation import (
 from ppml.evaluation.audit_whitebox import WhiteBoxSettings, run_whitebox_audit
 from ppml.evaluation.charged_audit import ChargedAuditTraining
 from ppml.evaluation.charged_reference import ChargedReferenceTraining
-from ppml.ledger import LifetimeBudget
+from ppml.ledger import DataScope, LifetimeBudget, PrivacyLedger
 from ppml.preparation import prepare_like_training
 from ppml.tracking_evidence import log_audit_run
 from ppml.training import TabularSplit, train_dp
@@ -353,8 +353,8 @@ def privacy_audit(
             )
             audit |= result.to_dict()
         if gradient_canaries:
-            charged = ChargedAuditTraining(store, scope, lifetime, context.run.run_id)
-            audit["whitebox"] = _whitebox_audit(context, loaded, training_features, training, charged, asset_store)
+            ledger_in = (store, scope, lifetime)
+            audit["whitebox"] = _whitebox_audit(context, loaded, training_features, training, ledger_in, asset_store)
     finally:
         store.close()
     audit["mlflow_run_id"] = _log_audit_run(context, mlflow, loaded, dp_model, audit)
@@ -367,7 +367,7 @@ def _whitebox_audit(
     loaded,  # type: ignore[no-untyped-def]
     training_features: pd.DataFrame,
     training,  # type: ignore[no-untyped-def]
-    charged: ChargedAuditTraining,
+    ledger_in: tuple[PrivacyLedger, DataScope, LifetimeBudget],
     asset_store: AssetStore,
 ) -> dict:
     """Record unit: gradient canaries in ``train_dp``, charged like a record-level run. Subject unit: the
@@ -379,8 +379,10 @@ def _whitebox_audit(
     splits = feature_splits(training_features)
     privacy, seed = loaded.policy.privacy, loaded.policy.training.seed
     settings = WhiteBoxSettings(n_canaries=loaded.policy.evaluation.gradient_canaries, seed=seed)
+    store, scope, lifetime = ledger_in
     if not is_subject_unit(loaded):
         dp = dp_config(loaded, splits["train"].n)
+        charged = ChargedAuditTraining(store, scope, lifetime, context.run.run_id)
         return run_whitebox_audit(splits["train"], training, dp, settings=settings, train_fn=charged).to_dict()
     partition = context.partition_key
     pseudonyms = training_pseudonyms(asset_store, partition, loaded, training_features)
@@ -391,8 +393,8 @@ def _whitebox_audit(
         training,
         dp_config(loaded, people),  # per person: delta from the number of subjects
         settings,
-        ledger=charged.ledger,
-        scope=charged.scope,
+        ledger=store,
+        scope=scope,
         lifetime=lifetime_for_subjects(loaded, people),
         min_eligible=privacy.min_eligible_subjects,
         record_unit_group_size=privacy.max_records_per_subject,

@@ -37,6 +37,7 @@ from ppml.training.data import TabularSplit
 from ppml.training.dp_steps import StepHook
 from ppml.training.models import build_model
 from ppml.training.planning import planned_run
+from ppml.training.subject_budget import row_pseudonyms
 from ppml.training.user_level import describe, plan_user_level, train_user_level
 
 SOURCE = "subject-unit audit"
@@ -105,9 +106,7 @@ def audit_subjects_within_budget(
     dagster_run_id: str | None = None,
 ) -> tuple[WhiteBoxResult, dict[str, Any]]:
     """The user-level white-box audit on the people who still have budget; returns the result and the charge."""
-    names = np.asarray(pseudonyms).astype(str)
-    if names.shape != (train.n,):
-        raise input_error(train.name, "subjects", f"{names.shape} pseudonyms for {train.n} rows", "one per row")
+    names = row_pseudonyms(train, pseudonyms)
     people = audit_people(names, settings.max_base_records, settings.seed)
     audit_config, plan = audit_plan(len(people), train.n_features, train.n_classes, config, dp, settings)
     chosen = train.subset(np.flatnonzero(np.isin(names, people)))

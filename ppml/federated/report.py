@@ -67,15 +67,20 @@ def federated_evidence(
     }
 
 
+def _verdict(audit: dict[str, Any], extra: tuple[str, ...]) -> dict[str, Any]:
+    """An audit's bound, claim, verdict and mechanism checks (never its per-canary scores), plus ``extra`` keys."""
+    keys = (
+        *("epsilon_lower_bound", "claimed_epsilon", "max_achievable_bound", "alarm", "message", "canaries"),
+        *("mechanism_checks", "error", *extra),
+    )
+    return {k: audit[k] for k in keys if k in audit}
+
+
 def _audit_summary(audit: dict[str, Any] | None) -> dict[str, Any] | None:
     """The audit's verdict and bound, its mechanism checks and its ledger run (not its per-canary details)."""
     if audit is None:
         return None
-    keys = (
-        *("epsilon_lower_bound", "claimed_epsilon", "max_achievable_bound", "alarm", "message", "canaries"),
-        *("mechanism_checks", "error", "site_mechanism", "ledger_run"),
-    )
-    summary = {k: audit[k] for k in keys if k in audit}
+    summary = _verdict(audit, ("site_mechanism", "ledger_run"))
     details = audit.get("details", {})
     summary["audit_mechanism"] = {
         "noise_multiplier": details.get("noise_multiplier"),
@@ -89,11 +94,7 @@ def _client_audit_summary(audit: dict[str, Any] | None) -> dict[str, Any] | None
     """The client-level audit's verdict, bound, noise check and audited mechanism (no per-canary scores)."""
     if audit is None:
         return None
-    keys = (
-        *("epsilon_lower_bound", "claimed_epsilon", "max_achievable_bound", "alarm", "message", "canaries"),
-        *("rounds", "mechanism_checks", "error"),
-    )
-    summary = {k: audit[k] for k in keys if k in audit}
+    summary = _verdict(audit, ("rounds",))
     details = audit.get("details", {})
     summary["audit_mechanism"] = {
         k: details.get(k) for k in ("noise_multiplier", "clipping_norm", "slots_per_round", "secure_aggregation")

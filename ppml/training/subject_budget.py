@@ -63,6 +63,16 @@ class SubjectTrainingResult:
         }
 
 
+def row_pseudonyms(train: TabularSplit, pseudonyms: Sequence[str] | np.ndarray) -> np.ndarray:
+    """The pseudonyms as strings, one per row of ``train`` (a one-line error otherwise)."""
+    names = np.asarray(pseudonyms).astype(str)
+    if names.shape != (train.n,):
+        raise input_error(
+            train.name, "subjects", f"{names.shape} pseudonyms for {train.n} rows", "pass one per training row"
+        )
+    return names
+
+
 def train_subjects_within_budget(
     train: TabularSplit,
     pseudonyms: Sequence[str] | np.ndarray,
@@ -79,11 +89,7 @@ def train_subjects_within_budget(
     dagster_run_id: str | None = None,
 ) -> SubjectTrainingResult:
     """Train user-level DP candidates on the subjects that still have budget; refuse when too few remain."""
-    names = np.asarray(pseudonyms).astype(str)
-    if names.shape != (train.n,):
-        raise input_error(
-            train.name, "subjects", f"{names.shape} pseudonyms for {train.n} rows", "pass one per training row"
-        )
+    names = row_pseudonyms(train, pseudonyms)
     if not candidates or validation.n == 0:
         raise input_error("training request", "candidates", "nothing to train or validate", "pass both")
     unique = sorted(set(names.tolist()))

